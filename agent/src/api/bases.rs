@@ -1,0 +1,81 @@
+use std::sync::Arc;
+
+use corral_proto::v1 as pb;
+use pb::base_service_server::BaseService;
+use tonic::{Request, Response, Status};
+
+use super::run;
+use crate::agent::Agent;
+
+#[derive(Debug, Clone)]
+pub struct BaseApi(pub Arc<Agent>);
+
+type R<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl BaseService for BaseApi {
+    async fn prepare_base(&self, req: Request<pb::DomainRef>) -> R<pb::Base> {
+        let n = req.into_inner().name;
+        run(&self.0, "PrepareBase", &n.clone(), move |a| {
+            a.prepare_base(&n)
+        })
+        .await
+    }
+    async fn remove_base(&self, req: Request<pb::DomainRef>) -> R<pb::RemoveBaseResponse> {
+        let n = req.into_inner().name;
+        run(&self.0, "RemoveBase", &n.clone(), move |a| {
+            a.remove_base(&n)?;
+            Ok(pb::RemoveBaseResponse {})
+        })
+        .await
+    }
+    async fn get_base(&self, req: Request<pb::DomainRef>) -> R<pb::Base> {
+        let n = req.into_inner().name;
+        run(&self.0, "GetBase", &n.clone(), move |a| {
+            crate::validate::name("base", &n)?;
+            a.base(&n)
+        })
+        .await
+    }
+    async fn list_bases(&self, _: Request<pb::ListBasesRequest>) -> R<pb::ListBasesResponse> {
+        run(&self.0, "ListBases", "", |a| {
+            Ok(pb::ListBasesResponse { bases: a.bases()? })
+        })
+        .await
+    }
+    async fn clone_base(&self, req: Request<pb::CloneBaseRequest>) -> R<pb::Domain> {
+        let r = req.into_inner();
+        run(&self.0, "CloneBase", &r.name.clone(), move |a| {
+            a.clone_base(&r)
+        })
+        .await
+    }
+    async fn list_clones(&self, req: Request<pb::DomainRef>) -> R<pb::ListClonesResponse> {
+        let n = req.into_inner().name;
+        run(&self.0, "ListClones", &n.clone(), move |a| {
+            crate::validate::name("base", &n)?;
+            Ok(pb::ListClonesResponse {
+                clones: a.list_clones(&n)?,
+            })
+        })
+        .await
+    }
+    async fn restore_clone(&self, req: Request<pb::DomainRef>) -> R<pb::Domain> {
+        let n = req.into_inner().name;
+        run(&self.0, "RestoreClone", &n.clone(), move |a| {
+            a.restore_clone(&n)
+        })
+        .await
+    }
+    async fn spinoff_clone(&self, req: Request<pb::DomainRef>) -> R<pb::Domain> {
+        let n = req.into_inner().name;
+        run(&self.0, "SpinoffClone", &n.clone(), move |a| a.spinoff(&n)).await
+    }
+    async fn add_volume(&self, req: Request<pb::AddVolumeRequest>) -> R<pb::Domain> {
+        let r = req.into_inner();
+        run(&self.0, "AddVolume", &r.domain.clone(), move |a| {
+            a.add_volume(&r)
+        })
+        .await
+    }
+}

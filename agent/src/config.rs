@@ -1,0 +1,256 @@
+//! The agent's configuration: a TOML file, then `CORRAL_AGENT_*` environment overrides.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{AgentError, Result};
+
+/// Type of the domains the agent defines: `kvm` on real hardware, `qemu` (TCG) where KVM
+/// cannot boot a guest, `test` for libvirt's test driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainType {
+    Kvm,
+    Qemu,
+    Test,
+}
+
+impl DomainType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Qemu => "qemu",
+            Self::Test => "test",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "kvm" => Ok(Self::Kvm),
+            "qemu" => Ok(Self::Qemu),
+            "test" => Ok(Self::Test),
+            _ => Err(AgentError::invalid(format!(
+                "domain_type {s:?} is not one of kvm, qemu, test"
+            ))),
+        }
+    }
+}
+
+/// Which firewall backend exposes ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallKind {
+    /// iptables chains of Corral's own (the real thing).
+    Iptables,
+    /// No firewall: port exposure is refused (for hosts without iptables, e.g. `test:///`).
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// libvirt connection URI.
+    pub libvirt_uri: String,
+    /// Every volume the agent manages lives directly in this directory.
+    pub storage_root: PathBuf,
+    /// Agent state (exposed ports, base templates).
+    pub state_dir: PathBuf,
+    pub domain_type: DomainType,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// The host address clients reach exposed ports and displays on.
+    pub host_address: IpAddr,
+    /// Host ports handed out for exposed guest ports: `[first, last]`.
+    pub port_range: [u16; 2],
+    /// libvirt network new NICs attach to when a spec names none.
+    pub default_network: String,
+    pub firewall: FirewallKind,
+    /// Machine type for new domains (`pc`, `q35`...).
+    pub machine: String,
+    /// Mutual TLS: the agent's certificate and key, and the CA whose clients it accepts.
+    /// All three or none; without them the agent serves plain gRPC (keep it on a private
+    /// address then).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: accept only this client certificate (the coordinator's), not every
+    /// certificate the CA signed.
+    pub tls_coordinator_cert: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            libvirt_uri: "qemu:///system".into(),
+            storage_root: "/var/lib/corral/storage".into(),
+            state_dir: "/var/lib/corral/state".into(),
+            domain_type: DomainType::Kvm,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            host_address: IpAddr::from([127, 0, 0, 1]),
+            port_range: [20000, 29999],
+            default_network: "default".into(),
+            firewall: FirewallKind::Iptables,
+            machine: "pc".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_coordinator_cert: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the TOML file (when given), then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    AgentError::invalid(format!("cannot read config {}: {e}", p.display()))
+                })?;
+                Self::from_toml(&text)?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| AgentError::invalid(format!("invalid config: {e}")))
+    }
+
+    /// Applies `CORRAL_AGENT_<FIELD>` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let bad = |k: &str, v: &str| AgentError::invalid(format!("invalid {k}={v:?}"));
+        if let Some(v) = get("CORRAL_AGENT_LIBVIRT_URI") {
+            self.libvirt_uri = v;
+        }
+        if let Some(v) = get("CORRAL_AGENT_STORAGE_ROOT") {
+            self.storage_root = v.into();
+        }
+        if let Some(v) = get("CORRAL_AGENT_STATE_DIR") {
+            self.state_dir = v.into();
+        }
+        if let Some(v) = get("CORRAL_AGENT_DOMAIN_TYPE") {
+            self.domain_type = DomainType::parse(&v)?;
+        }
+        if let Some(v) = get("CORRAL_AGENT_LISTEN") {
+            self.listen = v.parse().map_err(|_| bad("CORRAL_AGENT_LISTEN", &v))?;
+        }
+        if let Some(v) = get("CORRAL_AGENT_HOST_ADDRESS") {
+            self.host_address = v
+                .parse()
+                .map_err(|_| bad("CORRAL_AGENT_HOST_ADDRESS", &v))?;
+        }
+        if let Some(v) = get("CORRAL_AGENT_DEFAULT_NETWORK") {
+            self.default_network = v;
+        }
+        if let Some(v) = get("CORRAL_AGENT_FIREWALL") {
+            self.firewall = match v.as_str() {
+                "iptables" => FirewallKind::Iptables,
+                "none" => FirewallKind::None,
+                _ => return Err(bad("CORRAL_AGENT_FIREWALL", &v)),
+            };
+        }
+        if let Some(v) = get("CORRAL_AGENT_TLS_CERT") {
+            self.tls_cert = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_AGENT_TLS_KEY") {
+            self.tls_key = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_AGENT_TLS_CLIENT_CA") {
+            self.tls_client_ca = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_AGENT_TLS_COORDINATOR_CERT") {
+            self.tls_coordinator_cert = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_AGENT_PORT_RANGE") {
+            let (a, b) = v
+                .split_once('-')
+                .ok_or_else(|| bad("CORRAL_AGENT_PORT_RANGE", &v))?;
+            let a = a.parse().map_err(|_| bad("CORRAL_AGENT_PORT_RANGE", &v))?;
+            let b = b.parse().map_err(|_| bad("CORRAL_AGENT_PORT_RANGE", &v))?;
+            self.port_range = [a, b];
+        }
+        Ok(())
+    }
+
+    /// The TLS files when all three are set.
+    pub fn tls(&self) -> Result<Option<(PathBuf, PathBuf, PathBuf)>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(c), Some(k), Some(ca)) => Ok(Some((c.clone(), k.clone(), ca.clone()))),
+            (None, None, None) => Ok(None),
+            _ => Err(AgentError::invalid(
+                "tls_cert, tls_key and tls_client_ca go together: set all three or none",
+            )),
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.tls()?.is_none() && self.tls_coordinator_cert.is_some() {
+            return Err(AgentError::invalid(
+                "tls_coordinator_cert needs tls_cert, tls_key and tls_client_ca",
+            ));
+        }
+        let [a, b] = self.port_range;
+        if a == 0 || a > b {
+            return Err(AgentError::invalid(format!(
+                "port_range [{a}, {b}] must be 1..=65535 with first <= last"
+            )));
+        }
+        if !self.storage_root.is_absolute() || !self.state_dir.is_absolute() {
+            return Err(AgentError::invalid(
+                "storage_root and state_dir must be absolute paths",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_then_env() {
+        let mut cfg = Config::from_toml(
+            r#"
+            libvirt_uri = "test:///default"
+            domain_type = "qemu"
+            listen = "0.0.0.0:7000"
+            port_range = [30000, 30010]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.domain_type, DomainType::Qemu);
+        cfg.apply_env(|k| match k {
+            "CORRAL_AGENT_DOMAIN_TYPE" => Some("kvm".into()),
+            "CORRAL_AGENT_PORT_RANGE" => Some("100-200".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.domain_type, DomainType::Kvm);
+        assert_eq!(cfg.port_range, [100, 200]);
+        assert_eq!(cfg.libvirt_uri, "test:///default");
+        cfg.check().unwrap();
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let cfg = Config::from_toml(include_str!("../../deploy/agent.example.toml")).unwrap();
+        cfg.check().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_refused() {
+        assert!(Config::from_toml("nope = 1").is_err());
+        assert!(Config::from_toml("domain_type = \"xen\"").is_err());
+        let mut cfg = Config::default();
+        assert!(cfg
+            .apply_env(|k| (k == "CORRAL_AGENT_LISTEN").then(|| "x".into()))
+            .is_err());
+    }
+}

@@ -1,0 +1,803 @@
+//! Domains: typed specs to XML, views of what libvirt holds, and lifecycle operations.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use corral_proto::v1 as pb;
+use rand::Rng;
+
+use crate::agent::{now_unix, Agent};
+use crate::domain_xml::{
+    CharDev, CorralMeta, Disk, DiskDriver, DiskSource, DiskTarget, DomainXml, Empty, Features,
+    Graphics, Interface, MacAddress, MetaDisk, MetaLabel, Metadata, NetSource, Os, OsType,
+    TypeAttr, Video,
+};
+use crate::error::{AgentError, Result};
+use crate::hypervisor::DomState;
+use crate::images::Format;
+use crate::validate;
+
+/// Volume roles as stored in Corral's metadata.
+pub const ROLE_SYSTEM: &str = "system";
+pub const ROLE_TMP: &str = "tmp";
+pub const ROLE_SWAP: &str = "swap";
+pub const ROLE_DATA: &str = "data";
+
+/// Roles that come from a base and are reset by a restore.
+pub fn is_base_role(role: &str) -> bool {
+    matches!(role, ROLE_SYSTEM | ROLE_TMP | ROLE_SWAP)
+}
+
+/// Reads a protobuf role; unspecified means `system`, unknown values are refused.
+pub fn role_from_pb(value: i32) -> Result<&'static str> {
+    match pb::VolumeRole::try_from(value) {
+        Ok(pb::VolumeRole::Unspecified | pb::VolumeRole::System) => Ok(ROLE_SYSTEM),
+        Ok(pb::VolumeRole::Tmp) => Ok(ROLE_TMP),
+        Ok(pb::VolumeRole::Swap) => Ok(ROLE_SWAP),
+        Ok(pb::VolumeRole::Data) => Ok(ROLE_DATA),
+        Err(_) => Err(AgentError::invalid(format!(
+            "unknown volume role {value}: use system, tmp, swap or data"
+        ))),
+    }
+}
+
+pub fn role_to_pb(role: &str) -> pb::VolumeRole {
+    match role {
+        ROLE_TMP => pb::VolumeRole::Tmp,
+        ROLE_SWAP => pb::VolumeRole::Swap,
+        ROLE_DATA => pb::VolumeRole::Data,
+        _ => pb::VolumeRole::System,
+    }
+}
+
+pub fn state_to_pb(s: DomState) -> pb::DomainState {
+    match s {
+        DomState::Running => pb::DomainState::Running,
+        DomState::Paused => pb::DomainState::Paused,
+        DomState::ShutOff => pb::DomainState::ShutOff,
+        DomState::Hibernated => pb::DomainState::Hibernated,
+        DomState::Crashed => pb::DomainState::Crashed,
+        DomState::ShuttingDown => pb::DomainState::ShuttingDown,
+        DomState::Blocked => pb::DomainState::Blocked,
+        DomState::PmSuspended => pb::DomainState::PmSuspended,
+    }
+}
+
+/// A random locally administered MAC in QEMU's 52:54:00 range.
+pub fn random_mac() -> String {
+    let mut r = rand::thread_rng();
+    format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        r.gen::<u8>(),
+        r.gen::<u8>(),
+        r.gen::<u8>()
+    )
+}
+
+/// A random display password (VNC uses at most 8 characters).
+pub fn random_password() -> String {
+    const CHARS: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut r = rand::thread_rng();
+    (0..8)
+        .map(|_| CHARS[r.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Disk target name for the n-th disk: vda, vdb, ...
+pub fn target_name(index: usize) -> Result<String> {
+    let letter = u8::try_from(index)
+        .ok()
+        .filter(|i| *i < 26)
+        .ok_or_else(|| AgentError::invalid("at most 26 disks per domain"))?;
+    Ok(format!("vd{}", (b'a' + letter) as char))
+}
+
+const VIDEO_MODELS: &[&str] = &["vga", "virtio", "qxl", "cirrus", "bochs", "none"];
+const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "rtl8139"];
+
+/// The XML of a disk backed by a file in the storage root.
+pub fn disk_xml(path: &Path, target: &str, format: &str, readonly: bool) -> Disk {
+    Disk {
+        disk_type: "file".into(),
+        device: "disk".into(),
+        driver: Some(DiskDriver {
+            name: "qemu".into(),
+            format: format.into(),
+        }),
+        source: Some(DiskSource {
+            file: Some(path.display().to_string()),
+        }),
+        target: DiskTarget {
+            dev: target.into(),
+            bus: Some("virtio".into()),
+        },
+        readonly: readonly.then_some(Empty {}),
+    }
+}
+
+/// Builds the graphics element for a display spec.
+fn graphics_for(agent: &Agent, display: Option<&pb::DisplaySpec>) -> Result<Vec<Graphics>> {
+    let (kind, listen) = match display {
+        None => (pb::DisplayType::Vnc, String::new()),
+        Some(d) => (
+            pb::DisplayType::try_from(d.r#type).map_err(|_| {
+                AgentError::invalid(format!(
+                    "unknown display type {}: use spice or vnc",
+                    d.r#type
+                ))
+            })?,
+            d.listen.clone(),
+        ),
+    };
+    let kind = match kind {
+        pb::DisplayType::None => return Ok(Vec::new()),
+        pb::DisplayType::Spice => "spice",
+        pb::DisplayType::Vnc | pb::DisplayType::Unspecified => "vnc",
+    };
+    let listen = if listen.is_empty() {
+        agent.cfg.host_address.to_string()
+    } else {
+        listen
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| {
+                AgentError::invalid(format!(
+                    "display listen address {listen:?} is not an IP address"
+                ))
+            })?
+            .to_string()
+    };
+    Ok(vec![Graphics {
+        kind: kind.into(),
+        port: Some(-1),
+        autoport: Some("yes".into()),
+        listen: Some(listen),
+        passwd: Some(random_password()),
+    }])
+}
+
+/// A volume the define step must create, removed again if the define fails.
+struct Created(Vec<std::path::PathBuf>);
+
+impl Created {
+    fn rollback(self) {
+        for p in self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Agent {
+    /// Reads a domain's current (live when running) definition.
+    pub fn read_domain(&self, name: &str) -> Result<DomainXml> {
+        validate::name("domain", name)?;
+        DomainXml::parse(&self.hv.xml(name, false, false)?)
+    }
+
+    /// Reads the persistent definition, passwords included (for cloning and redefining).
+    pub fn read_definition(&self, name: &str) -> Result<DomainXml> {
+        validate::name("domain", name)?;
+        DomainXml::parse(&self.hv.xml(name, true, true)?)
+    }
+
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        match self.hv.state(name) {
+            Ok(_) => Ok(true),
+            Err(AgentError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces Corral's metadata of a domain.
+    pub fn write_meta(&self, name: &str, meta: &CorralMeta) -> Result<()> {
+        let meta = CorralMeta {
+            xmlns: None,
+            ..meta.clone()
+        };
+        let xml = quick_xml::se::to_string_with_root("instance", &meta)
+            .map_err(|e| AgentError::internal(format!("cannot write metadata: {e}")))?;
+        self.hv.set_meta(name, &xml)
+    }
+
+    /// Defines a domain from a typed spec. Nothing is left behind when it fails.
+    pub fn define(&self, spec: &pb::DomainSpec) -> Result<pb::Domain> {
+        validate::name("domain", &spec.name)?;
+        let vcpus = if spec.vcpus == 0 { 1 } else { spec.vcpus };
+        validate::vcpus(vcpus)?;
+        let memory = if spec.memory_mib == 0 {
+            512
+        } else {
+            spec.memory_mib
+        };
+        validate::memory_mib(memory)?;
+        for (k, v) in &spec.labels {
+            validate::label(k, v)?;
+        }
+        if !spec.owner.is_empty() {
+            validate::name("owner", &spec.owner)?;
+        }
+        let video = if spec.video_model.is_empty() {
+            "vga"
+        } else {
+            &spec.video_model
+        };
+        if !VIDEO_MODELS.contains(&video) {
+            return Err(AgentError::invalid(format!(
+                "unknown video model {video:?}: use one of {}",
+                VIDEO_MODELS.join(", ")
+            )));
+        }
+        // Check every disk before creating any.
+        let mut plan = Vec::new();
+        for (i, d) in spec.disks.iter().enumerate() {
+            let role = role_from_pb(d.role)?;
+            let target = target_name(i)?;
+            let path = self.storage.path(&d.volume)?;
+            let create = if path.is_file() {
+                false
+            } else if d.create_size_bytes > 0 {
+                validate::volume_size(d.create_size_bytes)?;
+                true
+            } else {
+                return Err(AgentError::not_found(format!(
+                    "volume {:?} does not exist (give create_size_bytes to create it)",
+                    d.volume
+                )));
+            };
+            plan.push((d, role, target, path, create));
+        }
+        let mut interfaces = Vec::new();
+        for n in &spec.nics {
+            let mac = if n.mac.is_empty() {
+                random_mac()
+            } else {
+                validate::mac(&n.mac)?;
+                n.mac.to_lowercase()
+            };
+            let model = if n.model.is_empty() {
+                "virtio"
+            } else {
+                &n.model
+            };
+            if !NIC_MODELS.contains(&model) {
+                return Err(AgentError::invalid(format!(
+                    "unknown NIC model {model:?}: use one of {}",
+                    NIC_MODELS.join(", ")
+                )));
+            }
+            let network = if n.network.is_empty() {
+                self.cfg.default_network.clone()
+            } else {
+                validate::name("network", &n.network)?;
+                n.network.clone()
+            };
+            interfaces.push(Interface {
+                iface_type: "network".into(),
+                mac: Some(MacAddress { address: mac }),
+                source: Some(NetSource {
+                    network: Some(network),
+                }),
+                model: Some(TypeAttr { kind: model.into() }),
+            });
+        }
+        let graphics = graphics_for(self, spec.display.as_ref())?;
+        let os = self.os_for(spec.kernel_boot.as_ref())?;
+        if self.exists(&spec.name)? {
+            return Err(AgentError::exists(format!(
+                "domain {:?} already exists",
+                spec.name
+            )));
+        }
+
+        let mut meta = CorralMeta::new("plain");
+        meta.owner = (!spec.owner.is_empty()).then(|| spec.owner.clone());
+        meta.created_unix = now_unix();
+        let mut labels: Vec<_> = spec.labels.iter().collect();
+        labels.sort();
+        meta.labels = labels
+            .into_iter()
+            .map(|(k, v)| MetaLabel {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        let mut created = Created(Vec::new());
+        let mut disks = Vec::new();
+        for (d, role, target, path, create) in plan {
+            if create {
+                if let Err(e) = self
+                    .images
+                    .create(&path, Format::Qcow2, d.create_size_bytes)
+                {
+                    created.rollback();
+                    return Err(e);
+                }
+                created.0.push(path.clone());
+            }
+            let format = match self.images.info(&path) {
+                Ok(chain) => chain
+                    .first()
+                    .map(|i| i.format.clone())
+                    .unwrap_or_else(|| "qcow2".into()),
+                Err(e) => {
+                    created.rollback();
+                    return Err(e);
+                }
+            };
+            disks.push(disk_xml(&path, &target, &format, d.readonly));
+            meta.disks.push(MetaDisk {
+                target,
+                role: role.into(),
+                volume: d.volume.clone(),
+            });
+        }
+        let xml = DomainXml {
+            domain_type: self.cfg.domain_type.as_str().into(),
+            name: spec.name.clone(),
+            uuid: None,
+            metadata: Some(Metadata { corral: Some(meta) }),
+            memory: crate::domain_xml::Memory::mib(memory),
+            vcpu: crate::domain_xml::Vcpu { count: vcpus },
+            os,
+            features: Some(Features {
+                acpi: Some(Empty {}),
+                apic: Some(Empty {}),
+            }),
+            devices: crate::domain_xml::Devices {
+                disks,
+                interfaces,
+                serials: vec![CharDev { kind: "pty".into() }],
+                consoles: vec![CharDev { kind: "pty".into() }],
+                graphics,
+                videos: vec![Video {
+                    model: TypeAttr { kind: video.into() },
+                }],
+            },
+        };
+        let result = xml.to_xml().and_then(|x| self.hv.define(&x));
+        if let Err(e) = result {
+            created.rollback();
+            return Err(e);
+        }
+        tracing::info!(domain = %spec.name, "defined");
+        self.view(&spec.name)
+    }
+
+    fn os_for(&self, boot: Option<&pb::KernelBoot>) -> Result<Os> {
+        let mut os = Os {
+            os_type: OsType {
+                arch: Some("x86_64".into()),
+                machine: (self.cfg.domain_type != crate::config::DomainType::Test)
+                    .then(|| self.cfg.machine.clone()),
+                value: "hvm".into(),
+            },
+            ..Os::default()
+        };
+        match boot {
+            Some(b) if !b.kernel.is_empty() => {
+                let check = |what: &str, p: &str| -> Result<String> {
+                    let path = Path::new(p);
+                    if !path.is_absolute() || p.contains("..") {
+                        return Err(AgentError::invalid(format!(
+                            "{what} path {p:?} must be absolute, without '..'"
+                        )));
+                    }
+                    if !path.is_file() {
+                        return Err(AgentError::not_found(format!(
+                            "{what} {p:?} does not exist"
+                        )));
+                    }
+                    Ok(p.to_string())
+                };
+                os.kernel = Some(check("kernel", &b.kernel)?);
+                if !b.initrd.is_empty() {
+                    os.initrd = Some(check("initrd", &b.initrd)?);
+                }
+                if b.cmdline.chars().any(char::is_control) || b.cmdline.len() > 2048 {
+                    return Err(AgentError::invalid(
+                        "kernel command line must be printable and at most 2048 characters",
+                    ));
+                }
+                if !b.cmdline.is_empty() {
+                    os.cmdline = Some(b.cmdline.clone());
+                }
+            }
+            Some(b) if !b.initrd.is_empty() || !b.cmdline.is_empty() => {
+                return Err(AgentError::invalid("initrd and cmdline need a kernel"));
+            }
+            _ => os.boot.push(crate::domain_xml::Boot { dev: "hd".into() }),
+        }
+        Ok(os)
+    }
+
+    /// Everything Corral shows about a domain.
+    pub fn view(&self, name: &str) -> Result<pb::Domain> {
+        let xml = self.read_domain(name)?;
+        let state = self.hv.state(name)?;
+        let meta = xml
+            .meta()
+            .cloned()
+            .unwrap_or_else(|| CorralMeta::new("plain"));
+        let addresses: HashMap<String, Vec<String>> = if state.is_active() {
+            let mut m: HashMap<String, Vec<String>> = HashMap::new();
+            for (mac, ip) in self.hv.addresses(name).unwrap_or_default() {
+                m.entry(mac).or_default().push(ip.to_string());
+            }
+            m
+        } else {
+            HashMap::new()
+        };
+        let disks = xml
+            .devices
+            .disks
+            .iter()
+            .map(|d| {
+                let path = d
+                    .source
+                    .as_ref()
+                    .and_then(|s| s.file.clone())
+                    .unwrap_or_default();
+                let md = meta.disks.iter().find(|m| m.target == d.target.dev);
+                pb::Disk {
+                    volume: md
+                        .map(|m| m.volume.clone())
+                        .or_else(|| self.storage.name_of(Path::new(&path)))
+                        .unwrap_or_default(),
+                    path,
+                    role: role_to_pb(md.map(|m| m.role.as_str()).unwrap_or(ROLE_SYSTEM)) as i32,
+                    target: d.target.dev.clone(),
+                    readonly: d.readonly.is_some(),
+                }
+            })
+            .collect();
+        let nics = xml
+            .devices
+            .interfaces
+            .iter()
+            .map(|i| {
+                let mac = i
+                    .mac
+                    .as_ref()
+                    .map(|m| m.address.to_lowercase())
+                    .unwrap_or_default();
+                pb::Nic {
+                    network: i
+                        .source
+                        .as_ref()
+                        .and_then(|s| s.network.clone())
+                        .unwrap_or_default(),
+                    addresses: addresses.get(&mac).cloned().unwrap_or_default(),
+                    mac,
+                    model: i.model.as_ref().map(|m| m.kind.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let display = xml.devices.graphics.first().map(|g| pb::Display {
+            r#type: display_type(&g.kind) as i32,
+            listen: g.listen.clone().unwrap_or_default(),
+            port: if state.is_active() {
+                g.port.unwrap_or(0).max(0)
+            } else {
+                0
+            },
+            restricted_to: self.display_restriction(name).unwrap_or_default(),
+        });
+        let kind = match meta.kind.as_str() {
+            "base" => pb::DomainKind::Base,
+            "clone" => pb::DomainKind::Clone,
+            _ => pb::DomainKind::Plain,
+        };
+        Ok(pb::Domain {
+            name: xml.name.clone(),
+            uuid: xml.uuid.clone().unwrap_or_default(),
+            state: state_to_pb(state) as i32,
+            started_at_unix: if state.is_active() {
+                self.started_at(name)
+            } else {
+                0
+            },
+            vcpus: xml.vcpu.count,
+            memory_mib: xml.memory.as_mib(),
+            disks,
+            nics,
+            display,
+            video_model: xml
+                .devices
+                .videos
+                .first()
+                .map(|v| v.model.kind.clone())
+                .unwrap_or_default(),
+            labels: meta
+                .labels
+                .iter()
+                .map(|l| (l.key.clone(), l.value.clone()))
+                .collect(),
+            kind: kind as i32,
+            base: meta.base.clone().unwrap_or_default(),
+            locked: meta.locked,
+            has_managed_save: state == DomState::Hibernated,
+            owner: meta.owner.clone().unwrap_or_default(),
+            kernel_boot: xml.os.kernel.as_ref().map(|k| pb::KernelBoot {
+                kernel: k.clone(),
+                initrd: xml.os.initrd.clone().unwrap_or_default(),
+                cmdline: xml.os.cmdline.clone().unwrap_or_default(),
+            }),
+        })
+    }
+
+    pub fn list(&self, labels: &HashMap<String, String>) -> Result<Vec<pb::Domain>> {
+        let mut out = Vec::new();
+        for name in self.hv.names()? {
+            match self.view(&name) {
+                Ok(d) if labels.iter().all(|(k, v)| d.labels.get(k) == Some(v)) => out.push(d),
+                Ok(_) | Err(AgentError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn require_state(&self, name: &str, ok: &[DomState], action: &str) -> Result<DomState> {
+        validate::name("domain", name)?;
+        let s = self.hv.state(name)?;
+        if ok.contains(&s) {
+            return Ok(s);
+        }
+        Err(AgentError::precondition(format!(
+            "cannot {action} domain {name:?}: it is {}",
+            s.as_str()
+        )))
+    }
+
+    pub fn start(&self, name: &str) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(
+            name,
+            &[DomState::ShutOff, DomState::Hibernated, DomState::Crashed],
+            "start",
+        )?;
+        let xml = self.read_domain(name)?;
+        if xml.meta().is_some_and(|m| m.locked) {
+            return Err(AgentError::precondition(format!(
+                "domain {name:?} is a base and bases are locked: clone it, or remove the base to start it"
+            )));
+        }
+        self.hv.start(name)?;
+        self.note_started(name, Some(now_unix()));
+        tracing::info!(domain = %name, "started");
+        self.view(name)
+    }
+
+    /// ACPI shutdown; forced power-off after `timeout`.
+    pub fn shutdown(&self, name: &str, timeout: Duration) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(name, &[DomState::Running, DomState::Blocked], "shut down")?;
+        self.hv.shutdown(name)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.hv.state(name)?.is_active() {
+                tracing::info!(domain = %name, "shut down by the guest");
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(domain = %name, ?timeout, "guest did not shut down in time, powering off");
+                match self.hv.destroy(name) {
+                    Ok(()) | Err(AgentError::FailedPrecondition(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.note_started(name, None);
+        self.view(name)
+    }
+
+    pub fn power_off(&self, name: &str) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(
+            name,
+            &[
+                DomState::Running,
+                DomState::Paused,
+                DomState::Blocked,
+                DomState::ShuttingDown,
+                DomState::PmSuspended,
+            ],
+            "power off",
+        )?;
+        self.hv.destroy(name)?;
+        self.note_started(name, None);
+        self.view(name)
+    }
+
+    pub fn reset(&self, name: &str) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(name, &[DomState::Running, DomState::Blocked], "reset")?;
+        self.hv.reset(name)?;
+        self.view(name)
+    }
+
+    pub fn suspend(&self, name: &str) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(name, &[DomState::Running, DomState::Blocked], "suspend")?;
+        self.hv.suspend(name)?;
+        self.view(name)
+    }
+
+    pub fn resume(&self, name: &str) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(name, &[DomState::Paused], "resume")?;
+        self.hv.resume(name)?;
+        self.view(name)
+    }
+
+    pub fn hibernate(&self, name: &str) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(
+            name,
+            &[DomState::Running, DomState::Paused, DomState::Blocked],
+            "hibernate",
+        )?;
+        self.hv.managed_save(name)?;
+        self.note_started(name, None);
+        self.view(name)
+    }
+
+    /// A PNG of the domain's screen.
+    pub fn screenshot(&self, name: &str) -> Result<pb::Screenshot> {
+        self.require_state(
+            name,
+            &[DomState::Running, DomState::Paused, DomState::Blocked],
+            "take a screenshot of",
+        )?;
+        let (mime, data) = self.hv.screenshot(name)?;
+        let (png, width, height) = crate::screenshot::to_png(&mime, &data)?;
+        Ok(pb::Screenshot { png, width, height })
+    }
+
+    pub fn display(&self, name: &str) -> Result<pb::DisplayInfo> {
+        let xml = DomainXml::parse(&self.hv.xml(name, true, false)?)?;
+        let state = self.hv.state(name)?;
+        let g =
+            xml.devices.graphics.first().ok_or_else(|| {
+                AgentError::precondition(format!("domain {name:?} has no display"))
+            })?;
+        if !state.is_active() {
+            return Err(AgentError::precondition(format!(
+                "domain {name:?} is {}: its display exists only while it runs",
+                state.as_str()
+            )));
+        }
+        let host = match g.listen.as_deref() {
+            None | Some("0.0.0.0") | Some("::") | Some("") => self.cfg.host_address.to_string(),
+            Some(l) => l.to_string(),
+        };
+        let port = g.port.unwrap_or(0);
+        let password = g.passwd.clone().unwrap_or_default();
+        let file = format!(
+            "[virt-viewer]\ntype={}\nhost={host}\nport={port}\npassword={password}\ntitle={name}\ndelete-this-file=1\n",
+            g.kind
+        );
+        Ok(pb::DisplayInfo {
+            r#type: display_type(&g.kind) as i32,
+            host,
+            port,
+            password,
+            remote_viewer_file: file,
+        })
+    }
+
+    pub fn domain_xml(&self, name: &str) -> Result<String> {
+        validate::name("domain", name)?;
+        self.hv.xml(name, false, false)
+    }
+
+    /// Removes a domain (stopping it first), its ports, and optionally its volumes.
+    pub fn remove(&self, name: &str, remove_volumes: bool) -> Result<Vec<String>> {
+        let _busy = self.busy(name)?;
+        let xml = self.read_definition(name)?;
+        let meta = xml
+            .meta()
+            .cloned()
+            .unwrap_or_else(|| CorralMeta::new("plain"));
+        if meta.kind == "base" {
+            let clones = self.clones_of(name)?;
+            if !clones.is_empty() {
+                return Err(AgentError::precondition(format!(
+                    "domain {name:?} is a base with {} clone(s) ({}): remove them first",
+                    clones.len(),
+                    clones.join(", ")
+                )));
+            }
+        }
+        if self.hv.state(name)?.is_active() {
+            self.hv.destroy(name)?;
+        }
+        self.hv.undefine(name)?;
+        self.note_started(name, None);
+        self.forget_ports(name)?;
+        let mut removed = Vec::new();
+        if let Some(prepared) = &meta.prepared {
+            for f in prepared.files.iter().filter(|f| !f.file.is_empty()) {
+                if let Ok(p) = self.storage.path(&f.file) {
+                    if std::fs::remove_file(&p).is_ok() {
+                        removed.push(f.file.clone());
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(self.template_path(name));
+        }
+        if remove_volumes {
+            for d in xml.devices.disks.iter().filter(|d| d.readonly.is_none()) {
+                let Some(top) = d.source.as_ref().and_then(|s| s.file.as_ref()) else {
+                    continue;
+                };
+                removed.extend(self.remove_chain(name, Path::new(top))?);
+            }
+        }
+        tracing::info!(domain = %name, removed = ?removed, "removed");
+        Ok(removed)
+    }
+}
+
+impl Agent {
+    /// Deletes a removed domain's volume and the files below it that are its own (left by
+    /// external snapshots): inside the storage root, named after the domain, writable (base
+    /// files are read-only) and used by no other domain.
+    fn remove_chain(&self, domain: &str, top: &Path) -> Result<Vec<String>> {
+        let chain: Vec<std::path::PathBuf> = match self.images.info(top) {
+            Ok(c) => c
+                .iter()
+                .map(|i| std::path::PathBuf::from(&i.filename))
+                .collect(),
+            Err(_) => vec![top.to_path_buf()],
+        };
+        let mut removed = Vec::new();
+        for (depth, path) in chain.iter().enumerate() {
+            let Some(vol) = self.storage.name_of(path) else {
+                continue;
+            };
+            if depth > 0 {
+                let own = vol.starts_with(&format!("{domain}-"));
+                let readonly = std::fs::metadata(path).map_or(true, |m| m.permissions().readonly());
+                if !own || readonly || !self.users_of(path)?.is_empty() {
+                    continue;
+                }
+            }
+            if std::fs::remove_file(path).is_ok() {
+                removed.push(vol);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+pub fn display_type(kind: &str) -> pb::DisplayType {
+    match kind {
+        "spice" => pb::DisplayType::Spice,
+        "vnc" => pb::DisplayType::Vnc,
+        _ => pb::DisplayType::Unspecified,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_targets() {
+        assert_eq!(role_from_pb(0).unwrap(), ROLE_SYSTEM);
+        assert_eq!(role_from_pb(4).unwrap(), ROLE_DATA);
+        assert!(role_from_pb(42)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown volume role"));
+        assert_eq!(target_name(0).unwrap(), "vda");
+        assert_eq!(target_name(25).unwrap(), "vdz");
+        assert!(target_name(26).is_err());
+        let mac = random_mac();
+        validate::mac(&mac).unwrap();
+        assert_eq!(random_password().len(), 8);
+    }
+}

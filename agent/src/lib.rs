@@ -1,0 +1,25 @@
+//! corral-agent: the only code that touches libvirt, `qemu-img` and `iptables` on a host.
+//!
+//! Layers, from the wire down: [`api`] (gRPC adapters) → [`agent::Agent`] and its logic
+//! modules ([`domains`], [`bases`], [`volumes`], [`snapshots`], [`ports`], [`reconcile`]) →
+//! side-effect traits ([`hypervisor::Hypervisor`], [`images::ImageTool`],
+//! [`firewall::Firewall`]) with their real implementations.
+pub mod agent;
+pub mod api;
+pub mod bases;
+pub mod config;
+pub mod domain_xml;
+pub mod domains;
+pub mod error;
+pub mod events;
+pub mod firewall;
+pub mod hypervisor;
+pub mod images;
+pub mod ports;
+pub mod reconcile;
+pub mod screenshot;
+pub mod server;
+pub mod snapshots;
+pub mod storage;
+pub mod validate;
+pub mod volumes;

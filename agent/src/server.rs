@@ -1,0 +1,241 @@
+//! Wires the agent together and serves gRPC until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_proto::v1 as pb;
+use tokio::net::TcpListener;
+
+use crate::agent::{now_unix, Agent};
+use crate::api;
+use crate::config::{Config, FirewallKind};
+use crate::error::{AgentError, Result};
+use crate::firewall::{Firewall, Iptables, NoFirewall};
+use crate::hypervisor::Libvirt;
+use crate::images::QemuImg;
+
+/// Opens libvirt, builds the agent and reconciles it with the host.
+pub async fn build(cfg: Config) -> Result<Arc<Agent>> {
+    let uri = cfg.libvirt_uri.clone();
+    let hv = Arc::new(tokio::task::spawn_blocking(move || Libvirt::open(&uri)).await??);
+    let firewall: Arc<dyn Firewall> = match cfg.firewall {
+        FirewallKind::Iptables => Arc::new(Iptables),
+        FirewallKind::None => Arc::new(NoFirewall),
+    };
+    let agent = Arc::new(Agent::new(
+        cfg,
+        hv.clone(),
+        Arc::new(QemuImg::default()),
+        firewall,
+    )?);
+    hv.watch_events(agent.events.clone())?;
+    agent.blocking(|a| a.reconcile()).await?;
+    spawn_event_reactor(&agent);
+    Ok(agent)
+}
+
+/// Keeps start times and port rules in step with libvirt's lifecycle events.
+fn spawn_event_reactor(agent: &Arc<Agent>) {
+    let mut rx = agent.events.subscribe();
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move {
+        loop {
+            let e = match rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "event reactor lagged; re-applying all port rules");
+                    let _ = agent.blocking(|a| a.apply_ports()).await;
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let span = tracing::info_span!("domain_event", domain = %e.domain, event = e.event, detail = e.detail);
+            let _g = span.enter();
+            tracing::debug!("libvirt event");
+            let name = e.domain.clone();
+            match e.event {
+                // STARTED
+                2 => {
+                    agent.note_started(&name, Some(now_unix()));
+                    let a = Arc::clone(&agent);
+                    tokio::spawn(async move {
+                        let n = name.clone();
+                        if let Err(err) = a
+                            .blocking(move |a| {
+                                a.activate_ports_when_ready(&n, Duration::from_secs(90))
+                            })
+                            .await
+                        {
+                            tracing::warn!(domain = %name, error = %err, "could not activate port rules");
+                        }
+                    });
+                }
+                // STOPPED, CRASHED
+                5 | 8 => {
+                    agent.note_started(&name, None);
+                    let _ = agent.blocking(|a| a.apply_ports()).await;
+                }
+                // UNDEFINED
+                1 => {
+                    let _ = agent.blocking(move |a| a.forget_ports(&name)).await;
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Serves every service on `listener` until `shutdown` completes. Guests keep running.
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<pb::host_service_server::HostServiceServer<api::HostApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::domain_service_server::DomainServiceServer<api::DomainApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::volume_service_server::VolumeServiceServer<api::VolumeApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::base_service_server::BaseServiceServer<api::BaseApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::snapshot_service_server::SnapshotServiceServer<api::SnapshotApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::port_service_server::PortServiceServer<api::PortApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;
+    let pinned = match &agent.cfg.tls_coordinator_cert {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p)
+                .map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))?;
+            Some(Arc::new(pem_to_der(&pem)?))
+        }
+        None => None,
+    };
+    let check = pin_check(pinned);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key, ca)) = agent.cfg.tls()? {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))
+        };
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read(&cert)?,
+                read(&key)?,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(&ca)?));
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| AgentError::invalid(format!("TLS: {e}")))?;
+        tracing::info!("mutual TLS: only clients with a certificate from the configured CA");
+    }
+    builder
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            pb::host_service_server::HostServiceServer::with_interceptor(
+                api::HostApi(agent.clone()),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::domain_service_server::DomainServiceServer::with_interceptor(
+                api::DomainApi(agent.clone()),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::volume_service_server::VolumeServiceServer::with_interceptor(
+                api::VolumeApi(agent.clone()),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::base_service_server::BaseServiceServer::with_interceptor(
+                api::BaseApi(agent.clone()),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::snapshot_service_server::SnapshotServiceServer::with_interceptor(
+                api::SnapshotApi(agent.clone()),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::port_service_server::PortServiceServer::with_interceptor(
+                api::PortApi(agent),
+                check.clone(),
+            ),
+        )
+        .serve_with_incoming_shutdown(
+            // Small messages (stream ends, progress events) must not wait for Nagle's delay.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(|e| AgentError::Unavailable(format!("gRPC server: {e}")))
+}
+
+/// The DER bytes of the first certificate in a PEM file.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        return Err(AgentError::invalid("no certificate in the PEM file"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|e| AgentError::invalid(format!("bad PEM certificate: {e}")))
+}
+
+type Check = Box<
+    dyn Fn(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status>
+        + Send
+        + Sync,
+>;
+
+/// Refuses every call whose client certificate is not `pinned` (when pinning is on).
+fn pin_check(pinned: Option<Arc<Vec<u8>>>) -> impl tonic::service::Interceptor + Clone {
+    let check: Arc<Check> = Arc::new(Box::new(move |req: tonic::Request<()>| {
+        let Some(pin) = &pinned else { return Ok(req) };
+        let ok = req
+            .peer_certs()
+            .is_some_and(|certs| certs.first().is_some_and(|c| c.as_ref() == pin.as_slice()));
+        if ok {
+            Ok(req)
+        } else {
+            Err(tonic::Status::permission_denied(
+                "this agent accepts only the coordinator's certificate",
+            ))
+        }
+    }));
+    move |req: tonic::Request<()>| check(req)
+}
+
+/// Binds the configured address; returns the listener and the address actually bound.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::Unavailable(format!("cannot listen on {addr}: {e}")))?;
+    let local = l.local_addr()?;
+    Ok((l, local))
+}

@@ -1,0 +1,240 @@
+//! Volumes in the storage root, through the [`crate::images::ImageTool`].
+
+use std::path::Path;
+
+use corral_proto::v1 as pb;
+
+use crate::agent::Agent;
+use crate::error::{AgentError, Result};
+use crate::images::Format;
+use crate::validate;
+
+fn format_from_pb(v: i32) -> Result<Option<Format>> {
+    match pb::VolumeFormat::try_from(v) {
+        Ok(pb::VolumeFormat::Unspecified) => Ok(None),
+        Ok(pb::VolumeFormat::Qcow2) => Ok(Some(Format::Qcow2)),
+        Ok(pb::VolumeFormat::Raw) => Ok(Some(Format::Raw)),
+        Err(_) => Err(AgentError::invalid(format!(
+            "unknown volume format {v}: use qcow2 or raw"
+        ))),
+    }
+}
+
+impl Agent {
+    pub fn volume_info(&self, name: &str) -> Result<pb::VolumeInfo> {
+        let path = self.storage.existing(name)?;
+        let chain = self.images.info(&path)?;
+        let top = chain
+            .first()
+            .ok_or_else(|| AgentError::internal(format!("qemu-img said nothing about {name:?}")))?;
+        Ok(pb::VolumeInfo {
+            name: name.into(),
+            path: path.display().to_string(),
+            format: top.format.clone(),
+            virtual_size: top.virtual_size,
+            allocated_size: top.actual_size,
+            backing_chain: chain[1..]
+                .iter()
+                .map(|i| pb::BackingFile {
+                    path: i.filename.clone(),
+                    format: i.format.clone(),
+                    virtual_size: i.virtual_size,
+                })
+                .collect(),
+            snapshots: top
+                .snapshots
+                .iter()
+                .map(|s| pb::InternalSnapshot {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    vm_state_size: s.vm_state_size,
+                    date_unix: s.date_sec,
+                })
+                .collect(),
+        })
+    }
+
+    pub fn list_volumes(&self) -> Result<Vec<pb::VolumeInfo>> {
+        self.storage
+            .list()?
+            .iter()
+            .map(|n| self.volume_info(n))
+            .collect()
+    }
+
+    /// Builds a volume under its temporary name and renames it into place.
+    fn build_volume(
+        &self,
+        name: &str,
+        make: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<pb::VolumeInfo> {
+        let dest = self.storage.fresh(name)?;
+        let tmp = self.storage.tmp_path(name)?;
+        if let Err(e) = make(&tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &dest)?;
+        tracing::info!(volume = %name, "volume created");
+        self.volume_info(name)
+    }
+
+    pub fn create_volume(&self, req: &pb::CreateVolumeRequest) -> Result<pb::VolumeInfo> {
+        validate::name("volume", &req.name)?;
+        validate::volume_size(req.size_bytes)?;
+        let format = format_from_pb(req.format)?.unwrap_or(Format::Qcow2);
+        self.build_volume(&req.name, |tmp| {
+            self.images.create(tmp, format, req.size_bytes)
+        })
+    }
+
+    pub fn create_overlay(&self, req: &pb::CreateOverlayRequest) -> Result<pb::VolumeInfo> {
+        validate::name("volume", &req.name)?;
+        let backing = self.storage.existing(&req.backing)?;
+        let fmt = self
+            .images
+            .info(&backing)?
+            .first()
+            .and_then(|i| Format::parse(&i.format));
+        let fmt = fmt.ok_or_else(|| {
+            AgentError::invalid(format!(
+                "backing volume {:?} has an unsupported format",
+                req.backing
+            ))
+        })?;
+        self.build_volume(&req.name, |tmp| {
+            self.images.create_overlay(tmp, &backing, fmt)
+        })
+    }
+
+    pub fn copy_volume(&self, req: &pb::CopyVolumeRequest) -> Result<pb::VolumeInfo> {
+        let src = self.storage.existing(&req.source)?;
+        validate::name("volume", &req.destination)?;
+        let chain = self.images.info(&src)?;
+        let format = match format_from_pb(req.format)? {
+            Some(f) => f,
+            None => chain
+                .first()
+                .and_then(|i| Format::parse(&i.format))
+                .unwrap_or(Format::Qcow2),
+        };
+        let backing = if req.keep_backing {
+            chain.get(1).map(|b| std::path::PathBuf::from(&b.filename))
+        } else {
+            None
+        };
+        if backing.is_some() && format != Format::Qcow2 {
+            return Err(AgentError::invalid(
+                "keeping the backing file needs the qcow2 format",
+            ));
+        }
+        self.build_volume(&req.destination, |tmp| {
+            self.images.convert(&src, tmp, format, backing.as_deref())
+        })
+    }
+
+    /// Domains whose definition uses the volume.
+    pub(crate) fn users_of(&self, path: &Path) -> Result<Vec<String>> {
+        let mut users = Vec::new();
+        for name in self.hv.names()? {
+            let Ok(xml) = self.read_definition(&name) else {
+                continue;
+            };
+            let uses = xml.devices.disks.iter().any(|d| {
+                d.source.as_ref().and_then(|s| s.file.as_deref()) == Some(&*path.to_string_lossy())
+            }) || xml
+                .meta()
+                .and_then(|m| m.prepared.as_ref())
+                .is_some_and(|p| {
+                    p.files
+                        .iter()
+                        .any(|f| self.storage.path(&f.file).ok().as_deref() == Some(path))
+                });
+            if uses {
+                users.push(name);
+            }
+        }
+        Ok(users)
+    }
+
+    /// Refuses when a running domain uses the volume (qemu-img must not change it then).
+    fn ensure_not_running(&self, name: &str, path: &Path) -> Result<()> {
+        let running: Vec<String> = self
+            .users_of(path)?
+            .into_iter()
+            .filter(|d| self.hv.state(d).is_ok_and(|s| s.is_active()))
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        Err(AgentError::precondition(format!(
+            "volume {name:?} is in use by running domain(s) {}",
+            running.join(", ")
+        )))
+    }
+
+    pub fn rebase_volume(&self, req: &pb::RebaseVolumeRequest) -> Result<pb::VolumeInfo> {
+        let path = self.storage.existing(&req.name)?;
+        let backing = if req.backing.is_empty() {
+            None
+        } else {
+            Some(self.storage.existing(&req.backing)?)
+        };
+        if backing.as_deref() == Some(path.as_path()) {
+            return Err(AgentError::invalid(
+                "a volume cannot be its own backing file",
+            ));
+        }
+        self.ensure_not_running(&req.name, &path)?;
+        self.images
+            .rebase(&path, backing.as_deref(), req.r#unsafe)?;
+        self.volume_info(&req.name)
+    }
+
+    pub fn resize_volume(&self, req: &pb::ResizeVolumeRequest) -> Result<pb::VolumeInfo> {
+        let path = self.storage.existing(&req.name)?;
+        validate::volume_size(req.size_bytes)?;
+        let current = self.volume_info(&req.name)?.virtual_size;
+        if req.size_bytes < current && !req.allow_shrink {
+            return Err(AgentError::invalid(format!(
+                "{} bytes is smaller than the volume ({current} bytes): set allow_shrink to shrink it",
+                req.size_bytes
+            )));
+        }
+        self.ensure_not_running(&req.name, &path)?;
+        self.images
+            .resize(&path, req.size_bytes, req.allow_shrink)?;
+        self.volume_info(&req.name)
+    }
+
+    /// Deletes a volume no domain uses and no other volume is backed by.
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        let path = self.storage.existing(name)?;
+        let users = self.users_of(&path)?;
+        if !users.is_empty() {
+            return Err(AgentError::precondition(format!(
+                "volume {name:?} is used by domain(s) {}",
+                users.join(", ")
+            )));
+        }
+        for other in self.storage.list()? {
+            if other == name {
+                continue;
+            }
+            let Ok(p) = self.storage.path(&other) else {
+                continue;
+            };
+            let Ok(chain) = self.images.info(&p) else {
+                continue;
+            };
+            if chain.iter().skip(1).any(|b| Path::new(&b.filename) == path) {
+                return Err(AgentError::precondition(format!(
+                    "volume {name:?} is the backing file of volume {other:?}"
+                )));
+            }
+        }
+        std::fs::remove_file(&path)?;
+        tracing::info!(volume = %name, "volume deleted");
+        Ok(())
+    }
+}
