@@ -1,0 +1,633 @@
+//! `corral` commands that go through the coordinator: hosts, bases, VMs, operations, users.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use corral_proto::v1 as pb;
+use serde::Deserialize;
+
+use crate::cli::{invalid, labels, lines, snapshot_line, spec, Command, DefineArgs, Out, Output};
+use crate::{enum_name, state_name, ClientError, CoordinatorClient};
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Add an agent: NAME and its gRPC address host:port.
+    Add {
+        name: String,
+        address: String,
+    },
+    Rm {
+        name: String,
+    },
+    /// Back in service.
+    Enable {
+        name: String,
+    },
+    /// Maintenance: no new VMs.
+    Disable {
+        name: String,
+    },
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BaseCmd {
+    /// Define a VM on a host and prepare it as a base.
+    Create {
+        #[command(flatten)]
+        define: Box<DefineArgs>,
+        #[arg(long)]
+        host: String,
+    },
+    Rm {
+        name: String,
+    },
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// A clone of a base, placed by the scheduler.
+    Clone {
+        base: String,
+        name: String,
+        #[arg(long)]
+        start: bool,
+        /// Beside your other VMs.
+        #[arg(long)]
+        keep_together: bool,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// For another user (admin).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Retrying with the same key returns the same operation.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Where a clone of BASE would go and why not elsewhere.
+    Explain {
+        base: String,
+        #[arg(long)]
+        keep_together: bool,
+    },
+    Start {
+        name: String,
+    },
+    Shutdown {
+        name: String,
+    },
+    Poweroff {
+        name: String,
+    },
+    Hibernate {
+        name: String,
+    },
+    Restore {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
+    Show {
+        name: String,
+    },
+    Ls,
+    /// Expose a guest port on its host's address.
+    Expose {
+        name: String,
+        guest_port: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapCmd {
+    Create {
+        vm: String,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Ls {
+        vm: String,
+    },
+    Revert {
+        vm: String,
+        name: String,
+    },
+    Rm {
+        vm: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OpCmd {
+    Ls {
+        #[arg(long)]
+        unfinished: bool,
+    },
+    Show {
+        id: String,
+    },
+    /// Follow an operation (from its first event) to its end.
+    Watch {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["admin", "user"], default_value = "user")]
+        role: String,
+        /// KEY=VALUE attributes.
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+    },
+    /// A new token for a user (shown once).
+    Token {
+        user: String,
+    },
+    Ls,
+    Whoami,
+}
+
+/// `~/.config/corral/config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub endpoint: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where and who: flags, then environment (both through clap), then the config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub endpoint: String,
+    pub token: String,
+}
+
+impl Settings {
+    pub fn resolve(endpoint: Option<String>, token: Option<String>) -> Result<Self, ClientError> {
+        let path =
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/corral/config.toml"));
+        let file = match path.as_ref().filter(|p| p.is_file()) {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ClientError::Config(format!("{}: {e}", p.display())))?;
+                toml::from_str::<ConfigFile>(&text)
+                    .map_err(|e| ClientError::Config(format!("{}: {e}", p.display())))?
+            }
+            None => ConfigFile::default(),
+        };
+        let token = match token.or(file.token) {
+            Some(t) => t,
+            None => match file.token_file {
+                Some(f) => std::fs::read_to_string(&f)
+                    .map_err(|e| ClientError::Config(format!("token file {}: {e}", f.display())))?
+                    .trim()
+                    .to_string(),
+                None => return Err(ClientError::Config(
+                    "no token: use --token, CORRAL_TOKEN or token in ~/.config/corral/config.toml"
+                        .into(),
+                )),
+            },
+        };
+        Ok(Self {
+            endpoint: endpoint
+                .or(file.endpoint)
+                .unwrap_or_else(|| "127.0.0.1:7800".into()),
+            token,
+        })
+    }
+}
+
+fn op_state_name(v: i32) -> String {
+    pb::OperationState::try_from(v)
+        .map(|s| enum_name(s.as_str_name(), "OPERATION_STATE_"))
+        .unwrap_or_default()
+}
+
+fn op_line(o: &pb::Operation) -> String {
+    format!(
+        "{}  {:<10} {:<12} {:<20} {}{}",
+        o.id,
+        op_state_name(o.state),
+        o.kind,
+        o.vm,
+        o.host,
+        if o.error.is_empty() {
+            String::new()
+        } else {
+            format!("  error: {}", o.error)
+        }
+    )
+}
+
+fn vm_line(v: &pb::Vm) -> String {
+    let host_state = pb::HostState::try_from(v.host_state)
+        .map(|s| enum_name(s.as_str_name(), "HOST_STATE_"))
+        .unwrap_or_default();
+    let observed = if v.observed_state == 0 {
+        "unknown".to_string()
+    } else {
+        state_name(v.observed_state)
+    };
+    format!(
+        "{:<24} {:<10} owner={} base={} host={} ({host_state}){}",
+        v.name,
+        observed,
+        v.owner,
+        v.base,
+        v.host,
+        if v.locked_by.is_empty() {
+            String::new()
+        } else {
+            format!(" locked by {}", v.locked_by)
+        }
+    )
+}
+
+fn host_line(h: &pb::Host) -> String {
+    let state = pb::HostState::try_from(h.state)
+        .map(|s| enum_name(s.as_str_name(), "HOST_STATE_"))
+        .unwrap_or_default();
+    let cap = h
+        .info
+        .as_ref()
+        .map(|i| {
+            format!(
+                " cpus={} mem_free={}MiB running={}",
+                i.cpus,
+                i.memory_free_bytes >> 20,
+                i.domains_running
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{:<16} {:<22} {:<8} {}{cap} vms={} bases={}",
+        h.name,
+        h.address,
+        state,
+        if h.enabled { "enabled" } else { "disabled" },
+        h.vms,
+        h.bases.join(",")
+    )
+}
+
+/// Follows an operation with a progress bar, or returns it at once with `no_wait`.
+async fn follow(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    no_wait: bool,
+    op: pb::Operation,
+) -> Result<(), ClientError> {
+    if no_wait {
+        out.show(&op, |o| o.id.clone());
+        return Ok(());
+    }
+    // Drawn only on a terminal: a hidden bar has no ticker thread to wait for at the end.
+    let draw = out.0 == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if draw {
+        indicatif::ProgressBar::new(100)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>3}% {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    if draw {
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    }
+    let title = format!("{} {}", op.kind, op.vm);
+    let done = c
+        .wait(&op.id, |e| {
+            if e.percent >= 0.0 {
+                bar.set_position(e.percent as u64);
+            }
+            let msg = if e.message.is_empty() {
+                e.phase.clone()
+            } else {
+                format!("{}: {}", e.phase, e.message)
+            };
+            bar.set_message(format!("{title} — {msg}"));
+        })
+        .await;
+    bar.finish_and_clear();
+    let done = done?;
+    if done.state != pb::OperationState::Succeeded as i32 {
+        return Err(ClientError::Operation(
+            done.id,
+            op_state_name(done.state),
+            done.error,
+        ));
+    }
+    out.show(&done, |o| {
+        format!("{} {} succeeded: {}", o.kind, o.vm, o.result)
+    });
+    Ok(())
+}
+
+pub async fn run(
+    settings: Settings,
+    output: Output,
+    no_wait: bool,
+    command: Command,
+) -> Result<(), ClientError> {
+    let mut c = CoordinatorClient::connect(&settings.endpoint, &settings.token).await?;
+    let out = Out(output);
+    let vref = |name: String| pb::VmRef { name };
+    match command {
+        Command::Host(cmd) => match cmd {
+            HostCmd::Add { name, address } => {
+                let h = c
+                    .hosts
+                    .add_host(pb::AddHostRequest { name, address })
+                    .await?
+                    .into_inner();
+                out.show(&h, host_line);
+            }
+            HostCmd::Rm { name } => {
+                c.hosts
+                    .remove_host(pb::HostRef { name: name.clone() })
+                    .await?;
+                out.show(&name, |n| format!("host {n} removed"));
+            }
+            HostCmd::Enable { name } => {
+                let h = c
+                    .hosts
+                    .set_host_enabled(pb::SetHostEnabledRequest {
+                        name,
+                        enabled: true,
+                    })
+                    .await?
+                    .into_inner();
+                out.show(&h, host_line);
+            }
+            HostCmd::Disable { name } => {
+                let h = c
+                    .hosts
+                    .set_host_enabled(pb::SetHostEnabledRequest {
+                        name,
+                        enabled: false,
+                    })
+                    .await?
+                    .into_inner();
+                out.show(&h, host_line);
+            }
+            HostCmd::Ls => {
+                let l = c
+                    .hosts
+                    .list_hosts(pb::ListHostsRequest {})
+                    .await?
+                    .into_inner();
+                out.show(&l, |l| lines(&l.hosts, host_line));
+            }
+        },
+        Command::Base(cmd) => match cmd {
+            BaseCmd::Create { define, host } => {
+                let op = c
+                    .vms
+                    .create_base(pb::CreateBaseRequest {
+                        spec: Some(spec(&define)?),
+                        host,
+                        idempotency_key: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                follow(&mut c, &out, no_wait, op).await?;
+            }
+            BaseCmd::Rm { name } => {
+                let op = c.vms.remove_base(pb::BaseRef { name }).await?.into_inner();
+                follow(&mut c, &out, no_wait, op).await?;
+            }
+            BaseCmd::Ls => {
+                let l = c
+                    .vms
+                    .list_bases(pb::ListBaseSummariesRequest {})
+                    .await?
+                    .into_inner();
+                out.show(&l, |l| {
+                    lines(&l.bases, |b| {
+                        format!(
+                            "{:<24} clones={} hosts={}",
+                            b.name,
+                            b.clones,
+                            b.hosts.join(",")
+                        )
+                    })
+                });
+            }
+        },
+        Command::Vm(cmd) => {
+            let op = match cmd {
+                VmCmd::Clone {
+                    base,
+                    name,
+                    start,
+                    keep_together,
+                    labels: l,
+                    owner,
+                    idempotency_key,
+                } => {
+                    c.vms
+                        .clone_vm(pb::CloneVmRequest {
+                            base,
+                            name,
+                            start,
+                            labels: labels(&l)?,
+                            keep_together,
+                            idempotency_key: idempotency_key.unwrap_or_default(),
+                            owner: owner.unwrap_or_default(),
+                        })
+                        .await?
+                }
+                VmCmd::Explain {
+                    base,
+                    keep_together,
+                } => {
+                    let e = c
+                        .vms
+                        .explain_placement(pb::CloneVmRequest {
+                            base,
+                            keep_together,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    out.show(&e, |e| {
+                        let mut s = format!(
+                            "chosen: {}",
+                            if e.chosen.is_empty() {
+                                "none"
+                            } else {
+                                &e.chosen
+                            }
+                        );
+                        for r in &e.rejected {
+                            s.push_str(&format!("\n  {}: {}", r.host, r.reason));
+                        }
+                        s
+                    });
+                    return Ok(());
+                }
+                VmCmd::Start { name } => c.vms.start_vm(vref(name)).await?,
+                VmCmd::Shutdown { name } => c.vms.shutdown_vm(vref(name)).await?,
+                VmCmd::Poweroff { name } => c.vms.power_off_vm(vref(name)).await?,
+                VmCmd::Hibernate { name } => c.vms.hibernate_vm(vref(name)).await?,
+                VmCmd::Restore { name } => c.vms.restore_vm(vref(name)).await?,
+                VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
+                VmCmd::Show { name } => {
+                    let v = c.vms.get_vm(vref(name)).await?.into_inner();
+                    out.show(&v, vm_line);
+                    return Ok(());
+                }
+                VmCmd::Ls => {
+                    let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();
+                    out.show(&l, |l| lines(&l.vms, vm_line));
+                    return Ok(());
+                }
+                VmCmd::Expose { name, guest_port } => {
+                    let p = c
+                        .vms
+                        .expose_vm_port(pb::ExposeVmPortRequest {
+                            vm: name,
+                            guest_port,
+                        })
+                        .await?
+                        .into_inner();
+                    out.show(&p, |p| {
+                        format!(
+                            "{}:{} -> {}:{}",
+                            p.host_address, p.host_port, p.domain, p.guest_port
+                        )
+                    });
+                    return Ok(());
+                }
+            };
+            follow(&mut c, &out, no_wait, op.into_inner()).await?;
+        }
+        Command::Snapshot(cmd) => {
+            let req = |vm: String, name: String, description: String| pb::VmSnapshotRequest {
+                vm,
+                name,
+                description,
+            };
+            let op = match cmd {
+                SnapCmd::Create {
+                    vm,
+                    name,
+                    description,
+                } => c.vms.create_vm_snapshot(req(vm, name, description)).await?,
+                SnapCmd::Revert { vm, name } => {
+                    c.vms
+                        .revert_vm_snapshot(req(vm, name, String::new()))
+                        .await?
+                }
+                SnapCmd::Rm { vm, name } => {
+                    c.vms
+                        .delete_vm_snapshot(req(vm, name, String::new()))
+                        .await?
+                }
+                SnapCmd::Ls { vm } => {
+                    let l = c
+                        .vms
+                        .list_vm_snapshots(pb::VmRef { name: vm })
+                        .await?
+                        .into_inner();
+                    out.show(&l, |l| lines(&l.snapshots, snapshot_line));
+                    return Ok(());
+                }
+            };
+            follow(&mut c, &out, no_wait, op.into_inner()).await?;
+        }
+        Command::Op(cmd) => match cmd {
+            OpCmd::Ls { unfinished } => {
+                let l = c
+                    .ops
+                    .list_operations(pb::ListOperationsRequest {
+                        unfinished_only: unfinished,
+                    })
+                    .await?
+                    .into_inner();
+                out.show(&l, |l| lines(&l.operations, op_line));
+            }
+            OpCmd::Show { id } => {
+                let o = c
+                    .ops
+                    .get_operation(pb::OperationRef { id })
+                    .await?
+                    .into_inner();
+                out.show(&o, op_line);
+            }
+            OpCmd::Watch { id } => {
+                let o = c
+                    .ops
+                    .get_operation(pb::OperationRef { id })
+                    .await?
+                    .into_inner();
+                follow(&mut c, &out, false, o).await?;
+            }
+            OpCmd::Cancel { id } => {
+                let o = c
+                    .ops
+                    .cancel_operation(pb::OperationRef { id })
+                    .await?
+                    .into_inner();
+                out.show(&o, op_line);
+            }
+        },
+        Command::User(cmd) => match cmd {
+            UserCmd::Add {
+                name,
+                role,
+                attributes,
+            } => {
+                let u = c
+                    .users
+                    .create_user(pb::CreateUserRequest {
+                        name,
+                        role,
+                        attributes: labels(&attributes)?,
+                    })
+                    .await?
+                    .into_inner();
+                out.show(&u, |u| format!("user {} ({})", u.name, u.role));
+            }
+            UserCmd::Token { user } => {
+                let t = c
+                    .users
+                    .create_token(pb::CreateTokenRequest { user })
+                    .await?
+                    .into_inner();
+                out.show(&t, |t| t.token.clone());
+            }
+            UserCmd::Ls => {
+                let l = c
+                    .users
+                    .list_users(pb::ListUsersRequest {})
+                    .await?
+                    .into_inner();
+                out.show(&l, |l| {
+                    lines(&l.users, |u| format!("{} ({})", u.name, u.role))
+                });
+            }
+            UserCmd::Whoami => {
+                let u = c.users.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+                out.show(&u, |u| format!("{} ({})", u.name, u.role));
+            }
+        },
+        Command::Agent(_) | Command::Pki(_) | Command::Completions { .. } => {
+            return Err(invalid("not a coordinator command".into()));
+        }
+    }
+    Ok(())
+}

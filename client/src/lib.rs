@@ -1,0 +1,268 @@
+//! corral-client: typed access to Corral's gRPC API, used by the `corral` CLI and by other
+//! services. For now it talks to one agent directly; the coordinator comes next.
+
+use corral_proto::v1 as pb;
+use tonic::transport::{Channel, Endpoint};
+
+pub use corral_proto::v1 as proto;
+
+pub mod cli;
+pub mod coord_cli;
+pub mod pki;
+
+/// What went wrong talking to Corral.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {0:?}: {1}")]
+    InvalidEndpoint(String, String),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("{}", describe(.0))]
+    Rpc(#[from] tonic::Status),
+    #[error("operation {0} {1}: {2}")]
+    Operation(String, String, String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// One line for a failed call: the code in words, then the server's message.
+pub fn describe(s: &tonic::Status) -> String {
+    let what = match s.code() {
+        tonic::Code::InvalidArgument => "invalid request",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::FailedPrecondition => "not possible now",
+        tonic::Code::Unimplemented => "not supported",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DeadlineExceeded => "timed out",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "not authenticated",
+        _ => "error",
+    };
+    format!("{what}: {}", s.message())
+}
+
+/// Clients for every service of one agent, sharing one HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    pub host: pb::host_service_client::HostServiceClient<Channel>,
+    pub domains: pb::domain_service_client::DomainServiceClient<Channel>,
+    pub volumes: pb::volume_service_client::VolumeServiceClient<Channel>,
+    pub bases: pb::base_service_client::BaseServiceClient<Channel>,
+    pub snapshots: pb::snapshot_service_client::SnapshotServiceClient<Channel>,
+    pub ports: pb::port_service_client::PortServiceClient<Channel>,
+}
+
+/// Mutual TLS: the CA that signed the peer, and our own certificate and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    fn read(p: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+        std::fs::read(p).map_err(|e| ClientError::Config(format!("{}: {e}", p.display())))
+    }
+
+    pub fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(Self::read(
+                &self.ca,
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                Self::read(&self.cert)?,
+                Self::read(&self.key)?,
+            )))
+    }
+
+    /// Server side: our identity, and only clients signed by `ca` are accepted.
+    pub fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, ClientError> {
+        Ok(tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                Self::read(&self.cert)?,
+                Self::read(&self.key)?,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(Self::read(
+                &self.ca,
+            )?)))
+    }
+}
+
+impl AgentClient {
+    /// Connects to an agent (`http://HOST:PORT`, or `HOST:PORT`) without TLS.
+    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, None).await
+    }
+
+    /// Connects to an agent, with mutual TLS when `tls` is given.
+    pub async fn connect_with(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Self, ClientError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("{scheme}://{endpoint}")
+        };
+        let mut ep = Endpoint::from_shared(url.clone())
+            .map_err(|e| ClientError::InvalidEndpoint(endpoint.into(), e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(t) = tls {
+            ep = ep
+                .tls_config(t.client_config()?)
+                .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
+        }
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(url, e.to_string()))?;
+        Ok(Self::from_channel(ch))
+    }
+
+    pub fn from_channel(ch: Channel) -> Self {
+        Self {
+            host: pb::host_service_client::HostServiceClient::new(ch.clone()),
+            domains: pb::domain_service_client::DomainServiceClient::new(ch.clone()),
+            volumes: pb::volume_service_client::VolumeServiceClient::new(ch.clone()),
+            bases: pb::base_service_client::BaseServiceClient::new(ch.clone()),
+            snapshots: pb::snapshot_service_client::SnapshotServiceClient::new(ch.clone()),
+            ports: pb::port_service_client::PortServiceClient::new(ch),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub struct TokenAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for TokenAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, TokenAuth>;
+
+/// Clients for every coordinator service, authenticated by a token.
+#[derive(Debug, Clone)]
+pub struct CoordinatorClient {
+    pub hosts: pb::host_admin_service_client::HostAdminServiceClient<Authed>,
+    pub vms: pb::vm_service_client::VmServiceClient<Authed>,
+    pub ops: pb::operation_service_client::OperationServiceClient<Authed>,
+    pub users: pb::user_service_client::UserServiceClient<Authed>,
+}
+
+impl CoordinatorClient {
+    pub async fn connect(endpoint: &str, token: &str) -> Result<Self, ClientError> {
+        let url = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let ch = Endpoint::from_shared(url.clone())
+            .map_err(|e| ClientError::InvalidEndpoint(endpoint.into(), e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(url, e.to_string()))?;
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            ClientError::InvalidEndpoint(
+                endpoint.into(),
+                "the token has characters a header cannot carry".into(),
+            )
+        })?;
+        let auth = TokenAuth(value);
+        Ok(Self {
+            hosts: pb::host_admin_service_client::HostAdminServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            vms: pb::vm_service_client::VmServiceClient::with_interceptor(ch.clone(), auth.clone()),
+            ops: pb::operation_service_client::OperationServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            users: pb::user_service_client::UserServiceClient::with_interceptor(ch, auth),
+        })
+    }
+
+    /// Follows an operation to its end; `on_event` sees every event. Returns the final operation.
+    pub async fn wait(
+        &mut self,
+        id: &str,
+        mut on_event: impl FnMut(&pb::OperationEvent),
+    ) -> Result<pb::Operation, ClientError> {
+        use tokio_stream::StreamExt;
+        let mut s = self
+            .ops
+            .watch_operation(pb::OperationRef { id: id.into() })
+            .await?
+            .into_inner();
+        while let Some(e) = s.next().await {
+            on_event(&e?);
+        }
+        Ok(self
+            .ops
+            .get_operation(pb::OperationRef { id: id.into() })
+            .await?
+            .into_inner())
+    }
+}
+
+/// Parses sizes like `512`, `64M`, `64MiB`, `2G`, `1T` (binary units) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        "t" | "tib" | "tb" => 40,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use K, M, G or T)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Short lowercase name of a protobuf enum value (`DOMAIN_STATE_SHUT_OFF` → `shut-off`).
+pub fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+pub fn state_name(v: i32) -> String {
+    pb::DomainState::try_from(v)
+        .map(|s| enum_name(s.as_str_name(), "DOMAIN_STATE_"))
+        .unwrap_or_else(|_| format!("unknown({v})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(state_name(3), "shut-off");
+        assert_eq!(state_name(99), "unknown(99)");
+    }
+}
