@@ -1,0 +1,185 @@
+use std::sync::Arc;
+
+use corral_client::proto as pb;
+use pb::vm_service_server::VmService;
+use tonic::{Request, Response, Status};
+
+use super::op_to_pb;
+use crate::auth::caller;
+use crate::error::CoordError;
+use crate::vms::{Action, Coordinator, SnapshotAction};
+
+#[derive(Debug, Clone)]
+pub struct VmApi(pub Arc<Coordinator>);
+
+type R<T> = Result<Response<T>, Status>;
+
+impl VmApi {
+    async fn action(&self, req: Request<pb::VmRef>, action: Action) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        let name = req.into_inner().name;
+        let op = self.0.vm_action(&who, &name, action).await?;
+        Ok(Response::new(op_to_pb(&op)))
+    }
+}
+
+#[tonic::async_trait]
+impl VmService for VmApi {
+    #[tracing::instrument(skip_all, fields(rpc = "CreateBase"))]
+    async fn create_base(&self, req: Request<pb::CreateBaseRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.create_base(&who, req.into_inner()).await?,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RemoveBase"))]
+    async fn remove_base(&self, req: Request<pb::BaseRef>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.remove_base(&who, &req.into_inner().name).await?,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListBases"))]
+    async fn list_bases(
+        &self,
+        req: Request<pb::ListBaseSummariesRequest>,
+    ) -> R<pb::ListBaseSummariesResponse> {
+        caller(&req)?;
+        let (bases, vms) = self.0.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
+        Ok(Response::new(pb::ListBaseSummariesResponse {
+            bases: bases
+                .into_iter()
+                .map(|(name, hosts)| pb::BaseSummary {
+                    clones: vms
+                        .iter()
+                        .filter(|v| v.base.as_deref() == Some(&name))
+                        .count() as u32,
+                    name,
+                    hosts,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "CloneVm"))]
+    async fn clone_vm(&self, req: Request<pb::CloneVmRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.clone_vm(&who, req.into_inner()).await?,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ExplainPlacement"))]
+    async fn explain_placement(
+        &self,
+        req: Request<pb::CloneVmRequest>,
+    ) -> R<pb::PlacementExplanation> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        crate::vms::check_name("base", &r.base)?;
+        let (chosen, rejected, _) = self.0.place(&r.base, who.name(), r.keep_together).await?;
+        Ok(Response::new(pb::PlacementExplanation {
+            chosen: chosen.unwrap_or_default(),
+            rejected: rejected
+                .into_iter()
+                .map(|(host, reason)| pb::HostRejection { host, reason })
+                .collect(),
+        }))
+    }
+
+    async fn start_vm(&self, req: Request<pb::VmRef>) -> R<pb::Operation> {
+        self.action(req, Action::Start).await
+    }
+    async fn shutdown_vm(&self, req: Request<pb::VmRef>) -> R<pb::Operation> {
+        self.action(req, Action::Shutdown).await
+    }
+    async fn power_off_vm(&self, req: Request<pb::VmRef>) -> R<pb::Operation> {
+        self.action(req, Action::PowerOff).await
+    }
+    async fn hibernate_vm(&self, req: Request<pb::VmRef>) -> R<pb::Operation> {
+        self.action(req, Action::Hibernate).await
+    }
+    async fn restore_vm(&self, req: Request<pb::VmRef>) -> R<pb::Operation> {
+        self.action(req, Action::Restore).await
+    }
+    async fn remove_vm(&self, req: Request<pb::VmRef>) -> R<pb::Operation> {
+        self.action(req, Action::Remove).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetVm"))]
+    async fn get_vm(&self, req: Request<pb::VmRef>) -> R<pb::Vm> {
+        let who = caller(&req)?;
+        let vm = self.0.vm_for(&who, &req.into_inner().name).await?;
+        Ok(Response::new(self.0.vm_view(&vm)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListVms"))]
+    async fn list_vms(&self, req: Request<pb::ListVmsRequest>) -> R<pb::ListVmsResponse> {
+        let who = caller(&req)?;
+        let vms = self.0.blocking(|s| s.vms()).await?;
+        Ok(Response::new(pb::ListVmsResponse {
+            vms: vms
+                .iter()
+                .filter(|v| who.may_touch(&v.owner))
+                .map(|v| self.0.vm_view(v))
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ExposeVmPort"))]
+    async fn expose_vm_port(&self, req: Request<pb::ExposeVmPortRequest>) -> R<pb::ExposedPort> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let vm = self.0.vm_for(&who, &r.vm).await?;
+        let host = vm
+            .host
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", r.vm)))?;
+        let mut c = self.0.client_for(&host)?;
+        let p = c
+            .ports
+            .expose_port(pb::ExposePortRequest {
+                domain: r.vm,
+                guest_port: r.guest_port,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| CoordError::from_agent(&host, &s))?;
+        Ok(Response::new(p.into_inner()))
+    }
+
+    async fn create_vm_snapshot(&self, req: Request<pb::VmSnapshotRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        let op = self
+            .0
+            .snapshot_action(&who, req.into_inner(), SnapshotAction::Create)
+            .await?;
+        Ok(Response::new(op_to_pb(&op)))
+    }
+
+    async fn list_vm_snapshots(&self, req: Request<pb::VmRef>) -> R<pb::ListSnapshotsResponse> {
+        let who = caller(&req)?;
+        Ok(Response::new(
+            self.0.snapshots(&who, &req.into_inner().name).await?,
+        ))
+    }
+
+    async fn revert_vm_snapshot(&self, req: Request<pb::VmSnapshotRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        let op = self
+            .0
+            .snapshot_action(&who, req.into_inner(), SnapshotAction::Revert)
+            .await?;
+        Ok(Response::new(op_to_pb(&op)))
+    }
+
+    async fn delete_vm_snapshot(&self, req: Request<pb::VmSnapshotRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        let op = self
+            .0
+            .snapshot_action(&who, req.into_inner(), SnapshotAction::Delete)
+            .await?;
+        Ok(Response::new(op_to_pb(&op)))
+    }
+}

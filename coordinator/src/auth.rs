@@ -1,0 +1,210 @@
+//! Tokens and roles. Tokens are random, shown once, and stored only as SHA-256 hashes; the
+//! hashes are cached in memory so that checking a call never waits on the database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+use crate::error::{CoordError, Result};
+use crate::store::{Store, UserRecord};
+
+/// The authenticated caller, put into every request's extensions by [`Auth::interceptor`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller(pub UserRecord);
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.0.role == "admin"
+    }
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    pub fn require_admin(&self) -> Result<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(CoordError::PermissionDenied(format!(
+                "{} is not an admin",
+                self.0.name
+            )))
+        }
+    }
+    /// Admins may touch everything; users only what they own.
+    pub fn may_touch(&self, owner: &str) -> bool {
+        self.is_admin() || self.0.name == owner
+    }
+}
+
+pub fn hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!(
+        "crl_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+#[derive(Debug, Default)]
+pub struct Auth {
+    by_hash: RwLock<HashMap<String, UserRecord>>,
+}
+
+impl Auth {
+    /// Loads every token hash with its user.
+    pub fn load(store: &dyn Store) -> Result<Arc<Self>> {
+        let users: HashMap<String, UserRecord> = store
+            .users()?
+            .into_iter()
+            .map(|u| (u.name.clone(), u))
+            .collect();
+        let mut by_hash = HashMap::new();
+        for (h, user) in store.tokens()? {
+            if let Some(u) = users.get(&user) {
+                by_hash.insert(h, u.clone());
+            }
+        }
+        Ok(Arc::new(Self {
+            by_hash: RwLock::new(by_hash),
+        }))
+    }
+
+    /// Creates a token for a user, stores its hash and returns the token.
+    pub fn issue(&self, store: &dyn Store, user: &UserRecord) -> Result<String> {
+        let token = new_token();
+        let h = hash(&token);
+        store.add_token(&user.name, &h)?;
+        self.by_hash
+            .write()
+            .map_err(|_| CoordError::Internal("auth cache poisoned".into()))?
+            .insert(h, user.clone());
+        Ok(token)
+    }
+
+    /// Refreshes the cached record of a user (role or attributes changed).
+    pub fn update_user(&self, user: &UserRecord) {
+        if let Ok(mut m) = self.by_hash.write() {
+            for u in m.values_mut().filter(|u| u.name == user.name) {
+                *u = user.clone();
+            }
+        }
+    }
+
+    pub fn check(&self, token: &str) -> Option<UserRecord> {
+        self.by_hash.read().ok()?.get(&hash(token)).cloned()
+    }
+
+    /// A tonic interceptor: `authorization: Bearer <token>` → [`Caller`] in the extensions.
+    pub fn interceptor(
+        self: &Arc<Self>,
+    ) -> impl Fn(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
+        let me = Arc::clone(self);
+        move |mut req: Request<()>| {
+            let token = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| {
+                    Status::unauthenticated("a token is required (authorization: Bearer <token>)")
+                })?;
+            let user = me
+                .check(token)
+                .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+            req.extensions_mut().insert(Caller(user));
+            Ok(req)
+        }
+    }
+}
+
+/// The caller of a request (set by the interceptor).
+pub fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no caller"))
+}
+
+/// When no user exists: creates `admin` and writes its token to `path` (mode 0600).
+pub fn bootstrap(store: &dyn Store, auth: &Auth, path: &std::path::Path) -> Result<Option<String>> {
+    if !store.users()?.is_empty() {
+        return Ok(None);
+    }
+    let admin = UserRecord {
+        name: "admin".into(),
+        role: "admin".into(),
+        attributes: serde_json::json!({}),
+    };
+    store.put_user(&admin)?;
+    let token = auth.issue(store, &admin)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| CoordError::Internal(e.to_string()))?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CoordError::Internal(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(token.as_bytes())
+        .map_err(|e| CoordError::Internal(e.to_string()))?;
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Sqlite;
+
+    #[test]
+    fn tokens_are_hashed_checked_and_bootstrapped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(&dir.path().join("db")).unwrap();
+        let auth = Auth::load(&store).unwrap();
+        let path = dir.path().join("admin.token");
+        let token = bootstrap(&store, &auth, &path).unwrap().unwrap();
+        assert!(
+            bootstrap(&store, &auth, &path).unwrap().is_none(),
+            "only once"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(auth.check(&token).unwrap().role, "admin");
+        assert!(auth.check("crl_wrong").is_none());
+        // Only the hash is stored; a fresh cache from the store still knows the token.
+        assert!(store
+            .tokens()
+            .unwrap()
+            .iter()
+            .all(|(h, _)| h != &token && h.len() == 64));
+        assert_eq!(
+            Auth::load(&store).unwrap().check(&token).unwrap().name,
+            "admin"
+        );
+        let intercept = auth.interceptor();
+        assert_eq!(
+            intercept(Request::new(())).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let req = intercept(req).unwrap();
+        assert!(caller(&req).unwrap().is_admin());
+    }
+}

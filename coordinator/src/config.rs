@@ -1,0 +1,170 @@
+//! The coordinator's configuration: a TOML file, then `CORRAL_COORD_*` environment overrides.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{CoordError, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The SQLite database file.
+    pub database: PathBuf,
+    /// fsync every commit (survives power loss); otherwise commits survive process crashes.
+    pub database_full_sync: bool,
+    /// How often each agent is asked for its capacity.
+    pub heartbeat_ms: u64,
+    /// A host silent for this long is marked down.
+    pub down_after_ms: u64,
+    /// Operations running at once on one host.
+    pub per_host_limit: usize,
+    /// When no user exists yet, an admin is created and its token written here (mode 0600).
+    pub bootstrap_token_file: PathBuf,
+    pub cpu_overcommit: f64,
+    pub memory_overcommit: f64,
+    pub disk_reserve_bytes: u64,
+    /// Mutual TLS to the agents: the CA that signed them, and the coordinator's own
+    /// certificate and key. All three or none.
+    pub agent_ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
+            database: "/var/lib/corral/coordinator/corral.db".into(),
+            database_full_sync: false,
+            heartbeat_ms: 2000,
+            down_after_ms: 6000,
+            per_host_limit: 8,
+            bootstrap_token_file: "/var/lib/corral/coordinator/admin.token".into(),
+            cpu_overcommit: 4.0,
+            memory_overcommit: 1.0,
+            disk_reserve_bytes: 1 << 30,
+            agent_ca: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    CoordError::Invalid(format!("cannot read config {}: {e}", p.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| CoordError::Invalid(format!("invalid config: {e}")))?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.agent_tls()?;
+        if cfg.heartbeat_ms == 0 || cfg.down_after_ms <= cfg.heartbeat_ms {
+            return Err(CoordError::Invalid(
+                "down_after_ms must be greater than heartbeat_ms > 0".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// TLS to the agents when all three files are set.
+    pub fn agent_tls(&self) -> Result<Option<corral_client::TlsFiles>> {
+        match (&self.agent_ca, &self.client_cert, &self.client_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(corral_client::TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err(CoordError::Invalid(
+                "agent_ca, client_cert and client_key go together: set all three or none".into(),
+            )),
+        }
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let bad = |k: &str, v: &str| CoordError::Invalid(format!("invalid {k}={v:?}"));
+        if let Some(v) = get("CORRAL_COORD_LISTEN") {
+            self.listen = v.parse().map_err(|_| bad("CORRAL_COORD_LISTEN", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_DATABASE") {
+            self.database = v.into();
+        }
+        if let Some(v) = get("CORRAL_COORD_DATABASE_FULL_SYNC") {
+            self.database_full_sync = v
+                .parse()
+                .map_err(|_| bad("CORRAL_COORD_DATABASE_FULL_SYNC", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_HEARTBEAT_MS") {
+            self.heartbeat_ms = v
+                .parse()
+                .map_err(|_| bad("CORRAL_COORD_HEARTBEAT_MS", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_DOWN_AFTER_MS") {
+            self.down_after_ms = v
+                .parse()
+                .map_err(|_| bad("CORRAL_COORD_DOWN_AFTER_MS", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_PER_HOST_LIMIT") {
+            self.per_host_limit = v
+                .parse()
+                .map_err(|_| bad("CORRAL_COORD_PER_HOST_LIMIT", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_CPU_OVERCOMMIT") {
+            self.cpu_overcommit = v
+                .parse()
+                .map_err(|_| bad("CORRAL_COORD_CPU_OVERCOMMIT", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_MEMORY_OVERCOMMIT") {
+            self.memory_overcommit = v
+                .parse()
+                .map_err(|_| bad("CORRAL_COORD_MEMORY_OVERCOMMIT", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_AGENT_CA") {
+            self.agent_ca = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_COORD_CLIENT_CERT") {
+            self.client_cert = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_COORD_CLIENT_KEY") {
+            self.client_key = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_COORD_BOOTSTRAP_TOKEN_FILE") {
+            self.bootstrap_token_file = v.into();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c: Config =
+            toml::from_str(include_str!("../../deploy/coordinator.example.toml")).unwrap();
+        assert_eq!(c.listen.port(), 7800);
+        assert!(c.agent_tls().unwrap().is_none());
+    }
+
+    #[test]
+    fn env_overrides_toml() {
+        let mut c: Config = toml::from_str("heartbeat_ms = 500\ndown_after_ms = 1500").unwrap();
+        c.apply_env(|k| (k == "CORRAL_COORD_PER_HOST_LIMIT").then(|| "3".into()))
+            .unwrap();
+        assert_eq!(
+            (c.heartbeat_ms, c.down_after_ms, c.per_host_limit),
+            (500, 1500, 3)
+        );
+        assert!(toml::from_str::<Config>("nope = 1").is_err());
+    }
+}

@@ -1,0 +1,498 @@
+//! Hosts: a connection to every agent, capacity by heartbeat, domain events by the agent's
+//! event stream, and reconciliation on every (re)connection.
+//!
+//! A host's state is computed from silence when it is read: up when heard from within
+//! `down_after`, down after that, unknown before the first answer. A down host's VMs show
+//! an unknown state, not lost; it gets no new VMs; when it answers again its VMs' states are
+//! read back from the agent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use corral_client::proto as pb;
+use corral_client::AgentClient;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+
+use crate::error::{CoordError, Result};
+pub use crate::observed::state_name;
+use crate::observed::ObservedClock;
+use crate::store::{now_ms, HostRecord, Store, VmRecord};
+
+/// What the coordinator knows about one host right now.
+#[derive(Debug, Clone, Default)]
+pub struct HostStatus {
+    pub record: Option<HostRecord>,
+    pub info: Option<pb::HostInfo>,
+    /// When the agent last answered (ms since the epoch); 0 = never.
+    pub last_seen_ms: i64,
+    pub last_error: String,
+    pub bases: BTreeSet<String>,
+    /// When `info` was received (events also move `last_seen_ms`, not this).
+    pub info_ms: i64,
+}
+
+/// Capacity promised to a clone; it counts until a heartbeat taken after its end arrives.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub id: u64,
+    pub host: String,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub released_ms: Option<i64>,
+}
+
+struct Entry {
+    status: HostStatus,
+    client: Option<AgentClient>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub struct Hosts {
+    store: Arc<dyn Store>,
+    observed: Arc<Mutex<ObservedClock>>,
+    tls: Option<corral_client::TlsFiles>,
+    heartbeat: Duration,
+    down_after: Duration,
+    entries: RwLock<HashMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for Hosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hosts")
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+fn poisoned<T>(_: T) -> CoordError {
+    CoordError::Internal("hosts lock poisoned".into())
+}
+
+/// An error and its causes in one line ("transport error: ... : certificate unknown").
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+impl Hosts {
+    pub fn new(
+        store: Arc<dyn Store>,
+        heartbeat: Duration,
+        down_after: Duration,
+        tls: Option<corral_client::TlsFiles>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            observed: Arc::default(),
+            tls,
+            heartbeat,
+            down_after,
+            entries: RwLock::new(HashMap::new()),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = Arc::clone(&self.store);
+        Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
+    }
+
+    /// Starts watching every host in the store.
+    pub async fn load(self: &Arc<Self>) -> Result<()> {
+        for h in self.blocking(|s| s.hosts()).await? {
+            self.watch(h)?;
+        }
+        Ok(())
+    }
+
+    fn watch(self: &Arc<Self>, record: HostRecord) -> Result<()> {
+        let name = record.name.clone();
+        let mut entries = self.entries.write().map_err(poisoned)?;
+        if let Some(old) = entries.remove(&name) {
+            if let Some(t) = old.task {
+                t.abort();
+            }
+        }
+        let me = Arc::clone(self);
+        let n = name.clone();
+        let task = tokio::spawn(async move { me.run(n).await });
+        entries.insert(
+            name,
+            Entry {
+                status: HostStatus {
+                    record: Some(record),
+                    ..Default::default()
+                },
+                client: None,
+                task: Some(task),
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn add(self: &Arc<Self>, name: &str, address: &str) -> Result<()> {
+        crate::vms::check_name("host", name)?;
+        if address.parse::<std::net::SocketAddr>().is_err() && !address.contains(':') {
+            return Err(CoordError::Invalid(format!(
+                "agent address {address:?} is not host:port"
+            )));
+        }
+        if self.entries.read().map_err(poisoned)?.contains_key(name) {
+            return Err(CoordError::AlreadyExists(format!(
+                "host {name} already exists"
+            )));
+        }
+        let record = HostRecord {
+            name: name.into(),
+            address: address.into(),
+            enabled: true,
+            last_seen_ms: 0,
+        };
+        let r = record.clone();
+        self.blocking(move |s| s.put_host(&r)).await?;
+        self.watch(record)
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        let n = name.to_string();
+        let vms = self.blocking(move |s| s.vms()).await?;
+        let on_it: Vec<&str> = vms
+            .iter()
+            .filter(|v| v.host.as_deref() == Some(&n))
+            .map(|v| v.name.as_str())
+            .collect();
+        if !on_it.is_empty() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "host {name} still has {} VM(s) ({}): move or remove them first",
+                on_it.len(),
+                on_it.join(", ")
+            )));
+        }
+        let n = name.to_string();
+        self.blocking(move |s| s.remove_host(&n)).await?;
+        if let Some(e) = self.entries.write().map_err(poisoned)?.remove(name) {
+            if let Some(t) = e.task {
+                t.abort();
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        let record = {
+            let mut entries = self.entries.write().map_err(poisoned)?;
+            let e = entries
+                .get_mut(name)
+                .ok_or_else(|| CoordError::NotFound(format!("host {name} not found")))?;
+            let rec = e
+                .status
+                .record
+                .as_mut()
+                .ok_or_else(|| CoordError::Internal("host without record".into()))?;
+            rec.enabled = enabled;
+            rec.clone()
+        };
+        self.blocking(move |s| s.put_host(&record)).await
+    }
+
+    /// The host's state computed from its silence.
+    pub fn state_of(&self, status: &HostStatus) -> pb::HostState {
+        if status.last_seen_ms == 0 {
+            pb::HostState::Unknown
+        } else if now_ms() - status.last_seen_ms > self.down_after.as_millis() as i64 {
+            pb::HostState::Down
+        } else {
+            pb::HostState::Up
+        }
+    }
+
+    pub fn statuses(&self) -> Result<Vec<(String, HostStatus, pb::HostState)>> {
+        let entries = self.entries.read().map_err(poisoned)?;
+        let mut out: Vec<_> = entries
+            .iter()
+            .map(|(n, e)| (n.clone(), e.status.clone(), self.state_of(&e.status)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    pub fn host_state(&self, name: &str) -> pb::HostState {
+        self.entries
+            .read()
+            .ok()
+            .and_then(|e| e.get(name).map(|e| self.state_of(&e.status)))
+            .unwrap_or(pb::HostState::Unspecified)
+    }
+
+    /// A client for an up host.
+    pub fn client(&self, name: &str) -> Result<AgentClient> {
+        let entries = self.entries.read().map_err(poisoned)?;
+        let e = entries
+            .get(name)
+            .ok_or_else(|| CoordError::NotFound(format!("host {name} not found")))?;
+        if self.state_of(&e.status) != pb::HostState::Up {
+            return Err(CoordError::Unavailable(format!("host {name} is down")));
+        }
+        e.client
+            .clone()
+            .ok_or_else(|| CoordError::Unavailable(format!("host {name} is not connected")))
+    }
+
+    /// Waits up to `timeout` for a host to be up.
+    pub async fn wait_up(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.client(name) {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
+        if let Ok(mut entries) = self.entries.write() {
+            if let Some(e) = entries.get_mut(name) {
+                f(e);
+            }
+        }
+    }
+
+    /// The life of one host: connect, reconcile, follow events, heartbeat.
+    async fn run(self: Arc<Self>, name: String) {
+        let mut events: Option<JoinHandle<()>> = None;
+        loop {
+            let address = self.entries.read().ok().and_then(|e| {
+                e.get(&name)
+                    .and_then(|e| e.status.record.as_ref().map(|r| r.address.clone()))
+            });
+            let Some(address) = address else { return };
+            let connected = self
+                .entries
+                .read()
+                .ok()
+                .and_then(|e| e.get(&name).and_then(|e| e.client.clone()));
+            let client = match connected {
+                Some(c) => Some(c),
+                None => match tokio::time::timeout(
+                    self.heartbeat,
+                    AgentClient::connect_with(&address, self.tls.as_ref()),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => {
+                        self.update(&name, |e| e.client = Some(c.clone()));
+                        Some(c)
+                    }
+                    Ok(Err(err)) => {
+                        self.update(&name, |e| e.status.last_error = err.to_string());
+                        None
+                    }
+                    Err(_) => {
+                        self.update(&name, |e| {
+                            e.status.last_error = format!("no answer from {address}")
+                        });
+                        None
+                    }
+                },
+            };
+            if let Some(mut c) = client {
+                let asked_ms = now_ms();
+                let call = c.host.get_host_info(pb::GetHostInfoRequest {});
+                // A busy agent may answer slowly; silence (not one slow answer) marks it down.
+                let answer = match tokio::time::timeout(self.down_after, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(
+                        "no heartbeat answer in time",
+                    )),
+                };
+                match answer {
+                    Ok(info) => {
+                        // Decided when the answer arrives: a host back from silence reconciles.
+                        let was_up = self.host_state(&name) == pb::HostState::Up;
+                        let info = info.into_inner();
+                        self.update(&name, |e| {
+                            e.status.info = Some(info);
+                            e.status.last_seen_ms = now_ms();
+                            e.status.info_ms = asked_ms;
+                            e.status.last_error.clear();
+                        });
+                        let events_dead =
+                            events.as_ref().map(JoinHandle::is_finished).unwrap_or(true);
+                        // Events first, then the snapshot: no change falls between the two.
+                        // A stream that still works is kept (a silent host may come back on
+                        // the same connection).
+                        if events_dead {
+                            events = Some(self.follow_events(name.clone(), c.clone()));
+                        }
+                        if !was_up || events_dead {
+                            if let Err(err) = self.reconcile(&name, &mut c).await {
+                                tracing::warn!(host = %name, error = %err, "reconcile failed");
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        self.update(&name, |e| {
+                            e.status.last_error = with_causes(&status);
+                            // Reconnect only when the connection itself failed.
+                            if matches!(
+                                status.code(),
+                                tonic::Code::Unavailable | tonic::Code::Unknown
+                            ) {
+                                e.client = None;
+                            }
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(self.heartbeat).await;
+        }
+    }
+
+    /// Reads back the host's domains and bases into the store.
+    async fn reconcile(&self, name: &str, c: &mut AgentClient) -> Result<()> {
+        let limit = crate::vms::AGENT_QUICK_CALL * 4;
+        tokio::time::timeout(limit, self.reconcile_now(name, c))
+            .await
+            .map_err(|_| {
+                CoordError::Unavailable(format!(
+                    "host {name} did not answer the reconciliation in time"
+                ))
+            })?
+    }
+
+    async fn reconcile_now(&self, name: &str, c: &mut AgentClient) -> Result<()> {
+        // Events written after this point are newer than the list read below.
+        let read_at = self
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_at();
+        let domains = c
+            .domains
+            .list_domains(pb::ListDomainsRequest::default())
+            .await
+            .map_err(|s| CoordError::from_agent(name, &s))?
+            .into_inner()
+            .domains;
+        let bases: BTreeSet<String> = c
+            .bases
+            .list_bases(pb::ListBasesRequest {})
+            .await
+            .map_err(|s| CoordError::from_agent(name, &s))?
+            .into_inner()
+            .bases
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        self.update(name, |e| e.status.bases = bases.clone());
+        let host = name.to_string();
+        let clock = Arc::clone(&self.observed);
+        let changed = self
+            .blocking(move |s| {
+                // A poisoned clock is still a valid clock: it only holds counters.
+                let mut clock = clock.lock().unwrap_or_else(|p| p.into_inner());
+                let domains: Vec<(String, i32)> =
+                    domains.into_iter().map(|d| (d.name, d.state)).collect();
+                let changed = clock.apply_snapshot(s, &host, read_at, &domains)?;
+                let known: Vec<String> = s.bases()?.into_iter().map(|(b, _)| b).collect();
+                for b in known {
+                    s.set_base_host(&b, &host, bases.contains(&b))?;
+                }
+                Ok(changed)
+            })
+            .await?;
+        tracing::info!(host = %name, changed, "reconciled with the agent");
+        Ok(())
+    }
+
+    /// Follows the agent's lifecycle events into the VMs' observed states.
+    fn follow_events(self: &Arc<Self>, name: String, mut c: AgentClient) -> JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let Ok(stream) = c
+                .host
+                .watch_domain_events(pb::WatchDomainEventsRequest::default())
+                .await
+            else {
+                return;
+            };
+            let mut stream = stream.into_inner();
+            while let Some(Ok(ev)) = stream.next().await {
+                if ev.state == pb::DomainState::Unspecified as i32 {
+                    continue;
+                }
+                me.update(&name, |e| e.status.last_seen_ms = now_ms());
+                let host = name.clone();
+                let clock = Arc::clone(&me.observed);
+                let _ = me
+                    .blocking(move |s| {
+                        // Held across the write so reconciliation sees it in order.
+                        let mut clock = clock.lock().unwrap_or_else(|p| p.into_inner());
+                        clock.apply_event(s, &host, &ev.domain, ev.state)
+                    })
+                    .await;
+            }
+        })
+    }
+
+    /// Placement's view of the fleet, and the host names by placement id. Used capacity is
+    /// what the agent last reported plus the reservations its report cannot include yet.
+    pub fn views(
+        &self,
+        vms: &[VmRecord],
+        bases: &[(String, Vec<String>)],
+        base_ids: &HashMap<String, u32>,
+        user_ids: &mut HashMap<String, u32>,
+        reservations: &[Reservation],
+    ) -> Result<(Vec<crate::placement::HostView>, Vec<String>)> {
+        let statuses = self.statuses()?;
+        let mut views = Vec::with_capacity(statuses.len());
+        let mut names = Vec::with_capacity(statuses.len());
+        for (i, (name, st, state)) in statuses.into_iter().enumerate() {
+            let info = st.info.clone().unwrap_or_default();
+            let (pv, pm) = reservations
+                .iter()
+                .filter(|r| r.host == name && r.released_ms.is_none_or(|t| t >= st.info_ms))
+                .fold((0u32, 0u64), |(v, m), r| (v + r.vcpus, m + r.memory));
+            let mut by_user = HashMap::new();
+            for vm in vms.iter().filter(|v| v.host.as_deref() == Some(&name)) {
+                let next = user_ids.len() as u32;
+                let uid = *user_ids.entry(vm.owner.clone()).or_insert(next);
+                *by_user.entry(uid).or_insert(0) += 1;
+            }
+            let here: std::collections::HashSet<u32> = bases
+                .iter()
+                .filter(|(_, hosts)| hosts.contains(&name))
+                .filter_map(|(b, _)| base_ids.get(b).copied())
+                .collect();
+            views.push(crate::placement::HostView {
+                id: i as u32,
+                up: state == pb::HostState::Up,
+                enabled: st.record.as_ref().is_some_and(|r| r.enabled),
+                vcpus_total: info.cpus,
+                vcpus_used: info.vcpus_running + pv,
+                memory_total: info.memory_total_bytes,
+                memory_used: info.memory_running_bytes + pm,
+                disk_free: info.storage_free_bytes,
+                bases: here,
+                vms_by_user: by_user,
+            });
+            names.push(name);
+        }
+        Ok((views, names))
+    }
+}

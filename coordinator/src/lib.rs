@@ -1,0 +1,17 @@
+//! corral-coordinator: the one place users talk to.
+//!
+//! [`placement`] (pure scheduling), [`store`] (durable state behind a trait), [`operations`]
+//! (durable long operations with streamed events), [`hosts`] (agent connections, heartbeats,
+//! down detection), [`auth`] (tokens and roles), [`vms`] (the work of each operation) and
+//! [`api`] (gRPC services).
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hosts;
+pub mod observed;
+pub mod operations;
+pub mod placement;
+pub mod server;
+pub mod store;
+pub mod vms;

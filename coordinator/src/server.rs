@@ -1,0 +1,110 @@
+//! Wires the coordinator together and serves gRPC until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_client::proto as pb;
+use tokio::net::TcpListener;
+
+use crate::api;
+use crate::auth::{self, Auth};
+use crate::config::Config;
+use crate::error::{CoordError, Result};
+use crate::hosts::Hosts;
+use crate::operations::Operations;
+use crate::store::{Sqlite, Store};
+use crate::vms::Coordinator;
+
+/// Opens the store, recovers unfinished operations and connects to every host.
+pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
+    if let Some(dir) = cfg.database.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CoordError::Internal(format!("{}: {e}", dir.display())))?;
+    }
+    let (path, full) = (cfg.database.clone(), cfg.database_full_sync);
+    let store: Arc<dyn Store> =
+        Arc::new(tokio::task::spawn_blocking(move || Sqlite::open_with(&path, full)).await??);
+    // Reading tokens and writing the bootstrap file block: keep them off the async workers.
+    let (st, file) = (Arc::clone(&store), cfg.bootstrap_token_file.clone());
+    let auth = tokio::task::spawn_blocking(move || -> Result<Arc<Auth>> {
+        let auth = Auth::load(st.as_ref())?;
+        if auth::bootstrap(st.as_ref(), &auth, &file)?.is_some() {
+            tracing::info!(file = %file.display(), "created user admin; its token is in the file");
+        }
+        Ok(auth)
+    })
+    .await??;
+    let ops = Operations::new(Arc::clone(&store), cfg.per_host_limit);
+    let hosts = Hosts::new(
+        Arc::clone(&store),
+        Duration::from_millis(cfg.heartbeat_ms),
+        Duration::from_millis(cfg.down_after_ms),
+        cfg.agent_tls()?,
+    );
+    hosts.load().await?;
+    let coord = Coordinator::new(cfg, store, Arc::clone(&ops), hosts, auth);
+    let (resumed, failed) = ops.recover(&coord.resumers()).await?;
+    if !resumed.is_empty() || !failed.is_empty() {
+        tracing::info!(?resumed, ?failed, "unfinished operations after restart");
+    }
+    Ok(coord)
+}
+
+pub async fn serve(
+    coord: Arc<Coordinator>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<pb::vm_service_server::VmServiceServer<api::VmApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::operation_service_server::OperationServiceServer<api::OperationApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::host_admin_service_server::HostAdminServiceServer<api::HostAdminApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::user_service_server::UserServiceServer<api::UserApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
+    let check = coord.auth.interceptor();
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            pb::host_admin_service_server::HostAdminServiceServer::with_interceptor(
+                api::HostAdminApi(Arc::clone(&coord)),
+                check.clone(),
+            ),
+        )
+        .add_service(pb::vm_service_server::VmServiceServer::with_interceptor(
+            api::VmApi(Arc::clone(&coord)),
+            check.clone(),
+        ))
+        .add_service(
+            pb::operation_service_server::OperationServiceServer::with_interceptor(
+                api::OperationApi(Arc::clone(&coord)),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::user_service_server::UserServiceServer::with_interceptor(
+                api::UserApi(coord),
+                check,
+            ),
+        )
+        .serve_with_incoming_shutdown(
+            // Small messages (stream ends, progress events) must not wait for Nagle's delay.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(|e| CoordError::Unavailable(format!("gRPC server: {e}")))
+}

@@ -1,0 +1,966 @@
+//! Durable state behind the [`Store`] trait; [`Sqlite`] is the embedded implementation.
+//!
+//! SQLite runs in WAL mode. With `synchronous = NORMAL` (the default) a committed write
+//! survives a crash of the process (kill -9); with `FULL` it also survives power loss, at the
+//! price of an fsync per commit. The schema is versioned: [`MIGRATIONS`] are applied in order,
+//! each in its own transaction, and `schema_version` records the last one. A networked
+//! database (PostgreSQL, for HA) will implement the same trait.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+/// What the store can fail with, grouped by what the caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Self::AlreadyExists(e.to_string())
+            }
+            _ => Self::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Database(format!("stored JSON: {e}"))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where an operation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl OpState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => {
+                return Err(StoreError::Database(format!(
+                    "unknown operation state {s:?}"
+                )))
+            }
+        })
+    }
+    /// Allowed transitions: queued → running → terminal; queued → cancelled/failed.
+    pub fn can_become(self, next: OpState) -> bool {
+        matches!(
+            (self, next),
+            (Self::Queued, Self::Running)
+                | (Self::Queued, Self::Cancelled)
+                | (Self::Queued, Self::Failed)
+                | (Self::Running, Self::Succeeded)
+                | (Self::Running, Self::Failed)
+                | (Self::Running, Self::Cancelled)
+        )
+    }
+}
+
+/// A long operation as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpRecord {
+    pub id: String,
+    pub kind: String,
+    /// The VM the operation works on (work on one VM is serialised).
+    pub vm: Option<String>,
+    pub host: Option<String>,
+    pub user: Option<String>,
+    pub state: OpState,
+    pub idempotency_key: Option<String>,
+    pub request: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One event in an operation's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpEvent {
+    pub op_id: String,
+    /// 1, 2, 3... in the order they happened.
+    pub seq: u64,
+    pub at_ms: i64,
+    pub phase: String,
+    pub percent: Option<f32>,
+    pub bytes: Option<u64>,
+    pub message: String,
+    /// Set on the last event: the operation's final state.
+    pub state: Option<OpState>,
+}
+
+/// A host the coordinator knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub address: String,
+    pub enabled: bool,
+    pub last_seen_ms: i64,
+}
+
+/// A VM the coordinator knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub name: String,
+    pub owner: String,
+    pub base: Option<String>,
+    pub host: Option<String>,
+    pub desired_state: String,
+    pub observed_state: String,
+    /// Pools, volatile clones, run timeouts and the rest come as fields of this spec.
+    pub spec: serde_json::Value,
+}
+
+/// A user and their role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    /// `admin` or `user`.
+    pub role: String,
+    /// Attributes that ordered access rules match on (group, course...).
+    pub attributes: serde_json::Value,
+}
+
+/// Durable state. Blocking: call from a blocking thread.
+pub trait Store: Send + Sync {
+    /// Stores a new operation; with an idempotency key already used, returns the existing
+    /// operation instead and `false`.
+    fn create_operation(&self, op: &OpRecord) -> Result<(OpRecord, bool)>;
+    fn operation(&self, id: &str) -> Result<OpRecord>;
+    fn operations(&self, unfinished_only: bool) -> Result<Vec<OpRecord>>;
+    /// Moves an operation to `state` (checked against the allowed transitions).
+    fn set_operation_state(
+        &self,
+        id: &str,
+        state: OpState,
+        result: Option<&serde_json::Value>,
+        error: Option<&str>,
+    ) -> Result<()>;
+    /// Appends an event, assigning its sequence number; returns the stored event.
+    fn append_event(&self, event: &OpEvent) -> Result<OpEvent>;
+    /// Events with `seq > after`, in order.
+    fn events(&self, op_id: &str, after: u64) -> Result<Vec<OpEvent>>;
+
+    fn put_host(&self, host: &HostRecord) -> Result<()>;
+    fn hosts(&self) -> Result<Vec<HostRecord>>;
+    fn remove_host(&self, name: &str) -> Result<()>;
+
+    fn put_vm(&self, vm: &VmRecord) -> Result<()>;
+    fn vm(&self, name: &str) -> Result<VmRecord>;
+    fn vms(&self) -> Result<Vec<VmRecord>>;
+    fn remove_vm(&self, name: &str) -> Result<()>;
+
+    /// Records a base (idempotent) with what its clones need (`{"vcpus": .., "memory": ..}`).
+    fn put_base(&self, name: &str, parent: Option<&str>, spec: &serde_json::Value) -> Result<()>;
+    fn base_spec(&self, name: &str) -> Result<serde_json::Value>;
+    fn remove_base(&self, name: &str) -> Result<()>;
+    /// Records that a base's files are on a host.
+    fn set_base_host(&self, base: &str, host: &str, present: bool) -> Result<()>;
+    /// Every base with the hosts that hold it.
+    fn bases(&self) -> Result<Vec<(String, Vec<String>)>>;
+
+    fn put_user(&self, user: &UserRecord) -> Result<()>;
+    fn users(&self) -> Result<Vec<UserRecord>>;
+    /// Every token hash with its user (to fill the authentication cache).
+    fn tokens(&self) -> Result<Vec<(String, String)>>;
+    /// Stores the hash of a new API token for a user.
+    fn add_token(&self, user: &str, token_hash: &str) -> Result<()>;
+    fn user_by_token(&self, token_hash: &str) -> Result<UserRecord>;
+}
+
+/// Schema migrations, applied in order; never edit one that has shipped, add a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL UNIQUE,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        last_seen_ms INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE TABLE bases (
+        name TEXT PRIMARY KEY,
+        parent TEXT REFERENCES bases(name),
+        spec TEXT NOT NULL DEFAULT '{}'
+     );
+     CREATE TABLE base_hosts (
+        base TEXT NOT NULL REFERENCES bases(name) ON DELETE CASCADE,
+        host TEXT NOT NULL REFERENCES hosts(name) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        PRIMARY KEY (base, host)
+     );
+     CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+        attributes TEXT NOT NULL DEFAULT '{}'
+     );
+     CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE vms (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        base TEXT,
+        host TEXT,
+        desired_state TEXT NOT NULL,
+        observed_state TEXT NOT NULL,
+        spec TEXT NOT NULL DEFAULT '{}'
+     );
+     CREATE TABLE operations (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        vm TEXT,
+        host TEXT,
+        user TEXT,
+        state TEXT NOT NULL,
+        idempotency_key TEXT UNIQUE,
+        request TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+     );
+     CREATE INDEX operations_unfinished ON operations(state) WHERE state IN ('queued', 'running');
+     CREATE TABLE operation_events (
+        op_id TEXT NOT NULL REFERENCES operations(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        percent REAL,
+        bytes INTEGER,
+        message TEXT NOT NULL,
+        state TEXT,
+        PRIMARY KEY (op_id, seq)
+     );",
+];
+
+/// The embedded store.
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sqlite")
+    }
+}
+
+fn db<T>(_: T) -> StoreError {
+    StoreError::Database("store lock poisoned".into())
+}
+
+fn op_from_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(OpRecord, String, String, Option<String>)> {
+    Ok((
+        OpRecord {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            vm: r.get(2)?,
+            host: r.get(3)?,
+            user: r.get(4)?,
+            state: OpState::Queued,
+            idempotency_key: r.get(6)?,
+            request: serde_json::Value::Null,
+            result: None,
+            error: r.get(9)?,
+            created_ms: r.get(10)?,
+            updated_ms: r.get(11)?,
+        },
+        r.get::<_, String>(5)?,
+        r.get::<_, String>(7)?,
+        r.get::<_, Option<String>>(8)?,
+    ))
+}
+
+fn finish_op(parts: (OpRecord, String, String, Option<String>)) -> Result<OpRecord> {
+    let (mut op, state, request, result) = parts;
+    op.state = OpState::parse(&state)?;
+    op.request = serde_json::from_str(&request)?;
+    op.result = result.map(|r| serde_json::from_str(&r)).transpose()?;
+    Ok(op)
+}
+
+const VM_COLUMNS: &str = "name, owner, base, host, desired_state, observed_state, spec";
+
+fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
+    Ok((
+        VmRecord {
+            name: r.get(0)?,
+            owner: r.get(1)?,
+            base: r.get(2)?,
+            host: r.get(3)?,
+            desired_state: r.get(4)?,
+            observed_state: r.get(5)?,
+            spec: serde_json::Value::Null,
+        },
+        r.get(6)?,
+    ))
+}
+
+fn finish_vm((mut vm, spec): (VmRecord, String)) -> Result<VmRecord> {
+    vm.spec = serde_json::from_str(&spec)?;
+    Ok(vm)
+}
+
+const OP_COLUMNS: &str = "id, kind, vm, host, user, state, idempotency_key, request, result, error, created_ms, updated_ms";
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database and brings its schema up to date, with
+    /// `synchronous = NORMAL`.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, false)
+    }
+
+    /// Opens with `synchronous = FULL` when `full_sync` (power-loss safe), else `NORMAL`.
+    pub fn open_with(path: &Path, full_sync: bool) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if full_sync { "FULL" } else { "NORMAL" },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The schema version in force.
+    pub fn schema_version(&self) -> Result<usize> {
+        let conn = self.conn.lock().map_err(db)?;
+        version(&conn)
+    }
+}
+
+fn version(conn: &Connection) -> Result<usize> {
+    let v: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(v).unwrap_or(0))
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL);",
+    )?;
+    let current = version(conn)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)",
+            params![i as i64 + 1, now_ms()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+impl Store for Sqlite {
+    fn create_operation(&self, op: &OpRecord) -> Result<(OpRecord, bool)> {
+        let mut conn = self.conn.lock().map_err(db)?;
+        let tx = conn.transaction()?;
+        if let Some(key) = &op.idempotency_key {
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {OP_COLUMNS} FROM operations WHERE idempotency_key = ?1"),
+                    [key],
+                    op_from_row,
+                )
+                .optional()?;
+            if let Some(parts) = existing {
+                return Ok((finish_op(parts)?, false));
+            }
+        }
+        tx.execute(
+            &format!("INSERT INTO operations ({OP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![
+                op.id,
+                op.kind,
+                op.vm,
+                op.host,
+                op.user,
+                op.state.as_str(),
+                op.idempotency_key,
+                serde_json::to_string(&op.request)?,
+                op.result.as_ref().map(serde_json::to_string).transpose()?,
+                op.error,
+                op.created_ms,
+                op.updated_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok((op.clone(), true))
+    }
+
+    fn operation(&self, id: &str) -> Result<OpRecord> {
+        let conn = self.conn.lock().map_err(db)?;
+        let parts = conn
+            .query_row(
+                &format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"),
+                [id],
+                op_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("operation {id}")))?;
+        finish_op(parts)
+    }
+
+    fn operations(&self, unfinished_only: bool) -> Result<Vec<OpRecord>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let sql = if unfinished_only {
+            format!("SELECT {OP_COLUMNS} FROM operations WHERE state IN ('queued', 'running') ORDER BY created_ms, id")
+        } else {
+            format!("SELECT {OP_COLUMNS} FROM operations ORDER BY created_ms, id")
+        };
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], op_from_row)?;
+        rows.map(|r| finish_op(r?)).collect()
+    }
+
+    fn set_operation_state(
+        &self,
+        id: &str,
+        state: OpState,
+        result: Option<&serde_json::Value>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let mut conn = self.conn.lock().map_err(db)?;
+        let tx = conn.transaction()?;
+        let current: String = tx
+            .query_row("SELECT state FROM operations WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("operation {id}")))?;
+        let current = OpState::parse(&current)?;
+        if !current.can_become(state) {
+            return Err(StoreError::Database(format!(
+                "operation {id} cannot go from {} to {}",
+                current.as_str(),
+                state.as_str()
+            )));
+        }
+        tx.execute(
+            "UPDATE operations SET state = ?2, result = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1",
+            params![id, state.as_str(), result.map(serde_json::to_string).transpose()?, error, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn append_event(&self, event: &OpEvent) -> Result<OpEvent> {
+        let mut conn = self.conn.lock().map_err(db)?;
+        let tx = conn.transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM operation_events WHERE op_id = ?1",
+            [&event.op_id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO operation_events (op_id, seq, at_ms, phase, percent, bytes, message, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                event.op_id,
+                seq,
+                event.at_ms,
+                event.phase,
+                event.percent,
+                event.bytes.map(|b| b as i64),
+                event.message,
+                event.state.map(OpState::as_str)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(OpEvent {
+            seq: u64::try_from(seq).unwrap_or(0),
+            ..event.clone()
+        })
+    }
+
+    fn events(&self, op_id: &str, after: u64) -> Result<Vec<OpEvent>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare(
+            "SELECT op_id, seq, at_ms, phase, percent, bytes, message, state FROM operation_events WHERE op_id = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![op_id, after as i64], |r| {
+            Ok((
+                OpEvent {
+                    op_id: r.get(0)?,
+                    seq: r.get::<_, i64>(1)? as u64,
+                    at_ms: r.get(2)?,
+                    phase: r.get(3)?,
+                    percent: r.get(4)?,
+                    bytes: r.get::<_, Option<i64>>(5)?.map(|b| b as u64),
+                    message: r.get(6)?,
+                    state: None,
+                },
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (mut e, state) = row?;
+            e.state = state.map(|s| OpState::parse(&s)).transpose()?;
+            Ok(e)
+        })
+        .collect()
+    }
+
+    fn put_host(&self, h: &HostRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.execute(
+            "INSERT INTO hosts (name, address, enabled, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET address = ?2, enabled = ?3, last_seen_ms = ?4",
+            params![h.name, h.address, h.enabled, h.last_seen_ms],
+        )?;
+        Ok(())
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt =
+            conn.prepare("SELECT name, address, enabled, last_seen_ms FROM hosts ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(HostRecord {
+                name: r.get(0)?,
+                address: r.get(1)?,
+                enabled: r.get(2)?,
+                last_seen_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn remove_host(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.execute("DELETE FROM hosts WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NotFound(format!("host {name}")));
+        }
+        Ok(())
+    }
+
+    fn put_vm(&self, vm: &VmRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.execute(
+            "INSERT INTO vms (name, owner, base, host, desired_state, observed_state, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(name) DO UPDATE SET owner = ?2, base = ?3, host = ?4, desired_state = ?5, observed_state = ?6, spec = ?7",
+            params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state, vm.observed_state, serde_json::to_string(&vm.spec)?],
+        )?;
+        Ok(())
+    }
+
+    fn vm(&self, name: &str) -> Result<VmRecord> {
+        let conn = self.conn.lock().map_err(db)?;
+        let row = conn
+            .query_row(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1"),
+                [name],
+                vm_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("VM {name}")))?;
+        finish_vm(row)
+    }
+
+    fn vms(&self) -> Result<Vec<VmRecord>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"))?;
+        let rows = stmt.query_map([], vm_from_row)?;
+        rows.map(|row| finish_vm(row?)).collect()
+    }
+
+    fn remove_vm(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.execute("DELETE FROM vms WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NotFound(format!("VM {name}")));
+        }
+        Ok(())
+    }
+
+    fn put_base(&self, name: &str, parent: Option<&str>, spec: &serde_json::Value) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.execute(
+            "INSERT INTO bases (name, parent, spec) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET parent = ?2, spec = ?3",
+            params![name, parent, serde_json::to_string(spec)?],
+        )?;
+        Ok(())
+    }
+
+    fn base_spec(&self, name: &str) -> Result<serde_json::Value> {
+        let conn = self.conn.lock().map_err(db)?;
+        let spec: String = conn
+            .query_row("SELECT spec FROM bases WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("base {name}")))?;
+        Ok(serde_json::from_str(&spec)?)
+    }
+
+    fn remove_base(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.execute("DELETE FROM bases WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        Ok(())
+    }
+
+    fn set_base_host(&self, base: &str, host: &str, present: bool) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if present {
+            conn.execute(
+                "INSERT INTO base_hosts (base, host, state) VALUES (?1, ?2, 'present')
+                 ON CONFLICT(base, host) DO UPDATE SET state = 'present'",
+                params![base, host],
+            )?;
+        } else {
+            conn.execute(
+                "DELETE FROM base_hosts WHERE base = ?1 AND host = ?2",
+                params![base, host],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn bases(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare(
+            "SELECT b.name, bh.host FROM bases b LEFT JOIN base_hosts bh ON bh.base = b.name ORDER BY b.name, bh.host",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for row in rows {
+            let (base, host) = row?;
+            if out.last().map(|(b, _)| b != &base).unwrap_or(true) {
+                out.push((base.clone(), Vec::new()));
+            }
+            if let (Some(h), Some(last)) = (host, out.last_mut()) {
+                last.1.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare("SELECT name, role, attributes FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (name, role, attrs) = row?;
+            Ok(UserRecord {
+                name,
+                role,
+                attributes: serde_json::from_str(&attrs)?,
+            })
+        })
+        .collect()
+    }
+
+    fn tokens(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare("SELECT hash, user FROM tokens")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn put_user(&self, u: &UserRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.execute(
+            "INSERT INTO users (name, role, attributes) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET role = ?2, attributes = ?3",
+            params![u.name, u.role, serde_json::to_string(&u.attributes)?],
+        )?;
+        Ok(())
+    }
+
+    fn add_token(&self, user: &str, token_hash: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.execute(
+            "INSERT INTO tokens (hash, user, created_ms) VALUES (?1, ?2, ?3)",
+            params![token_hash, user, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn user_by_token(&self, token_hash: &str) -> Result<UserRecord> {
+        let conn = self.conn.lock().map_err(db)?;
+        let (name, role, attrs): (String, String, String) = conn
+            .query_row(
+                "SELECT u.name, u.role, u.attributes FROM tokens t JOIN users u ON u.name = t.user WHERE t.hash = ?1",
+                [token_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound("token".into()))?;
+        Ok(UserRecord {
+            name,
+            role,
+            attributes: serde_json::from_str(&attrs)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: &str, key: Option<&str>) -> OpRecord {
+        OpRecord {
+            id: id.into(),
+            kind: "clone".into(),
+            vm: Some("vm1".into()),
+            host: None,
+            user: Some("alice".into()),
+            state: OpState::Queued,
+            idempotency_key: key.map(String::from),
+            request: serde_json::json!({"base": "b1"}),
+            result: None,
+            error: None,
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    #[test]
+    fn migrations_apply_once_and_data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.db");
+        {
+            let s = Sqlite::open(&path).unwrap();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+            s.create_operation(&op("o1", Some("k1"))).unwrap();
+            s.append_event(&OpEvent {
+                op_id: "o1".into(),
+                seq: 0,
+                at_ms: 2,
+                phase: "queued".into(),
+                percent: Some(0.0),
+                bytes: None,
+                message: "waiting".into(),
+                state: None,
+            })
+            .unwrap();
+        }
+        let s = Sqlite::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        assert_eq!(s.operation("o1").unwrap().request["base"], "b1");
+        assert_eq!(s.events("o1", 0).unwrap().len(), 1);
+        let mode: String = s
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn idempotency_keys_return_the_first_operation() {
+        let s = Sqlite::open(&tempfile::tempdir().unwrap().path().join("db")).unwrap();
+        let (a, new_a) = s.create_operation(&op("o1", Some("same"))).unwrap();
+        let (b, new_b) = s.create_operation(&op("o2", Some("same"))).unwrap();
+        assert!(new_a && !new_b);
+        assert_eq!(a.id, b.id);
+        assert!(matches!(s.operation("o2"), Err(StoreError::NotFound(_))));
+        s.create_operation(&op("o3", None)).unwrap();
+        s.create_operation(&op("o4", None)).unwrap();
+        assert_eq!(s.operations(true).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn state_machine_is_enforced() {
+        let s = Sqlite::open(&tempfile::tempdir().unwrap().path().join("db")).unwrap();
+        s.create_operation(&op("o1", None)).unwrap();
+        assert!(
+            s.set_operation_state("o1", OpState::Succeeded, None, None)
+                .is_err(),
+            "queued cannot succeed"
+        );
+        s.set_operation_state("o1", OpState::Running, None, None)
+            .unwrap();
+        s.set_operation_state(
+            "o1",
+            OpState::Succeeded,
+            Some(&serde_json::json!({"vm": "vm1"})),
+            None,
+        )
+        .unwrap();
+        assert!(
+            s.set_operation_state("o1", OpState::Failed, None, Some("late"))
+                .is_err(),
+            "terminal is final"
+        );
+        let o = s.operation("o1").unwrap();
+        assert_eq!(o.state, OpState::Succeeded);
+        assert_eq!(o.result.unwrap()["vm"], "vm1");
+        assert!(s.operations(true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_are_numbered_in_order() {
+        let s = Sqlite::open(&tempfile::tempdir().unwrap().path().join("db")).unwrap();
+        s.create_operation(&op("o1", None)).unwrap();
+        for i in 0..5 {
+            let e = s
+                .append_event(&OpEvent {
+                    op_id: "o1".into(),
+                    seq: 0,
+                    at_ms: i,
+                    phase: "copy".into(),
+                    percent: Some(i as f32 * 20.0),
+                    bytes: Some(i as u64 * 100),
+                    message: String::new(),
+                    state: (i == 4).then_some(OpState::Succeeded),
+                })
+                .unwrap();
+            assert_eq!(e.seq, i as u64 + 1);
+        }
+        let after2 = s.events("o1", 2).unwrap();
+        assert_eq!(after2.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(after2[2].state, Some(OpState::Succeeded));
+    }
+
+    #[test]
+    fn hosts_vms_users_and_tokens() {
+        let s = Sqlite::open(&tempfile::tempdir().unwrap().path().join("db")).unwrap();
+        s.put_host(&HostRecord {
+            name: "h1".into(),
+            address: "10.0.0.1:7700".into(),
+            enabled: true,
+            last_seen_ms: 0,
+        })
+        .unwrap();
+        let dup = s.put_host(&HostRecord {
+            name: "h2".into(),
+            address: "10.0.0.1:7700".into(),
+            enabled: true,
+            last_seen_ms: 0,
+        });
+        assert!(
+            matches!(dup, Err(StoreError::AlreadyExists(_))),
+            "one address, one host"
+        );
+        s.put_vm(&VmRecord {
+            name: "vm1".into(),
+            owner: "alice".into(),
+            base: Some("b1".into()),
+            host: Some("h1".into()),
+            desired_state: "running".into(),
+            observed_state: "running".into(),
+            spec: serde_json::json!({"volatile": true}),
+        })
+        .unwrap();
+        assert_eq!(s.vm("vm1").unwrap().spec["volatile"], true);
+        s.put_user(&UserRecord {
+            name: "alice".into(),
+            role: "user".into(),
+            attributes: serde_json::json!({"course": "net101"}),
+        })
+        .unwrap();
+        assert!(s
+            .put_user(&UserRecord {
+                name: "eve".into(),
+                role: "root".into(),
+                attributes: serde_json::json!({})
+            })
+            .is_err());
+        s.add_token("alice", "hash1").unwrap();
+        assert_eq!(
+            s.user_by_token("hash1").unwrap().attributes["course"],
+            "net101"
+        );
+        assert!(matches!(
+            s.user_by_token("nope"),
+            Err(StoreError::NotFound(_))
+        ));
+        s.put_base("b1", None, &serde_json::json!({"vcpus": 2}))
+            .unwrap();
+        assert_eq!(s.base_spec("b1").unwrap()["vcpus"], 2);
+        s.set_base_host("b1", "h1", true).unwrap();
+        s.put_base("b2", Some("b1"), &serde_json::json!({}))
+            .unwrap();
+        assert_eq!(
+            s.bases().unwrap(),
+            vec![
+                ("b1".to_string(), vec!["h1".to_string()]),
+                ("b2".to_string(), vec![])
+            ]
+        );
+        assert_eq!(
+            s.tokens().unwrap(),
+            vec![("hash1".to_string(), "alice".to_string())]
+        );
+        assert_eq!(s.users().unwrap().len(), 1);
+        s.remove_vm("vm1").unwrap();
+        s.remove_host("h1").unwrap();
+        assert_eq!(
+            s.bases().unwrap()[0].1.len(),
+            0,
+            "host removal drops its base copies"
+        );
+        assert!(s.hosts().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,791 @@
+//! The coordinator's core: who may do what, where a clone goes, and the work of each
+//! operation (clone, start, shutdown, hibernate, restore, remove, create/remove base).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_client::proto as pb;
+use corral_client::AgentClient;
+
+use crate::auth::{Auth, Caller};
+use crate::config::Config;
+use crate::error::{CoordError, Result};
+use crate::hosts::{state_name, Hosts};
+use crate::operations::{OpCtx, OpError, Operations, Resumer, Submit, Work, WorkFuture};
+use crate::placement::{self, Policy};
+use crate::store::{OpRecord, Store, VmRecord};
+
+/// How long the coordinator waits for a quick agent call (an agent can stall without
+/// closing its connection; tonic's per-request timeout is enforced by the server).
+pub const AGENT_QUICK_CALL: Duration = Duration::from_secs(3);
+
+/// Names of hosts, bases, VMs and users: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`/`-`.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordError::Invalid(format!(
+            "invalid {what} name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )))
+    }
+}
+
+/// A VM action that becomes an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Shutdown,
+    PowerOff,
+    Hibernate,
+    Restore,
+    Remove,
+}
+
+/// A change to a VM's snapshot tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotAction {
+    Create,
+    Revert,
+    Delete,
+}
+
+impl Action {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Shutdown => "shutdown",
+            Self::PowerOff => "poweroff",
+            Self::Hibernate => "hibernate",
+            Self::Restore => "restore",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+pub struct Coordinator {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub ops: Arc<Operations>,
+    pub hosts: Arc<Hosts>,
+    pub auth: Arc<Auth>,
+    policy: Policy,
+    /// Capacity promised to clones, until their hosts report it.
+    pending: Mutex<Vec<crate::hosts::Reservation>>,
+    next_reservation: std::sync::atomic::AtomicU64,
+    /// Size of each base's VMs: (vCPUs, bytes of memory).
+    base_sizes: Mutex<HashMap<String, (u32, u64)>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").finish()
+    }
+}
+
+fn agent(host: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
+    move |s| CoordError::from_agent(host, &s)
+}
+
+fn work<F, Fut>(f: F) -> Work
+where
+    F: FnOnce(OpCtx) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<serde_json::Value, OpError>>
+        + Send
+        + 'static,
+{
+    Box::new(move |ctx| Box::pin(f(ctx)) as WorkFuture)
+}
+
+impl Coordinator {
+    pub fn new(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        ops: Arc<Operations>,
+        hosts: Arc<Hosts>,
+        auth: Arc<Auth>,
+    ) -> Arc<Self> {
+        let policy = Policy {
+            cpu_overcommit: cfg.cpu_overcommit,
+            memory_overcommit: cfg.memory_overcommit,
+            disk_reserve: cfg.disk_reserve_bytes,
+            ..Policy::default()
+        };
+        Arc::new(Self {
+            cfg,
+            store,
+            ops,
+            hosts,
+            auth,
+            policy,
+            pending: Mutex::new(Vec::new()),
+            next_reservation: std::sync::atomic::AtomicU64::new(0),
+            base_sizes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = Arc::clone(&self.store);
+        Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
+    }
+
+    /// A VM the caller may touch (others' VMs look absent).
+    pub async fn vm_for(&self, caller: &Caller, name: &str) -> Result<VmRecord> {
+        check_name("VM", name)?;
+        let n = name.to_string();
+        let vm = self.blocking(move |s| s.vm(&n)).await?;
+        if !caller.may_touch(&vm.owner) {
+            return Err(CoordError::NotFound(format!("VM {name} not found")));
+        }
+        Ok(vm)
+    }
+
+    pub fn vm_view(&self, vm: &VmRecord) -> pb::Vm {
+        let host_state = vm
+            .host
+            .as_deref()
+            .map(|h| self.hosts.host_state(h))
+            .unwrap_or(pb::HostState::Unspecified);
+        let observed = if host_state == pb::HostState::Up {
+            pb::DomainState::from_str_name(&vm.observed_state)
+                .unwrap_or(pb::DomainState::Unspecified)
+        } else {
+            pb::DomainState::Unspecified
+        };
+        pb::Vm {
+            name: vm.name.clone(),
+            owner: vm.owner.clone(),
+            base: vm.base.clone().unwrap_or_default(),
+            host: vm.host.clone().unwrap_or_default(),
+            desired_state: vm.desired_state.clone(),
+            observed_state: observed as i32,
+            locked_by: self.ops.locked_by(&vm.name).unwrap_or_default(),
+            host_state: host_state as i32,
+        }
+    }
+
+    /// The size of a base's VMs, asked once from a host that has it.
+    async fn base_size(&self, base: &str, hosts: &[String]) -> Result<(u32, u64)> {
+        if let Some(s) = self
+            .base_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(base).copied())
+        {
+            return Ok(s);
+        }
+        let b = base.to_string();
+        let spec = self.blocking(move |s| s.base_spec(&b)).await?;
+        let size = match (spec["vcpus"].as_u64(), spec["memory"].as_u64()) {
+            (Some(v), Some(m)) => Some((u32::try_from(v).unwrap_or(u32::MAX), m)),
+            _ => None,
+        };
+        let size = match size {
+            Some(s) => s,
+            None => self.ask_base_size(base, hosts).await?,
+        };
+        if let Ok(mut cache) = self.base_sizes.lock() {
+            cache.insert(base.into(), size);
+        }
+        Ok(size)
+    }
+
+    /// Asks a host that has the base (for bases recorded without their size).
+    async fn ask_base_size(&self, base: &str, hosts: &[String]) -> Result<(u32, u64)> {
+        for h in hosts {
+            let Ok(mut c) = self.hosts.client(h) else {
+                continue;
+            };
+            let call = c.domains.get_domain(pb::DomainRef { name: base.into() });
+            if let Ok(Ok(d)) = tokio::time::timeout(AGENT_QUICK_CALL, call).await {
+                let d = d.into_inner();
+                return Ok((d.vcpus, d.memory_mib << 20));
+            }
+        }
+        Err(CoordError::Unavailable(format!(
+            "no host holding base {base} answers"
+        )))
+    }
+
+    pub async fn place(
+        &self,
+        base: &str,
+        owner: &str,
+        keep_together: bool,
+    ) -> Result<(Option<String>, Vec<(String, String)>, (u32, u64))> {
+        let (vms, bases) = self.blocking(|s| Ok((s.vms()?, s.bases()?))).await?;
+        let holders = bases
+            .iter()
+            .find(|(b, _)| b == base)
+            .map(|(_, h)| h.clone())
+            .ok_or_else(|| CoordError::NotFound(format!("base {base} not found")))?;
+        let size = self.base_size(base, &holders).await?;
+        let base_ids: HashMap<String, u32> = bases
+            .iter()
+            .enumerate()
+            .map(|(i, (b, _))| (b.clone(), i as u32))
+            .collect();
+        let mut user_ids = HashMap::new();
+        let pending = {
+            let mut p = self
+                .pending
+                .lock()
+                .map_err(|_| CoordError::Internal("lock".into()))?;
+            // Reservations every heartbeat has since covered are dropped.
+            let oldest_info = self
+                .hosts
+                .statuses()?
+                .iter()
+                .map(|(_, st, _)| st.info_ms)
+                .min()
+                .unwrap_or(0);
+            p.retain(|r| r.released_ms.is_none_or(|t| t >= oldest_info));
+            p.clone()
+        };
+        let (views, names) = self
+            .hosts
+            .views(&vms, &bases, &base_ids, &mut user_ids, &pending)?;
+        let next = user_ids.len() as u32;
+        let user = *user_ids.entry(owner.to_string()).or_insert(next);
+        let req = placement::Request {
+            base: base_ids.get(base).copied(),
+            vcpus: size.0,
+            memory: size.1,
+            disk: 0,
+            user,
+            keep_together,
+        };
+        let d = placement::place(&views, &req, &self.policy, true);
+        let name = |id: u32| names.get(id as usize).cloned().unwrap_or_default();
+        let rejected = d
+            .rejected
+            .iter()
+            .map(|(id, why)| (name(*id), why.to_string()))
+            .collect();
+        Ok((d.chosen.map(name), rejected, size))
+    }
+
+    pub async fn clone_vm(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::CloneVmRequest,
+    ) -> Result<OpRecord> {
+        check_name("base", &req.base)?;
+        check_name("VM", &req.name)?;
+        let owner = if req.owner.is_empty() || req.owner == caller.name() {
+            caller.name().to_string()
+        } else {
+            caller.require_admin()?;
+            check_name("user", &req.owner)?;
+            req.owner.clone()
+        };
+        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
+        if key.is_none() {
+            let n = req.name.clone();
+            if self.blocking(move |s| Ok(s.vm(&n).is_ok())).await? {
+                return Err(CoordError::AlreadyExists(format!(
+                    "VM {} already exists",
+                    req.name
+                )));
+            }
+        }
+        let (host, rejected, size) = self.place(&req.base, &owner, req.keep_together).await?;
+        let Some(host) = host else {
+            let why: Vec<String> = rejected.iter().map(|(h, r)| format!("{h}: {r}")).collect();
+            return Err(CoordError::FailedPrecondition(format!(
+                "no host can take a clone of {}: {}",
+                req.base,
+                if why.is_empty() {
+                    "no hosts".to_string()
+                } else {
+                    why.join("; ")
+                }
+            )));
+        };
+        let submit = Submit {
+            kind: "clone".into(),
+            vm: Some(req.name.clone()),
+            host: Some(host.clone()),
+            user: Some(owner.clone()),
+            idempotency_key: key,
+            request: serde_json::json!({
+                "base": req.base, "name": req.name, "start": req.start, "labels": req.labels, "owner": owner,
+            }),
+        };
+        let ticket = self
+            .next_reservation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(crate::hosts::Reservation {
+                id: ticket,
+                host: host.clone(),
+                vcpus: size.0,
+                memory: size.1,
+                released_ms: None,
+            });
+        }
+        let me = Arc::clone(self);
+        let (h2, req2) = (host.clone(), req.clone());
+        let w = work(move |ctx| async move {
+            let r = me.do_clone(&ctx, &h2, &req2, &owner).await;
+            // Counted until a heartbeat taken after now shows the clone.
+            if let Ok(mut p) = me.pending.lock() {
+                if let Some(r) = p.iter_mut().find(|r| r.id == ticket) {
+                    r.released_ms = Some(crate::store::now_ms());
+                }
+            }
+            r.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    async fn do_clone(
+        &self,
+        ctx: &OpCtx,
+        host: &str,
+        req: &pb::CloneVmRequest,
+        owner: &str,
+    ) -> Result<serde_json::Value> {
+        let mut c = self.hosts.client(host)?;
+        // The VM is recorded before it is made, so that a crash leaves a trace to clean up.
+        let vm = VmRecord {
+            name: req.name.clone(),
+            owner: owner.into(),
+            base: Some(req.base.clone()),
+            host: Some(host.into()),
+            desired_state: "shut-off".into(),
+            observed_state: "CREATING".into(),
+            spec: serde_json::json!({ "labels": req.labels }),
+        };
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        let what = if req.start {
+            "clone and start"
+        } else {
+            "clone"
+        };
+        ctx.progress(
+            "cloning",
+            Some(10.0),
+            None,
+            &format!("{what} of {} on host {host}", req.base),
+        )
+        .await?;
+        // One agent call does both (the agent records the start time and state itself).
+        let made = c
+            .bases
+            .clone_base(pb::CloneBaseRequest {
+                base: req.base.clone(),
+                name: req.name.clone(),
+                labels: req.labels.clone(),
+                owner: owner.into(),
+                start: req.start,
+                ..Default::default()
+            })
+            .await;
+        let domain = match made {
+            Ok(d) => d.into_inner(),
+            Err(s) => {
+                // The agent removes what it made when the clone fails; a start failure leaves
+                // a defined, shut-off clone, which the agent reports by its state.
+                let n = req.name.clone();
+                let exists = c
+                    .domains
+                    .get_domain(pb::DomainRef { name: n.clone() })
+                    .await
+                    .is_ok();
+                if !exists {
+                    let _ = self.blocking(move |st| st.remove_vm(&n)).await;
+                }
+                return Err(CoordError::from_agent(host, &s));
+            }
+        };
+        let mut vm = vm;
+        vm.observed_state = state_name(domain.state);
+        if req.start {
+            vm.desired_state = "running".into();
+        }
+        ctx.progress(
+            if req.start { "running" } else { "defined" },
+            Some(90.0),
+            None,
+            "",
+        )
+        .await?;
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        Ok(serde_json::json!({ "vm": req.name, "host": host, "state": vm.observed_state }))
+    }
+
+    pub async fn vm_action(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        action: Action,
+    ) -> Result<OpRecord> {
+        let vm = self.vm_for(caller, name).await?;
+        let host = vm
+            .host
+            .clone()
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {name} has no host")))?;
+        let submit = Submit {
+            kind: action.kind().into(),
+            vm: Some(vm.name.clone()),
+            host: Some(host.clone()),
+            user: Some(caller.name().into()),
+            idempotency_key: None,
+            request: serde_json::json!({ "vm": vm.name }),
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            me.do_action(&ctx, &host, vm, action)
+                .await
+                .map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    async fn do_action(
+        &self,
+        ctx: &OpCtx,
+        host: &str,
+        mut vm: VmRecord,
+        action: Action,
+    ) -> Result<serde_json::Value> {
+        let mut c = self.hosts.client(host)?;
+        let r = pb::DomainRef {
+            name: vm.name.clone(),
+        };
+        ctx.progress(action.kind(), Some(10.0), None, &format!("on host {host}"))
+            .await?;
+        let domain = match action {
+            Action::Start => Some(c.domains.start_domain(r).await),
+            Action::Shutdown => Some(
+                c.domains
+                    .shutdown_domain(pb::ShutdownDomainRequest {
+                        name: vm.name.clone(),
+                        timeout_seconds: 60,
+                    })
+                    .await,
+            ),
+            Action::PowerOff => Some(c.domains.power_off_domain(r).await),
+            Action::Hibernate => Some(c.domains.hibernate_domain(r).await),
+            Action::Restore => Some(c.bases.restore_clone(r).await),
+            Action::Remove => {
+                match c
+                    .domains
+                    .remove_domain(pb::RemoveDomainRequest {
+                        name: vm.name.clone(),
+                        remove_volumes: true,
+                    })
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => return Err(CoordError::from_agent(host, &s)),
+                }
+                let n = vm.name.clone();
+                self.blocking(move |s| s.remove_vm(&n)).await?;
+                None
+            }
+        };
+        if let Some(d) = domain {
+            let d = d.map_err(agent(host))?.into_inner();
+            vm.observed_state = state_name(d.state);
+            vm.desired_state = match action {
+                Action::Start => "running",
+                Action::Hibernate => "hibernated",
+                _ => "shut-off",
+            }
+            .into();
+            let v = vm.clone();
+            self.blocking(move |s| s.put_vm(&v)).await?;
+        }
+        Ok(serde_json::json!({ "vm": vm.name, "state": vm.observed_state }))
+    }
+
+    /// Creates, reverts to or deletes a snapshot of a VM the caller may touch.
+    pub async fn snapshot_action(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::VmSnapshotRequest,
+        action: SnapshotAction,
+    ) -> Result<OpRecord> {
+        let vm = self.vm_for(caller, &req.vm).await?;
+        check_name("snapshot", &req.name)?;
+        let host = vm
+            .host
+            .clone()
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
+        let kind = match action {
+            SnapshotAction::Create => "snapshot-create",
+            SnapshotAction::Revert => "snapshot-revert",
+            SnapshotAction::Delete => "snapshot-delete",
+        };
+        let submit = Submit {
+            kind: kind.into(),
+            vm: Some(vm.name.clone()),
+            host: Some(host.clone()),
+            user: Some(caller.name().into()),
+            idempotency_key: None,
+            request: serde_json::json!({ "vm": vm.name, "snapshot": req.name }),
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            let run = async {
+                let mut c = me.hosts.client(&host)?;
+                ctx.progress(
+                    kind,
+                    Some(10.0),
+                    None,
+                    &format!("{} of {} on host {host}", req.name, req.vm),
+                )
+                .await?;
+                let (domain, name) = (req.vm.clone(), req.name.clone());
+                match action {
+                    SnapshotAction::Create => {
+                        c.snapshots
+                            .create_snapshot(pb::CreateSnapshotRequest {
+                                domain,
+                                name,
+                                description: req.description.clone(),
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(agent(&host))?;
+                    }
+                    SnapshotAction::Revert => {
+                        c.snapshots
+                            .revert_snapshot(pb::RevertSnapshotRequest {
+                                domain,
+                                name,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(agent(&host))?;
+                        let d = c
+                            .domains
+                            .get_domain(pb::DomainRef {
+                                name: req.vm.clone(),
+                            })
+                            .await
+                            .map_err(agent(&host))?;
+                        let mut vm = vm;
+                        vm.observed_state = state_name(d.into_inner().state);
+                        me.blocking(move |s| s.put_vm(&vm)).await?;
+                    }
+                    SnapshotAction::Delete => {
+                        c.snapshots
+                            .delete_snapshot(pb::DeleteSnapshotRequest {
+                                domain,
+                                name,
+                                mode: pb::DeleteSnapshotMode::JustIt as i32,
+                            })
+                            .await
+                            .map_err(agent(&host))?;
+                    }
+                }
+                Ok::<_, CoordError>(serde_json::json!({ "vm": req.vm, "snapshot": req.name }))
+            };
+            run.await.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// The snapshots of a VM the caller may touch.
+    pub async fn snapshots(&self, caller: &Caller, vm: &str) -> Result<pb::ListSnapshotsResponse> {
+        let vm = self.vm_for(caller, vm).await?;
+        let host = vm
+            .host
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
+        let mut c = self.hosts.client(&host)?;
+        let call = c.snapshots.list_snapshots(pb::ListSnapshotsRequest {
+            domain: vm.name,
+            filters: Vec::new(),
+        });
+        let r = tokio::time::timeout(AGENT_QUICK_CALL, call)
+            .await
+            .map_err(|_| CoordError::Unavailable(format!("host {host} did not answer in time")))?
+            .map_err(agent(&host))?;
+        Ok(r.into_inner())
+    }
+
+    /// Defines a VM from a spec on a host and prepares it as a base (admin).
+    pub async fn create_base(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::CreateBaseRequest,
+    ) -> Result<OpRecord> {
+        caller.require_admin()?;
+        let spec = req
+            .spec
+            .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
+        check_name("base", &spec.name)?;
+        check_name("host", &req.host)?;
+        // A host just added answers within a heartbeat or two.
+        self.hosts
+            .wait_up(&req.host, Duration::from_secs(10))
+            .await?;
+        let submit = Submit {
+            kind: "create-base".into(),
+            vm: Some(spec.name.clone()),
+            host: Some(req.host.clone()),
+            user: Some(caller.name().into()),
+            idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()),
+            request: serde_json::json!({ "base": spec.name, "host": req.host }),
+        };
+        let me = Arc::clone(self);
+        let host = req.host.clone();
+        let w = work(move |ctx| async move {
+            let run = async {
+                let mut c = me.hosts.client(&host)?;
+                let name = spec.name.clone();
+                let size = serde_json::json!({
+                    "vcpus": spec.vcpus.max(1),
+                    "memory": (if spec.memory_mib == 0 { 512 } else { spec.memory_mib }) << 20,
+                });
+                ctx.progress("defining", Some(10.0), None, &format!("on host {host}"))
+                    .await?;
+                c.domains
+                    .define_domain(pb::DefineDomainRequest { spec: Some(spec) })
+                    .await
+                    .map_err(agent(&host))?;
+                ctx.progress("preparing", Some(40.0), None, "read-only base files")
+                    .await?;
+                c.bases
+                    .prepare_base(pb::DomainRef { name: name.clone() })
+                    .await
+                    .map_err(agent(&host))?;
+                let (n, h) = (name.clone(), host.clone());
+                me.blocking(move |s| {
+                    s.put_base(&n, None, &size)?;
+                    s.set_base_host(&n, &h, true)
+                })
+                .await?;
+                Ok::<_, CoordError>(serde_json::json!({ "base": name, "host": host }))
+            };
+            run.await.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    pub async fn remove_base(self: &Arc<Self>, caller: &Caller, name: &str) -> Result<OpRecord> {
+        caller.require_admin()?;
+        check_name("base", name)?;
+        let n = name.to_string();
+        let (bases, vms) = self.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
+        let hosts = bases
+            .into_iter()
+            .find(|(b, _)| b == &n)
+            .map(|(_, h)| h)
+            .ok_or_else(|| CoordError::NotFound(format!("base {name} not found")))?;
+        let clones: Vec<String> = vms
+            .into_iter()
+            .filter(|v| v.base.as_deref() == Some(name))
+            .map(|v| v.name)
+            .collect();
+        if !clones.is_empty() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "base {name} has {} clone(s) ({}): remove them first",
+                clones.len(),
+                clones.join(", ")
+            )));
+        }
+        let submit = Submit {
+            kind: "remove-base".into(),
+            vm: Some(name.into()),
+            user: Some(caller.name().into()),
+            request: serde_json::json!({ "base": name }),
+            ..Default::default()
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            let run = async {
+                for h in &hosts {
+                    ctx.progress("removing", None, None, &format!("on host {h}"))
+                        .await?;
+                    let mut c = me.hosts.client(h)?;
+                    match c
+                        .domains
+                        .remove_domain(pb::RemoveDomainRequest {
+                            name: n.clone(),
+                            remove_volumes: true,
+                        })
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => return Err(CoordError::from_agent(h, &s)),
+                    }
+                }
+                let n2 = n.clone();
+                me.blocking(move |s| s.remove_base(&n2)).await?;
+                Ok(serde_json::json!({ "base": n }))
+            };
+            run.await.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// After a restart: a clone that was being made is cleaned away (the VM and its files),
+    /// then the operation ends failed with that reason. Other kinds end failed as they are.
+    pub fn resumers(self: &Arc<Self>) -> HashMap<String, Resumer> {
+        let me = Arc::clone(self);
+        let clone_cleanup: Resumer = Arc::new(move |op: &OpRecord| {
+            let (me, vm, host) = (Arc::clone(&me), op.vm.clone()?, op.host.clone()?);
+            Some(work(move |ctx| async move {
+                ctx.progress(
+                    "cleaning",
+                    None,
+                    None,
+                    &format!("removing the half-made {vm} from {host}"),
+                )
+                .await?;
+                let c = me.hosts.wait_up(&host, Duration::from_secs(30)).await;
+                if let Ok(mut c) = c {
+                    match c
+                        .domains
+                        .remove_domain(pb::RemoveDomainRequest {
+                            name: vm.clone(),
+                            remove_volumes: true,
+                        })
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => {
+                            return Err(OpError::Failed(format!(
+                                "cleanup on {host}: {}",
+                                s.message()
+                            )))
+                        }
+                    }
+                } else {
+                    return Err(OpError::Failed(format!(
+                        "the coordinator restarted during the clone and host {host} is down: {vm} may be left there"
+                    )));
+                }
+                let v = vm.clone();
+                let _ = me.blocking(move |s| s.remove_vm(&v)).await;
+                Err(OpError::Failed(format!(
+                    "the coordinator restarted during the clone; the half-made {vm} was removed from {host}"
+                )))
+            }))
+        });
+        HashMap::from([("clone".to_string(), clone_cleanup)])
+    }
+
+    pub fn client_for(&self, host: &str) -> Result<AgentClient> {
+        self.hosts.client(host)
+    }
+}
