@@ -1,0 +1,215 @@
+//! The coordinator's costs, printed in one run:
+//! 1. clone+start through the CLI and the coordinator against the same through the CLI and
+//!    the agent alone, on the real libvirtd with the tiny guest (target ratio <= 1.05);
+//! 2. clone operations per second the coordinator completes against test:/// agents
+//!    (target >= 1,000 per second).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use corral_client::proto as pb;
+use corral_tests::*;
+
+fn cli(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let out = Command::new(bin("corral"))
+        .envs(env.iter().copied())
+        .env("HOME", "/nonexistent")
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "corral {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+async fn real_ratio() -> Result<()> {
+    if !real_host_ready() {
+        return Ok(());
+    }
+    cleanup_domains("cbench-");
+    let dir = tempfile::tempdir()?;
+    let agent = AgentProc::start(&dir.path().join("agent"))?;
+    let coord = CoordProc::start(&dir.path().join("coord"), 500, 3000)?;
+    let mut admin = coord.client(&coord.admin_token).await?;
+    admin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "local".into(),
+            address: agent.addr.clone(),
+        })
+        .await?;
+    for _ in 0..50 {
+        if admin
+            .hosts
+            .list_hosts(pb::ListHostsRequest {})
+            .await?
+            .into_inner()
+            .hosts[0]
+            .state
+            == pb::HostState::Up as i32
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let op = admin
+        .vms
+        .create_base(pb::CreateBaseRequest {
+            spec: Some(tiny_spec("cbench-base", false)),
+            host: "local".into(),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner();
+    finish(&mut admin, op).await?;
+    let coord_env = [
+        ("CORRAL_COORDINATOR", coord.addr.as_str()),
+        ("CORRAL_TOKEN", coord.admin_token.as_str()),
+    ];
+    let agent_env = [("CORRAL_AGENT", agent.addr.as_str())];
+    let runs: usize = std::env::var("CORRAL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let (mut via_coord, mut via_agent) = (Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let a = format!("cbench-a{i}");
+        let t = Instant::now();
+        cli(
+            &["agent", "base", "clone", "cbench-base", &a, "--start"],
+            &agent_env,
+        )?;
+        let ta = t.elapsed();
+        let c = format!("cbench-c{i}");
+        let t = Instant::now();
+        cli(&["vm", "clone", "cbench-base", &c, "--start"], &coord_env)?;
+        let tc = t.elapsed();
+        if i > 0 {
+            via_agent.push(ta);
+            via_coord.push(tc);
+        }
+        cli(&["agent", "vm", "rm", &a, "--volumes"], &agent_env)?;
+        cli(&["vm", "rm", &c], &coord_env)?;
+    }
+    let (mc, ma) = (median(&mut via_coord), median(&mut via_agent));
+    let ratio = mc.as_secs_f64() / ma.as_secs_f64();
+    println!(
+        "clone+start median over {runs} runs: CLI->coordinator->agent {:.1} ms, CLI->agent {:.1} ms, ratio {ratio:.3} (target <= 1.05): {}",
+        mc.as_secs_f64() * 1e3,
+        ma.as_secs_f64() * 1e3,
+        if ratio <= 1.05 { "MET" } else { "NOT MET" }
+    );
+    let op = admin
+        .vms
+        .remove_base(pb::BaseRef {
+            name: "cbench-base".into(),
+        })
+        .await?
+        .into_inner();
+    finish(&mut admin, op).await?;
+    Ok(())
+}
+
+async fn throughput() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hosts = 4;
+    let mut agents = Vec::new();
+    let coord = CoordProc::start_with(
+        &dir.path().join("coord"),
+        200,
+        2000,
+        &[
+            ("CORRAL_COORD_PER_HOST_LIMIT", "64"),
+            ("CORRAL_COORD_CPU_OVERCOMMIT", "1000"),
+        ],
+    )?;
+    let mut admin = coord.client(&coord.admin_token).await?;
+    for i in 0..hosts {
+        let a = AgentProc::start_test_driver(&dir.path().join(format!("h{i}")))?;
+        admin
+            .hosts
+            .add_host(pb::AddHostRequest {
+                name: format!("h{i}"),
+                address: a.addr.clone(),
+            })
+            .await?;
+        agents.push(a);
+    }
+    for _ in 0..100 {
+        let up = admin
+            .hosts
+            .list_hosts(pb::ListHostsRequest {})
+            .await?
+            .into_inner()
+            .hosts
+            .iter()
+            .filter(|h| h.state == pb::HostState::Up as i32)
+            .count();
+        if up == hosts {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..hosts {
+        let op = admin
+            .vms
+            .create_base(pb::CreateBaseRequest {
+                spec: Some(test_spec("tput")),
+                host: format!("h{i}"),
+                idempotency_key: String::new(),
+            })
+            .await?
+            .into_inner();
+        finish(&mut admin, op).await?;
+    }
+    // Many clients at once, as a fleet of users would: submit, then follow, concurrently.
+    let total = 400;
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let mut c = admin.clone();
+        tasks.spawn(async move {
+            let op = c
+                .vms
+                .clone_vm(pb::CloneVmRequest {
+                    base: "tput".into(),
+                    name: format!("tput-{i}"),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let end = c.wait(&op.id, |_| {}).await?;
+            anyhow::Ok(end.state == pb::OperationState::Succeeded as i32)
+        });
+    }
+    let mut done = 0u32;
+    while let Some(r) = tasks.join_next().await {
+        if r?? {
+            done += 1;
+        }
+    }
+    let submitted = t.elapsed();
+    let all = t.elapsed();
+    let rate = f64::from(done) / all.as_secs_f64();
+    println!(
+        "{done}/{total} clone operations on {hosts} test:/// agents, {total} clients at once, in {:.2} s ({:.2} s): {rate:.0} per second (target >= 1000): {}",
+        all.as_secs_f64(),
+        submitted.as_secs_f64(),
+        if rate >= 1000.0 { "MET" } else { "NOT MET" }
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    if std::env::var("CORRAL_BENCH_ONLY_THROUGHPUT").is_err() {
+        real_ratio().await?;
+    }
+    throughput().await?;
+    Ok(())
+}

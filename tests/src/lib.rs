@@ -1,0 +1,487 @@
+//! Helpers shared by the end-to-end tests and benchmarks: real processes (the agent binary),
+//! the real libvirtd (`qemu:///system`), the tiny guest, and a client network namespace that
+//! reaches exposed ports from another address.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use corral_client::proto as pb;
+
+/// Where `deploy/build-guest-image.sh` puts the tiny guest.
+pub const GUEST_DIR: &str = "/var/lib/corral/guest";
+/// The client namespace and its link to the host; these addresses exist only on this machine.
+pub const CLIENT_NS: &str = "corral-e2e";
+pub const HOST_SIDE_IP: &str = "172.31.254.1";
+pub const CLIENT_IP: &str = "172.31.254.2";
+
+/// The build's binary directory (`target/debug` or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn virsh(args: &[&str]) -> Result<String> {
+    let mut a = vec!["-c", "qemu:///system"];
+    a.extend_from_slice(args);
+    run("virsh", &a)
+}
+
+/// True when this machine can run the real-host tests; with `CORRAL_E2E_REQUIRED=1`
+/// (as CI sets) a missing piece is a failure instead of a skip.
+pub fn real_host_ready() -> bool {
+    let missing = if !nix::unistd::Uid::effective().is_root() {
+        Some("not root".to_string())
+    } else if !Path::new(GUEST_DIR).join("vmlinux").is_file() {
+        Some(format!(
+            "no tiny guest in {GUEST_DIR} (run deploy/build-guest-image.sh)"
+        ))
+    } else if virsh(&["version"]).is_err() {
+        Some("libvirtd is not answering on qemu:///system (run deploy/setup-host.sh)".into())
+    } else if !bin("corral-agent").is_file() {
+        Some(format!("{} is not built", bin("corral-agent").display()))
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("CORRAL_E2E_REQUIRED").as_deref() == Ok("1") => {
+            panic!("real-host test cannot run: {why}")
+        }
+        Some(why) => {
+            eprintln!("skipping real-host test: {why}");
+            false
+        }
+    }
+}
+
+/// Removes every domain whose name starts with `prefix` (left by an earlier failed run).
+pub fn cleanup_domains(prefix: &str) {
+    let Ok(list) = virsh(&["list", "--all", "--name"]) else {
+        return;
+    };
+    for name in list
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(prefix))
+    {
+        let _ = virsh(&["destroy", name]);
+        let _ = virsh(&["undefine", name, "--snapshots-metadata", "--managed-save"]);
+    }
+}
+
+/// Starts `cmd` and reads its first line, "<program> listening on ADDR"; returns the address.
+fn spawn_listening(mut cmd: Command, program: &str) -> Result<(Child, String)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix(&format!("{program} listening on "))
+        .with_context(|| format!("{program} did not start: {line:?}"))?
+        .to_string();
+    Ok((child, addr))
+}
+
+/// Environment of an agent on libvirt's test driver.
+pub const TEST_DRIVER: &[(&str, &str)] = &[
+    ("CORRAL_AGENT_LIBVIRT_URI", "test:///default"),
+    ("CORRAL_AGENT_DOMAIN_TYPE", "test"),
+    ("CORRAL_AGENT_FIREWALL", "none"),
+];
+
+/// A running `corral-agent` process.
+pub struct AgentProc {
+    child: Child,
+    pub addr: String,
+    pub root: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts the agent on `qemu:///system` with its storage and state under `root`.
+    pub fn start(root: &Path) -> Result<Self> {
+        Self::start_with(
+            root,
+            &[
+                ("CORRAL_AGENT_LIBVIRT_URI", "qemu:///system"),
+                ("CORRAL_AGENT_DOMAIN_TYPE", "qemu"),
+            ],
+        )
+    }
+
+    /// An agent on libvirt's test driver: its own private state, no firewall, no guests.
+    pub fn start_test_driver(root: &Path) -> Result<Self> {
+        Self::start_with(root, TEST_DRIVER)
+    }
+
+    pub fn start_with(root: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = Command::new(bin("corral-agent"));
+        cmd.envs(env.iter().copied())
+            .env("CORRAL_AGENT_STORAGE_ROOT", root.join("storage"))
+            .env("CORRAL_AGENT_STATE_DIR", root.join("state"))
+            .env("CORRAL_AGENT_LISTEN", "127.0.0.1:0")
+            .env("CORRAL_AGENT_HOST_ADDRESS", HOST_SIDE_IP)
+            // Agent logs go to the test's stderr; CORRAL_TEST_AGENT_LOG=info shows more.
+            .env(
+                "RUST_LOG",
+                std::env::var("CORRAL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        let (child, addr) = spawn_listening(cmd, "corral-agent")?;
+        Ok(Self {
+            child,
+            addr,
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub async fn client(&self) -> Result<corral_client::AgentClient> {
+        Ok(corral_client::AgentClient::connect(&self.addr).await?)
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.root.join("storage")
+    }
+
+    /// SIGTERM, then wait for the process to end.
+    pub fn stop(&mut self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGSTOP / SIGCONT: the agent goes silent without closing its connections.
+    pub fn pause(&self, paused: bool) -> Result<()> {
+        signal(
+            &self.child,
+            if paused {
+                nix::sys::signal::Signal::SIGSTOP
+            } else {
+                nix::sys::signal::Signal::SIGCONT
+            },
+        )
+    }
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) -> Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, sig)?;
+    Ok(())
+}
+
+/// A running `corral-coordinator` process with its database under `root`.
+pub struct CoordProc {
+    child: Child,
+    pub addr: String,
+    pub admin_token: String,
+}
+
+impl CoordProc {
+    pub fn start(root: &Path, heartbeat_ms: u64, down_after_ms: u64) -> Result<Self> {
+        Self::start_with(root, heartbeat_ms, down_after_ms, &[])
+    }
+
+    pub fn start_with(
+        root: &Path,
+        heartbeat_ms: u64,
+        down_after_ms: u64,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut cmd = Command::new(bin("corral-coordinator"));
+        cmd.envs(env.iter().copied())
+            .env("CORRAL_COORD_LISTEN", "127.0.0.1:0")
+            .env("CORRAL_COORD_DATABASE", root.join("corral.db"))
+            .env(
+                "CORRAL_COORD_BOOTSTRAP_TOKEN_FILE",
+                root.join("admin.token"),
+            )
+            .env("CORRAL_COORD_HEARTBEAT_MS", heartbeat_ms.to_string())
+            .env("CORRAL_COORD_DOWN_AFTER_MS", down_after_ms.to_string())
+            // libvirt's test driver promises its built-in domain more memory than its fake
+            // node has; overcommit lets placement use such hosts.
+            .env(
+                "CORRAL_COORD_MEMORY_OVERCOMMIT",
+                std::env::var("CORRAL_TEST_MEMORY_OVERCOMMIT").unwrap_or_else(|_| "64".into()),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("CORRAL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        let (child, addr) = spawn_listening(cmd, "corral-coordinator")?;
+        let admin_token = std::fs::read_to_string(root.join("admin.token"))?
+            .trim()
+            .to_string();
+        Ok(Self {
+            child,
+            addr,
+            admin_token,
+        })
+    }
+
+    pub async fn client(&self, token: &str) -> Result<corral_client::CoordinatorClient> {
+        Ok(corral_client::CoordinatorClient::connect(&self.addr, token).await?)
+    }
+
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for CoordProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same ordered list of `corral` CLI arguments, run as a process.
+pub fn corral_cli(coordinator: &str, token: &str, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(bin("corral"))
+        .env("CORRAL_COORDINATOR", coordinator)
+        .env("CORRAL_TOKEN", token)
+        .env("HOME", "/nonexistent")
+        .args(args)
+        .output()?)
+}
+
+/// A small spec for libvirt's test driver (no kernel, one system disk).
+pub fn test_spec(name: &str) -> pb::DomainSpec {
+    pb::DomainSpec {
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 256,
+        disks: vec![pb::DiskSpec {
+            volume: format!("{name}-vda.qcow2"),
+            role: pb::VolumeRole::System as i32,
+            create_size_bytes: 16 << 20,
+            readonly: false,
+        }],
+        nics: vec![pb::NicSpec::default()],
+        ..Default::default()
+    }
+}
+
+/// Follows an operation to its end and returns it.
+pub async fn finish(
+    c: &mut corral_client::CoordinatorClient,
+    op: pb::Operation,
+) -> Result<pb::Operation> {
+    Ok(c.wait(&op.id, |_| {}).await?)
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates (idempotently) the client namespace with a veth link to the host.
+pub fn client_ns() -> Result<()> {
+    let have = run("ip", &["netns", "list"])?;
+    if !have
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(CLIENT_NS))
+    {
+        run("ip", &["netns", "add", CLIENT_NS])?;
+    }
+    if run("ip", &["link", "show", "crl-e2e-h"]).is_err() {
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "crl-e2e-h",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "crl-e2e-n",
+            ],
+        )?;
+        run("ip", &["link", "set", "crl-e2e-n", "netns", CLIENT_NS])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{HOST_SIDE_IP}/30"),
+                "dev",
+                "crl-e2e-h",
+            ],
+        )?;
+        run("ip", &["link", "set", "crl-e2e-h", "up"])?;
+        let ns = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", CLIENT_NS, "ip"];
+            a.extend_from_slice(args);
+            run("ip", &a)
+        };
+        ns(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/30"),
+            "dev",
+            "crl-e2e-n",
+        ])?;
+        ns(&["link", "set", "crl-e2e-n", "up"])?;
+        ns(&["link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+/// GET from inside the client namespace (another address than the host's).
+pub fn fetch_from_client(url: &str) -> Result<String> {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            CLIENT_NS,
+            "curl",
+            "-s",
+            "--fail",
+            "--max-time",
+            "3",
+            url,
+        ],
+    )
+}
+
+/// Retries a GET from the client namespace until the body contains `want`.
+pub fn wait_for_body(url: &str, want: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match fetch_from_client(url) {
+            Ok(body) if body.contains(want) => return Ok(body),
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("{url} did not answer with {want:?} within {timeout:?}; last: {last}")
+}
+
+/// Lines of Corral's iptables chains that carry `corral:<domain>`.
+pub fn rules_of(domain: &str) -> Vec<String> {
+    let tag = format!("\"corral:{domain}\"");
+    let mut out = Vec::new();
+    for (table, chain) in [
+        ("nat", "CORRAL-DNAT"),
+        ("filter", "CORRAL-FORWARD"),
+        ("filter", "CORRAL-INPUT"),
+    ] {
+        if let Ok(s) = run("iptables", &["-w", "-t", table, "-S", chain]) {
+            out.extend(s.lines().filter(|l| l.contains(&tag)).map(String::from));
+        }
+    }
+    out
+}
+
+/// The tiny guest: vda (system) and optionally vdb (data), direct kernel boot.
+pub fn tiny_spec(name: &str, data: bool) -> pb::DomainSpec {
+    let mut disks = vec![pb::DiskSpec {
+        volume: format!("{name}-vda.qcow2"),
+        role: pb::VolumeRole::System as i32,
+        create_size_bytes: 64 << 20,
+        readonly: false,
+    }];
+    if data {
+        disks.push(pb::DiskSpec {
+            volume: format!("{name}-vdb.qcow2"),
+            role: pb::VolumeRole::Data as i32,
+            create_size_bytes: 16 << 20,
+            readonly: false,
+        });
+    }
+    pb::DomainSpec {
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 128,
+        disks,
+        nics: vec![pb::NicSpec::default()],
+        display: Some(pb::DisplaySpec {
+            r#type: pb::DisplayType::Vnc as i32,
+            listen: String::new(),
+        }),
+        video_model: "vga".into(),
+        kernel_boot: Some(pb::KernelBoot {
+            kernel: format!("{GUEST_DIR}/vmlinux"),
+            initrd: format!("{GUEST_DIR}/initrd.gz"),
+            cmdline: format!("console=ttyS0 quiet corral.hostname={name}"),
+        }),
+        labels: Default::default(),
+        owner: String::new(),
+    }
+}
+
+/// A prepared base made of the tiny guest.
+pub async fn prepared_base(
+    c: &mut corral_client::AgentClient,
+    name: &str,
+    data: bool,
+) -> Result<pb::Base> {
+    c.domains
+        .define_domain(pb::DefineDomainRequest {
+            spec: Some(tiny_spec(name, data)),
+        })
+        .await?;
+    Ok(c.bases
+        .prepare_base(pb::DomainRef { name: name.into() })
+        .await?
+        .into_inner())
+}
+
+pub fn clone_req(base: &str, name: &str, start: bool) -> pb::CloneBaseRequest {
+    pb::CloneBaseRequest {
+        base: base.into(),
+        name: name.into(),
+        start,
+        ..Default::default()
+    }
+}
+
+/// The median of some durations (sorts them).
+pub fn median(v: &mut [std::time::Duration]) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}

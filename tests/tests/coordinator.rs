@@ -1,0 +1,838 @@
+//! The coordinator end to end: its binary, several agent binaries on private `test:///`
+//! drivers (many hosts), and the `corral` CLI.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use corral_client::proto as pb;
+use corral_client::CoordinatorClient;
+use corral_tests::*;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn ready() -> bool {
+    let ok = bin("corral-coordinator").is_file()
+        && bin("corral-agent").is_file()
+        && bin("corral").is_file();
+    if !ok {
+        assert!(
+            std::env::var("CORRAL_E2E_REQUIRED").as_deref() != Ok("1"),
+            "binaries are not built"
+        );
+        eprintln!("skipping: build the binaries first (cargo build --workspace --bins)");
+    }
+    ok
+}
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    coord: CoordProc,
+    agents: Vec<AgentProc>,
+    admin: CoordinatorClient,
+}
+
+/// A coordinator and `n` test-driver agents named h1..hn, all up.
+async fn fleet(n: usize, heartbeat_ms: u64, down_after_ms: u64) -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordProc::start(&dir.path().join("coord"), heartbeat_ms, down_after_ms).unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    let mut agents = Vec::new();
+    for i in 1..=n {
+        let a = AgentProc::start_test_driver(&dir.path().join(format!("h{i}"))).unwrap();
+        admin
+            .hosts
+            .add_host(pb::AddHostRequest {
+                name: format!("h{i}"),
+                address: a.addr.clone(),
+            })
+            .await
+            .unwrap();
+        agents.push(a);
+    }
+    wait_hosts(&mut admin, n, pb::HostState::Up).await;
+    Fleet {
+        _dir: dir,
+        coord,
+        agents,
+        admin,
+    }
+}
+
+async fn hosts(c: &mut CoordinatorClient) -> Vec<pb::Host> {
+    c.hosts
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts
+}
+
+async fn wait_hosts(c: &mut CoordinatorClient, n: usize, state: pb::HostState) {
+    for _ in 0..100 {
+        if hosts(c)
+            .await
+            .iter()
+            .filter(|h| h.state == state as i32)
+            .count()
+            == n
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("hosts did not reach {state:?}: {:?}", hosts(c).await);
+}
+
+async fn create_base(c: &mut CoordinatorClient, name: &str, host: &str) {
+    let op = c
+        .vms
+        .create_base(pb::CreateBaseRequest {
+            spec: Some(test_spec(name)),
+            host: host.into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = finish(c, op).await.unwrap();
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+}
+
+async fn clone(c: &mut CoordinatorClient, base: &str, name: &str) -> pb::Operation {
+    let op = c
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: base.into(),
+            name: name.into(),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    finish(c, op).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clones_are_placed_by_the_rules_and_the_rejections_explained() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(4, 200, 2000).await;
+    create_base(&mut f.admin, "web", "h1").await;
+    create_base(&mut f.admin, "web", "h2").await;
+    create_base(&mut f.admin, "web", "h3").await;
+    f.admin
+        .hosts
+        .set_host_enabled(pb::SetHostEnabledRequest {
+            name: "h2".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let e = f
+        .admin
+        .vms
+        .explain_placement(pb::CloneVmRequest {
+            base: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let why = |h: &str| {
+        e.rejected
+            .iter()
+            .find(|r| r.host == h)
+            .map(|r| r.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(why("h2").contains("disabled"), "{e:?}");
+    assert!(why("h4").contains("not on this host"), "{e:?}");
+    assert!(["h1", "h3"].contains(&e.chosen.as_str()), "{e:?}");
+    // Clones spread over the enabled hosts that have the base, never elsewhere.
+    let mut placed = Vec::new();
+    for i in 0..6 {
+        let done = clone(&mut f.admin, "web", &format!("web-{i}")).await;
+        assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+        placed.push(done.host);
+    }
+    assert!(placed.iter().all(|h| h == "h1" || h == "h3"), "{placed:?}");
+    assert!(
+        placed.contains(&"h1".to_string()) && placed.contains(&"h3".to_string()),
+        "least loaded spreads them: {placed:?}"
+    );
+    let vm = f
+        .admin
+        .vms
+        .get_vm(pb::VmRef {
+            name: "web-0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vm.observed_state, pb::DomainState::Running as i32);
+    // No base anywhere: a clear refusal, nothing made.
+    let err = f
+        .admin
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: "nope".into(),
+            name: "x1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = f
+        .admin
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: "web".into(),
+            name: "bad/name".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Removing a VM goes through an operation too.
+    let op = f
+        .admin
+        .vms
+        .remove_vm(pb::VmRef {
+            name: "web-0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finish(&mut f.admin, op).await.unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    assert_eq!(
+        f.admin
+            .vms
+            .get_vm(pb::VmRef {
+                name: "web-0".into()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_attached_late_sees_the_progress_from_the_start() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(1, 200, 2000).await;
+    create_base(&mut f.admin, "lab", "h1").await;
+    let op = f
+        .admin
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: "lab".into(),
+            name: "lab-1".into(),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        op.state,
+        pb::OperationState::Queued as i32,
+        "returned at once"
+    );
+    // Attach only after it finished.
+    for _ in 0..100 {
+        let o = f
+            .admin
+            .ops
+            .get_operation(pb::OperationRef { id: op.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if o.state == pb::OperationState::Succeeded as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events: Vec<pb::OperationEvent> = f
+        .admin
+        .ops
+        .watch_operation(pb::OperationRef { id: op.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    let phases: Vec<&str> = events.iter().map(|e| e.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        ["queued", "started", "cloning", "running", "succeeded"]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=5).collect::<Vec<u64>>()
+    );
+    assert_eq!(
+        events.last().unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    assert_eq!(events.last().unwrap().percent, 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_cannot_see_or_touch_each_others_vms() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(1, 200, 2000).await;
+    create_base(&mut f.admin, "lab", "h1").await;
+    let token = |c: &mut CoordinatorClient, name: &str| {
+        let mut c = c.clone();
+        let name = name.to_string();
+        async move {
+            c.users
+                .create_user(pb::CreateUserRequest {
+                    name: name.clone(),
+                    role: "user".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            c.users
+                .create_token(pb::CreateTokenRequest { user: name })
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+        }
+    };
+    let alice_t = token(&mut f.admin, "alice").await;
+    let bob_t = token(&mut f.admin, "bob").await;
+    let mut alice = f.coord.client(&alice_t).await.unwrap();
+    let mut bob = f.coord.client(&bob_t).await.unwrap();
+    let done = clone(&mut alice, "lab", "alice-1").await;
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32);
+    assert_eq!(
+        f.admin
+            .vms
+            .get_vm(pb::VmRef {
+                name: "alice-1".into()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .owner,
+        "alice"
+    );
+
+    // Alice's snapshots go through the coordinator, serialised with her VM's other work.
+    let snap = |name: &str| pb::VmSnapshotRequest {
+        vm: "alice-1".into(),
+        name: name.into(),
+        description: "before the lab".into(),
+    };
+    let op = alice
+        .vms
+        .create_vm_snapshot(snap("s1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finish(&mut alice, op).await.unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    let list = alice
+        .vms
+        .list_vm_snapshots(pb::VmRef {
+            name: "alice-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.snapshots.len(), 1);
+    assert_eq!(list.snapshots[0].description, "before the lab");
+    let op = alice
+        .vms
+        .revert_vm_snapshot(snap("s1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finish(&mut alice, op).await.unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    assert_eq!(
+        bob.vms
+            .list_vm_snapshots(pb::VmRef {
+                name: "alice-1".into()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        bob.vms
+            .delete_vm_snapshot(snap("s1"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let op = alice
+        .vms
+        .delete_vm_snapshot(snap("s1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finish(&mut alice, op).await.unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+
+    // Bob sees nothing of it and can do nothing to it.
+    assert!(bob
+        .vms
+        .list_vms(pb::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .vms
+        .is_empty());
+    for err in [
+        bob.vms
+            .get_vm(pb::VmRef {
+                name: "alice-1".into(),
+            })
+            .await
+            .unwrap_err(),
+        bob.vms
+            .power_off_vm(pb::VmRef {
+                name: "alice-1".into(),
+            })
+            .await
+            .unwrap_err(),
+        bob.vms
+            .remove_vm(pb::VmRef {
+                name: "alice-1".into(),
+            })
+            .await
+            .unwrap_err(),
+        bob.ops
+            .get_operation(pb::OperationRef {
+                id: done.id.clone(),
+            })
+            .await
+            .unwrap_err(),
+        bob.ops
+            .watch_operation(pb::OperationRef {
+                id: done.id.clone(),
+            })
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    assert!(bob
+        .ops
+        .list_operations(pb::ListOperationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .operations
+        .is_empty());
+    // Users cannot administer, or clone for someone else.
+    let err = bob
+        .hosts
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = bob
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: "lab".into(),
+            name: "b1".into(),
+            owner: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Alice still has it; without a token there is nothing at all.
+    assert_eq!(
+        alice
+            .vms
+            .list_vms(pb::ListVmsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .vms
+            .len(),
+        1
+    );
+    let mut anon = f.coord.client("crl_not_a_token").await.unwrap();
+    assert_eq!(
+        anon.vms
+            .list_vms(pb::ListVmsRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_host_is_marked_down_gets_no_new_vms_and_is_reconciled_on_return() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(2, 200, 1500).await;
+    create_base(&mut f.admin, "lab", "h1").await;
+    create_base(&mut f.admin, "lab", "h2").await;
+    // A VM on each host.
+    let mut on = std::collections::HashMap::new();
+    for i in 0..2 {
+        let d = clone(&mut f.admin, "lab", &format!("lab-{i}")).await;
+        on.insert(d.host.clone(), d.vm.clone());
+    }
+    assert_eq!(on.len(), 2, "{on:?}");
+    let silent = Instant::now();
+    f.agents[0].pause(true).unwrap();
+    wait_hosts(&mut f.admin, 1, pb::HostState::Down).await;
+    let took = silent.elapsed();
+    assert!(
+        took < Duration::from_millis(1500 + 1000),
+        "marked down after {took:?}"
+    );
+    println!("h1 marked down {took:?} after it went silent (down_after = 1.5 s)");
+    let vm = f
+        .admin
+        .vms
+        .get_vm(pb::VmRef {
+            name: on["h1"].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        vm.observed_state,
+        pb::DomainState::Unspecified as i32,
+        "unknown, not lost"
+    );
+    assert_eq!(vm.host_state, pb::HostState::Down as i32);
+    for i in 2..5 {
+        let d = clone(&mut f.admin, "lab", &format!("lab-{i}")).await;
+        assert_eq!(
+            (d.state, d.host.as_str()),
+            (pb::OperationState::Succeeded as i32, "h2"),
+            "{d:?}"
+        );
+    }
+    // The VM on h1 changes while the coordinator cannot see it; on return that is read back.
+    f.agents[0].pause(false).unwrap();
+    wait_hosts(&mut f.admin, 2, pb::HostState::Up).await;
+    let mut direct = corral_client::AgentClient::connect(&f.agents[0].addr)
+        .await
+        .unwrap();
+    f.agents[0].pause(true).unwrap();
+    wait_hosts(&mut f.admin, 1, pb::HostState::Down).await;
+    f.agents[0].pause(false).unwrap();
+    direct
+        .domains
+        .power_off_domain(pb::DomainRef {
+            name: on["h1"].clone(),
+        })
+        .await
+        .unwrap();
+    wait_hosts(&mut f.admin, 2, pb::HostState::Up).await;
+    let mut state = 0;
+    for _ in 0..50 {
+        state = f
+            .admin
+            .vms
+            .get_vm(pb::VmRef {
+                name: on["h1"].clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .observed_state;
+        if state == pb::DomainState::ShutOff as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        state,
+        pb::DomainState::ShutOff as i32,
+        "the change made while away is seen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_clone_then_restart_leaves_nothing_half_made() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let croot = dir.path().join("coord");
+    let mut coord = CoordProc::start(&croot, 200, 2000).unwrap();
+    let token = coord.admin_token.clone();
+    let mut admin = coord.client(&token).await.unwrap();
+    let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
+    admin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "h1".into(),
+            address: agent.addr.clone(),
+        })
+        .await
+        .unwrap();
+    wait_hosts(&mut admin, 1, pb::HostState::Up).await;
+    create_base(&mut admin, "lab", "h1").await;
+    // The agent stalls, so the clone is in flight when the coordinator dies.
+    agent.pause(true).unwrap();
+    let op = admin
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: "lab".into(),
+            name: "lab-1".into(),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    coord.kill().unwrap();
+    agent.pause(false).unwrap();
+    // Whether or not the agent went on to make the clone the dead coordinator asked for,
+    // after the restart nothing of it may be left anywhere.
+    let mut direct = corral_client::AgentClient::connect(&agent.addr)
+        .await
+        .unwrap();
+
+    let coord = CoordProc::start(&croot, 200, 2000).unwrap();
+    let mut admin = coord.client(&token).await.unwrap();
+    let mut end = pb::Operation::default();
+    for _ in 0..200 {
+        end = admin
+            .ops
+            .get_operation(pb::OperationRef { id: op.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if end.state == pb::OperationState::Failed as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(end.state, pb::OperationState::Failed as i32, "{end:?}");
+    assert!(
+        end.error.contains("restarted during the clone"),
+        "{}",
+        end.error
+    );
+    assert_eq!(
+        direct
+            .domains
+            .get_domain(pb::DomainRef {
+                name: "lab-1".into()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        admin
+            .vms
+            .get_vm(pb::VmRef {
+                name: "lab-1".into()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert!(admin
+        .ops
+        .list_operations(pb::ListOperationsRequest {
+            unfinished_only: true
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operations
+        .is_empty());
+    // The same name can be cloned again.
+    let done = clone(&mut admin, "lab", "lab-1").await;
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_drives_the_coordinator_and_fails_in_one_line() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(1, 200, 2000).await;
+    create_base(&mut f.admin, "lab", "h1").await;
+    let t = f.coord.admin_token.clone();
+    let out = corral_cli(
+        &f.coord.addr,
+        &t,
+        &["vm", "clone", "lab", "cli-1", "--start"],
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("clone cli-1 succeeded"));
+    let out = corral_cli(&f.coord.addr, &t, &["-o", "json", "vm", "ls"]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vms"][0]["name"], "cli-1");
+    let out = corral_cli(&f.coord.addr, &t, &["--no-wait", "vm", "poweroff", "cli-1"]).unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 36, "an operation id: {id:?}");
+    let out = corral_cli(&f.coord.addr, &t, &["op", "watch", &id]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = corral_cli(&f.coord.addr, &t, &["vm", "start", "nope"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("corral: not found: VM nope not found"),
+        "{err}"
+    );
+    let out = corral_cli(&f.coord.addr, "crl_bad", &["vm", "ls"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not authenticated"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_accepts_only_a_coordinator_with_the_lab_certificate() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let pki = |args: &[&str]| {
+        let out = std::process::Command::new(bin("corral"))
+            .arg("pki")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    pki(&["init", "--dir", &d("lab")]);
+    pki(&["issue", "--dir", &d("lab"), "agent", "--san", "127.0.0.1"]);
+    pki(&["issue", "--dir", &d("lab"), "coordinator"]);
+    pki(&["issue", "--dir", &d("lab"), "intruder"]);
+    pki(&["init", "--dir", &d("rogue")]);
+    pki(&["issue", "--dir", &d("rogue"), "coordinator"]);
+    let mut env: Vec<(&str, &str)> = TEST_DRIVER.to_vec();
+    let (cert, key, ca) = (d("lab/agent.pem"), d("lab/agent.key"), d("lab/ca.pem"));
+    let pinned = d("lab/coordinator.pem");
+    env.extend([
+        ("CORRAL_AGENT_TLS_CERT", cert.as_str()),
+        ("CORRAL_AGENT_TLS_KEY", key.as_str()),
+        ("CORRAL_AGENT_TLS_CLIENT_CA", ca.as_str()),
+        ("CORRAL_AGENT_TLS_COORDINATOR_CERT", pinned.as_str()),
+    ]);
+    let agent = AgentProc::start_with(&dir.path().join("h1"), &env).unwrap();
+
+    let with = |who: &str| {
+        let (c, k) = (
+            d(&format!("{who}/coordinator.pem")),
+            d(&format!("{who}/coordinator.key")),
+        );
+        vec![
+            ("CORRAL_COORD_AGENT_CA".to_string(), ca.clone()),
+            ("CORRAL_COORD_CLIENT_CERT".to_string(), c),
+            ("CORRAL_COORD_CLIENT_KEY".to_string(), k),
+        ]
+    };
+    let start = |root: &str, env: &[(String, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        CoordProc::start_with(&dir.path().join(root), 100, 1000, &env).unwrap()
+    };
+    let good = start("good", &with("lab"));
+    let mut admin = good.client(&good.admin_token).await.unwrap();
+    admin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "h1".into(),
+            address: agent.addr.clone(),
+        })
+        .await
+        .unwrap();
+    wait_hosts(&mut admin, 1, pb::HostState::Up).await;
+
+    // A coordinator whose certificate comes from another CA is refused, and so is plain gRPC.
+    let rogue = start("rogue", &with("rogue"));
+    let mut radmin = rogue.client(&rogue.admin_token).await.unwrap();
+    radmin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "h1".into(),
+            address: agent.addr.clone(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let h = &hosts(&mut radmin).await[0];
+    assert_ne!(h.state, pb::HostState::Up as i32, "{h:?}");
+    assert!(!h.last_error.is_empty(), "{h:?}");
+    println!("refused coordinator sees: {}", h.last_error);
+    let plain = corral_client::AgentClient::connect(&agent.addr).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut c) => c
+            .host
+            .get_host_info(pb::GetHostInfoRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plain gRPC must be refused");
+    // Signed by the lab CA but not the coordinator's certificate: refused too.
+    let mut intruder_env = with("lab");
+    intruder_env[1].1 = d("lab/intruder.pem");
+    intruder_env[2].1 = d("lab/intruder.key");
+    let intruder = start("intruder", &intruder_env);
+    let mut iadmin = intruder.client(&intruder.admin_token).await.unwrap();
+    iadmin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "h1".into(),
+            address: agent.addr.clone(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let h = &hosts(&mut iadmin).await[0];
+    assert_ne!(h.state, pb::HostState::Up as i32, "{h:?}");
+    assert!(
+        h.last_error.contains("only the coordinator's certificate"),
+        "{h:?}"
+    );
+    // The pinned coordinator keeps working.
+    create_base(&mut admin, "lab", "h1").await;
+}
