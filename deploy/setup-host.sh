@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Idempotent host setup for a Corral agent host (Debian 12, run as root).
+#  - installs the Debian packages Corral needs (and nothing from anywhere else)
+#  - configures libvirt's QEMU driver for this host
+#  - starts virtlogd/libvirtd when there is no systemd
+#  - makes sure libvirt's default NAT network is defined and active
+set -euo pipefail
+
+log() { printf '[setup-host] %s\n' "$*" >&2; }
+
+PKGS=(
+  gcc libc6-dev pkg-config libvirt-dev            # build the agent (virt crate)
+  libvirt-daemon-system libvirt-clients           # the real hypervisor manager
+  qemu-system-x86 qemu-utils                      # QEMU + qemu-img (same command, see host-facts)
+  dnsmasq-base iptables iproute2                  # NAT network, port exposure
+  curl ca-certificates                            # demo fetches a page through an exposed port
+  cpio xz-utils kmod                              # building the tiny test guest image
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || missing+=("$p")
+done
+# qemu-img must come from the same QEMU as qemu-system-x86
+if ! command -v qemu-img >/dev/null 2>&1; then missing+=(qemu-utils); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # qemu-utils must match qemu-system-x86 (a preinstalled backport would block the install)
+  qver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  apt-get install -y -qq --allow-downgrades \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${PKGS[@]/#qemu-utils/qemu-utils=$qver}" >/dev/null
+else
+  log "packages already installed"
+fi
+
+# libvirt QEMU driver: run guests as root (here /dev/kvm is root-only) without a security driver.
+QEMU_CONF=/etc/libvirt/qemu.conf
+changed=0
+set_conf() { # key value
+  local key=$1 value=$2
+  if grep -qE "^${key} = ${value}\$" "$QEMU_CONF"; then return; fi
+  sed -i -E "/^#?\s*${key}\s*=/d" "$QEMU_CONF"
+  printf '%s = %s\n' "$key" "$value" >>"$QEMU_CONF"
+  changed=1
+}
+set_conf user '"root"'
+set_conf group '"root"'
+set_conf security_driver '"none"'
+
+have_systemd() { [ -d /run/systemd/system ]; }
+
+start_daemons() {
+  mkdir -p /var/log/libvirt /run/libvirt
+  if have_systemd; then
+    systemctl enable --now virtlogd.socket libvirtd.socket >/dev/null 2>&1 || true
+    if [ "$changed" = 1 ]; then systemctl restart libvirtd; else systemctl start libvirtd; fi
+    return
+  fi
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  if pgrep -x libvirtd >/dev/null && [ "$changed" = 1 ]; then
+    log "restarting libvirtd (config changed)"
+    pkill -x libvirtd || true
+    for _ in $(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+  fi
+  if ! pgrep -x libvirtd >/dev/null; then
+    log "starting libvirtd"
+    libvirtd -d -p /run/libvirtd.pid
+  fi
+  for _ in $(seq 100); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  log "libvirtd did not answer"; exit 1
+}
+start_daemons
+
+# libvirt's default NAT network
+if ! virsh -q -c qemu:///system net-info default >/dev/null 2>&1; then
+  log "defining the default network"
+  virsh -q -c qemu:///system net-define /usr/share/libvirt/networks/default.xml >/dev/null
+fi
+virsh -q -c qemu:///system net-autostart default >/dev/null 2>&1 || true
+net_info=$(virsh -q -c qemu:///system net-info default)
+if ! grep -qE '^Active:\s+yes' <<<"$net_info"; then
+  log "starting the default network"
+  virsh -q -c qemu:///system net-start default >/dev/null
+fi
+
+# where the agent keeps volumes and state by default
+mkdir -p /var/lib/corral/storage /var/lib/corral/state
+log "host ready: $(virsh -c qemu:///system version --daemon | tr '\n' ' ')"
