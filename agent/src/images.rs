@@ -150,6 +150,28 @@ impl ImageTool for QemuImg {
     }
 
     fn create_overlay(&self, path: &Path, backing: &Path, backing_format: Format) -> Result<()> {
+        // The common case is written directly: it is a few hundred bytes of metadata.
+        match crate::qcow2::create_overlay(path, backing, backing_format) {
+            Ok(()) => return Ok(()),
+            Err(crate::qcow2::OverlayError::Io(e)) => {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::NotFound => AgentError::NotFound(format!(
+                        "backing file {} does not exist",
+                        backing.display()
+                    )),
+                    std::io::ErrorKind::AlreadyExists => {
+                        AgentError::AlreadyExists(format!("{} already exists", path.display()))
+                    }
+                    _ => AgentError::Internal(format!(
+                        "cannot write overlay {}: {e}",
+                        path.display()
+                    )),
+                })
+            }
+            Err(crate::qcow2::Unsupported(why)) => {
+                tracing::debug!(%why, "overlay left to qemu-img");
+            }
+        }
         self.run(&[
             "create".into(),
             "-q".into(),

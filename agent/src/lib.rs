@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod hypervisor;
 pub mod images;
 pub mod ports;
+pub mod qcow2;
 pub mod reconcile;
 pub mod screenshot;
 pub mod server;

@@ -144,7 +144,11 @@ mod tests {
         assert_eq!(clock.apply_snapshot(&s, "h1", read_at, &list).unwrap(), 2);
         assert_eq!(s.vm("a").unwrap().observed_state, state_name(RUNNING));
         assert_eq!(s.vm("b").unwrap().observed_state, "MISSING");
-        assert_eq!(s.vm("c").unwrap().observed_state, state_name(RUNNING), "other host");
+        assert_eq!(
+            s.vm("c").unwrap().observed_state,
+            state_name(RUNNING),
+            "other host"
+        );
     }
 
     #[test]
