@@ -101,8 +101,8 @@ say "A copy-on-write clone, placed and started"
 corral vm clone demo-base demo-clone --start
 corral vm ls
 say "Its port 80 exposed on $host_ip (waits for the guest's address)"
-corral vm expose demo-clone 80
-port=$(target/release/corral -o json agent port list demo-clone | sed -n 's/.*"host_port": \([0-9]*\).*/\1/p' | head -n1)
+corral port expose demo-clone 80
+port=$(target/release/corral -o json port list demo-clone | sed -n 's/.*"host_port": \([0-9]*\).*/\1/p' | head -n1)
 
 say "Fetching a page from the clone: http://$host_ip:$port/"
 for _ in $(seq 60); do

@@ -22,6 +22,10 @@ pub struct Cli {
     /// API token; else CORRAL_TOKEN, else the config file.
     #[arg(long, global = true, env = "CORRAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) of the coordinator's TLS certificate; else CORRAL_CA, else `ca`
+    /// in the config file. Without one the connection is plain gRPC.
+    #[arg(long, global = true, env = "CORRAL_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Agent endpoint for `corral agent ...` (host:port).
     #[arg(
         long,
@@ -53,7 +57,10 @@ pub enum Command {
     Vm(crate::coord_cli::VmCmd),
     /// Snapshot trees of VMs.
     #[command(subcommand)]
-    Snapshot(crate::coord_cli::SnapCmd),
+    Snapshot(SnapshotCmd),
+    /// Exposed ports and display access of VMs.
+    #[command(subcommand)]
+    Port(PortCmd),
     /// Long operations.
     #[command(subcommand)]
     Op(crate::coord_cli::OpCmd),
@@ -381,6 +388,61 @@ pub enum PortCmd {
     },
 }
 
+/// A port command as the request it sends (the agent and the coordinator take the same).
+pub(crate) enum PortCall {
+    Expose(pb::ExposePortRequest),
+    List(pb::ListPortsRequest),
+    Rm(pb::RemovePortRequest),
+    RmAll(pb::RemoveAllPortsRequest),
+    RestrictDisplay(pb::RestrictDisplayRequest),
+}
+
+impl PortCmd {
+    pub(crate) fn into_call(self) -> PortCall {
+        match self {
+            Self::Expose {
+                vm,
+                guest_port,
+                host_port,
+                name,
+                wait,
+            } => PortCall::Expose(pb::ExposePortRequest {
+                domain: vm,
+                guest_port,
+                host_port,
+                name,
+                wait_seconds: wait,
+            }),
+            Self::List { vm } => PortCall::List(pb::ListPortsRequest {
+                domain: vm.unwrap_or_default(),
+            }),
+            Self::Rm { vm, guest_port } => PortCall::Rm(pb::RemovePortRequest {
+                domain: vm,
+                guest_port,
+            }),
+            Self::RmAll { vm } => PortCall::RmAll(pb::RemoveAllPortsRequest { domain: vm }),
+            Self::RestrictDisplay { vm, client_ip } => {
+                PortCall::RestrictDisplay(pb::RestrictDisplayRequest {
+                    domain: vm,
+                    client_ip,
+                })
+            }
+        }
+    }
+}
+
+pub(crate) fn removed_text(r: &pb::RemovePortResponse) -> String {
+    format!("{} port(s) removed", r.removed)
+}
+
+pub(crate) fn restrict_text(r: &pb::RestrictDisplayRequest) -> String {
+    if r.client_ip.is_empty() {
+        format!("display of {} open to all", r.domain)
+    } else {
+        format!("display of {} restricted to {}", r.domain, r.client_ip)
+    }
+}
+
 pub(crate) fn labels(items: &[String]) -> Result<HashMap<String, String>, ClientError> {
     items
         .iter()
@@ -566,7 +628,7 @@ fn volume_line(v: &pb::VolumeInfo) -> String {
     )
 }
 
-fn port_line(p: &pb::ExposedPort) -> String {
+pub(crate) fn port_line(p: &pb::ExposedPort) -> String {
     format!(
         "{}:{} -> {} {}:{} {}",
         p.host_address,
@@ -602,7 +664,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             Ok(())
         }
         command => {
-            let settings = crate::coord_cli::Settings::resolve(cli.coordinator, cli.token)?;
+            let settings = crate::coord_cli::Settings::resolve(cli.coordinator, cli.token, cli.ca)?;
             crate::coord_cli::run(settings, cli.output, cli.no_wait, command).await
         }
     }
@@ -813,70 +875,26 @@ pub async fn run_agent(
             }
         },
         AgentCommand::Snapshot(cmd) => snapshot(&mut c, &out, cmd).await?,
-        AgentCommand::Port(cmd) => match cmd {
-            PortCmd::Expose {
-                vm,
-                guest_port,
-                host_port,
-                name,
-                wait,
-            } => {
-                let p = c
-                    .ports
-                    .expose_port(pb::ExposePortRequest {
-                        domain: vm,
-                        guest_port,
-                        host_port,
-                        name,
-                        wait_seconds: wait,
-                    })
-                    .await?
-                    .into_inner();
+        AgentCommand::Port(cmd) => match cmd.into_call() {
+            PortCall::Expose(r) => {
+                let p = c.ports.expose_port(r).await?.into_inner();
                 out.show(&p, port_line);
             }
-            PortCmd::List { vm } => {
-                let l = c
-                    .ports
-                    .list_ports(pb::ListPortsRequest {
-                        domain: vm.unwrap_or_default(),
-                    })
-                    .await?
-                    .into_inner();
+            PortCall::List(r) => {
+                let l = c.ports.list_ports(r).await?.into_inner();
                 out.show(&l, |l| lines(&l.ports, port_line));
             }
-            PortCmd::Rm { vm, guest_port } => {
-                let r = c
-                    .ports
-                    .remove_port(pb::RemovePortRequest {
-                        domain: vm,
-                        guest_port,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&r, |r| format!("{} port(s) removed", r.removed));
+            PortCall::Rm(r) => {
+                let r = c.ports.remove_port(r).await?.into_inner();
+                out.show(&r, removed_text);
             }
-            PortCmd::RmAll { vm } => {
-                let r = c
-                    .ports
-                    .remove_all_ports(pb::RemoveAllPortsRequest { domain: vm })
-                    .await?
-                    .into_inner();
-                out.show(&r, |r| format!("{} port(s) removed", r.removed));
+            PortCall::RmAll(r) => {
+                let r = c.ports.remove_all_ports(r).await?.into_inner();
+                out.show(&r, removed_text);
             }
-            PortCmd::RestrictDisplay { vm, client_ip } => {
-                c.ports
-                    .restrict_display(pb::RestrictDisplayRequest {
-                        domain: vm.clone(),
-                        client_ip: client_ip.clone(),
-                    })
-                    .await?;
-                out.show(&client_ip, |ip| {
-                    if ip.is_empty() {
-                        format!("display of {vm} open to all")
-                    } else {
-                        format!("display of {vm} restricted to {ip}")
-                    }
-                });
+            PortCall::RestrictDisplay(r) => {
+                c.ports.restrict_display(r.clone()).await?;
+                out.show(&r, restrict_text);
             }
         },
     }
@@ -979,120 +997,121 @@ async fn vm(c: &mut AgentClient, out: &Out, cmd: VmCmd) -> Result<(), ClientErro
     Ok(())
 }
 
+/// A snapshot command as the request it sends (the agent and the coordinator take the same).
+pub(crate) enum SnapshotCall {
+    Create(pb::CreateSnapshotRequest),
+    List(pb::ListSnapshotsRequest),
+    Show(pb::SnapshotRef),
+    Children(pb::ListChildrenRequest),
+    Revert(pb::RevertSnapshotRequest),
+    Rm(pb::DeleteSnapshotRequest),
+}
+
+fn enum_value(
+    prefix: &str,
+    what: &str,
+    name: &str,
+    parse: fn(&str) -> Option<i32>,
+) -> Result<i32, ClientError> {
+    let full = format!("{prefix}{}", name.to_ascii_uppercase().replace('-', "_"));
+    parse(&full).ok_or_else(|| invalid(format!("unknown {what} {name:?}")))
+}
+
+impl SnapshotCmd {
+    pub(crate) fn into_call(self) -> Result<SnapshotCall, ClientError> {
+        Ok(match self {
+            Self::Create {
+                vm,
+                name,
+                description,
+                disk_only,
+                halt,
+                live,
+            } => SnapshotCall::Create(pb::CreateSnapshotRequest {
+                domain: vm,
+                name,
+                description,
+                disk_only,
+                halt,
+                live,
+            }),
+            Self::List { vm, filters } => SnapshotCall::List(pb::ListSnapshotsRequest {
+                domain: vm,
+                filters: filters
+                    .iter()
+                    .map(|f| {
+                        enum_value("SNAPSHOT_FILTER_", "filter", f, |s| {
+                            pb::SnapshotFilter::from_str_name(s).map(|v| v as i32)
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            }),
+            Self::Show { vm, name } => SnapshotCall::Show(pb::SnapshotRef { domain: vm, name }),
+            Self::Children {
+                vm,
+                name,
+                recursive,
+            } => SnapshotCall::Children(pb::ListChildrenRequest {
+                domain: vm,
+                name,
+                recursive,
+            }),
+            Self::Revert {
+                vm,
+                name,
+                mode,
+                force,
+            } => SnapshotCall::Revert(pb::RevertSnapshotRequest {
+                domain: vm,
+                name,
+                mode: enum_value("REVERT_MODE_", "revert mode", &mode, |s| {
+                    pb::RevertMode::from_str_name(s).map(|v| v as i32)
+                })?,
+                force,
+            }),
+            Self::Rm { vm, name, mode } => SnapshotCall::Rm(pb::DeleteSnapshotRequest {
+                domain: vm,
+                name,
+                mode: enum_value("DELETE_SNAPSHOT_MODE_", "delete mode", &mode, |s| {
+                    pb::DeleteSnapshotMode::from_str_name(s).map(|v| v as i32)
+                })?,
+            }),
+        })
+    }
+}
+
+pub(crate) fn snapshot_text(s: &pb::Snapshot) -> String {
+    format!(
+        "{}\n  children: {}",
+        snapshot_line(s),
+        s.children.join(", ")
+    )
+}
+
 async fn snapshot(c: &mut AgentClient, out: &Out, cmd: SnapshotCmd) -> Result<(), ClientError> {
-    match cmd {
-        SnapshotCmd::Create {
-            vm,
-            name,
-            description,
-            disk_only,
-            halt,
-            live,
-        } => {
-            let s = c
-                .snapshots
-                .create_snapshot(pb::CreateSnapshotRequest {
-                    domain: vm,
-                    name,
-                    description,
-                    disk_only,
-                    halt,
-                    live,
-                })
-                .await?
-                .into_inner();
+    match cmd.into_call()? {
+        SnapshotCall::Create(r) => {
+            let s = c.snapshots.create_snapshot(r).await?.into_inner();
             out.show(&s, snapshot_line);
         }
-        SnapshotCmd::List { vm, filters } => {
-            let mut f = Vec::new();
-            for name in filters {
-                let full = format!(
-                    "SNAPSHOT_FILTER_{}",
-                    name.to_ascii_uppercase().replace('-', "_")
-                );
-                let v = pb::SnapshotFilter::from_str_name(&full)
-                    .ok_or_else(|| invalid(format!("unknown filter {name:?}")))?;
-                f.push(v as i32);
-            }
-            let l = c
-                .snapshots
-                .list_snapshots(pb::ListSnapshotsRequest {
-                    domain: vm,
-                    filters: f,
-                })
-                .await?
-                .into_inner();
+        SnapshotCall::List(r) => {
+            let l = c.snapshots.list_snapshots(r).await?.into_inner();
             out.show(&l, |l| lines(&l.snapshots, snapshot_line));
         }
-        SnapshotCmd::Show { vm, name } => {
-            let s = c
-                .snapshots
-                .get_snapshot(pb::SnapshotRef { domain: vm, name })
-                .await?
-                .into_inner();
-            out.show(&s, |s| {
-                format!(
-                    "{}\n  children: {}",
-                    snapshot_line(s),
-                    s.children.join(", ")
-                )
-            });
+        SnapshotCall::Show(r) => {
+            let s = c.snapshots.get_snapshot(r).await?.into_inner();
+            out.show(&s, snapshot_text);
         }
-        SnapshotCmd::Children {
-            vm,
-            name,
-            recursive,
-        } => {
-            let l = c
-                .snapshots
-                .list_children(pb::ListChildrenRequest {
-                    domain: vm,
-                    name,
-                    recursive,
-                })
-                .await?
-                .into_inner();
+        SnapshotCall::Children(r) => {
+            let l = c.snapshots.list_children(r).await?.into_inner();
             out.show(&l, |l| lines(&l.snapshots, snapshot_line));
         }
-        SnapshotCmd::Revert {
-            vm,
-            name,
-            mode,
-            force,
-        } => {
-            let mode = match mode.as_str() {
-                "running" => pb::RevertMode::Running,
-                "paused" => pb::RevertMode::Paused,
-                _ => pb::RevertMode::AsSnapshot,
-            };
-            let s = c
-                .snapshots
-                .revert_snapshot(pb::RevertSnapshotRequest {
-                    domain: vm,
-                    name,
-                    mode: mode as i32,
-                    force,
-                })
-                .await?
-                .into_inner();
+        SnapshotCall::Revert(r) => {
+            let s = c.snapshots.revert_snapshot(r).await?.into_inner();
             out.show(&s, |s| format!("reverted to {}", s.name));
         }
-        SnapshotCmd::Rm { vm, name, mode } => {
-            let full = format!(
-                "DELETE_SNAPSHOT_MODE_{}",
-                mode.to_ascii_uppercase().replace('-', "_")
-            );
-            let m = pb::DeleteSnapshotMode::from_str_name(&full)
-                .unwrap_or(pb::DeleteSnapshotMode::JustIt);
-            let r = c
-                .snapshots
-                .delete_snapshot(pb::DeleteSnapshotRequest {
-                    domain: vm,
-                    name,
-                    mode: m as i32,
-                })
-                .await?
-                .into_inner();
+        SnapshotCall::Rm(r) => {
+            let r = c.snapshots.delete_snapshot(r).await?.into_inner();
             out.show(&r, |r| format!("deleted: {}", r.deleted.join(", ")));
         }
     }

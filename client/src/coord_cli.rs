@@ -6,7 +6,10 @@ use clap::Subcommand;
 use corral_proto::v1 as pb;
 use serde::Deserialize;
 
-use crate::cli::{invalid, labels, lines, snapshot_line, spec, Command, DefineArgs, Out, Output};
+use crate::cli::{
+    invalid, labels, lines, port_line, removed_text, restrict_text, snapshot_line, snapshot_text,
+    spec, Command, DefineArgs, Out, Output, PortCall, SnapshotCall,
+};
 use crate::{enum_name, state_name, ClientError, CoordinatorClient};
 
 #[derive(Subcommand, Debug)]
@@ -93,31 +96,17 @@ pub enum VmCmd {
         name: String,
     },
     Ls,
-    /// Expose a guest port on its host's address.
-    Expose {
+    /// Display connection: a remote-viewer file (`remote-viewer FILE`).
+    Display {
         name: String,
-        guest_port: u32,
+        /// Write the remote-viewer file here instead of printing it.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
     },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum SnapCmd {
-    Create {
-        vm: String,
+    Screenshot {
         name: String,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-    Ls {
-        vm: String,
-    },
-    Revert {
-        vm: String,
-        name: String,
-    },
-    Rm {
-        vm: String,
-        name: String,
+        #[arg(long, short = 'f', default_value = "screenshot.png")]
+        file: PathBuf,
     },
 }
 
@@ -164,6 +153,8 @@ pub struct ConfigFile {
     pub endpoint: Option<String>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the coordinator's TLS certificate.
+    pub ca: Option<PathBuf>,
 }
 
 /// Where and who: flags, then environment (both through clap), then the config file.
@@ -171,10 +162,17 @@ pub struct ConfigFile {
 pub struct Settings {
     pub endpoint: String,
     pub token: String,
+    /// The CA of the coordinator's certificate: TLS when set.
+    pub ca: Option<PathBuf>,
 }
 
 impl Settings {
-    pub fn resolve(endpoint: Option<String>, token: Option<String>) -> Result<Self, ClientError> {
+    /// Flags and environment first, then `~/.config/corral/config.toml`.
+    pub fn resolve(
+        endpoint: Option<String>,
+        token: Option<String>,
+        ca: Option<PathBuf>,
+    ) -> Result<Self, ClientError> {
         let path =
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/corral/config.toml"));
         let file = match path.as_ref().filter(|p| p.is_file()) {
@@ -204,6 +202,7 @@ impl Settings {
                 .or(file.endpoint)
                 .unwrap_or_else(|| "127.0.0.1:7800".into()),
             token,
+            ca: ca.or(file.ca),
         })
     }
 }
@@ -342,7 +341,12 @@ pub async fn run(
     no_wait: bool,
     command: Command,
 ) -> Result<(), ClientError> {
-    let mut c = CoordinatorClient::connect(&settings.endpoint, &settings.token).await?;
+    let mut c = CoordinatorClient::connect_with(
+        &settings.endpoint,
+        &settings.token,
+        settings.ca.as_deref(),
+    )
+    .await?;
     let out = Out(output);
     let vref = |name: String| pb::VmRef { name };
     match command {
@@ -495,19 +499,37 @@ pub async fn run(
                     out.show(&l, |l| lines(&l.vms, vm_line));
                     return Ok(());
                 }
-                VmCmd::Expose { name, guest_port } => {
-                    let p = c
-                        .vms
-                        .expose_vm_port(pb::ExposeVmPortRequest {
-                            vm: name,
-                            guest_port,
-                        })
-                        .await?
-                        .into_inner();
-                    out.show(&p, |p| {
+                VmCmd::Display { name, file } => {
+                    let d = c.access.get_vm_display(vref(name)).await?.into_inner();
+                    match file {
+                        Some(f) => {
+                            write_private(&f, d.remote_viewer_file.as_bytes())?;
+                            out.show(&d, |d| {
+                                format!(
+                                    "{}://{}:{} written to {}",
+                                    pb::DisplayType::try_from(d.r#type)
+                                        .map(|t| enum_name(t.as_str_name(), "DISPLAY_TYPE_"))
+                                        .unwrap_or_default(),
+                                    d.host,
+                                    d.port,
+                                    f.display()
+                                )
+                            });
+                        }
+                        None => out.show(&d, |d| d.remote_viewer_file.clone()),
+                    }
+                    return Ok(());
+                }
+                VmCmd::Screenshot { name, file } => {
+                    let s = c.access.get_vm_screenshot(vref(name)).await?.into_inner();
+                    std::fs::write(&file, &s.png)
+                        .map_err(|e| invalid(format!("cannot write {}: {e}", file.display())))?;
+                    out.show(&file, |f| {
                         format!(
-                            "{}:{} -> {}:{}",
-                            p.host_address, p.host_port, p.domain, p.guest_port
+                            "{}x{} screenshot written to {}",
+                            s.width,
+                            s.height,
+                            f.display()
                         )
                     });
                     return Ok(());
@@ -516,39 +538,50 @@ pub async fn run(
             follow(&mut c, &out, no_wait, op.into_inner()).await?;
         }
         Command::Snapshot(cmd) => {
-            let req = |vm: String, name: String, description: String| pb::VmSnapshotRequest {
-                vm,
-                name,
-                description,
-            };
-            let op = match cmd {
-                SnapCmd::Create {
-                    vm,
-                    name,
-                    description,
-                } => c.vms.create_vm_snapshot(req(vm, name, description)).await?,
-                SnapCmd::Revert { vm, name } => {
-                    c.vms
-                        .revert_vm_snapshot(req(vm, name, String::new()))
-                        .await?
+            let op = match cmd.into_call()? {
+                SnapshotCall::Create(r) => c.snapshots.create_vm_snapshot(r).await?,
+                SnapshotCall::Revert(r) => c.snapshots.revert_vm_snapshot(r).await?,
+                SnapshotCall::Rm(r) => c.snapshots.delete_vm_snapshot(r).await?,
+                SnapshotCall::List(r) => {
+                    let l = c.snapshots.list_vm_snapshots(r).await?.into_inner();
+                    out.show(&l, |l| lines(&l.snapshots, snapshot_line));
+                    return Ok(());
                 }
-                SnapCmd::Rm { vm, name } => {
-                    c.vms
-                        .delete_vm_snapshot(req(vm, name, String::new()))
-                        .await?
+                SnapshotCall::Show(r) => {
+                    let s = c.snapshots.get_vm_snapshot(r).await?.into_inner();
+                    out.show(&s, snapshot_text);
+                    return Ok(());
                 }
-                SnapCmd::Ls { vm } => {
-                    let l = c
-                        .vms
-                        .list_vm_snapshots(pb::VmRef { name: vm })
-                        .await?
-                        .into_inner();
+                SnapshotCall::Children(r) => {
+                    let l = c.snapshots.list_vm_snapshot_children(r).await?.into_inner();
                     out.show(&l, |l| lines(&l.snapshots, snapshot_line));
                     return Ok(());
                 }
             };
             follow(&mut c, &out, no_wait, op.into_inner()).await?;
         }
+        Command::Port(cmd) => match cmd.into_call() {
+            PortCall::Expose(r) => {
+                let p = c.access.expose_vm_port(r).await?.into_inner();
+                out.show(&p, port_line);
+            }
+            PortCall::List(r) => {
+                let l = c.access.list_vm_ports(r).await?.into_inner();
+                out.show(&l, |l| lines(&l.ports, port_line));
+            }
+            PortCall::Rm(r) => {
+                let r = c.access.remove_vm_port(r).await?.into_inner();
+                out.show(&r, removed_text);
+            }
+            PortCall::RmAll(r) => {
+                let r = c.access.remove_all_vm_ports(r).await?.into_inner();
+                out.show(&r, removed_text);
+            }
+            PortCall::RestrictDisplay(r) => {
+                c.access.restrict_vm_display(r.clone()).await?;
+                out.show(&r, restrict_text);
+            }
+        },
         Command::Op(cmd) => match cmd {
             OpCmd::Ls { unfinished } => {
                 let l = c
@@ -630,4 +663,22 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Writes a file only its owner can read (it holds a display password).
+fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), ClientError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
+    // An existing file keeps its mode when opened: narrow it too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| invalid(format!("cannot restrict {}: {e}", path.display())))?;
+    f.write_all(data)
+        .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))
 }

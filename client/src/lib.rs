@@ -151,18 +151,41 @@ pub struct CoordinatorClient {
     pub vms: pb::vm_service_client::VmServiceClient<Authed>,
     pub ops: pb::operation_service_client::OperationServiceClient<Authed>,
     pub users: pb::user_service_client::UserServiceClient<Authed>,
+    pub snapshots: pb::vm_snapshot_service_client::VmSnapshotServiceClient<Authed>,
+    pub access: pb::vm_access_service_client::VmAccessServiceClient<Authed>,
 }
 
 impl CoordinatorClient {
     pub async fn connect(endpoint: &str, token: &str) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, token, None).await
+    }
+
+    /// Connects over TLS when `ca` (the PEM file of the CA that signed the coordinator's
+    /// certificate) is given, in plain text otherwise.
+    pub async fn connect_with(
+        endpoint: &str,
+        token: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        let scheme = if ca.is_some() { "https" } else { "http" };
         let url = if endpoint.contains("://") {
             endpoint.to_string()
         } else {
-            format!("http://{endpoint}")
+            format!("{scheme}://{endpoint}")
         };
-        let ch = Endpoint::from_shared(url.clone())
+        let mut ep = Endpoint::from_shared(url.clone())
             .map_err(|e| ClientError::InvalidEndpoint(endpoint.into(), e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(ca) = ca {
+            let pem = TlsFiles::read(ca)?;
+            ep = ep
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                )
+                .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
+        }
+        let ch = ep
             .connect()
             .await
             .map_err(|e| ClientError::Connect(url, e.to_string()))?;
@@ -183,7 +206,15 @@ impl CoordinatorClient {
                 ch.clone(),
                 auth.clone(),
             ),
-            users: pb::user_service_client::UserServiceClient::with_interceptor(ch, auth),
+            users: pb::user_service_client::UserServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            snapshots: pb::vm_snapshot_service_client::VmSnapshotServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            access: pb::vm_access_service_client::VmAccessServiceClient::with_interceptor(ch, auth),
         })
     }
 

@@ -31,6 +31,10 @@ pub struct Config {
     pub agent_ca: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// TLS on the coordinator's own API (users, the CLI): its certificate and key. Both or
+    /// none; clients then need the CA that signed it (`ca` in their config).
+    pub api_cert: Option<PathBuf>,
+    pub api_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -49,6 +53,8 @@ impl Default for Config {
             agent_ca: None,
             client_cert: None,
             client_key: None,
+            api_cert: None,
+            api_key: None,
         }
     }
 }
@@ -67,6 +73,7 @@ impl Config {
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
         cfg.agent_tls()?;
+        cfg.api_tls()?;
         if cfg.heartbeat_ms == 0 || cfg.down_after_ms <= cfg.heartbeat_ms {
             return Err(CoordError::Invalid(
                 "down_after_ms must be greater than heartbeat_ms > 0".into(),
@@ -86,6 +93,17 @@ impl Config {
             (None, None, None) => Ok(None),
             _ => Err(CoordError::Invalid(
                 "agent_ca, client_cert and client_key go together: set all three or none".into(),
+            )),
+        }
+    }
+
+    /// The API's certificate and key files when both are set.
+    pub fn api_tls(&self) -> Result<Option<(PathBuf, PathBuf)>> {
+        match (&self.api_cert, &self.api_key) {
+            (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+            (None, None) => Ok(None),
+            _ => Err(CoordError::Invalid(
+                "api_cert and api_key go together: set both or none".into(),
             )),
         }
     }
@@ -136,6 +154,12 @@ impl Config {
         }
         if let Some(v) = get("CORRAL_COORD_CLIENT_KEY") {
             self.client_key = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_COORD_API_CERT") {
+            self.api_cert = Some(v.into());
+        }
+        if let Some(v) = get("CORRAL_COORD_API_KEY") {
+            self.api_key = Some(v.into());
         }
         if let Some(v) = get("CORRAL_COORD_BOOTSTRAP_TOKEN_FILE") {
             self.bootstrap_token_file = v.into();

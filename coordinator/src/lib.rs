@@ -13,5 +13,6 @@ pub mod observed;
 pub mod operations;
 pub mod placement;
 pub mod server;
+pub mod snapshots;
 pub mod store;
 pub mod vms;

@@ -69,13 +69,38 @@ pub async fn serve(
     reporter
         .set_serving::<pb::user_service_server::UserServiceServer<api::UserApi>>()
         .await;
+    reporter
+        .set_serving::<pb::vm_snapshot_service_server::VmSnapshotServiceServer<api::VmSnapshotApi>>(
+        )
+        .await;
+    reporter
+        .set_serving::<pb::vm_access_service_server::VmAccessServiceServer<api::VmAccessApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
     let check = coord.auth.interceptor();
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = coord.cfg.api_tls()? {
+        let (c2, k2) = (cert.clone(), key.clone());
+        let (cert, key) = tokio::task::spawn_blocking(move || {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| CoordError::Invalid(format!("{}: {e}", p.display())))
+            };
+            Ok::<_, CoordError>((read(&c2)?, read(&k2)?))
+        })
+        .await??;
+        builder = builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .map_err(|e| CoordError::Invalid(format!("API TLS: {e}")))?;
+        tracing::info!("API served over TLS");
+    }
+    builder
         .add_service(health)
         .add_service(reflection)
         .add_service(
@@ -91,6 +116,18 @@ pub async fn serve(
         .add_service(
             pb::operation_service_server::OperationServiceServer::with_interceptor(
                 api::OperationApi(Arc::clone(&coord)),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::vm_snapshot_service_server::VmSnapshotServiceServer::with_interceptor(
+                api::VmSnapshotApi(Arc::clone(&coord)),
+                check.clone(),
+            ),
+        )
+        .add_service(
+            pb::vm_access_service_server::VmAccessServiceServer::with_interceptor(
+                api::VmAccessApi(Arc::clone(&coord)),
                 check.clone(),
             ),
         )

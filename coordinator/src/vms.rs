@@ -49,14 +49,6 @@ pub enum Action {
     Remove,
 }
 
-/// A change to a VM's snapshot tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotAction {
-    Create,
-    Revert,
-    Delete,
-}
-
 impl Action {
     pub fn kind(self) -> &'static str {
         match self {
@@ -90,11 +82,11 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-fn agent(host: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
+pub(crate) fn agent_err(host: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
     move |s| CoordError::from_agent(host, &s)
 }
 
-fn work<F, Fut>(f: F) -> Work
+pub(crate) fn work<F, Fut>(f: F) -> Work
 where
     F: FnOnce(OpCtx) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::result::Result<serde_json::Value, OpError>>
@@ -500,7 +492,7 @@ impl Coordinator {
             }
         };
         if let Some(d) = domain {
-            let d = d.map_err(agent(host))?.into_inner();
+            let d = d.map_err(agent_err(host))?.into_inner();
             vm.observed_state = state_name(d.state);
             vm.desired_state = match action {
                 Action::Start => "running",
@@ -512,112 +504,6 @@ impl Coordinator {
             self.blocking(move |s| s.put_vm(&v)).await?;
         }
         Ok(serde_json::json!({ "vm": vm.name, "state": vm.observed_state }))
-    }
-
-    /// Creates, reverts to or deletes a snapshot of a VM the caller may touch.
-    pub async fn snapshot_action(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: pb::VmSnapshotRequest,
-        action: SnapshotAction,
-    ) -> Result<OpRecord> {
-        let vm = self.vm_for(caller, &req.vm).await?;
-        check_name("snapshot", &req.name)?;
-        let host = vm
-            .host
-            .clone()
-            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
-        let kind = match action {
-            SnapshotAction::Create => "snapshot-create",
-            SnapshotAction::Revert => "snapshot-revert",
-            SnapshotAction::Delete => "snapshot-delete",
-        };
-        let submit = Submit {
-            kind: kind.into(),
-            vm: Some(vm.name.clone()),
-            host: Some(host.clone()),
-            user: Some(caller.name().into()),
-            idempotency_key: None,
-            request: serde_json::json!({ "vm": vm.name, "snapshot": req.name }),
-        };
-        let me = Arc::clone(self);
-        let w = work(move |ctx| async move {
-            let run = async {
-                let mut c = me.hosts.client(&host)?;
-                ctx.progress(
-                    kind,
-                    Some(10.0),
-                    None,
-                    &format!("{} of {} on host {host}", req.name, req.vm),
-                )
-                .await?;
-                let (domain, name) = (req.vm.clone(), req.name.clone());
-                match action {
-                    SnapshotAction::Create => {
-                        c.snapshots
-                            .create_snapshot(pb::CreateSnapshotRequest {
-                                domain,
-                                name,
-                                description: req.description.clone(),
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(agent(&host))?;
-                    }
-                    SnapshotAction::Revert => {
-                        c.snapshots
-                            .revert_snapshot(pb::RevertSnapshotRequest {
-                                domain,
-                                name,
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(agent(&host))?;
-                        let d = c
-                            .domains
-                            .get_domain(pb::DomainRef {
-                                name: req.vm.clone(),
-                            })
-                            .await
-                            .map_err(agent(&host))?;
-                        let mut vm = vm;
-                        vm.observed_state = state_name(d.into_inner().state);
-                        me.blocking(move |s| s.put_vm(&vm)).await?;
-                    }
-                    SnapshotAction::Delete => {
-                        c.snapshots
-                            .delete_snapshot(pb::DeleteSnapshotRequest {
-                                domain,
-                                name,
-                                mode: pb::DeleteSnapshotMode::JustIt as i32,
-                            })
-                            .await
-                            .map_err(agent(&host))?;
-                    }
-                }
-                Ok::<_, CoordError>(serde_json::json!({ "vm": req.vm, "snapshot": req.name }))
-            };
-            run.await.map_err(OpError::from)
-        });
-        Ok(self.ops.submit(submit, w).await?)
-    }
-
-    /// The snapshots of a VM the caller may touch.
-    pub async fn snapshots(&self, caller: &Caller, vm: &str) -> Result<pb::ListSnapshotsResponse> {
-        let vm = self.vm_for(caller, vm).await?;
-        let host = vm
-            .host
-            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
-        let mut c = self.hosts.client(&host)?;
-        let call = c.snapshots.list_snapshots(pb::ListSnapshotsRequest {
-            domain: vm.name,
-            filters: Vec::new(),
-        });
-        let r = tokio::time::timeout(AGENT_QUICK_CALL, call)
-            .await
-            .map_err(|_| CoordError::Unavailable(format!("host {host} did not answer in time")))?
-            .map_err(agent(&host))?;
-        Ok(r.into_inner())
     }
 
     /// Defines a VM from a spec on a host and prepares it as a base (admin).
@@ -659,13 +545,13 @@ impl Coordinator {
                 c.domains
                     .define_domain(pb::DefineDomainRequest { spec: Some(spec) })
                     .await
-                    .map_err(agent(&host))?;
+                    .map_err(agent_err(&host))?;
                 ctx.progress("preparing", Some(40.0), None, "read-only base files")
                     .await?;
                 c.bases
                     .prepare_base(pb::DomainRef { name: name.clone() })
                     .await
-                    .map_err(agent(&host))?;
+                    .map_err(agent_err(&host))?;
                 let (n, h) = (name.clone(), host.clone());
                 me.blocking(move |s| {
                     s.put_base(&n, None, &size)?;
@@ -787,5 +673,29 @@ impl Coordinator {
 
     pub fn client_for(&self, host: &str) -> Result<AgentClient> {
         self.hosts.client(host)
+    }
+
+    /// One call to the agent holding a VM the caller may touch, within `limit`.
+    pub async fn agent_call<T, F, Fut>(
+        &self,
+        caller: &Caller,
+        vm: &str,
+        limit: Duration,
+        call: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(AgentClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let vm = self.vm_for(caller, vm).await?;
+        let host = vm
+            .host
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
+        let c = self.hosts.client(&host)?;
+        let r = tokio::time::timeout(limit, call(c))
+            .await
+            .map_err(|_| CoordError::Unavailable(format!("host {host} did not answer in time")))?
+            .map_err(agent_err(&host))?;
+        Ok(r.into_inner())
     }
 }

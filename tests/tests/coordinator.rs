@@ -333,15 +333,78 @@ async fn users_cannot_see_or_touch_each_others_vms() {
         "alice"
     );
 
-    // Alice's snapshots go through the coordinator, serialised with her VM's other work.
-    let snap = |name: &str| pb::VmSnapshotRequest {
-        vm: "alice-1".into(),
+    // Alice's snapshot tree goes through the coordinator, serialised with her VM's other work.
+    let create = |name: &str| pb::CreateSnapshotRequest {
+        domain: "alice-1".into(),
         name: name.into(),
-        description: "before the lab".into(),
+        description: format!("{name} before the lab"),
+        ..Default::default()
     };
+    for name in ["s1", "s2"] {
+        let op = alice
+            .snapshots
+            .create_vm_snapshot(create(name))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(op.kind, "snapshot-create");
+        assert_eq!(
+            finish(&mut alice, op).await.unwrap().state,
+            pb::OperationState::Succeeded as i32
+        );
+    }
+    let list = |filters: Vec<pb::SnapshotFilter>| pb::ListSnapshotsRequest {
+        domain: "alice-1".into(),
+        filters: filters.into_iter().map(|f| f as i32).collect(),
+    };
+    let names = |l: pb::ListSnapshotsResponse| -> Vec<String> {
+        let mut n: Vec<String> = l.snapshots.into_iter().map(|s| s.name).collect();
+        n.sort();
+        n
+    };
+    let all = alice
+        .snapshots
+        .list_vm_snapshots(list(vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.snapshots.len(), 2);
+    assert!(all
+        .snapshots
+        .iter()
+        .any(|s| s.name == "s2" && s.parent == "s1" && s.description == "s2 before the lab"));
+    for (filter, expect) in [
+        (pb::SnapshotFilter::Roots, vec!["s1"]),
+        (pb::SnapshotFilter::Leaves, vec!["s2"]),
+    ] {
+        let got = names(
+            alice
+                .snapshots
+                .list_vm_snapshots(list(vec![filter]))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(got, expect, "{filter:?}");
+    }
+    let s1 = alice
+        .snapshots
+        .get_vm_snapshot(pb::SnapshotRef {
+            domain: "alice-1".into(),
+            name: "s1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s1.children, vec!["s2".to_string()]);
     let op = alice
-        .vms
-        .create_vm_snapshot(snap("s1"))
+        .snapshots
+        .revert_vm_snapshot(pb::RevertSnapshotRequest {
+            domain: "alice-1".into(),
+            name: "s1".into(),
+            mode: pb::RevertMode::Running as i32,
+            force: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -349,54 +412,103 @@ async fn users_cannot_see_or_touch_each_others_vms() {
         finish(&mut alice, op).await.unwrap().state,
         pb::OperationState::Succeeded as i32
     );
-    let list = alice
-        .vms
-        .list_vm_snapshots(pb::VmRef {
+    // A bad mode is refused before anything is queued.
+    let bad = alice
+        .snapshots
+        .delete_vm_snapshot(pb::DeleteSnapshotRequest {
+            domain: "alice-1".into(),
+            name: "s1".into(),
+            mode: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let delete = |mode: pb::DeleteSnapshotMode| pb::DeleteSnapshotRequest {
+        domain: "alice-1".into(),
+        name: "s1".into(),
+        mode: mode as i32,
+    };
+    assert_eq!(
+        bob.snapshots
+            .list_vm_snapshots(list(vec![]))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        bob.snapshots
+            .delete_vm_snapshot(delete(pb::DeleteSnapshotMode::JustIt))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    for (who, code) in [
+        (
+            bob.access
+                .get_vm_display(pb::VmRef {
+                    name: "alice-1".into(),
+                })
+                .await
+                .unwrap_err(),
+            Code::NotFound,
+        ),
+        (
+            bob.access
+                .list_vm_ports(pb::ListPortsRequest {
+                    domain: "alice-1".into(),
+                })
+                .await
+                .unwrap_err(),
+            Code::NotFound,
+        ),
+        (
+            alice
+                .access
+                .expose_vm_port(pb::ExposePortRequest {
+                    domain: "alice-1".into(),
+                    guest_port: 80,
+                    host_port: 2222,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+            Code::PermissionDenied,
+        ),
+    ] {
+        assert_eq!(who.code(), code, "{who:?}");
+    }
+    // Alice reaches her display through the coordinator.
+    let display = alice
+        .access
+        .get_vm_display(pb::VmRef {
             name: "alice-1".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(list.snapshots.len(), 1);
-    assert_eq!(list.snapshots[0].description, "before the lab");
+    assert!(
+        display.remote_viewer_file.contains("[virt-viewer]"),
+        "{display:?}"
+    );
     let op = alice
-        .vms
-        .revert_vm_snapshot(snap("s1"))
+        .snapshots
+        .delete_vm_snapshot(delete(pb::DeleteSnapshotMode::WithChildren))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        finish(&mut alice, op).await.unwrap().state,
-        pb::OperationState::Succeeded as i32
-    );
-    assert_eq!(
-        bob.vms
-            .list_vm_snapshots(pb::VmRef {
-                name: "alice-1".into()
-            })
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
-    assert_eq!(
-        bob.vms
-            .delete_vm_snapshot(snap("s1"))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
-    let op = alice
-        .vms
-        .delete_vm_snapshot(snap("s1"))
+    let end = finish(&mut alice, op).await.unwrap();
+    assert_eq!(end.state, pb::OperationState::Succeeded as i32, "{end:?}");
+    assert!(end.result.contains("s2"), "{}", end.result);
+    assert!(alice
+        .snapshots
+        .list_vm_snapshots(list(vec![]))
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(
-        finish(&mut alice, op).await.unwrap().state,
-        pb::OperationState::Succeeded as i32
-    );
+        .into_inner()
+        .snapshots
+        .is_empty());
 
     // Bob sees nothing of it and can do nothing to it.
     assert!(bob

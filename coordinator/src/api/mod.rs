@@ -4,13 +4,17 @@ use corral_client::proto as pb;
 
 use crate::store::{OpRecord, OpState};
 
+mod access;
 mod hosts;
 mod operations;
+mod snapshots;
 mod users;
 mod vms;
 
+pub use access::VmAccessApi;
 pub use hosts::HostAdminApi;
 pub use operations::OperationApi;
+pub use snapshots::VmSnapshotApi;
 pub use users::UserApi;
 pub use vms::VmApi;
 

@@ -6,8 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::op_to_pb;
 use crate::auth::caller;
-use crate::error::CoordError;
-use crate::vms::{Action, Coordinator, SnapshotAction};
+use crate::vms::{Action, Coordinator};
 
 #[derive(Debug, Clone)]
 pub struct VmApi(pub Arc<Coordinator>);
@@ -126,60 +125,5 @@ impl VmService for VmApi {
                 .map(|v| self.0.vm_view(v))
                 .collect(),
         }))
-    }
-
-    #[tracing::instrument(skip_all, fields(rpc = "ExposeVmPort"))]
-    async fn expose_vm_port(&self, req: Request<pb::ExposeVmPortRequest>) -> R<pb::ExposedPort> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let vm = self.0.vm_for(&who, &r.vm).await?;
-        let host = vm
-            .host
-            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", r.vm)))?;
-        let mut c = self.0.client_for(&host)?;
-        let p = c
-            .ports
-            .expose_port(pb::ExposePortRequest {
-                domain: r.vm,
-                guest_port: r.guest_port,
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| CoordError::from_agent(&host, &s))?;
-        Ok(Response::new(p.into_inner()))
-    }
-
-    async fn create_vm_snapshot(&self, req: Request<pb::VmSnapshotRequest>) -> R<pb::Operation> {
-        let who = caller(&req)?;
-        let op = self
-            .0
-            .snapshot_action(&who, req.into_inner(), SnapshotAction::Create)
-            .await?;
-        Ok(Response::new(op_to_pb(&op)))
-    }
-
-    async fn list_vm_snapshots(&self, req: Request<pb::VmRef>) -> R<pb::ListSnapshotsResponse> {
-        let who = caller(&req)?;
-        Ok(Response::new(
-            self.0.snapshots(&who, &req.into_inner().name).await?,
-        ))
-    }
-
-    async fn revert_vm_snapshot(&self, req: Request<pb::VmSnapshotRequest>) -> R<pb::Operation> {
-        let who = caller(&req)?;
-        let op = self
-            .0
-            .snapshot_action(&who, req.into_inner(), SnapshotAction::Revert)
-            .await?;
-        Ok(Response::new(op_to_pb(&op)))
-    }
-
-    async fn delete_vm_snapshot(&self, req: Request<pb::VmSnapshotRequest>) -> R<pb::Operation> {
-        let who = caller(&req)?;
-        let op = self
-            .0
-            .snapshot_action(&who, req.into_inner(), SnapshotAction::Delete)
-            .await?;
-        Ok(Response::new(op_to_pb(&op)))
     }
 }
