@@ -1,0 +1,242 @@
+//! The coordinator with a real host: an agent on the real libvirtd beside two agents on
+//! private `test:///` drivers, mutual TLS to every agent, TLS on the coordinator's API, and
+//! only the `corral` CLI driving it: base → placement → clone and start → expose → a page
+//! fetched from another address → snapshots → display access.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use corral_tests::*;
+
+const BOOT: Duration = Duration::from_secs(90);
+
+struct Cli<'a> {
+    addr: &'a str,
+    token: &'a str,
+    ca: Option<&'a str>,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(bin("corral"));
+        cmd.env("CORRAL_COORDINATOR", self.addr)
+            .env("CORRAL_TOKEN", self.token)
+            .env("HOME", "/nonexistent")
+            .env_remove("CORRAL_CA");
+        if let Some(ca) = self.ca {
+            cmd.args(["--ca", ca]);
+        }
+        cmd.args(args).output().unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "corral {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+}
+
+fn pki(args: &[&str]) {
+    let out = std::process::Command::new(bin("corral"))
+        .arg("pki")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_up(cli: &Cli, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = cli.json(&["host", "ls"]);
+        let up = hosts["hosts"]
+            .as_array()
+            .map(|h| h.iter().filter(|h| h["state"] == 1).count())
+            .unwrap_or(0);
+        if up == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "hosts not up: {hosts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_real_host_and_test_hosts_driven_by_the_cli_over_tls() {
+    if !real_host_ready() {
+        return;
+    }
+    cleanup_domains("e2e-f-");
+    client_ns().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    pki(&["init", "--dir", &d("pki")]);
+    pki(&["issue", "--dir", &d("pki"), "agent", "--san", "127.0.0.1"]);
+    pki(&[
+        "issue",
+        "--dir",
+        &d("pki"),
+        "coordinator",
+        "--san",
+        "127.0.0.1",
+    ]);
+    let (ca, agent_cert, agent_key) = (d("pki/ca.pem"), d("pki/agent.pem"), d("pki/agent.key"));
+    let (coord_cert, coord_key) = (d("pki/coordinator.pem"), d("pki/coordinator.key"));
+    let agent_tls = [
+        ("CORRAL_AGENT_TLS_CERT", agent_cert.as_str()),
+        ("CORRAL_AGENT_TLS_KEY", agent_key.as_str()),
+        ("CORRAL_AGENT_TLS_CLIENT_CA", ca.as_str()),
+        ("CORRAL_AGENT_TLS_COORDINATOR_CERT", coord_cert.as_str()),
+    ];
+    let mut real_env = vec![
+        ("CORRAL_AGENT_LIBVIRT_URI", "qemu:///system"),
+        ("CORRAL_AGENT_DOMAIN_TYPE", "qemu"),
+    ];
+    real_env.extend(agent_tls);
+    let real = AgentProc::start_with(&dir.path().join("real"), &real_env).unwrap();
+    let mut test_env: Vec<(&str, &str)> = TEST_DRIVER.to_vec();
+    test_env.extend(agent_tls);
+    let t1 = AgentProc::start_with(&dir.path().join("t1"), &test_env).unwrap();
+    let t2 = AgentProc::start_with(&dir.path().join("t2"), &test_env).unwrap();
+    let coord = CoordProc::start_with(
+        &dir.path().join("coord"),
+        300,
+        3000,
+        &[
+            ("CORRAL_COORD_AGENT_CA", ca.as_str()),
+            ("CORRAL_COORD_CLIENT_CERT", coord_cert.as_str()),
+            ("CORRAL_COORD_CLIENT_KEY", coord_key.as_str()),
+            ("CORRAL_COORD_API_CERT", coord_cert.as_str()),
+            ("CORRAL_COORD_API_KEY", coord_key.as_str()),
+        ],
+    )
+    .unwrap();
+    let cli = Cli {
+        addr: &coord.addr,
+        token: &coord.admin_token,
+        ca: Some(&ca),
+    };
+
+    // Without the CA the CLI cannot talk to a TLS coordinator, and says so in one line.
+    let plain = Cli { ca: None, ..cli };
+    let out = plain.run(&["host", "ls"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    cli.ok(&["host", "add", "real", &real.addr]);
+    cli.ok(&["host", "add", "t1", &t1.addr]);
+    cli.ok(&["host", "add", "t2", &t2.addr]);
+    wait_up(&cli, 3);
+
+    let g = Path::new(GUEST_DIR);
+    let (kernel, initrd) = (
+        g.join("vmlinux").display().to_string(),
+        g.join("initrd.gz").display().to_string(),
+    );
+    cli.ok(&[
+        "base",
+        "create",
+        "e2e-f-base",
+        "--host",
+        "real",
+        "--memory",
+        "128M",
+        "--vcpus",
+        "1",
+        "--disk",
+        "e2e-f-base-vda.qcow2:64M:system",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        "console=ttyS0 quiet corral.hostname=e2e-f-base",
+    ]);
+    // Only the real host holds the base: the test hosts are rejected, and say why.
+    let why = cli.json(&["vm", "explain", "e2e-f-base"]);
+    assert_eq!(why["chosen"], "real", "{why}");
+    let rejected = why["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2, "{why}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r["reason"].as_str().unwrap().contains("base")),
+        "{why}"
+    );
+
+    let op = cli.json(&["vm", "clone", "e2e-f-base", "e2e-f-c1", "--start"]);
+    assert_eq!(op["state"], 3, "{op}");
+    assert_eq!(op["host"], "real", "{op}");
+    let port = cli.json(&["port", "expose", "e2e-f-c1", "80", "--wait", "90"]);
+    let url = format!(
+        "http://{}:{}/",
+        port["host_address"].as_str().unwrap(),
+        port["host_port"]
+    );
+    let body = wait_for_body(&url, "corral tiny guest e2e-f-c1", BOOT).unwrap();
+    println!("through the coordinator, from {CLIENT_IP}: {body}");
+    let ports = cli.json(&["port", "list"]);
+    assert_eq!(ports["ports"].as_array().unwrap().len(), 1, "{ports}");
+
+    // Snapshots and the display, through the coordinator.
+    cli.ok(&[
+        "snapshot",
+        "create",
+        "e2e-f-c1",
+        "s1",
+        "--description",
+        "first",
+    ]);
+    cli.ok(&["snapshot", "create", "e2e-f-c1", "s2"]);
+    let leaves = cli.json(&["snapshot", "list", "e2e-f-c1", "--filter", "leaves"]);
+    let leaves = leaves["snapshots"].as_array().unwrap();
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(leaves[0]["name"], "s2");
+    assert_eq!(leaves[0]["parent"], "s1");
+    cli.ok(&[
+        "snapshot",
+        "rm",
+        "e2e-f-c1",
+        "s1",
+        "--mode",
+        "with-children",
+    ]);
+    assert!(cli.json(&["snapshot", "list", "e2e-f-c1"])["snapshots"]
+        .as_array()
+        .is_none_or(Vec::is_empty));
+    let vv = dir.path().join("c1.vv");
+    cli.ok(&["vm", "display", "e2e-f-c1", "-f", vv.to_str().unwrap()]);
+    let meta = std::fs::metadata(&vv).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&vv).unwrap();
+    assert!(
+        text.contains("[virt-viewer]") && text.contains("password="),
+        "{text}"
+    );
+
+    cli.ok(&["vm", "rm", "e2e-f-c1"]);
+    cli.ok(&["base", "rm", "e2e-f-base"]);
+    assert!(cli.json(&["port", "list"])["ports"]
+        .as_array()
+        .is_none_or(Vec::is_empty));
+}
