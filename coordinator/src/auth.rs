@@ -83,11 +83,17 @@ impl Auth {
         let token = new_token();
         let h = hash(&token);
         store.add_token(&user.name, &h)?;
+        self.remember(h, user.clone())?;
+        Ok(token)
+    }
+
+    /// Caches a stored token hash for its user.
+    pub fn remember(&self, token_hash: String, user: UserRecord) -> Result<()> {
         self.by_hash
             .write()
             .map_err(|_| CoordError::Internal("auth cache poisoned".into()))?
-            .insert(h, user.clone());
-        Ok(token)
+            .insert(token_hash, user);
+        Ok(())
     }
 
     /// Refreshes the cached record of a user (role or attributes changed).

@@ -15,10 +15,11 @@ use corral_client::AgentClient;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
+use crate::db::Db;
 use crate::error::{CoordError, Result};
 pub use crate::observed::state_name;
 use crate::observed::ObservedClock;
-use crate::store::{now_ms, HostRecord, Store, VmRecord};
+use crate::store::{now_ms, HostRecord, Store};
 
 /// What the coordinator knows about one host right now.
 #[derive(Debug, Clone, Default)]
@@ -50,7 +51,7 @@ struct Entry {
 }
 
 pub struct Hosts {
-    store: Arc<dyn Store>,
+    db: Arc<Db>,
     observed: Arc<Mutex<ObservedClock>>,
     tls: Option<corral_client::TlsFiles>,
     heartbeat: Duration,
@@ -87,13 +88,13 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl Hosts {
     pub fn new(
-        store: Arc<dyn Store>,
+        db: Arc<Db>,
         heartbeat: Duration,
         down_after: Duration,
         tls: Option<corral_client::TlsFiles>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            db,
             observed: Arc::default(),
             tls,
             heartbeat,
@@ -106,8 +107,7 @@ impl Hosts {
         &self,
         f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = Arc::clone(&self.store);
-        Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
+        Ok(self.db.call(f).await?)
     }
 
     /// Starts watching every host in the store.
@@ -450,13 +450,14 @@ impl Hosts {
     }
 
     /// Placement's view of the fleet, and the host names by placement id. Used capacity is
-    /// what the agent last reported plus the reservations its report cannot include yet.
+    /// what the agent last reported plus the reservations its report cannot include yet;
+    /// `user_vms` counts the requesting user's (`user`) VMs per host.
     pub fn views(
         &self,
-        vms: &[VmRecord],
+        user_vms: &HashMap<String, u32>,
+        user: u32,
         bases: &[(String, Vec<String>)],
         base_ids: &HashMap<String, u32>,
-        user_ids: &mut HashMap<String, u32>,
         reservations: &[Reservation],
     ) -> Result<(Vec<crate::placement::HostView>, Vec<String>)> {
         let statuses = self.statuses()?;
@@ -468,12 +469,11 @@ impl Hosts {
                 .iter()
                 .filter(|r| r.host == name && r.released_ms.is_none_or(|t| t >= st.info_ms))
                 .fold((0u32, 0u64), |(v, m), r| (v + r.vcpus, m + r.memory));
-            let mut by_user = HashMap::new();
-            for vm in vms.iter().filter(|v| v.host.as_deref() == Some(&name)) {
-                let next = user_ids.len() as u32;
-                let uid = *user_ids.entry(vm.owner.clone()).or_insert(next);
-                *by_user.entry(uid).or_insert(0) += 1;
-            }
+            let by_user: HashMap<u32, u32> = user_vms
+                .get(&name)
+                .map(|n| (user, *n))
+                .into_iter()
+                .collect();
             let here: std::collections::HashSet<u32> = bases
                 .iter()
                 .filter(|(_, hosts)| hosts.contains(&name))

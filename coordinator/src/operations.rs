@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::Db;
 use crate::store::{now_ms, OpEvent, OpRecord, OpState, Store, StoreError};
 
 /// Why an operation or a call about one failed.
@@ -107,7 +108,7 @@ impl OpCtx {
 
 /// The operations of one coordinator.
 pub struct Operations {
-    store: Arc<dyn Store>,
+    db: Arc<Db>,
     per_host_limit: usize,
     live: Mutex<HashMap<String, broadcast::Sender<OpEvent>>>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
@@ -129,9 +130,9 @@ fn poisoned<T>(_: T) -> OpError {
 }
 
 impl Operations {
-    pub fn new(store: Arc<dyn Store>, per_host_limit: usize) -> Arc<Self> {
+    pub fn new(db: Arc<Db>, per_host_limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            db,
             per_host_limit: per_host_limit.max(1),
             live: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
@@ -145,8 +146,7 @@ impl Operations {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, OpError> {
-        let store = Arc::clone(&self.store);
-        Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
+        Ok(self.db.call(f).await?)
     }
 
     /// Appends an event to the log, then broadcasts it to live watchers.
@@ -404,7 +404,7 @@ impl Operations {
             let id = id.to_string();
             self.blocking(move |s| s.events(&id, 0)).await?
         };
-        let store = Arc::clone(&self.store);
+        let db = Arc::clone(&self.db);
         let id = id.to_string();
         let (tx, out) = tokio::sync::mpsc::channel::<OpEvent>(64);
         // Sends one event; false when the operation ended or the watcher went away.
@@ -431,10 +431,8 @@ impl Operations {
                     }
                     // Fell behind, or the operation ended: catch up from the log.
                     Err(_) => {
-                        let (st, id2, after) = (Arc::clone(&store), id.clone(), last);
-                        let Ok(Ok(missed)) =
-                            tokio::task::spawn_blocking(move || st.events(&id2, after)).await
-                        else {
+                        let (id2, after) = (id.clone(), last);
+                        let Ok(missed) = db.call(move |s| s.events(&id2, after)).await else {
                             return;
                         };
                         if missed.is_empty() {

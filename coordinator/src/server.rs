@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::api;
 use crate::auth::{self, Auth};
 use crate::config::Config;
+use crate::db::Db;
 use crate::error::{CoordError, Result};
 use crate::hosts::Hosts;
 use crate::operations::Operations;
@@ -25,6 +26,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
     let (path, full) = (cfg.database.clone(), cfg.database_full_sync);
     let store: Arc<dyn Store> =
         Arc::new(tokio::task::spawn_blocking(move || Sqlite::open_with(&path, full)).await??);
+    let db = Db::start(Arc::clone(&store))?;
     // Reading tokens and writing the bootstrap file block: keep them off the async workers.
     let (st, file) = (Arc::clone(&store), cfg.bootstrap_token_file.clone());
     let auth = tokio::task::spawn_blocking(move || -> Result<Arc<Auth>> {
@@ -35,15 +37,15 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
         Ok(auth)
     })
     .await??;
-    let ops = Operations::new(Arc::clone(&store), cfg.per_host_limit);
+    let ops = Operations::new(Arc::clone(&db), cfg.per_host_limit);
     let hosts = Hosts::new(
-        Arc::clone(&store),
+        Arc::clone(&db),
         Duration::from_millis(cfg.heartbeat_ms),
         Duration::from_millis(cfg.down_after_ms),
         cfg.agent_tls()?,
     );
     hosts.load().await?;
-    let coord = Coordinator::new(cfg, store, Arc::clone(&ops), hosts, auth);
+    let coord = Coordinator::new(cfg, db, Arc::clone(&ops), hosts, auth);
     let (resumed, failed) = ops.recover(&coord.resumers()).await?;
     if !resumed.is_empty() || !failed.is_empty() {
         tracing::info!(?resumed, ?failed, "unfinished operations after restart");

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 /// What the store can fail with, grouped by what the caller does about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(String),
@@ -188,6 +188,8 @@ pub trait Store: Send + Sync {
     fn put_vm(&self, vm: &VmRecord) -> Result<()>;
     fn vm(&self, name: &str) -> Result<VmRecord>;
     fn vms(&self) -> Result<Vec<VmRecord>>;
+    /// How many VMs `owner` has on each host.
+    fn vm_counts_of(&self, owner: &str) -> Result<Vec<(String, u32)>>;
     fn remove_vm(&self, name: &str) -> Result<()>;
 
     /// Records a base (idempotent) with what its clones need (`{"vcpus": .., "memory": ..}`).
@@ -206,6 +208,24 @@ pub trait Store: Send + Sync {
     /// Stores the hash of a new API token for a user.
     fn add_token(&self, user: &str, token_hash: &str) -> Result<()>;
     fn user_by_token(&self, token_hash: &str) -> Result<UserRecord>;
+
+    /// Group commit (see [`crate::db`]): a batch is one transaction, each call in it a
+    /// savepoint that `end_call(false)` rolls back. Stores without batches do nothing.
+    fn begin_batch(&self) -> Result<()> {
+        Ok(())
+    }
+    fn end_batch(&self) -> Result<()> {
+        Ok(())
+    }
+    fn abort_batch(&self) -> Result<()> {
+        Ok(())
+    }
+    fn begin_call(&self) -> Result<()> {
+        Ok(())
+    }
+    fn end_call(&self, _keep: bool) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Schema migrations, applied in order; never edit one that has shipped, add a new one.
@@ -273,6 +293,8 @@ pub const MIGRATIONS: &[&str] = &[
         state TEXT,
         PRIMARY KEY (op_id, seq)
      );",
+    // 2: placement counts a user's VMs per host without reading every VM.
+    "CREATE INDEX vms_owner ON vms(owner, host);",
 ];
 
 /// The embedded store.
@@ -372,6 +394,7 @@ impl Sqlite {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -411,13 +434,73 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// Every statement of the store is prepared once per connection and reused: parsing SQL
+/// was a large part of an operation's cost.
+trait Cached {
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 impl Store for Sqlite {
+    fn begin_batch(&self) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        Ok(conn.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    fn end_batch(&self) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn abort_batch(&self) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        Ok(conn.execute_batch("ROLLBACK")?)
+    }
+
+    fn begin_call(&self) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        Ok(conn.execute_batch("SAVEPOINT corral_call")?)
+    }
+
+    fn end_call(&self, keep: bool) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        Ok(conn.execute_batch(if keep {
+            "RELEASE corral_call"
+        } else {
+            "ROLLBACK TO corral_call; RELEASE corral_call"
+        })?)
+    }
+
     fn create_operation(&self, op: &OpRecord) -> Result<(OpRecord, bool)> {
         let mut conn = self.conn.lock().map_err(db)?;
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         if let Some(key) = &op.idempotency_key {
             let existing = tx
-                .query_row(
+                .row(
                     &format!("SELECT {OP_COLUMNS} FROM operations WHERE idempotency_key = ?1"),
                     [key],
                     op_from_row,
@@ -427,7 +510,7 @@ impl Store for Sqlite {
                 return Ok((finish_op(parts)?, false));
             }
         }
-        tx.execute(
+        tx.exec(
             &format!("INSERT INTO operations ({OP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
             params![
                 op.id,
@@ -451,7 +534,7 @@ impl Store for Sqlite {
     fn operation(&self, id: &str) -> Result<OpRecord> {
         let conn = self.conn.lock().map_err(db)?;
         let parts = conn
-            .query_row(
+            .row(
                 &format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"),
                 [id],
                 op_from_row,
@@ -468,7 +551,7 @@ impl Store for Sqlite {
         } else {
             format!("SELECT {OP_COLUMNS} FROM operations ORDER BY created_ms, id")
         };
-        let mut stmt = conn.prepare(&sql)?;
+        let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([], op_from_row)?;
         rows.map(|r| finish_op(r?)).collect()
     }
@@ -481,9 +564,9 @@ impl Store for Sqlite {
         error: Option<&str>,
     ) -> Result<()> {
         let mut conn = self.conn.lock().map_err(db)?;
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         let current: String = tx
-            .query_row("SELECT state FROM operations WHERE id = ?1", [id], |r| {
+            .row("SELECT state FROM operations WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
             .optional()?
@@ -496,7 +579,7 @@ impl Store for Sqlite {
                 state.as_str()
             )));
         }
-        tx.execute(
+        tx.exec(
             "UPDATE operations SET state = ?2, result = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1",
             params![id, state.as_str(), result.map(serde_json::to_string).transpose()?, error, now_ms()],
         )?;
@@ -506,13 +589,13 @@ impl Store for Sqlite {
 
     fn append_event(&self, event: &OpEvent) -> Result<OpEvent> {
         let mut conn = self.conn.lock().map_err(db)?;
-        let tx = conn.transaction()?;
-        let seq: i64 = tx.query_row(
+        let tx = conn.savepoint()?;
+        let seq: i64 = tx.row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM operation_events WHERE op_id = ?1",
             [&event.op_id],
             |r| r.get(0),
         )?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO operation_events (op_id, seq, at_ms, phase, percent, bytes, message, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 event.op_id,
@@ -534,7 +617,7 @@ impl Store for Sqlite {
 
     fn events(&self, op_id: &str, after: u64) -> Result<Vec<OpEvent>> {
         let conn = self.conn.lock().map_err(db)?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT op_id, seq, at_ms, phase, percent, bytes, message, state FROM operation_events WHERE op_id = ?1 AND seq > ?2 ORDER BY seq",
         )?;
         let rows = stmt.query_map(params![op_id, after as i64], |r| {
@@ -562,7 +645,7 @@ impl Store for Sqlite {
 
     fn put_host(&self, h: &HostRecord) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        conn.execute(
+        conn.exec(
             "INSERT INTO hosts (name, address, enabled, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET address = ?2, enabled = ?3, last_seen_ms = ?4",
             params![h.name, h.address, h.enabled, h.last_seen_ms],
@@ -572,8 +655,9 @@ impl Store for Sqlite {
 
     fn hosts(&self) -> Result<Vec<HostRecord>> {
         let conn = self.conn.lock().map_err(db)?;
-        let mut stmt =
-            conn.prepare("SELECT name, address, enabled, last_seen_ms FROM hosts ORDER BY name")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, address, enabled, last_seen_ms FROM hosts ORDER BY name",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(HostRecord {
                 name: r.get(0)?,
@@ -587,7 +671,7 @@ impl Store for Sqlite {
 
     fn remove_host(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        if conn.execute("DELETE FROM hosts WHERE name = ?1", [name])? == 0 {
+        if conn.exec("DELETE FROM hosts WHERE name = ?1", [name])? == 0 {
             return Err(StoreError::NotFound(format!("host {name}")));
         }
         Ok(())
@@ -595,7 +679,7 @@ impl Store for Sqlite {
 
     fn put_vm(&self, vm: &VmRecord) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        conn.execute(
+        conn.exec(
             "INSERT INTO vms (name, owner, base, host, desired_state, observed_state, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(name) DO UPDATE SET owner = ?2, base = ?3, host = ?4, desired_state = ?5, observed_state = ?6, spec = ?7",
             params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state, vm.observed_state, serde_json::to_string(&vm.spec)?],
@@ -606,7 +690,7 @@ impl Store for Sqlite {
     fn vm(&self, name: &str) -> Result<VmRecord> {
         let conn = self.conn.lock().map_err(db)?;
         let row = conn
-            .query_row(
+            .row(
                 &format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1"),
                 [name],
                 vm_from_row,
@@ -616,16 +700,26 @@ impl Store for Sqlite {
         finish_vm(row)
     }
 
+    fn vm_counts_of(&self, owner: &str) -> Result<Vec<(String, u32)>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT host, COUNT(*) FROM vms WHERE owner = ?1 AND host IS NOT NULL GROUP BY host",
+        )?;
+        let rows = stmt.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn vms(&self) -> Result<Vec<VmRecord>> {
         let conn = self.conn.lock().map_err(db)?;
-        let mut stmt = conn.prepare(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"))?;
         let rows = stmt.query_map([], vm_from_row)?;
         rows.map(|row| finish_vm(row?)).collect()
     }
 
     fn remove_vm(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        if conn.execute("DELETE FROM vms WHERE name = ?1", [name])? == 0 {
+        if conn.exec("DELETE FROM vms WHERE name = ?1", [name])? == 0 {
             return Err(StoreError::NotFound(format!("VM {name}")));
         }
         Ok(())
@@ -633,7 +727,7 @@ impl Store for Sqlite {
 
     fn put_base(&self, name: &str, parent: Option<&str>, spec: &serde_json::Value) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        conn.execute(
+        conn.exec(
             "INSERT INTO bases (name, parent, spec) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET parent = ?2, spec = ?3",
             params![name, parent, serde_json::to_string(spec)?],
@@ -644,7 +738,7 @@ impl Store for Sqlite {
     fn base_spec(&self, name: &str) -> Result<serde_json::Value> {
         let conn = self.conn.lock().map_err(db)?;
         let spec: String = conn
-            .query_row("SELECT spec FROM bases WHERE name = ?1", [name], |r| {
+            .row("SELECT spec FROM bases WHERE name = ?1", [name], |r| {
                 r.get(0)
             })
             .optional()?
@@ -654,7 +748,7 @@ impl Store for Sqlite {
 
     fn remove_base(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        if conn.execute("DELETE FROM bases WHERE name = ?1", [name])? == 0 {
+        if conn.exec("DELETE FROM bases WHERE name = ?1", [name])? == 0 {
             return Err(StoreError::NotFound(format!("base {name}")));
         }
         Ok(())
@@ -663,13 +757,13 @@ impl Store for Sqlite {
     fn set_base_host(&self, base: &str, host: &str, present: bool) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
         if present {
-            conn.execute(
+            conn.exec(
                 "INSERT INTO base_hosts (base, host, state) VALUES (?1, ?2, 'present')
                  ON CONFLICT(base, host) DO UPDATE SET state = 'present'",
                 params![base, host],
             )?;
         } else {
-            conn.execute(
+            conn.exec(
                 "DELETE FROM base_hosts WHERE base = ?1 AND host = ?2",
                 params![base, host],
             )?;
@@ -679,7 +773,7 @@ impl Store for Sqlite {
 
     fn bases(&self) -> Result<Vec<(String, Vec<String>)>> {
         let conn = self.conn.lock().map_err(db)?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT b.name, bh.host FROM bases b LEFT JOIN base_hosts bh ON bh.base = b.name ORDER BY b.name, bh.host",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -700,7 +794,8 @@ impl Store for Sqlite {
 
     fn users(&self) -> Result<Vec<UserRecord>> {
         let conn = self.conn.lock().map_err(db)?;
-        let mut stmt = conn.prepare("SELECT name, role, attributes FROM users ORDER BY name")?;
+        let mut stmt =
+            conn.prepare_cached("SELECT name, role, attributes FROM users ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -721,14 +816,14 @@ impl Store for Sqlite {
 
     fn tokens(&self) -> Result<Vec<(String, String)>> {
         let conn = self.conn.lock().map_err(db)?;
-        let mut stmt = conn.prepare("SELECT hash, user FROM tokens")?;
+        let mut stmt = conn.prepare_cached("SELECT hash, user FROM tokens")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn put_user(&self, u: &UserRecord) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        conn.execute(
+        conn.exec(
             "INSERT INTO users (name, role, attributes) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET role = ?2, attributes = ?3",
             params![u.name, u.role, serde_json::to_string(&u.attributes)?],
@@ -738,7 +833,7 @@ impl Store for Sqlite {
 
     fn add_token(&self, user: &str, token_hash: &str) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
-        conn.execute(
+        conn.exec(
             "INSERT INTO tokens (hash, user, created_ms) VALUES (?1, ?2, ?3)",
             params![token_hash, user, now_ms()],
         )?;
@@ -748,7 +843,7 @@ impl Store for Sqlite {
     fn user_by_token(&self, token_hash: &str) -> Result<UserRecord> {
         let conn = self.conn.lock().map_err(db)?;
         let (name, role, attrs): (String, String, String) = conn
-            .query_row(
+            .row(
                 "SELECT u.name, u.role, u.attributes FROM tokens t JOIN users u ON u.name = t.user WHERE t.hash = ?1",
                 [token_hash],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

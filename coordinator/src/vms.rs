@@ -10,6 +10,7 @@ use corral_client::AgentClient;
 
 use crate::auth::{Auth, Caller};
 use crate::config::Config;
+use crate::db::Db;
 use crate::error::{CoordError, Result};
 use crate::hosts::{state_name, Hosts};
 use crate::operations::{OpCtx, OpError, Operations, Resumer, Submit, Work, WorkFuture};
@@ -64,7 +65,7 @@ impl Action {
 
 pub struct Coordinator {
     pub cfg: Config,
-    pub store: Arc<dyn Store>,
+    pub db: Arc<Db>,
     pub ops: Arc<Operations>,
     pub hosts: Arc<Hosts>,
     pub auth: Arc<Auth>,
@@ -99,7 +100,7 @@ where
 impl Coordinator {
     pub fn new(
         cfg: Config,
-        store: Arc<dyn Store>,
+        db: Arc<Db>,
         ops: Arc<Operations>,
         hosts: Arc<Hosts>,
         auth: Arc<Auth>,
@@ -112,7 +113,7 @@ impl Coordinator {
         };
         Arc::new(Self {
             cfg,
-            store,
+            db,
             ops,
             hosts,
             auth,
@@ -127,8 +128,7 @@ impl Coordinator {
         &self,
         f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = Arc::clone(&self.store);
-        Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
+        Ok(self.db.call(f).await?)
     }
 
     /// A VM the caller may touch (others' VMs look absent).
@@ -215,7 +215,10 @@ impl Coordinator {
         owner: &str,
         keep_together: bool,
     ) -> Result<(Option<String>, Vec<(String, String)>, (u32, u64))> {
-        let (vms, bases) = self.blocking(|s| Ok((s.vms()?, s.bases()?))).await?;
+        let who = owner.to_string();
+        let (mine, bases) = self
+            .blocking(move |s| Ok((s.vm_counts_of(&who)?, s.bases()?)))
+            .await?;
         let holders = bases
             .iter()
             .find(|(b, _)| b == base)
@@ -227,7 +230,6 @@ impl Coordinator {
             .enumerate()
             .map(|(i, (b, _))| (b.clone(), i as u32))
             .collect();
-        let mut user_ids = HashMap::new();
         let pending = {
             let mut p = self
                 .pending
@@ -244,11 +246,10 @@ impl Coordinator {
             p.retain(|r| r.released_ms.is_none_or(|t| t >= oldest_info));
             p.clone()
         };
-        let (views, names) = self
-            .hosts
-            .views(&vms, &bases, &base_ids, &mut user_ids, &pending)?;
-        let next = user_ids.len() as u32;
-        let user = *user_ids.entry(owner.to_string()).or_insert(next);
+        // Placement sees only the requesting user's VMs (user 0): all keep-together needs.
+        let user = 0;
+        let mine: HashMap<String, u32> = mine.into_iter().collect();
+        let (views, names) = self.hosts.views(&mine, user, &bases, &base_ids, &pending)?;
         let req = placement::Request {
             base: base_ids.get(base).copied(),
             vcpus: size.0,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use corral_coordinator::db::Db;
 use corral_coordinator::operations::{
     OpCtx, OpError, Operations, Resumer, Submit, Work, WorkFuture,
 };
@@ -71,7 +72,7 @@ async fn wait_end(ops: &Operations, id: &str) -> OpRecord {
 #[tokio::test]
 async fn watchers_early_and_late_see_every_event_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let ops = Operations::new(store(&dir), 4);
+    let ops = Operations::new(Db::start(store(&dir)).unwrap(), 4);
     let gate = Arc::new(Notify::new());
     let op = ops
         .submit(submit("clone", Some("vm1"), None), stepped(gate.clone()))
@@ -120,7 +121,7 @@ async fn watchers_early_and_late_see_every_event_once_in_order() {
 #[tokio::test]
 async fn work_on_one_vm_is_serialised_and_other_vms_run_alongside() {
     let dir = tempfile::tempdir().unwrap();
-    let ops = Operations::new(store(&dir), 8);
+    let ops = Operations::new(Db::start(store(&dir)).unwrap(), 8);
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let timed = |name: &'static str, log: Arc<Mutex<Vec<String>>>| {
         work(move |_ctx| async move {
@@ -167,7 +168,7 @@ async fn work_on_one_vm_is_serialised_and_other_vms_run_alongside() {
 #[tokio::test]
 async fn per_host_limit_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let ops = Operations::new(store(&dir), 2);
+    let ops = Operations::new(Db::start(store(&dir)).unwrap(), 2);
     let running = Arc::new(Mutex::new((0usize, 0usize)));
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -199,7 +200,7 @@ async fn per_host_limit_holds() {
 #[tokio::test]
 async fn cancel_failure_and_idempotency() {
     let dir = tempfile::tempdir().unwrap();
-    let ops = Operations::new(store(&dir), 4);
+    let ops = Operations::new(Db::start(store(&dir)).unwrap(), 4);
     let op = ops
         .submit(
             submit("clone", Some("vm1"), None),
@@ -258,7 +259,7 @@ async fn restart_resumes_what_it_can_and_fails_the_rest_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     {
         // A coordinator that dies with two operations in flight: its tasks never finish.
-        let ops = Operations::new(store(&dir), 4);
+        let ops = Operations::new(Db::start(store(&dir)).unwrap(), 4);
         let stuck = || {
             work(|ctx| async move {
                 ctx.progress("copy", Some(40.0), None, "half way").await?;
@@ -274,7 +275,7 @@ async fn restart_resumes_what_it_can_and_fails_the_rest_with_the_reason() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ops = Operations::new(store(&dir), 4);
+    let ops = Operations::new(Db::start(store(&dir)).unwrap(), 4);
     let mut resumers: HashMap<String, Resumer> = HashMap::new();
     resumers.insert(
         "sync".into(),

@@ -72,10 +72,15 @@ impl UserService for UserApi {
             .into_iter()
             .find(|u| u.name == n)
             .ok_or_else(|| CoordError::NotFound(format!("user {name} not found")))?;
-        let (store, auth) = (Arc::clone(&self.0.store), Arc::clone(&self.0.auth));
-        let token = tokio::task::spawn_blocking(move || auth.issue(store.as_ref(), &user))
+        let token = crate::auth::new_token();
+        let h = crate::auth::hash(&token);
+        let (who, h2) = (user.name.clone(), h.clone());
+        self.0
+            .db
+            .call(move |s| s.add_token(&who, &h2))
             .await
-            .map_err(CoordError::from)??;
+            .map_err(CoordError::from)?;
+        self.0.auth.remember(h, user)?;
         Ok(Response::new(pb::Token { user: name, token }))
     }
 
