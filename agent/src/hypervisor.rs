@@ -60,6 +60,17 @@ pub struct HostFacts {
     pub hypervisor_version: String,
 }
 
+/// What the domains of a host use: counted from libvirt's domain info, without reading any
+/// domain's XML (heartbeats ask for it every few seconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub defined: u32,
+    pub running: u32,
+    /// vCPUs and memory (bytes) of the running domains.
+    pub vcpus: u32,
+    pub memory: u64,
+}
+
 /// A snapshot and its place in the tree.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotFacts {
@@ -79,6 +90,7 @@ pub trait Hypervisor: Send + Sync {
     /// Domain XML; `secure` includes passwords, `inactive` gives the persistent definition.
     fn xml(&self, name: &str, secure: bool, inactive: bool) -> Result<String>;
     fn names(&self) -> Result<Vec<String>>;
+    fn usage(&self) -> Result<Usage>;
     fn state(&self, name: &str) -> Result<DomState>;
     fn start(&self, name: &str) -> Result<()>;
     fn shutdown(&self, name: &str) -> Result<()>;
@@ -277,6 +289,25 @@ impl Hypervisor for Libvirt {
         let mut names: Vec<String> = doms.iter().filter_map(|d| d.name().ok()).collect();
         names.sort();
         Ok(names)
+    }
+
+    fn usage(&self) -> Result<Usage> {
+        let conn = self.connection()?;
+        let all = conn
+            .list_all_domains(0)
+            .map_err(|e| map_err("list domains", e))?;
+        let mut u = Usage {
+            defined: u32::try_from(all.len()).unwrap_or(u32::MAX),
+            ..Usage::default()
+        };
+        for d in all.iter().filter(|d| d.is_active().unwrap_or(false)) {
+            if let Ok(info) = d.info() {
+                u.running += 1;
+                u.vcpus += info.nr_virt_cpu;
+                u.memory += info.max_mem << 10;
+            }
+        }
+        Ok(u)
     }
 
     fn state(&self, name: &str) -> Result<DomState> {

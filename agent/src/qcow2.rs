@@ -12,8 +12,9 @@
 //! Only the backing image's header is read (its virtual size). Anything this module does not
 //! understand is reported as [`Unsupported`] so the caller can fall back to `qemu-img`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::images::Format;
@@ -59,9 +60,16 @@ pub fn virtual_size(backing: &Path, format: Format) -> Result<u64, OverlayError>
     }
 }
 
-/// The bytes of an empty qcow2 overlay of `size` bytes over `backing` (cluster 0 to the end
-/// of the L1 table; the rest of the file is implicitly zero).
-pub fn overlay_bytes(backing: &[u8], format: Format, size: u64) -> Result<Vec<u8>, OverlayError> {
+/// An empty qcow2 overlay as the few byte ranges that are not zero, and the file's length
+/// (everything else, the L1 table included, is zero and left as a hole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    pub parts: Vec<(u64, Vec<u8>)>,
+    pub len: u64,
+}
+
+/// The empty qcow2 overlay of `size` bytes over `backing`.
+pub fn overlay(backing: &[u8], format: Format, size: u64) -> Result<Overlay, OverlayError> {
     if backing.is_empty() || backing.len() > MAX_BACKING_NAME {
         return Err(Unsupported(format!(
             "backing file name of {} bytes",
@@ -85,7 +93,7 @@ pub fn overlay_bytes(backing: &[u8], format: Format, size: u64) -> Result<Vec<u8
         return Err(Unsupported("header does not fit one cluster".into()));
     }
     let l1_offset = 3 * CLUSTER;
-    let mut out = vec![0u8; (l1_offset + l1_bytes) as usize];
+    let mut out = vec![0u8; backing_offset + backing.len()];
     let mut h = Header(&mut out);
     h.u32(0, MAGIC);
     h.u32(4, 3);
@@ -111,14 +119,15 @@ pub fn overlay_bytes(backing: &[u8], format: Format, size: u64) -> Result<Vec<u8
     debug_assert_eq!(at + 8, backing_offset);
     out[backing_offset..backing_offset + backing.len()].copy_from_slice(backing);
     // Refcount table: its first entry is the refcount block in cluster 2.
-    let mut h = Header(&mut out);
-    h.u64(CLUSTER as usize, 2 * CLUSTER);
+    let table = (2 * CLUSTER).to_be_bytes().to_vec();
     // Refcount block: clusters 0..used are referenced once.
-    for i in 0..used_clusters {
-        let at = (2 * CLUSTER + i * 2) as usize;
-        out[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
-    }
-    Ok(out)
+    let block: Vec<u8> = (0..used_clusters)
+        .flat_map(|_| 1u16.to_be_bytes())
+        .collect();
+    Ok(Overlay {
+        parts: vec![(0, out), (CLUSTER, table), (2 * CLUSTER, block)],
+        len: l1_offset + l1_bytes,
+    })
 }
 
 /// Writes a new (it must not exist) empty qcow2 overlay at `path` over `backing`.
@@ -127,12 +136,17 @@ pub fn create_overlay(path: &Path, backing: &Path, format: Format) -> Result<(),
         return Err(Unsupported("relative backing path".into()));
     }
     let size = virtual_size(backing, format)?;
-    let bytes = overlay_bytes(backing.as_os_str().as_bytes(), format, size)?;
-    let mut f = std::fs::OpenOptions::new()
+    let ov = overlay(backing.as_os_str().as_bytes(), format, size)?;
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)?;
-    if let Err(e) = f.write_all(&bytes) {
+    let written = ov
+        .parts
+        .iter()
+        .try_for_each(|(at, bytes)| f.write_all_at(bytes, *at))
+        .and_then(|()| f.set_len(ov.len));
+    if let Err(e) = written {
         let _ = std::fs::remove_file(path);
         return Err(e.into());
     }

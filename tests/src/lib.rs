@@ -127,7 +127,29 @@ pub struct AgentProc {
     pub root: PathBuf,
 }
 
+/// CPU time (user + system) a process has used so far, from /proc.
+pub fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which may contain spaces: utime is the 12th, stime the 13th.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz.max(1))
+}
+
 impl AgentProc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the agent on `qemu:///system` with its storage and state under `root`.
     pub fn start(root: &Path) -> Result<Self> {
         Self::start_with(
@@ -214,6 +236,10 @@ pub struct CoordProc {
 }
 
 impl CoordProc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(root: &Path, heartbeat_ms: u64, down_after_ms: u64) -> Result<Self> {
         Self::start_with(root, heartbeat_ms, down_after_ms, &[])
     }

@@ -90,17 +90,7 @@ impl Agent {
     pub fn host_info(&self) -> crate::error::Result<pb::HostInfo> {
         let facts = self.hv.host()?;
         let (storage_total, storage_free) = self.storage.space()?;
-        let names = self.hv.names()?;
-        let (mut running, mut vcpus, mut mem) = (0u32, 0u32, 0u64);
-        for n in &names {
-            if self.hv.state(n).is_ok_and(|s| s.is_active()) {
-                running += 1;
-                if let Ok(x) = self.read_domain(n) {
-                    vcpus += x.vcpu.count;
-                    mem += x.memory.as_mib() << 20;
-                }
-            }
-        }
+        let usage = self.hv.usage()?;
         Ok(pb::HostInfo {
             hostname: facts.hostname,
             cpus: facts.cpus,
@@ -113,10 +103,10 @@ impl Agent {
             domain_type: self.cfg.domain_type.as_str().into(),
             libvirt_uri: self.hv.uri(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            domains_running: running,
-            domains_defined: u32::try_from(names.len()).unwrap_or(u32::MAX),
-            vcpus_running: vcpus,
-            memory_running_bytes: mem,
+            domains_running: usage.running,
+            domains_defined: usage.defined,
+            vcpus_running: usage.vcpus,
+            memory_running_bytes: usage.memory,
             host_address: self.cfg.host_address.to_string(),
         })
     }
