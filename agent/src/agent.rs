@@ -26,6 +26,9 @@ pub struct Agent {
     pub(crate) ports: Mutex<PortState>,
     busy: Mutex<HashSet<String>>,
     started: Mutex<HashMap<String, i64>>,
+    /// Parsed persistent definitions of bases (locked, so they change only through this
+    /// agent: every change forgets the entry, and so do libvirt's defined/undefined events).
+    base_defs: Mutex<HashMap<String, crate::domain_xml::DomainXml>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -81,6 +84,7 @@ impl Agent {
             ports: Mutex::new(ports),
             busy: Mutex::new(HashSet::new()),
             started: Mutex::new(HashMap::new()),
+            base_defs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -107,6 +111,24 @@ impl Agent {
         let me = Arc::clone(self);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(|| f(&me))).await?
+    }
+
+    /// A cached base definition.
+    pub(crate) fn cached_definition(&self, name: &str) -> Option<crate::domain_xml::DomainXml> {
+        self.base_defs.lock().ok()?.get(name).cloned()
+    }
+
+    pub(crate) fn cache_definition(&self, name: &str, xml: &crate::domain_xml::DomainXml) {
+        if let Ok(mut m) = self.base_defs.lock() {
+            m.insert(name.to_string(), xml.clone());
+        }
+    }
+
+    /// Drops what is cached of a domain's definition; call before anything changes it.
+    pub fn forget_definition(&self, name: &str) {
+        if let Ok(mut m) = self.base_defs.lock() {
+            m.remove(name);
+        }
     }
 
     /// Records when a domain started (from lifecycle events or our own starts).

@@ -545,6 +545,7 @@ impl Agent {
         let disk = disk_xml(&dest, &target, "qcow2", false);
         let disk_text = quick_xml::se::to_string_with_root("disk", &disk)
             .map_err(|e| AgentError::internal(format!("disk XML: {e}")))?;
+        self.forget_definition(&req.domain);
         match self.hv.attach_device(&req.domain, &disk_text) {
             Ok(()) => {}
             // Drivers without device attach (libvirt's test driver): redefine with the disk.

@@ -175,9 +175,17 @@ impl Agent {
     }
 
     /// Reads the persistent definition, passwords included (for cloning and redefining).
+    /// Bases' definitions are cached (clones read theirs each time).
     pub fn read_definition(&self, name: &str) -> Result<DomainXml> {
         validate::name("domain", name)?;
-        DomainXml::parse(&self.hv.xml(name, true, true)?)
+        if let Some(x) = self.cached_definition(name) {
+            return Ok(x);
+        }
+        let xml = DomainXml::parse(&self.hv.xml(name, true, true)?)?;
+        if xml.meta().is_some_and(|m| m.kind == "base") {
+            self.cache_definition(name, &xml);
+        }
+        Ok(xml)
     }
 
     pub fn exists(&self, name: &str) -> Result<bool> {
@@ -196,6 +204,7 @@ impl Agent {
         };
         let xml = quick_xml::se::to_string_with_root("instance", &meta)
             .map_err(|e| AgentError::internal(format!("cannot write metadata: {e}")))?;
+        self.forget_definition(name);
         self.hv.set_meta(name, &xml)
     }
 
@@ -354,6 +363,7 @@ impl Agent {
                 }],
             },
         };
+        self.forget_definition(&xml.name);
         let result = xml.to_xml().and_then(|x| self.hv.define(&x));
         if let Err(e) = result {
             created.rollback();
@@ -714,6 +724,7 @@ impl Agent {
         if self.hv.state(name)?.is_active() {
             self.hv.destroy(name)?;
         }
+        self.forget_definition(name);
         self.hv.undefine(name)?;
         self.note_started(name, None);
         self.forget_ports(name)?;

@@ -55,6 +55,10 @@ fn spawn_event_reactor(agent: &Arc<Agent>) {
             let _g = span.enter();
             tracing::debug!("libvirt event");
             let name = e.domain.clone();
+            // DEFINED or UNDEFINED: whatever changed it, a cached definition is stale.
+            if e.event == 0 || e.event == 1 {
+                agent.forget_definition(&name);
+            }
             match e.event {
                 // STARTED
                 2 => {

@@ -100,6 +100,7 @@ impl Agent {
         if req.live {
             flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_LIVE;
         }
+        self.forget_definition(&req.domain);
         self.hv.snapshot_create(&req.domain, &xml, flags)?;
         tracing::info!(domain = %req.domain, snapshot = %req.name, "snapshot created");
         self.snapshot(&req.domain, &req.name)
@@ -195,6 +196,7 @@ impl Agent {
                 req.domain
             )));
         }
+        self.forget_definition(&req.domain);
         self.hv.snapshot_revert(&req.domain, &req.name, flags)?;
         tracing::info!(domain = %req.domain, snapshot = %req.name, "reverted");
         self.snapshot(&req.domain, &req.name)
@@ -234,6 +236,7 @@ impl Agent {
                     | sys::VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL,
             )?;
         }
+        self.forget_definition(&req.domain);
         self.hv.snapshot_delete(&req.domain, &req.name, flags)?;
         if with_self {
             gone.insert(0, req.name.clone());

@@ -971,3 +971,50 @@ async fn clone_with_copied_data_and_halting_snapshot() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn clones_follow_a_base_changed_after_earlier_clones() {
+    let mut f = start().await;
+    let clone = |name: &str| pb::CloneBaseRequest {
+        base: "td-cache".into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    define(&mut f, "td-cache").await;
+    f.c.bases.prepare_base(dref("td-cache")).await.unwrap();
+    let first = f.c.bases.clone_base(clone("td-cache-1")).await.unwrap();
+    assert_eq!(first.into_inner().memory_mib, 128);
+    // Someone changes the base's definition with libvirt itself (virsh edit would): the
+    // agent hears the DEFINED event and does not clone from what it read before.
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let dom = conn.lookup_domain_by_name("td-cache").unwrap();
+    let xml = dom
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_SECURE | virt::sys::VIR_DOMAIN_XML_INACTIVE)
+        .unwrap();
+    let changed = xml
+        .replace(
+            "<memory unit='KiB'>131072</memory>",
+            "<memory unit='KiB'>262144</memory>",
+        )
+        .replace(
+            "<currentMemory unit='KiB'>131072</currentMemory>",
+            "<currentMemory unit='KiB'>262144</currentMemory>",
+        );
+    assert_ne!(xml, changed, "{xml}");
+    conn.define_domain_xml(&changed).unwrap();
+    let mut seen = 0;
+    for i in 2..40 {
+        let d =
+            f.c.bases
+                .clone_base(clone(&format!("td-cache-{i}")))
+                .await
+                .unwrap()
+                .into_inner();
+        seen = d.memory_mib;
+        if seen == 256 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 256, "the changed base was never used");
+}

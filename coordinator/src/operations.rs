@@ -125,6 +125,34 @@ impl std::fmt::Debug for Operations {
     }
 }
 
+fn event(
+    id: &str,
+    phase: &str,
+    percent: Option<f32>,
+    bytes: Option<u64>,
+    message: &str,
+    state: Option<OpState>,
+) -> OpEvent {
+    OpEvent {
+        op_id: id.to_string(),
+        seq: 0,
+        at_ms: now_ms(),
+        phase: phase.to_string(),
+        percent,
+        bytes,
+        message: message.to_string(),
+        state,
+    }
+}
+
+/// "clone of vm1", or the kind alone.
+fn first_message(op: &OpRecord) -> String {
+    match &op.vm {
+        Some(vm) => format!("{} of {vm}", op.kind),
+        None => op.kind.clone(),
+    }
+}
+
 fn poisoned<T>(_: T) -> OpError {
     OpError::Store("operations lock poisoned".into())
 }
@@ -149,6 +177,33 @@ impl Operations {
         Ok(self.db.call(f).await?)
     }
 
+    /// Broadcasts a stored event to the operation's live watchers.
+    fn broadcast(&self, stored: OpEvent) -> Result<(), OpError> {
+        if let Some(tx) = self.live.lock().map_err(poisoned)?.get(&stored.op_id) {
+            let _ = tx.send(stored);
+        }
+        Ok(())
+    }
+
+    /// Moves an operation to `state` and logs its event in one store call.
+    async fn transition(
+        &self,
+        id: &str,
+        state: OpState,
+        result: Option<serde_json::Value>,
+        error: Option<String>,
+        event: OpEvent,
+    ) -> Result<(), OpError> {
+        let id2 = id.to_string();
+        let stored = self
+            .blocking(move |s| {
+                s.set_operation_state(&id2, state, result.as_ref(), error.as_deref())?;
+                s.append_event(&event)
+            })
+            .await?;
+        self.broadcast(stored)
+    }
+
     /// Appends an event to the log, then broadcasts it to live watchers.
     async fn emit(
         &self,
@@ -159,35 +214,9 @@ impl Operations {
         message: &str,
         state: Option<OpState>,
     ) -> Result<(), OpError> {
-        let event = OpEvent {
-            op_id: id.to_string(),
-            seq: 0,
-            at_ms: now_ms(),
-            phase: phase.to_string(),
-            percent,
-            bytes,
-            message: message.to_string(),
-            state,
-        };
+        let event = event(id, phase, percent, bytes, message, state);
         let stored = self.blocking(move |s| s.append_event(&event)).await?;
-        if let Some(tx) = self.live.lock().map_err(poisoned)?.get(id) {
-            let _ = tx.send(stored);
-        }
-        Ok(())
-    }
-
-    async fn set_state(
-        &self,
-        id: &str,
-        state: OpState,
-        result: Option<serde_json::Value>,
-        error: Option<String>,
-    ) -> Result<(), OpError> {
-        let id2 = id.to_string();
-        self.blocking(move |s| {
-            s.set_operation_state(&id2, state, result.as_ref(), error.as_deref())
-        })
-        .await
+        self.broadcast(stored)
     }
 
     /// The operation holding a VM, if work on it is running.
@@ -217,12 +246,28 @@ impl Operations {
             updated_ms: now,
         };
         let r = record.clone();
-        let (stored, created) = self.blocking(move |st| st.create_operation(&r)).await?;
+        let queued = event(
+            &record.id,
+            "queued",
+            Some(0.0),
+            None,
+            &first_message(&record),
+            None,
+        );
+        let (stored, created) = self
+            .blocking(move |st| {
+                let (stored, created) = st.create_operation(&r)?;
+                if created {
+                    st.append_event(&queued)?;
+                }
+                Ok((stored, created))
+            })
+            .await?;
         if !created {
             tracing::info!(op = %stored.id, "idempotent retry: returning the existing operation");
             return Ok(stored);
         }
-        self.start(stored.clone(), work, "queued").await?;
+        self.start(stored.clone(), work, None).await?;
         Ok(stored)
     }
 
@@ -231,7 +276,7 @@ impl Operations {
         self: &Arc<Self>,
         op: OpRecord,
         work: Work,
-        first_phase: &str,
+        first_phase: Option<&str>,
     ) -> Result<(), OpError> {
         let (tx, _) = broadcast::channel(256);
         self.live
@@ -243,12 +288,10 @@ impl Operations {
             .lock()
             .map_err(poisoned)?
             .insert(op.id.clone(), cancel.clone());
-        let msg = match &op.vm {
-            Some(vm) => format!("{} of {vm}", op.kind),
-            None => op.kind.clone(),
-        };
-        self.emit(&op.id, first_phase, Some(0.0), None, &msg, None)
-            .await?;
+        if let Some(phase) = first_phase {
+            self.emit(&op.id, phase, Some(0.0), None, &first_message(&op), None)
+                .await?;
+        }
         let me = Arc::clone(self);
         let span = tracing::info_span!("operation", op = %op.id, kind = %op.kind, vm = ?op.vm);
         tokio::spawn(tracing::Instrument::instrument(
@@ -310,17 +353,20 @@ impl Operations {
                 .map_err(poisoned)?
                 .insert(vm.clone(), op.id.clone());
         }
-        let current = self
-            .blocking({
-                let id = op.id.clone();
-                move |s| s.operation(&id)
+        // Queued -> running (a resumed operation is running already), and its event, at once.
+        let (id, started) = (
+            op.id.clone(),
+            event(&op.id, "started", Some(0.0), None, "", None),
+        );
+        let stored = self
+            .blocking(move |s| {
+                if s.operation(&id)?.state == OpState::Queued {
+                    s.set_operation_state(&id, OpState::Running, None, None)?;
+                }
+                s.append_event(&started)
             })
             .await?;
-        if current.state == OpState::Queued {
-            self.set_state(&op.id, OpState::Running, None, None).await?;
-        }
-        self.emit(&op.id, "started", Some(0.0), None, "", None)
-            .await?;
+        self.broadcast(stored)?;
         let ctx = OpCtx {
             id: op.id.clone(),
             ops: Arc::clone(self),
@@ -346,17 +392,17 @@ impl Operations {
             Err(OpError::Cancelled) => (OpState::Cancelled, None, Some("cancelled".to_string())),
             Err(e) => (OpState::Failed, None, Some(e.to_string())),
         };
-        self.set_state(&op.id, state, result, error.clone()).await?;
         let percent = (state == OpState::Succeeded).then_some(100.0);
-        self.emit(
+        let last = event(
             &op.id,
             state.as_str(),
             percent,
             None,
             error.as_deref().unwrap_or(""),
             Some(state),
-        )
-        .await?;
+        );
+        self.transition(&op.id, state, result, error.clone(), last)
+            .await?;
         tracing::info!(state = state.as_str(), error = ?error, "operation ended");
         self.live.lock().map_err(poisoned)?.remove(&op.id);
         self.cancels.lock().map_err(poisoned)?.remove(&op.id);
@@ -399,10 +445,14 @@ impl Operations {
             .map_err(poisoned)?
             .get(id)
             .map(broadcast::Sender::subscribe);
-        self.get(id).await?;
         let logged = {
             let id = id.to_string();
-            self.blocking(move |s| s.events(&id, 0)).await?
+            // Not found is the answer for an unknown id.
+            self.blocking(move |s| {
+                s.operation(&id)?;
+                s.events(&id, 0)
+            })
+            .await?
         };
         let db = Arc::clone(&self.db);
         let id = id.to_string();
@@ -463,16 +513,15 @@ impl Operations {
                 Some(work) => {
                     tracing::info!(op = %op.id, kind = %op.kind, "resuming after restart");
                     resumed.push(op.id.clone());
-                    self.start(op, work, "resumed").await?;
+                    self.start(op, work, Some("resumed")).await?;
                 }
                 None => {
                     let reason = format!(
                         "the coordinator restarted while this operation was {}; it was stopped and must be submitted again",
                         op.state.as_str()
                     );
-                    self.set_state(&op.id, OpState::Failed, None, Some(reason.clone()))
-                        .await?;
-                    self.emit(&op.id, "failed", None, None, &reason, Some(OpState::Failed))
+                    let last = event(&op.id, "failed", None, None, &reason, Some(OpState::Failed));
+                    self.transition(&op.id, OpState::Failed, None, Some(reason), last)
                         .await?;
                     failed.push(op.id);
                 }
