@@ -101,7 +101,16 @@ fn run(store: &dyn Store, rx: &mpsc::Receiver<Job>) {
                     if let Err(e) = store.begin_call() {
                         broken = Some(e);
                     }
-                    let (ok, deliver) = j(store);
+                    // A call that panics loses its own changes and answers with an error;
+                    // the thread and the other calls of the batch go on.
+                    let (ok, deliver) =
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j(store))) {
+                            Ok(r) => r,
+                            Err(_) => {
+                                tracing::error!("a store call panicked");
+                                (false, Box::new(|_| {}) as Deliver)
+                            }
+                        };
                     if let Err(e) = store.end_call(ok) {
                         broken = Some(e);
                     }
@@ -187,5 +196,28 @@ mod tests {
             other.operation("o1").is_err(),
             "the failed call left nothing"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[allow(clippy::panic)]
+    async fn a_call_that_panics_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::start(Arc::new(Sqlite::open(&dir.path().join("c.db")).unwrap())).unwrap();
+        let bad = db
+            .call(|s| -> Result<()> {
+                s.put_vm(&vm("lost"))?;
+                panic!("a bug in a store call")
+            })
+            .await;
+        assert!(bad.is_err());
+        db.call(|s| s.put_vm(&vm("kept"))).await.unwrap();
+        let names: Vec<String> = db
+            .call(|s| s.vms())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, vec!["kept".to_string()]);
     }
 }
