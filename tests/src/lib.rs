@@ -309,6 +309,19 @@ pub fn corral_cli(coordinator: &str, token: &str, args: &[&str]) -> Result<std::
         .output()?)
 }
 
+/// `corral pki ARGS...`, which must succeed.
+pub fn corral_pki(args: &[&str]) -> Result<()> {
+    let out = Command::new(bin("corral")).arg("pki").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "corral pki {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// A small spec for libvirt's test driver (no kernel, one system disk).
 pub fn test_spec(name: &str) -> pb::DomainSpec {
     pb::DomainSpec {

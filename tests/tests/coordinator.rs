@@ -842,18 +842,7 @@ async fn an_agent_accepts_only_a_coordinator_with_the_lab_certificate() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).display().to_string();
-    let pki = |args: &[&str]| {
-        let out = std::process::Command::new(bin("corral"))
-            .arg("pki")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let pki = |args: &[&str]| corral_pki(args).unwrap();
     pki(&["init", "--dir", &d("lab")]);
     pki(&["issue", "--dir", &d("lab"), "agent", "--san", "127.0.0.1"]);
     pki(&["issue", "--dir", &d("lab"), "coordinator"]);

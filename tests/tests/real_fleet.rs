@@ -52,16 +52,7 @@ impl Cli<'_> {
 }
 
 fn pki(args: &[&str]) {
-    let out = std::process::Command::new(bin("corral"))
-        .arg("pki")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    corral_pki(args).unwrap();
 }
 
 fn wait_up(cli: &Cli, n: usize) {

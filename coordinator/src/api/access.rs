@@ -6,6 +6,7 @@ use corral_client::proto as pb;
 use pb::vm_access_service_server::VmAccessService;
 use tonic::{Request, Response, Status};
 
+use super::pass;
 use crate::auth::caller;
 use crate::error::CoordError;
 use crate::vms::{Coordinator, AGENT_QUICK_CALL};
@@ -88,16 +89,14 @@ impl VmAccessService for VmAccessApi {
         &self,
         req: Request<pb::RemovePortRequest>,
     ) -> R<pb::RemovePortResponse> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let vm = r.domain.clone();
-        let out = self
-            .0
-            .agent_call(&who, &vm, AGENT_QUICK_CALL, |mut c| async move {
-                c.ports.remove_port(r).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.domain,
+            AGENT_QUICK_CALL,
+            |mut c, r| async move { c.ports.remove_port(r).await },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RemoveAllVmPorts"))]
@@ -105,16 +104,14 @@ impl VmAccessService for VmAccessApi {
         &self,
         req: Request<pb::RemoveAllPortsRequest>,
     ) -> R<pb::RemovePortResponse> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let vm = r.domain.clone();
-        let out = self
-            .0
-            .agent_call(&who, &vm, AGENT_QUICK_CALL, |mut c| async move {
-                c.ports.remove_all_ports(r).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.domain,
+            AGENT_QUICK_CALL,
+            |mut c, r| async move { c.ports.remove_all_ports(r).await },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RestrictVmDisplay"))]
@@ -122,43 +119,41 @@ impl VmAccessService for VmAccessApi {
         &self,
         req: Request<pb::RestrictDisplayRequest>,
     ) -> R<pb::RestrictDisplayResponse> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let vm = r.domain.clone();
-        let out = self
-            .0
-            .agent_call(&who, &vm, AGENT_QUICK_CALL, |mut c| async move {
-                c.ports.restrict_display(r).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.domain,
+            AGENT_QUICK_CALL,
+            |mut c, r| async move { c.ports.restrict_display(r).await },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetVmDisplay"))]
     async fn get_vm_display(&self, req: Request<pb::VmRef>) -> R<pb::DisplayInfo> {
-        let who = caller(&req)?;
-        let name = req.into_inner().name;
-        let d = pb::DomainRef { name: name.clone() };
-        let out = self
-            .0
-            .agent_call(&who, &name, AGENT_QUICK_CALL, |mut c| async move {
-                c.domains.get_display(d).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.name,
+            AGENT_QUICK_CALL,
+            |mut c, r| async move { c.domains.get_display(pb::DomainRef { name: r.name }).await },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetVmScreenshot"))]
     async fn get_vm_screenshot(&self, req: Request<pb::VmRef>) -> R<pb::Screenshot> {
-        let who = caller(&req)?;
-        let name = req.into_inner().name;
-        let d = pb::DomainRef { name: name.clone() };
-        let out = self
-            .0
-            .agent_call(&who, &name, AGENT_QUICK_CALL * 3, |mut c| async move {
-                c.domains.get_screenshot(d).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.name,
+            AGENT_QUICK_CALL * 3,
+            |mut c, r| async move {
+                c.domains
+                    .get_screenshot(pb::DomainRef { name: r.name })
+                    .await
+            },
+        )
+        .await
     }
 }

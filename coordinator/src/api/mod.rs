@@ -1,8 +1,15 @@
 //! gRPC services of the coordinator; every call is authenticated by [`crate::auth`].
 
-use corral_client::proto as pb;
+use std::future::Future;
+use std::time::Duration;
 
+use corral_client::proto as pb;
+use corral_client::AgentClient;
+use tonic::{Request, Response, Status};
+
+use crate::auth::caller;
 use crate::store::{OpRecord, OpState};
+use crate::vms::Coordinator;
 
 mod access;
 mod hosts;
@@ -45,4 +52,23 @@ pub fn op_to_pb(op: &OpRecord) -> pb::Operation {
         created_unix_ms: op.created_ms,
         updated_unix_ms: op.updated_ms,
     }
+}
+
+/// Passes a request naming a VM (`vm` reads the name) to the agent holding it, when the
+/// caller may touch that VM, within `limit`.
+pub(crate) async fn pass<Req, T, Fut>(
+    coord: &Coordinator,
+    req: Request<Req>,
+    vm: fn(&Req) -> &str,
+    limit: Duration,
+    call: impl FnOnce(AgentClient, Req) -> Fut,
+) -> Result<Response<T>, Status>
+where
+    Fut: Future<Output = Result<Response<T>, Status>>,
+{
+    let who = caller(&req)?;
+    let r = req.into_inner();
+    let name = vm(&r).to_string();
+    let out = coord.agent_call(&who, &name, limit, |c| call(c, r)).await?;
+    Ok(Response::new(out))
 }

@@ -4,7 +4,7 @@ use corral_client::proto as pb;
 use pb::vm_snapshot_service_server::VmSnapshotService;
 use tonic::{Request, Response, Status};
 
-use super::op_to_pb;
+use super::{op_to_pb, pass};
 use crate::auth::caller;
 use crate::snapshots::SnapshotChange;
 use crate::vms::{Coordinator, AGENT_QUICK_CALL};
@@ -57,30 +57,26 @@ impl VmSnapshotService for VmSnapshotApi {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> R<pb::ListSnapshotsResponse> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let vm = r.domain.clone();
-        let out = self
-            .0
-            .agent_call(&who, &vm, AGENT_QUICK_CALL, |mut c| async move {
-                c.snapshots.list_snapshots(r).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.domain,
+            AGENT_QUICK_CALL,
+            |mut c, r| async move { c.snapshots.list_snapshots(r).await },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetVmSnapshot"))]
     async fn get_vm_snapshot(&self, req: Request<pb::SnapshotRef>) -> R<pb::Snapshot> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let vm = r.domain.clone();
-        let out = self
-            .0
-            .agent_call(&who, &vm, AGENT_QUICK_CALL, |mut c| async move {
-                c.snapshots.get_snapshot(r).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.domain,
+            AGENT_QUICK_CALL,
+            |mut c, r| async move { c.snapshots.get_snapshot(r).await },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListVmSnapshotChildren"))]
@@ -88,15 +84,13 @@ impl VmSnapshotService for VmSnapshotApi {
         &self,
         req: Request<pb::ListChildrenRequest>,
     ) -> R<pb::ListSnapshotsResponse> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let vm = r.domain.clone();
-        let out = self
-            .0
-            .agent_call(&who, &vm, AGENT_QUICK_CALL, |mut c| async move {
-                c.snapshots.list_children(r).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.domain,
+            AGENT_QUICK_CALL,
+            |mut c, r| async move { c.snapshots.list_children(r).await },
+        )
+        .await
     }
 }
