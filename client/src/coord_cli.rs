@@ -42,6 +42,10 @@ pub enum BaseCmd {
         #[arg(long)]
         host: String,
     },
+    /// Turn a shut-off VM into a base (read-only base files, locked, clonable).
+    Prepare {
+        vm: String,
+    },
     Rm {
         name: String,
     },
@@ -50,6 +54,16 @@ pub enum BaseCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
+    /// Define a VM from a spec (admin), placed unless --host is given. Customise it, shut it
+    /// down, then `corral base prepare` it.
+    Create {
+        #[command(flatten)]
+        define: Box<DefineArgs>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        start: bool,
+    },
     /// A clone of a base, placed by the scheduler.
     Clone {
         base: String,
@@ -409,6 +423,10 @@ pub async fn run(
                     .into_inner();
                 follow(&mut c, &out, no_wait, op).await?;
             }
+            BaseCmd::Prepare { vm } => {
+                let op = c.vms.prepare_base(vref(vm)).await?.into_inner();
+                follow(&mut c, &out, no_wait, op).await?;
+            }
             BaseCmd::Rm { name } => {
                 let op = c.vms.remove_base(pb::BaseRef { name }).await?.into_inner();
                 follow(&mut c, &out, no_wait, op).await?;
@@ -433,6 +451,23 @@ pub async fn run(
         },
         Command::Vm(cmd) => {
             let op = match cmd {
+                VmCmd::Create {
+                    define,
+                    host,
+                    start,
+                } => {
+                    let spec = spec(&define)?;
+                    let owner = spec.owner.clone();
+                    c.vms
+                        .create_vm(pb::CreateVmRequest {
+                            spec: Some(spec),
+                            host: host.unwrap_or_default(),
+                            start,
+                            owner,
+                            idempotency_key: String::new(),
+                        })
+                        .await?
+                }
                 VmCmd::Clone {
                     base,
                     name,

@@ -63,6 +63,9 @@ impl Action {
     }
 }
 
+/// A placement: the chosen host, every rejected host with its reason, and the VM's size.
+pub type Placed = (Option<String>, Vec<(String, String)>, (u32, u64));
+
 pub struct Coordinator {
     pub cfg: Config,
     pub db: Arc<Db>,
@@ -209,22 +212,32 @@ impl Coordinator {
         )))
     }
 
-    pub async fn place(
-        &self,
-        base: &str,
-        owner: &str,
-        keep_together: bool,
-    ) -> Result<(Option<String>, Vec<(String, String)>, (u32, u64))> {
-        let who = owner.to_string();
-        let (mine, bases) = self
-            .blocking(move |s| Ok((s.vm_counts_of(&who)?, s.bases()?)))
-            .await?;
+    /// Where a clone of `base` goes: (chosen host, every rejected host with its reason, the
+    /// clone's size).
+    pub async fn place(&self, base: &str, owner: &str, keep_together: bool) -> Result<Placed> {
+        let bases = self.blocking(|s| s.bases()).await?;
         let holders = bases
             .iter()
             .find(|(b, _)| b == base)
             .map(|(_, h)| h.clone())
             .ok_or_else(|| CoordError::NotFound(format!("base {base} not found")))?;
         let size = self.base_size(base, &holders).await?;
+        self.place_sized(Some(base), size, owner, keep_together)
+            .await
+    }
+
+    /// Where a VM of `size` (vCPUs, bytes) goes, on a host holding `base` when given.
+    pub async fn place_sized(
+        &self,
+        base: Option<&str>,
+        size: (u32, u64),
+        owner: &str,
+        keep_together: bool,
+    ) -> Result<Placed> {
+        let who = owner.to_string();
+        let (mine, bases) = self
+            .blocking(move |s| Ok((s.vm_counts_of(&who)?, s.bases()?)))
+            .await?;
         let base_ids: HashMap<String, u32> = bases
             .iter()
             .enumerate()
@@ -251,7 +264,7 @@ impl Coordinator {
         let mine: HashMap<String, u32> = mine.into_iter().collect();
         let (views, names) = self.hosts.views(&mine, user, &bases, &base_ids, &pending)?;
         let req = placement::Request {
-            base: base_ids.get(base).copied(),
+            base: base.and_then(|b| base_ids.get(b).copied()),
             vcpus: size.0,
             memory: size.1,
             disk: 0,
@@ -315,31 +328,41 @@ impl Coordinator {
                 "base": req.base, "name": req.name, "start": req.start, "labels": req.labels, "owner": owner,
             }),
         };
+        let ticket = self.reserve(&host, size);
+        let me = Arc::clone(self);
+        let (h2, req2) = (host.clone(), req.clone());
+        let w = work(move |ctx| async move {
+            let r = me.do_clone(&ctx, &h2, &req2, &owner).await;
+            me.release(ticket);
+            r.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// Promises `size` on `host` to a VM being made, until heartbeats show it.
+    pub(crate) fn reserve(&self, host: &str, size: (u32, u64)) -> u64 {
         let ticket = self
             .next_reservation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut p) = self.pending.lock() {
             p.push(crate::hosts::Reservation {
                 id: ticket,
-                host: host.clone(),
+                host: host.to_string(),
                 vcpus: size.0,
                 memory: size.1,
                 released_ms: None,
             });
         }
-        let me = Arc::clone(self);
-        let (h2, req2) = (host.clone(), req.clone());
-        let w = work(move |ctx| async move {
-            let r = me.do_clone(&ctx, &h2, &req2, &owner).await;
-            // Counted until a heartbeat taken after now shows the clone.
-            if let Ok(mut p) = me.pending.lock() {
-                if let Some(r) = p.iter_mut().find(|r| r.id == ticket) {
-                    r.released_ms = Some(crate::store::now_ms());
-                }
+        ticket
+    }
+
+    /// The VM is made (or not): its reservation counts until a heartbeat taken after now.
+    pub(crate) fn release(&self, ticket: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            if let Some(r) = p.iter_mut().find(|r| r.id == ticket) {
+                r.released_ms = Some(crate::store::now_ms());
             }
-            r.map_err(OpError::from)
-        });
-        Ok(self.ops.submit(submit, w).await?)
+        }
     }
 
     async fn do_clone(
@@ -624,12 +647,13 @@ impl Coordinator {
         Ok(self.ops.submit(submit, w).await?)
     }
 
-    /// After a restart: a clone that was being made is cleaned away (the VM and its files),
+    /// After a restart: a clone or VM that was being made is cleaned away (the VM and its files),
     /// then the operation ends failed with that reason. Other kinds end failed as they are.
     pub fn resumers(self: &Arc<Self>) -> HashMap<String, Resumer> {
         let me = Arc::clone(self);
-        let clone_cleanup: Resumer = Arc::new(move |op: &OpRecord| {
+        let cleanup: Resumer = Arc::new(move |op: &OpRecord| {
             let (me, vm, host) = (Arc::clone(&me), op.vm.clone()?, op.host.clone()?);
+            let kind = op.kind.clone();
             Some(work(move |ctx| async move {
                 ctx.progress(
                     "cleaning",
@@ -659,17 +683,20 @@ impl Coordinator {
                     }
                 } else {
                     return Err(OpError::Failed(format!(
-                        "the coordinator restarted during the clone and host {host} is down: {vm} may be left there"
+                        "the coordinator restarted during the {kind} and host {host} is down: {vm} may be left there"
                     )));
                 }
                 let v = vm.clone();
                 let _ = me.blocking(move |s| s.remove_vm(&v)).await;
                 Err(OpError::Failed(format!(
-                    "the coordinator restarted during the clone; the half-made {vm} was removed from {host}"
+                    "the coordinator restarted during the {kind}; the half-made {vm} was removed from {host}"
                 )))
             }))
         });
-        HashMap::from([("clone".to_string(), clone_cleanup)])
+        HashMap::from([
+            ("clone".to_string(), Arc::clone(&cleanup)),
+            ("create".to_string(), cleanup),
+        ])
     }
 
     pub fn client_for(&self, host: &str) -> Result<AgentClient> {

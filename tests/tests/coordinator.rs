@@ -823,6 +823,37 @@ async fn the_cli_drives_the_coordinator_and_fails_in_one_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Ravada's way to a base: create, (customise,) stop, prepare, clone.
+    let ok = |args: &[&str]| {
+        let out = corral_cli(&f.coord.addr, &t, args).unwrap();
+        assert!(
+            out.status.success(),
+            "corral {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let made = ok(&[
+        "vm",
+        "create",
+        "win-golden",
+        "--memory",
+        "256M",
+        "--disk",
+        "win-golden-vda.qcow2:16M:system",
+        "--start",
+    ]);
+    assert!(made.contains("create win-golden succeeded"), "{made}");
+    ok(&["vm", "poweroff", "win-golden"]);
+    let prepared = ok(&["base", "prepare", "win-golden"]);
+    assert!(
+        prepared.contains("prepare-base win-golden succeeded"),
+        "{prepared}"
+    );
+    assert!(ok(&["base", "ls"]).contains("win-golden"));
+    ok(&["vm", "clone", "win-golden", "win-1"]);
+
     let out = corral_cli(&f.coord.addr, &t, &["vm", "start", "nope"]).unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -936,4 +967,146 @@ async fn an_agent_accepts_only_a_coordinator_with_the_lab_certificate() {
     );
     // The pinned coordinator keeps working.
     create_base(&mut admin, "lab", "h1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_created_from_a_spec_becomes_the_base_of_clones() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(2, 200, 2000).await;
+    let create = |name: &str, host: &str| pb::CreateVmRequest {
+        spec: Some(test_spec(name)),
+        host: host.into(),
+        start: true,
+        ..Default::default()
+    };
+    // Placed by the scheduler, started, owned by the caller.
+    let op = f
+        .admin
+        .vms
+        .create_vm(create("golden", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(op.kind, "create");
+    let done = finish(&mut f.admin, op).await.unwrap();
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    let vm = f
+        .admin
+        .vms
+        .get_vm(pb::VmRef {
+            name: "golden".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vm.observed_state, pb::DomainState::Running as i32);
+    assert_eq!((vm.owner.as_str(), vm.base.as_str()), ("admin", ""));
+    let host = vm.host.clone();
+
+    // Bad input changes nothing: a taken name, no spec, an unknown host; and a running VM
+    // cannot become a base.
+    for (req, code) in [
+        (create("golden", ""), Code::AlreadyExists),
+        (
+            pb::CreateVmRequest {
+                spec: None,
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (create("elsewhere", "h9"), Code::NotFound),
+    ] {
+        let e = f.admin.vms.create_vm(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    let op = f
+        .admin
+        .vms
+        .prepare_base(pb::VmRef {
+            name: "golden".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let end = finish(&mut f.admin, op).await.unwrap();
+    assert_eq!(end.state, pb::OperationState::Failed as i32, "{end:?}");
+
+    // Shut down (after customising it), prepared, cloned.
+    let op = f
+        .admin
+        .vms
+        .power_off_vm(pb::VmRef {
+            name: "golden".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    finish(&mut f.admin, op).await.unwrap();
+    let op = f
+        .admin
+        .vms
+        .prepare_base(pb::VmRef {
+            name: "golden".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let end = finish(&mut f.admin, op).await.unwrap();
+    assert_eq!(end.state, pb::OperationState::Succeeded as i32, "{end:?}");
+    let bases = f
+        .admin
+        .vms
+        .list_bases(pb::ListBaseSummariesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .bases;
+    assert!(
+        bases
+            .iter()
+            .any(|b| b.name == "golden" && b.hosts == [host.clone()]),
+        "{bases:?}"
+    );
+    assert!(
+        f.admin
+            .vms
+            .list_vms(pb::ListVmsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .vms
+            .is_empty(),
+        "a base is no longer a VM"
+    );
+    let d = clone(&mut f.admin, "golden", "golden-1").await;
+    assert_eq!(d.state, pb::OperationState::Succeeded as i32, "{d:?}");
+    assert_eq!(d.host, host, "clones go where the base is");
+
+    // Users cannot create VMs or prepare bases.
+    let t = f
+        .admin
+        .users
+        .create_user(pb::CreateUserRequest {
+            name: "carol".into(),
+            role: "user".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ());
+    t.unwrap();
+    let token = f
+        .admin
+        .users
+        .create_token(pb::CreateTokenRequest {
+            user: "carol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut carol = f.coord.client(&token).await.unwrap();
+    let e = carol.vms.create_vm(create("mine", "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 }

@@ -32,6 +32,22 @@ impl VmService for VmApi {
         )))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "CreateVm"))]
+    async fn create_vm(&self, req: Request<pb::CreateVmRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.create_vm(&who, req.into_inner()).await?,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "PrepareBase"))]
+    async fn prepare_base(&self, req: Request<pb::VmRef>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.prepare_base(&who, &req.into_inner().name).await?,
+        )))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "RemoveBase"))]
     async fn remove_base(&self, req: Request<pb::BaseRef>) -> R<pb::Operation> {
         let who = caller(&req)?;

@@ -1,0 +1,206 @@
+//! VMs made from a spec, and VMs turned into bases: Ravada's path from an installed VM to the
+//! base its clones come from (create, customise, shut down, prepare).
+
+use std::sync::Arc;
+
+use corral_client::proto as pb;
+
+use crate::auth::Caller;
+use crate::error::{CoordError, Result};
+use crate::hosts::state_name;
+use crate::operations::{OpError, Submit};
+use crate::store::{OpRecord, VmRecord};
+use crate::vms::{agent_err, check_name, work, Coordinator};
+
+/// vCPUs and bytes of memory a spec asks for, with the agent's defaults.
+fn size_of(spec: &pb::DomainSpec) -> (u32, u64) {
+    let memory_mib = if spec.memory_mib == 0 {
+        512
+    } else {
+        spec.memory_mib
+    };
+    (spec.vcpus.max(1), memory_mib << 20)
+}
+
+impl Coordinator {
+    /// Defines a VM from a spec (admin), placed unless a host is given.
+    pub async fn create_vm(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::CreateVmRequest,
+    ) -> Result<OpRecord> {
+        caller.require_admin()?;
+        let mut spec = req
+            .spec
+            .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
+        check_name("VM", &spec.name)?;
+        let owner = if req.owner.is_empty() {
+            caller.name().to_string()
+        } else {
+            check_name("user", &req.owner)?;
+            req.owner.clone()
+        };
+        spec.owner.clone_from(&owner);
+        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
+        if key.is_none() {
+            let n = spec.name.clone();
+            if self.blocking(move |s| Ok(s.vm(&n).is_ok())).await? {
+                return Err(CoordError::AlreadyExists(format!(
+                    "VM {} already exists",
+                    spec.name
+                )));
+            }
+        }
+        let size = size_of(&spec);
+        let host = if req.host.is_empty() {
+            let (chosen, rejected, _) = self.place_sized(None, size, &owner, false).await?;
+            chosen.ok_or_else(|| {
+                let why: Vec<String> = rejected.iter().map(|(h, r)| format!("{h}: {r}")).collect();
+                CoordError::FailedPrecondition(format!(
+                    "no host can take {}: {}",
+                    spec.name,
+                    if why.is_empty() {
+                        "no hosts".to_string()
+                    } else {
+                        why.join("; ")
+                    }
+                ))
+            })?
+        } else {
+            check_name("host", &req.host)?;
+            self.hosts.client(&req.host)?;
+            req.host.clone()
+        };
+        let submit = Submit {
+            kind: "create".into(),
+            vm: Some(spec.name.clone()),
+            host: Some(host.clone()),
+            user: Some(owner.clone()),
+            idempotency_key: key,
+            request: serde_json::json!({ "vm": spec.name, "host": host, "start": req.start }),
+        };
+        let ticket = self.reserve(&host, size);
+        let me = Arc::clone(self);
+        let start = req.start;
+        let w = work(move |ctx| async move {
+            let r = me.do_create(&ctx, &host, spec, start, &owner).await;
+            me.release(ticket);
+            r.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    async fn do_create(
+        &self,
+        ctx: &crate::operations::OpCtx,
+        host: &str,
+        spec: pb::DomainSpec,
+        start: bool,
+        owner: &str,
+    ) -> Result<serde_json::Value> {
+        let mut c = self.hosts.client(host)?;
+        let (vcpus, memory) = size_of(&spec);
+        // Recorded before it is made: a crash leaves a trace that recovery cleans.
+        let mut vm = VmRecord {
+            name: spec.name.clone(),
+            owner: owner.into(),
+            base: None,
+            host: Some(host.into()),
+            desired_state: "shut-off".into(),
+            observed_state: "CREATING".into(),
+            spec: serde_json::json!({ "labels": spec.labels, "vcpus": vcpus, "memory": memory }),
+        };
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        ctx.progress("defining", Some(10.0), None, &format!("on host {host}"))
+            .await?;
+        let name = spec.name.clone();
+        let defined = c
+            .domains
+            .define_domain(pb::DefineDomainRequest { spec: Some(spec) })
+            .await;
+        let mut domain = match defined {
+            Ok(d) => d.into_inner(),
+            Err(s) => {
+                // The agent leaves nothing behind when a definition fails.
+                let n = name.clone();
+                let _ = self.blocking(move |st| st.remove_vm(&n)).await;
+                return Err(CoordError::from_agent(host, &s));
+            }
+        };
+        if start {
+            ctx.progress("starting", Some(60.0), None, "").await?;
+            domain = c
+                .domains
+                .start_domain(pb::DomainRef { name: name.clone() })
+                .await
+                .map_err(agent_err(host))?
+                .into_inner();
+            vm.desired_state = "running".into();
+        }
+        vm.observed_state = state_name(domain.state);
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        Ok(serde_json::json!({ "vm": name, "host": host, "state": vm.observed_state }))
+    }
+
+    /// Turns a shut-off VM into a base (admin). Its record moves from the VMs to the bases;
+    /// a clone prepared as a base keeps its own base as parent.
+    pub async fn prepare_base(self: &Arc<Self>, caller: &Caller, name: &str) -> Result<OpRecord> {
+        caller.require_admin()?;
+        let vm = self.vm_for(caller, name).await?;
+        let host = vm
+            .host
+            .clone()
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {name} has no host")))?;
+        let n = name.to_string();
+        if self
+            .blocking(move |s| Ok(s.bases()?.iter().any(|(b, _)| *b == n)))
+            .await?
+        {
+            return Err(CoordError::AlreadyExists(format!(
+                "base {name} already exists"
+            )));
+        }
+        let submit = Submit {
+            kind: "prepare-base".into(),
+            vm: Some(name.into()),
+            host: Some(host.clone()),
+            user: Some(caller.name().into()),
+            idempotency_key: None,
+            request: serde_json::json!({ "vm": name }),
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            let run = async {
+                let mut c = me.hosts.client(&host)?;
+                ctx.progress("preparing", Some(10.0), None, "read-only base files")
+                    .await?;
+                let dref = pb::DomainRef {
+                    name: vm.name.clone(),
+                };
+                c.bases
+                    .prepare_base(dref.clone())
+                    .await
+                    .map_err(agent_err(&host))?;
+                let d = c
+                    .domains
+                    .get_domain(dref)
+                    .await
+                    .map_err(agent_err(&host))?
+                    .into_inner();
+                let size = serde_json::json!({ "vcpus": d.vcpus, "memory": d.memory_mib << 20 });
+                let (v, h) = (vm.clone(), host.clone());
+                me.blocking(move |s| {
+                    s.put_base(&v.name, v.base.as_deref(), &size)?;
+                    s.set_base_host(&v.name, &h, true)?;
+                    s.remove_vm(&v.name)
+                })
+                .await?;
+                Ok::<_, CoordError>(serde_json::json!({ "base": vm.name, "host": host }))
+            };
+            run.await.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+}
