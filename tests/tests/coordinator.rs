@@ -69,7 +69,7 @@ async fn hosts(c: &mut CoordinatorClient) -> Vec<pb::Host> {
 }
 
 async fn wait_hosts(c: &mut CoordinatorClient, n: usize, state: pb::HostState) {
-    for _ in 0..100 {
+    for _ in 0..200 {
         if hosts(c)
             .await
             .iter()
@@ -622,7 +622,8 @@ async fn a_silent_host_is_marked_down_gets_no_new_vms_and_is_reconciled_on_retur
     wait_hosts(&mut f.admin, 1, pb::HostState::Down).await;
     let took = silent.elapsed();
     assert!(
-        took < Duration::from_millis(1500 + 1000),
+        // down_after, one heartbeat and the polling above, with room for a loaded CI machine.
+        took < Duration::from_millis(1500 + 2000),
         "marked down after {took:?}"
     );
     println!("h1 marked down {took:?} after it went silent (down_after = 1.5 s)");
