@@ -20,7 +20,6 @@ const MAX_BATCH: usize = 256;
 /// A handle to the store thread; cheap to clone through its `Arc`.
 pub struct Db {
     tx: mpsc::Sender<Job>,
-    store: Arc<dyn Store>,
 }
 
 impl std::fmt::Debug for Db {
@@ -33,12 +32,11 @@ impl Db {
     /// Starts the thread. It ends when the last handle is dropped.
     pub fn start(store: Arc<dyn Store>) -> Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let st = Arc::clone(&store);
         std::thread::Builder::new()
             .name("corral-store".into())
-            .spawn(move || run(st.as_ref(), &rx))
+            .spawn(move || run(store.as_ref(), &rx))
             .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;
-        Ok(Arc::new(Self { tx, store }))
+        Ok(Arc::new(Self { tx }))
     }
 
     /// Runs `f` on the store thread; answers after its batch has committed.
@@ -64,11 +62,6 @@ impl Db {
         answer
             .await
             .map_err(|_| StoreError::Database("the store thread dropped a call".into()))?
-    }
-
-    /// The store itself, for code that is already on a blocking thread (start-up).
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
     }
 }
 

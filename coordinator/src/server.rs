@@ -26,7 +26,6 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
     let (path, full) = (cfg.database.clone(), cfg.database_full_sync);
     let store: Arc<dyn Store> =
         Arc::new(tokio::task::spawn_blocking(move || Sqlite::open_with(&path, full)).await??);
-    let db = Db::start(Arc::clone(&store))?;
     // Reading tokens and writing the bootstrap file block: keep them off the async workers.
     let (st, file) = (Arc::clone(&store), cfg.bootstrap_token_file.clone());
     let auth = tokio::task::spawn_blocking(move || -> Result<Arc<Auth>> {
@@ -37,6 +36,8 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
         Ok(auth)
     })
     .await??;
+    // From here on only the store thread touches the store.
+    let db = Db::start(store)?;
     let ops = Operations::new(Arc::clone(&db), cfg.per_host_limit);
     let hosts = Hosts::new(
         Arc::clone(&db),
