@@ -89,7 +89,7 @@ async fn real_ratio() -> Result<()> {
     let runs: usize = std::env::var("CORRAL_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
+        .unwrap_or(25);
     let (mut via_coord, mut via_agent) = (Vec::new(), Vec::new());
     // Each clone runs alone (the other's guest, booting under TCG, would take a core from it),
     // and the order alternates so neither path always goes first.
