@@ -98,25 +98,8 @@ impl AgentClient {
 
     /// Connects to an agent, with mutual TLS when `tls` is given.
     pub async fn connect_with(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Self, ClientError> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let url = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("{scheme}://{endpoint}")
-        };
-        let mut ep = Endpoint::from_shared(url.clone())
-            .map_err(|e| ClientError::InvalidEndpoint(endpoint.into(), e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(5));
-        if let Some(t) = tls {
-            ep = ep
-                .tls_config(t.client_config()?)
-                .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
-        }
-        let ch = ep
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(url, e.to_string()))?;
-        Ok(Self::from_channel(ch))
+        let tls = tls.map(TlsFiles::client_config).transpose()?;
+        Ok(Self::from_channel(channel(endpoint, tls).await?))
     }
 
     pub fn from_channel(ch: Channel) -> Self {
@@ -129,6 +112,30 @@ impl AgentClient {
             ports: pb::port_service_client::PortServiceClient::new(ch),
         }
     }
+}
+
+/// A channel to `endpoint` (host:port, or a URL), over TLS when `tls` is given.
+async fn channel(
+    endpoint: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, ClientError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("{scheme}://{endpoint}")
+    };
+    let mut ep = Endpoint::from_shared(url.clone())
+        .map_err(|e| ClientError::InvalidEndpoint(endpoint.into(), e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(t) = tls {
+        ep = ep
+            .tls_config(t)
+            .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
+    }
+    ep.connect()
+        .await
+        .map_err(|e| ClientError::Connect(url, e.to_string()))
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -167,28 +174,16 @@ impl CoordinatorClient {
         token: &str,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, ClientError> {
-        let scheme = if ca.is_some() { "https" } else { "http" };
-        let url = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("{scheme}://{endpoint}")
-        };
-        let mut ep = Endpoint::from_shared(url.clone())
-            .map_err(|e| ClientError::InvalidEndpoint(endpoint.into(), e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(5));
-        if let Some(ca) = ca {
-            let pem = TlsFiles::read(ca)?;
-            ep = ep
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        let tls = ca
+            .map(|ca| {
+                Ok::<_, ClientError>(
+                    tonic::transport::ClientTlsConfig::new().ca_certificate(
+                        tonic::transport::Certificate::from_pem(TlsFiles::read(ca)?),
+                    ),
                 )
-                .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
-        }
-        let ch = ep
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(url, e.to_string()))?;
+            })
+            .transpose()?;
+        let ch = channel(endpoint, tls).await?;
         let value = format!("Bearer {token}").parse().map_err(|_| {
             ClientError::InvalidEndpoint(
                 endpoint.into(),

@@ -13,7 +13,7 @@ use crate::store::{OpRecord, VmRecord};
 use crate::vms::{agent_err, check_name, work, Coordinator};
 
 /// vCPUs and bytes of memory a spec asks for, with the agent's defaults.
-fn size_of(spec: &pb::DomainSpec) -> (u32, u64) {
+pub(crate) fn size_of(spec: &pb::DomainSpec) -> (u32, u64) {
     let memory_mib = if spec.memory_mib == 0 {
         512
     } else {
@@ -53,7 +53,7 @@ impl Coordinator {
         }
         let size = size_of(&spec);
         let host = if req.host.is_empty() {
-            let (chosen, rejected, _) = self.place_sized(None, size, &owner, false).await?;
+            let (chosen, rejected, _) = self.place_sized(size, &owner).await?;
             chosen.ok_or_else(|| {
                 let why: Vec<String> = rejected.iter().map(|(h, r)| format!("{h}: {r}")).collect();
                 CoordError::FailedPrecondition(format!(
@@ -154,10 +154,7 @@ impl Coordinator {
             .clone()
             .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {name} has no host")))?;
         let n = name.to_string();
-        if self
-            .blocking(move |s| Ok(s.bases()?.iter().any(|(b, _)| *b == n)))
-            .await?
-        {
+        if self.blocking(move |s| Ok(s.base_spec(&n).is_ok())).await? {
             return Err(CoordError::AlreadyExists(format!(
                 "base {name} already exists"
             )));

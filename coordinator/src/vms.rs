@@ -215,29 +215,42 @@ impl Coordinator {
     /// Where a clone of `base` goes: (chosen host, every rejected host with its reason, the
     /// clone's size).
     pub async fn place(&self, base: &str, owner: &str, keep_together: bool) -> Result<Placed> {
-        let bases = self.blocking(|s| s.bases()).await?;
+        let (mine, bases) = self.fleet_of(owner).await?;
         let holders = bases
             .iter()
             .find(|(b, _)| b == base)
             .map(|(_, h)| h.clone())
             .ok_or_else(|| CoordError::NotFound(format!("base {base} not found")))?;
         let size = self.base_size(base, &holders).await?;
-        self.place_sized(Some(base), size, owner, keep_together)
+        self.decide(mine, &bases, Some(base), size, keep_together)
+    }
+
+    /// Where a VM of `size` (vCPUs, bytes) goes.
+    pub async fn place_sized(&self, size: (u32, u64), owner: &str) -> Result<Placed> {
+        let (mine, bases) = self.fleet_of(owner).await?;
+        self.decide(mine, &bases, None, size, false)
+    }
+
+    /// What placement reads from the store: `owner`'s VM count per host, and the bases.
+    async fn fleet_of(
+        &self,
+        owner: &str,
+    ) -> Result<(Vec<(String, u32)>, Vec<(String, Vec<String>)>)> {
+        let who = owner.to_string();
+        self.blocking(move |s| Ok((s.vm_counts_of(&who)?, s.bases()?)))
             .await
     }
 
-    /// Where a VM of `size` (vCPUs, bytes) goes, on a host holding `base` when given.
-    pub async fn place_sized(
+    /// Places on the hosts' last heartbeats plus reservations; on a host holding `base` when
+    /// given.
+    fn decide(
         &self,
+        mine: Vec<(String, u32)>,
+        bases: &[(String, Vec<String>)],
         base: Option<&str>,
         size: (u32, u64),
-        owner: &str,
         keep_together: bool,
     ) -> Result<Placed> {
-        let who = owner.to_string();
-        let (mine, bases) = self
-            .blocking(move |s| Ok((s.vm_counts_of(&who)?, s.bases()?)))
-            .await?;
         let base_ids: HashMap<String, u32> = bases
             .iter()
             .enumerate()
@@ -262,7 +275,7 @@ impl Coordinator {
         // Placement sees only the requesting user's VMs (user 0): all keep-together needs.
         let user = 0;
         let mine: HashMap<String, u32> = mine.into_iter().collect();
-        let (views, names) = self.hosts.views(&mine, user, &bases, &base_ids, &pending)?;
+        let (views, names) = self.hosts.views(&mine, user, bases, &base_ids, &pending)?;
         let req = placement::Request {
             base: base.and_then(|b| base_ids.get(b).copied()),
             vcpus: size.0,
@@ -560,10 +573,8 @@ impl Coordinator {
             let run = async {
                 let mut c = me.hosts.client(&host)?;
                 let name = spec.name.clone();
-                let size = serde_json::json!({
-                    "vcpus": spec.vcpus.max(1),
-                    "memory": (if spec.memory_mib == 0 { 512 } else { spec.memory_mib }) << 20,
-                });
+                let (vcpus, memory) = crate::create::size_of(&spec);
+                let size = serde_json::json!({ "vcpus": vcpus, "memory": memory });
                 ctx.progress("defining", Some(10.0), None, &format!("on host {host}"))
                     .await?;
                 c.domains

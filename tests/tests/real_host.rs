@@ -94,6 +94,20 @@ async fn clone_serves_http_from_another_address_and_its_writes_stay_off_the_base
     .await
     .expect("libvirt STARTED event for the clone");
     assert_eq!(ev.domain, "e2e-a-c1");
+    // Heartbeats count running guests from libvirt's domain info (no XML read).
+    let info = c
+        .host
+        .get_host_info(pb::GetHostInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        info.domains_running >= 1
+            && info.vcpus_running >= 1
+            && info.memory_running_bytes >= 128 << 20
+            && info.domains_defined > info.domains_running,
+        "{info:?}"
+    );
 
     let port = expose80(&mut c, "e2e-a-c1").await;
     assert!(port.active, "{port:?}");
