@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "corral/v1/ports.proto",
         "corral/v1/coordinator.proto",
         "corral/v1/vm_access.proto",
+        "corral/v1/transfer.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -103,6 +103,23 @@ impl Agent {
     }
 
     /// Runs blocking work (libvirt, qemu-img, iptables) off the async workers.
+    /// Claims a key of the busy set that is not a domain (e.g. a volume being received).
+    pub(crate) fn busy_key(&self, key: &str) -> Result<()> {
+        let mut b = self.busy.lock().map_err(lock_err)?;
+        if !b.insert(key.to_string()) {
+            return Err(AgentError::precondition(format!(
+                "{key} is already in progress; try again when it ends"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release_key(&self, key: &str) {
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(key);
+        }
+    }
+
     pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,

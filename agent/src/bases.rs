@@ -33,6 +33,21 @@ fn fingerprint(path: &Path) -> Result<String> {
     Ok(format!("{}:{mtime}", m.len()))
 }
 
+/// Volumes a base needs on a host: its base files, and the data volumes its clones copy.
+fn base_volumes(p: &PreparedBase) -> Vec<String> {
+    p.files
+        .iter()
+        .map(|f| {
+            if f.file.is_empty() {
+                f.source.clone()
+            } else {
+                f.file.clone()
+            }
+        })
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 /// Removes files on drop unless disarmed: undoes a half-made clone or base.
 struct Undo(Vec<PathBuf>);
 
@@ -233,6 +248,146 @@ impl Agent {
             clones: u32::try_from(self.clones_of(name)?.len()).unwrap_or(u32::MAX),
             parent: meta.base.clone().unwrap_or_default(),
         })
+    }
+
+    /// The definition of a base and the volumes another host needs to hold it.
+    pub fn export_base(&self, name: &str) -> Result<pb::BaseExport> {
+        let xml = self.read_definition(name)?;
+        let meta = meta_of(&xml);
+        let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == "base") else {
+            return Err(AgentError::not_found(format!("domain {name:?} is not a base")));
+        };
+        Ok(pb::BaseExport {
+            definition_xml: self.hv.xml(name, true, true)?,
+            volumes: base_volumes(prepared),
+            parent: meta.base.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Defines a base whose volumes were synced here from another host. Its disks point at
+    /// this host's copies, its domain type is this host's, libvirt gives it a new UUID.
+    pub fn import_base(&self, definition: &str) -> Result<pb::Base> {
+        let mut def = DomainXml::parse(definition)?;
+        let name = def.name.clone();
+        validate::name("domain", &name)?;
+        let meta = meta_of(&def);
+        let Some(prepared) = meta.prepared.clone().filter(|_| meta.kind == "base") else {
+            return Err(AgentError::invalid(format!(
+                "the definition of {name:?} is not a prepared base"
+            )));
+        };
+        let _busy = self.busy(&name)?;
+        if self.exists(&name)? {
+            return match self.base(&name) {
+                Ok(b) => Ok(b),
+                Err(_) => Err(AgentError::exists(format!(
+                    "domain {name:?} exists on this host and is not that base"
+                ))),
+            };
+        }
+        for v in base_volumes(&prepared) {
+            if self.storage.existing(&v).is_err() {
+                return Err(AgentError::precondition(format!(
+                    "volume {v:?} of base {name:?} is not on this host: sync it first"
+                )));
+            }
+        }
+        for d in def.devices.disks.iter_mut() {
+            let Some(f) = prepared.files.iter().find(|f| f.target == d.target.dev) else {
+                continue;
+            };
+            let local = if f.file.is_empty() { &f.source } else { &f.file };
+            if let Some(src) = d.source.as_mut() {
+                if src.file.is_some() {
+                    src.file = Some(self.storage.path(local)?.display().to_string());
+                }
+            }
+        }
+        def.uuid = None;
+        def.domain_type = self.cfg.domain_type.as_str().into();
+        self.forget_definition(&name);
+        self.hv.define(&def.to_xml()?)?;
+        write_atomic(
+            &self.template_path(&name),
+            self.hv.xml(&name, true, true)?.as_bytes(),
+        )?;
+        tracing::info!(base = %name, "base imported");
+        self.base(&name)
+    }
+
+    /// The definition and volumes of a shut-off domain that moves to another host.
+    pub fn export_domain(&self, name: &str) -> Result<pb::BaseExport> {
+        let xml = self.read_definition(name)?;
+        if meta_of(&xml).kind == "base" {
+            return self.export_base(name);
+        }
+        let state = self.hv.state(name)?;
+        if state != DomState::ShutOff {
+            return Err(AgentError::precondition(format!(
+                "domain {name:?} is {}: shut it down before it moves",
+                state.as_str()
+            )));
+        }
+        let mut volumes = Vec::new();
+        for (_, _, path) in self.volumes_of(&xml) {
+            let v = self.storage.name_of(&path).ok_or_else(|| {
+                AgentError::precondition(format!(
+                    "volume {} is outside the storage root: it cannot move",
+                    path.display()
+                ))
+            })?;
+            volumes.push(v);
+        }
+        Ok(pb::BaseExport {
+            definition_xml: self.hv.xml(name, true, true)?,
+            volumes,
+            parent: meta_of(&xml).base.unwrap_or_default(),
+        })
+    }
+
+    /// Defines a domain whose volumes were synced here; its disks point at this host's copies.
+    pub fn import_domain(&self, definition: &str) -> Result<pb::Domain> {
+        let mut def = DomainXml::parse(definition)?;
+        let name = def.name.clone();
+        validate::name("domain", &name)?;
+        if meta_of(&def).kind == "base" {
+            self.import_base(definition)?;
+            return self.view(&name);
+        }
+        let _busy = self.busy(&name)?;
+        if self.exists(&name)? {
+            return Err(AgentError::exists(format!(
+                "domain {name:?} already exists on this host"
+            )));
+        }
+        for d in def.devices.disks.iter_mut() {
+            if d.device != "disk" || d.readonly.is_some() {
+                continue;
+            }
+            let Some(src) = d.source.as_mut() else {
+                continue;
+            };
+            let Some(file) = src.file.as_ref() else {
+                continue;
+            };
+            let v = std::path::Path::new(file)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let local = self.storage.existing(&v).map_err(|_| {
+                AgentError::precondition(format!(
+                    "volume {v:?} of {name:?} is not on this host: sync it first"
+                ))
+            })?;
+            src.file = Some(local.display().to_string());
+        }
+        def.uuid = None;
+        def.domain_type = self.cfg.domain_type.as_str().into();
+        self.forget_definition(&name);
+        self.hv.define(&def.to_xml()?)?;
+        tracing::info!(domain = %name, "domain imported");
+        self.view(&name)
     }
 
     pub fn bases(&self) -> Result<Vec<pb::Base>> {

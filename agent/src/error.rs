@@ -55,6 +55,25 @@ impl AgentError {
         Self::Internal(msg.into())
     }
 
+    /// An error a peer agent answered with, in the same category.
+    pub fn from_peer(s: Status) -> Self {
+        let msg = format!("peer agent: {}", s.message());
+        match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument(msg),
+            Code::NotFound => Self::NotFound(msg),
+            Code::AlreadyExists => Self::AlreadyExists(msg),
+            Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated => {
+                Self::FailedPrecondition(msg)
+            }
+            Code::Unimplemented => Self::Unsupported(msg),
+            Code::DeadlineExceeded => Self::DeadlineExceeded(msg),
+            Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                Self::Unavailable(msg)
+            }
+            _ => Self::Internal(msg),
+        }
+    }
+
     /// The gRPC code this error maps to.
     pub fn code(&self) -> Code {
         match self {

@@ -22,5 +22,7 @@ pub mod screenshot;
 pub mod server;
 pub mod snapshots;
 pub mod storage;
+pub mod sync;
+pub mod transfer;
 pub mod validate;
 pub mod volumes;

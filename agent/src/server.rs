@@ -116,6 +116,9 @@ pub async fn serve(
     reporter
         .set_serving::<pb::port_service_server::PortServiceServer<api::PortApi>>()
         .await;
+    reporter
+        .set_serving::<pb::volume_sync_service_server::VolumeSyncServiceServer<api::SyncApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -181,9 +184,23 @@ pub async fn serve(
         )
         .add_service(
             pb::port_service_server::PortServiceServer::with_interceptor(
-                api::PortApi(agent),
+                api::PortApi(agent.clone()),
                 check.clone(),
             ),
+        )
+        .add_service(
+            pb::volume_sync_service_server::VolumeSyncServiceServer::with_interceptor(
+                api::SyncApi(agent.clone()),
+                check.clone(),
+            ),
+        )
+        // Peer agents, not only the coordinator: any certificate the agents' CA signed.
+        .add_service(
+            pb::peer_transfer_service_server::PeerTransferServiceServer::new(api::PeerApi(
+                agent,
+            ))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
         )
         .serve_with_incoming_shutdown(
             // Small messages (stream ends, progress events) must not wait for Nagle's delay.

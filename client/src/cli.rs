@@ -26,6 +26,12 @@ pub struct Cli {
     /// in the config file. Without one the connection is plain gRPC.
     #[arg(long, global = true, env = "CORRAL_CA")]
     pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for `corral agent ...` against an agent with mutual
+    /// TLS; the agent's CA is `--ca`.
+    #[arg(long, global = true, env = "CORRAL_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    #[arg(long, global = true, env = "CORRAL_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// Agent endpoint for `corral agent ...` (host:port).
     #[arg(
         long,
@@ -308,6 +314,23 @@ pub enum VolumeCmd {
     Rm {
         name: String,
     },
+    /// Send a volume to another agent (sparse, delta against what it has, verified).
+    Send {
+        name: String,
+        /// The peer agent's address (host:port).
+        #[arg(long)]
+        to: String,
+        /// Bandwidth limit in bytes per second (suffixes K, M, G).
+        #[arg(long)]
+        limit: Option<String>,
+        /// Replace the peer's copy if it differs (delta against it).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Content checksum of a volume, as the sync computes it.
+    Checksum {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -544,7 +567,26 @@ pub(crate) fn lines<T>(items: &[T], line: impl Fn(&T) -> String) -> String {
 
 pub(crate) struct Out(pub(crate) Output);
 
+/// Bytes for people: 1.5 GiB, 320.0 MiB, 12 B.
+pub(crate) fn human(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
 impl Out {
+    pub(crate) fn is_text(&self) -> bool {
+        matches!(self.0, Output::Text)
+    }
+
     pub(crate) fn show<T: serde::Serialize>(&self, v: &T, text: impl FnOnce(&T) -> String) {
         match self.0 {
             Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
@@ -647,7 +689,22 @@ pub(crate) fn port_line(p: &pb::ExposedPort) -> String {
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<(), ClientError> {
     match cli.command {
-        Command::Agent(cmd) => run_agent(&cli.agent, cli.output, cmd).await,
+        Command::Agent(cmd) => {
+            let tls = match (&cli.ca, &cli.cert, &cli.key) {
+                (Some(ca), Some(cert), Some(key)) => Some(crate::TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (None, Some(_), _) => {
+                    return Err(ClientError::Config(
+                        "--cert and --key need --ca (the agents' CA)".into(),
+                    ))
+                }
+                _ => None,
+            };
+            run_agent(&cli.agent, tls.as_ref(), cli.output, cmd).await
+        }
         Command::Pki(PkiCmd::Init { dir, name }) => {
             let ca = crate::pki::init_ca(&dir, &name)?;
             println!("CA written to {}", ca.display());
@@ -673,10 +730,11 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
 /// Runs one command against an agent directly.
 pub async fn run_agent(
     agent: &str,
+    tls: Option<&crate::TlsFiles>,
     output: Output,
     command: AgentCommand,
 ) -> Result<(), ClientError> {
-    let mut c = AgentClient::connect(agent).await?;
+    let mut c = AgentClient::connect_with(agent, tls).await?;
     let out = Out(output);
     let dref = |name: &str| pb::DomainRef {
         name: name.to_string(),
@@ -872,6 +930,72 @@ pub async fn run_agent(
                     .delete_volume(pb::VolumeRef { name: name.clone() })
                     .await?;
                 out.show(&name, |n| format!("volume {n} deleted"));
+            }
+            VolumeCmd::Send {
+                name,
+                to,
+                limit,
+                replace,
+            } => {
+                let bandwidth_limit = match limit {
+                    Some(l) => crate::parse_size(&l).map_err(ClientError::Config)?,
+                    None => 0,
+                };
+                let mut stream = c
+                    .sync
+                    .send_volume(pb::SendVolumeRequest {
+                        volume: name,
+                        peer: to,
+                        bandwidth_limit,
+                        replace,
+                        peer_tls_name: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                let mut last = None;
+                while let Some(p) = stream.message().await? {
+                    if !p.done && out.is_text() {
+                        eprint!(
+                            "\r{}: {} of {} looked at, {} sent, {} already there   ",
+                            p.volume,
+                            human(p.scanned_bytes),
+                            human(p.total_bytes),
+                            human(p.sent_bytes),
+                            human(p.skipped_bytes)
+                        );
+                    }
+                    if p.done {
+                        last = Some(p);
+                    }
+                }
+                if out.is_text() {
+                    eprintln!();
+                }
+                let p = last.ok_or_else(|| ClientError::Config("the agent ended the send without a result".into()))?;
+                out.show(&p, |p| {
+                    format!(
+                        "{} sent in {} ms: {} data, {} already there, {} on the wire, checksum {}",
+                        p.volume,
+                        p.elapsed_ms,
+                        human(p.sent_bytes),
+                        human(p.skipped_bytes),
+                        human(p.wire_bytes),
+                        p.checksum
+                    )
+                });
+            }
+            VolumeCmd::Checksum { name } => {
+                let r = c
+                    .sync
+                    .volume_checksum(pb::VolumeChecksumRequest { volume: name })
+                    .await?
+                    .into_inner();
+                out.show(&r, |r| {
+                    format!(
+                        "{} size {} allocated {} blocks {}",
+                        r.checksum, r.size, r.allocated, r.data_blocks
+                    )
+                });
             }
         },
         AgentCommand::Snapshot(cmd) => snapshot(&mut c, &out, cmd).await?,

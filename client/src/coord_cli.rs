@@ -46,10 +46,28 @@ pub enum BaseCmd {
     Prepare {
         vm: String,
     },
+    /// Remove the base from every host; with --host, only its copy there.
     Rm {
         name: String,
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Copy the base (its parents first) to a host, agent to agent.
+    Sync {
+        name: String,
+        #[arg(long)]
+        host: String,
+        /// Bandwidth limit in bytes per second (suffixes K, M, G).
+        #[arg(long)]
+        limit: Option<String>,
     },
     Ls,
+}
+
+fn limit_of(l: Option<String>) -> Result<u64, ClientError> {
+    l.map(|l| crate::parse_size(&l).map_err(ClientError::Config))
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +123,17 @@ pub enum VmCmd {
     },
     Rm {
         name: String,
+    },
+    /// Move a shut-off VM to another host (its base first, volumes verified).
+    Move {
+        name: String,
+        #[arg(long)]
+        host: String,
+        /// Live migration (not available yet).
+        #[arg(long)]
+        live: bool,
+        #[arg(long)]
+        limit: Option<String>,
     },
     Show {
         name: String,
@@ -427,8 +456,35 @@ pub async fn run(
                 let op = c.vms.prepare_base(vref(vm)).await?.into_inner();
                 follow(&mut c, &out, no_wait, op).await?;
             }
-            BaseCmd::Rm { name } => {
+            BaseCmd::Rm { name, host: None } => {
                 let op = c.vms.remove_base(pb::BaseRef { name }).await?.into_inner();
+                follow(&mut c, &out, no_wait, op).await?;
+            }
+            BaseCmd::Rm {
+                name,
+                host: Some(host),
+            } => {
+                let op = c
+                    .vms
+                    .remove_base_from_host(pb::SyncBaseRequest {
+                        base: name,
+                        host,
+                        bandwidth_limit: 0,
+                    })
+                    .await?
+                    .into_inner();
+                follow(&mut c, &out, no_wait, op).await?;
+            }
+            BaseCmd::Sync { name, host, limit } => {
+                let op = c
+                    .vms
+                    .sync_base(pb::SyncBaseRequest {
+                        base: name,
+                        host,
+                        bandwidth_limit: limit_of(limit)?,
+                    })
+                    .await?
+                    .into_inner();
                 follow(&mut c, &out, no_wait, op).await?;
             }
             BaseCmd::Ls => {
@@ -524,6 +580,21 @@ pub async fn run(
                 VmCmd::Hibernate { name } => c.vms.hibernate_vm(vref(name)).await?,
                 VmCmd::Restore { name } => c.vms.restore_vm(vref(name)).await?,
                 VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
+                VmCmd::Move {
+                    name,
+                    host,
+                    live,
+                    limit,
+                } => {
+                    c.vms
+                        .move_vm(pb::MoveVmRequest {
+                            name,
+                            host,
+                            live,
+                            bandwidth_limit: limit_of(limit)?,
+                        })
+                        .await?
+                }
                 VmCmd::Show { name } => {
                     let v = c.vms.get_vm(vref(name)).await?.into_inner();
                     out.show(&v, vm_line);

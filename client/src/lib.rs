@@ -51,6 +51,7 @@ pub struct AgentClient {
     pub bases: pb::base_service_client::BaseServiceClient<Channel>,
     pub snapshots: pb::snapshot_service_client::SnapshotServiceClient<Channel>,
     pub ports: pb::port_service_client::PortServiceClient<Channel>,
+    pub sync: pb::volume_sync_service_client::VolumeSyncServiceClient<Channel>,
 }
 
 /// Mutual TLS: the CA that signed the peer, and our own certificate and key (PEM files).
@@ -109,7 +110,8 @@ impl AgentClient {
             volumes: pb::volume_service_client::VolumeServiceClient::new(ch.clone()),
             bases: pb::base_service_client::BaseServiceClient::new(ch.clone()),
             snapshots: pb::snapshot_service_client::SnapshotServiceClient::new(ch.clone()),
-            ports: pb::port_service_client::PortServiceClient::new(ch),
+            ports: pb::port_service_client::PortServiceClient::new(ch.clone()),
+            sync: pb::volume_sync_service_client::VolumeSyncServiceClient::new(ch),
         }
     }
 }

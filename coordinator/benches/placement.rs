@@ -26,6 +26,7 @@ fn fleet(hosts: u32, vms: u32, rng: &mut StdRng) -> Vec<HostView> {
                 .map(|_| rng.gen_range(0..BASES))
                 .collect::<HashSet<_>>(),
             vms_by_user: HashMap::new(),
+            class: "qemu".into(),
         })
         .collect();
     for _ in 0..vms {
@@ -53,6 +54,7 @@ fn run(hosts: u32, vms: u32, target: Duration) -> bool {
             disk: rng.gen_range(1u64..=40) << 30,
             user: rng.gen_range(0..USERS),
             keep_together: rng.gen_bool(0.3),
+            copy: None,
         };
         let t = Instant::now();
         let d = place(&fleet, &req, &policy, false);

@@ -237,6 +237,16 @@ impl Hosts {
             .unwrap_or(pb::HostState::Unspecified)
     }
 
+    /// The address a host's agent was added with (how peers reach it too).
+    pub fn address(&self, name: &str) -> Result<String> {
+        let entries = self.entries.read().map_err(poisoned)?;
+        entries
+            .get(name)
+            .and_then(|e| e.status.record.as_ref())
+            .map(|r| r.address.clone())
+            .ok_or_else(|| CoordError::NotFound(format!("host {name} not found")))
+    }
+
     /// A client for an up host.
     pub fn client(&self, name: &str) -> Result<AgentClient> {
         let entries = self.entries.read().map_err(poisoned)?;
@@ -489,6 +499,11 @@ impl Hosts {
                 memory_used: info.memory_running_bytes + pm,
                 disk_free: info.storage_free_bytes,
                 bases: here,
+                class: match info.domain_type.as_str() {
+                    "" => String::new(),
+                    "test" => "test".into(),
+                    _ => "qemu".into(),
+                },
                 vms_by_user: by_user,
             });
             names.push(name);

@@ -11,6 +11,7 @@ pub mod create;
 pub mod db;
 pub mod error;
 pub mod hosts;
+pub mod migrate;
 pub mod observed;
 pub mod operations;
 pub mod placement;

@@ -25,6 +25,9 @@ pub struct HostView {
     pub disk_free: u64,
     /// Bases whose files are on this host.
     pub bases: HashSet<BaseId>,
+    /// Which hosts can share base files: hosts of one class run the same images (`qemu`
+    /// for KVM and QEMU hosts, `test` for libvirt's test driver).
+    pub class: String,
     /// How many VMs each user has on this host.
     pub vms_by_user: HashMap<UserId, u32>,
 }
@@ -39,6 +42,16 @@ pub struct Request {
     pub user: UserId,
     /// Keep the user's VMs on the same host when possible.
     pub keep_together: bool,
+    /// When the base can be copied to hosts that lack it: from which host classes, and
+    /// the cost of the copy in score points.
+    pub copy: Option<Copy>,
+}
+
+/// A base copy placement may count on: hosts of these classes hold it and are up.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Copy {
+    pub classes: HashSet<String>,
+    pub penalty: f64,
 }
 
 /// Knobs of the scheduler.
@@ -53,6 +66,10 @@ pub struct Policy {
     pub weight_least_loaded: f64,
     pub weight_free_memory: f64,
     pub weight_together: f64,
+    /// Score points a base copy costs at `copy_scale` bytes and above (a quarter of it for
+    /// the smallest base).
+    pub weight_copy: f64,
+    pub copy_scale: u64,
 }
 
 impl Default for Policy {
@@ -64,6 +81,8 @@ impl Default for Policy {
             weight_least_loaded: 1.0,
             weight_free_memory: 1.0,
             weight_together: 2.0,
+            weight_copy: 1.0,
+            copy_scale: 4 << 30,
         }
     }
 }
@@ -148,11 +167,23 @@ pub fn check(host: &HostView, req: &Request, policy: &Policy) -> Option<Rejectio
         });
     }
     if let Some(b) = req.base {
-        if !host.bases.contains(&b) {
+        let copyable = req
+            .copy
+            .as_ref()
+            .is_some_and(|c| c.classes.contains(&host.class));
+        if !host.bases.contains(&b) && !copyable {
             return Some(Rejection::BaseMissing(b));
         }
     }
     None
+}
+
+impl Policy {
+    /// What copying a base of `bytes` costs in score points.
+    pub fn copy_penalty(&self, bytes: u64) -> f64 {
+        let scale = self.copy_scale.max(1) as f64;
+        self.weight_copy * (0.25 + 0.75 * (bytes as f64 / scale).min(1.0))
+    }
 }
 
 /// The weighers' score of a host that passed the filters (higher is better).
@@ -167,9 +198,14 @@ pub fn score(host: &HostView, req: &Request, policy: &Policy) -> f64 {
     } else {
         0.0
     };
+    let copy = match (req.base, &req.copy) {
+        (Some(b), Some(c)) if !host.bases.contains(&b) => c.penalty,
+        _ => 0.0,
+    };
     policy.weight_least_loaded * (1.0 - load.min(1.0))
         + policy.weight_free_memory * mem_free
         + policy.weight_together * together
+        - copy
 }
 
 /// Chooses a host for `req`.
@@ -218,6 +254,7 @@ mod tests {
             memory_used: 0,
             disk_free: 100 << 30,
             bases: HashSet::from([1]),
+            class: "qemu".into(),
             vms_by_user: HashMap::new(),
         }
     }
@@ -230,7 +267,37 @@ mod tests {
             disk: 1 << 30,
             user: 7,
             keep_together: false,
+            copy: None,
         }
+    }
+
+    #[test]
+    fn a_host_without_the_base_wins_only_when_worth_the_copy() {
+        let p = Policy::default();
+        let mut hosts: Vec<HostView> = (0..3).map(host).collect();
+        hosts[1].bases.clear();
+        hosts[2].bases.clear();
+        hosts[2].class = "test".into();
+        let copy = Copy {
+            classes: HashSet::from(["qemu".to_string()]),
+            penalty: p.copy_penalty(4 << 30),
+        };
+        let mut r = req();
+        r.copy = Some(copy.clone());
+        // Equal load: the holder wins; the test-driver host cannot take a qemu base.
+        let d = place(&hosts, &r, &p, true);
+        assert_eq!(d.chosen, Some(0));
+        assert_eq!(d.rejected.len(), 1);
+        assert!(d.rejected[0].1.to_string().contains("base 1"));
+        // The holder is nearly full: the copy is worth it.
+        hosts[0].vcpus_used = 30;
+        hosts[0].memory_used = 14 << 30;
+        assert_eq!(place(&hosts, &r, &p, false).chosen, Some(1));
+        // Without a copy source, hosts lacking the base are out.
+        r.copy = None;
+        assert_eq!(place(&hosts, &r, &p, false).chosen, Some(0));
+        // A small base costs less than a big one.
+        assert!(p.copy_penalty(100 << 20) < p.copy_penalty(10 << 30));
     }
 
     #[test]
@@ -303,6 +370,7 @@ mod tests {
                     memory_used: mu,
                     disk_free: df,
                     bases,
+                    class: "qemu".into(),
                     vms_by_user: users,
                 },
             )
@@ -324,6 +392,7 @@ mod tests {
                 disk,
                 user,
                 keep_together,
+                copy: None,
             })
     }
 

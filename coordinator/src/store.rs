@@ -195,6 +195,8 @@ pub trait Store: Send + Sync {
     /// Records a base (idempotent) with what its clones need (`{"vcpus": .., "memory": ..}`).
     fn put_base(&self, name: &str, parent: Option<&str>, spec: &serde_json::Value) -> Result<()>;
     fn base_spec(&self, name: &str) -> Result<serde_json::Value>;
+    /// The base a base was made from, if any.
+    fn base_parent(&self, name: &str) -> Result<Option<String>>;
     fn remove_base(&self, name: &str) -> Result<()>;
     /// Records that a base's files are on a host.
     fn set_base_host(&self, base: &str, host: &str, present: bool) -> Result<()>;
@@ -746,6 +748,15 @@ impl Store for Sqlite {
         Ok(serde_json::from_str(&spec)?)
     }
 
+    fn base_parent(&self, name: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.row("SELECT parent FROM bases WHERE name = ?1", [name], |r| {
+            r.get::<_, Option<String>>(0)
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("base {name}")))
+    }
+
     fn remove_base(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
         if conn.exec("DELETE FROM bases WHERE name = ?1", [name])? == 0 {
@@ -1035,6 +1046,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.base_spec("b1").unwrap()["vcpus"], 2);
         s.set_base_host("b1", "h1", true).unwrap();
+        assert_eq!(s.base_parent("b1").unwrap(), None);
         s.put_base("b2", Some("b1"), &serde_json::json!({}))
             .unwrap();
         assert_eq!(

@@ -78,6 +78,10 @@ pub struct Coordinator {
     next_reservation: std::sync::atomic::AtomicU64,
     /// Size of each base's VMs: (vCPUs, bytes of memory).
     base_sizes: Mutex<HashMap<String, (u32, u64)>>,
+    /// Base transfers between hosts in flight.
+    pub(crate) transfers: crate::migrate::Transfers,
+    /// Bytes of each base's files, learnt from its transfers (the cost of the next copy).
+    pub(crate) base_bytes: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -124,6 +128,8 @@ impl Coordinator {
             pending: Mutex::new(Vec::new()),
             next_reservation: std::sync::atomic::AtomicU64::new(0),
             base_sizes: Mutex::new(HashMap::new()),
+            transfers: Default::default(),
+            base_bytes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -276,7 +282,27 @@ impl Coordinator {
         let user = 0;
         let mine: HashMap<String, u32> = mine.into_iter().collect();
         let (views, names) = self.hosts.views(&mine, user, bases, &base_ids, &pending)?;
+        // Hosts without the base can take the clone when a host of their class holding it is
+        // up; the copy costs score in proportion to the base's size.
+        let copy = base.and_then(|b| base_ids.get(b).map(|id| (b, id))).map(|(b, id)| {
+            let classes: std::collections::HashSet<String> = views
+                .iter()
+                .filter(|v| v.up && v.bases.contains(id))
+                .map(|v| v.class.clone())
+                .collect();
+            let bytes = self
+                .base_bytes
+                .lock()
+                .ok()
+                .and_then(|m| m.get(b).copied())
+                .unwrap_or(self.policy.copy_scale);
+            placement::Copy {
+                classes,
+                penalty: self.policy.copy_penalty(bytes),
+            }
+        });
         let req = placement::Request {
+            copy: copy.filter(|c| !c.classes.is_empty()),
             base: base.and_then(|b| base_ids.get(b).copied()),
             vcpus: size.0,
             memory: size.1,
@@ -345,7 +371,11 @@ impl Coordinator {
         let me = Arc::clone(self);
         let (h2, req2) = (host.clone(), req.clone());
         let w = work(move |ctx| async move {
-            let r = me.do_clone(&ctx, &h2, &req2, &owner).await;
+            // Placement may have chosen a host without the base: copy it there first.
+            let r = match me.ensure_base(&ctx, &req2.base, &h2, 0).await {
+                Ok(_) => me.do_clone(&ctx, &h2, &req2, &owner).await,
+                Err(e) => Err(e),
+            };
             me.release(ticket);
             r.map_err(OpError::from)
         });

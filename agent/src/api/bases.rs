@@ -78,4 +78,20 @@ impl BaseService for BaseApi {
         })
         .await
     }
+    async fn export_base(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
+        let n = req.into_inner().name;
+        run(&self.0, "ExportBase", &n.clone(), move |a| a.export_base(&n)).await
+    }
+    async fn import_base(&self, req: Request<pb::ImportBaseRequest>) -> R<pb::Base> {
+        let r = req.into_inner();
+        run(&self.0, "ImportBase", "", move |a| a.import_base(&r.definition_xml)).await
+    }
+    async fn export_domain(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
+        let n = req.into_inner().name;
+        run(&self.0, "ExportDomain", &n.clone(), move |a| a.export_domain(&n)).await
+    }
+    async fn import_domain(&self, req: Request<pb::ImportBaseRequest>) -> R<pb::Domain> {
+        let r = req.into_inner();
+        run(&self.0, "ImportDomain", "", move |a| a.import_domain(&r.definition_xml)).await
+    }
 }

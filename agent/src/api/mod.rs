@@ -14,6 +14,7 @@ mod domains;
 mod host;
 mod ports;
 mod snapshots;
+mod transfer;
 mod volumes;
 
 pub use bases::BaseApi;
@@ -21,6 +22,7 @@ pub use domains::DomainApi;
 pub use host::HostApi;
 pub use ports::PortApi;
 pub use snapshots::SnapshotApi;
+pub use transfer::{PeerApi, SyncApi};
 pub use volumes::VolumeApi;
 
 /// Runs `f` on a blocking thread inside an `rpc` span and maps its error to a Status.

@@ -56,6 +56,30 @@ impl VmService for VmApi {
         )))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "SyncBase"))]
+    async fn sync_base(&self, req: Request<pb::SyncBaseRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.sync_base(&who, req.into_inner()).await?,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RemoveBaseFromHost"))]
+    async fn remove_base_from_host(&self, req: Request<pb::SyncBaseRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.remove_base_from_host(&who, req.into_inner()).await?,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "MoveVm"))]
+    async fn move_vm(&self, req: Request<pb::MoveVmRequest>) -> R<pb::Operation> {
+        let who = caller(&req)?;
+        Ok(Response::new(op_to_pb(
+            &self.0.move_vm(&who, req.into_inner()).await?,
+        )))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "ListBases"))]
     async fn list_bases(
         &self,

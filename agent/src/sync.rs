@@ -1,0 +1,578 @@
+//! Agent-to-agent volume sync: the sending and the receiving side of
+//! `PeerTransferService.ReceiveVolume` (see `transfer.proto` for the exchange).
+//!
+//! Memory is bounded on both sides: the sender's reader thread hands at most
+//! [`QUEUE`] messages of at most [`RUN`] bytes to gRPC, whose HTTP/2 flow control holds it
+//! back when the receiver is slower (back-pressure); the receiver handles one message at a
+//! time. Files are read, hashed and written on blocking threads only.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral_proto::v1 as pb;
+use pb::sync_reply::Msg as Reply;
+use pb::sync_upload::Msg as Up;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use crate::agent::Agent;
+use crate::error::{AgentError, Result};
+use crate::transfer::{self, Checksum, Hash, Partial, BLOCK};
+
+/// Data bytes per message at most (a run of contiguous blocks).
+pub const RUN: usize = 1 << 20;
+/// Messages queued between the sender's reader thread and gRPC.
+pub const QUEUE: usize = 4;
+/// Block hashes per `SyncHave` message.
+const HAVE_PART: usize = 8192;
+const PARTIAL_SUFFIX: &str = ".corral-partial";
+
+/// Counters of one send, shared by the reader thread and the progress reporter.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub total: AtomicU64,
+    pub scanned: AtomicU64,
+    pub sent: AtomicU64,
+    pub skipped: AtomicU64,
+    pub wire: AtomicU64,
+}
+
+impl Counters {
+    pub fn progress(&self, volume: &str, started: Instant) -> pb::SyncProgress {
+        pb::SyncProgress {
+            volume: volume.into(),
+            total_bytes: self.total.load(Ordering::Relaxed),
+            scanned_bytes: self.scanned.load(Ordering::Relaxed),
+            sent_bytes: self.sent.load(Ordering::Relaxed),
+            skipped_bytes: self.skipped.load(Ordering::Relaxed),
+            wire_bytes: self.wire.load(Ordering::Relaxed),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            ..Default::default()
+        }
+    }
+}
+
+fn peer_err(peer: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Unavailable(format!("peer agent {peer}: {e}"))
+}
+
+/// A channel to a peer agent, with this agent's certificate when TLS is configured.
+pub async fn peer_channel(
+    agent: &Agent,
+    peer: &str,
+    tls_name: &str,
+) -> Result<tonic::transport::Channel> {
+    let tls = agent.cfg.tls()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if peer.contains("://") {
+        peer.to_string()
+    } else {
+        format!("{scheme}://{peer}")
+    };
+    let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| AgentError::invalid(format!("peer address {peer:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20));
+    if let Some((cert, key, ca)) = tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))
+        };
+        let host = if tls_name.is_empty() {
+            ep.uri().host().unwrap_or_default().to_string()
+        } else {
+            tls_name.to_string()
+        };
+        let cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)?))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&cert)?,
+                read(&key)?,
+            ))
+            .domain_name(host);
+        ep = ep
+            .tls_config(cfg)
+            .map_err(|e| AgentError::invalid(format!("TLS to {peer}: {e}")))?;
+    }
+    ep.connect().await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        peer_err(peer, msg)
+    })
+}
+
+/// What the reader thread decides for each block: one message at a time.
+struct Reader {
+    file: File,
+    path: std::path::PathBuf,
+    size: u64,
+    blocks: Vec<u64>,
+    have: HashMap<u64, Hash>,
+    limit: u64,
+}
+
+impl Reader {
+    /// Reads, hashes and queues what the peer lacks; returns the finish message.
+    fn run(self, tx: &mpsc::Sender<pb::SyncUpload>, c: &Counters) -> Result<pb::SyncFinish> {
+        let b = u64::from(BLOCK);
+        let mut sum = Checksum::new();
+        let mut buf = Vec::with_capacity(BLOCK as usize);
+        let mut run: Vec<u8> = Vec::with_capacity(RUN);
+        let mut run_at = 0u64;
+        let started = Instant::now();
+        let send = |m: pb::sync_upload::Msg, c: &Counters| -> Result<()> {
+            let msg = pb::SyncUpload { msg: Some(m) };
+            let len = msg.encoded_len() as u64;
+            if self.limit > 0 {
+                // Token bucket: never ahead of `limit` bytes per second since the start.
+                let sent = c.wire.load(Ordering::Relaxed) + len;
+                let due = Duration::from_secs_f64(sent as f64 / self.limit as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            c.wire.fetch_add(len, Ordering::Relaxed);
+            tx.blocking_send(msg)
+                .map_err(|_| AgentError::Unavailable("the peer closed the transfer".into()))
+        };
+        let flush = |run: &mut Vec<u8>, at: u64, c: &Counters| -> Result<()> {
+            if run.is_empty() {
+                return Ok(());
+            }
+            c.sent.fetch_add(run.len() as u64, Ordering::Relaxed);
+            send(
+                Up::Data(pb::SyncData {
+                    offset: at,
+                    data: std::mem::take(run),
+                    zero_len: 0,
+                }),
+                c,
+            )
+        };
+        // Every block the sender has data in, and every block the peer has data in.
+        let mut order: Vec<u64> = self.blocks.clone();
+        order.extend(self.have.keys().copied());
+        order.sort_unstable();
+        order.dedup();
+        let ours: std::collections::HashSet<u64> = self.blocks.iter().copied().collect();
+        for index in order {
+            let off = index * b;
+            let mut content: Option<Hash> = None;
+            if ours.contains(&index) {
+                let n = transfer::read_block(&self.file, &self.path, index, BLOCK, self.size, &mut buf)?;
+                c.scanned.fetch_add(n as u64, Ordering::Relaxed);
+                if !transfer::is_zero(&buf) {
+                    content = Some(transfer::hash(&buf));
+                }
+            }
+            let theirs = self.have.get(&index);
+            match content {
+                Some(h) => {
+                    sum.add(index, &h);
+                    if theirs == Some(&h) {
+                        c.skipped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    if !run.is_empty() && (run_at + run.len() as u64 != off || run.len() + buf.len() > RUN) {
+                        flush(&mut run, run_at, c)?;
+                    }
+                    if run.is_empty() {
+                        run_at = off;
+                    }
+                    run.extend_from_slice(&buf);
+                }
+                None if theirs.is_some() => {
+                    flush(&mut run, run_at, c)?;
+                    send(
+                        Up::Data(pb::SyncData {
+                            offset: off,
+                            data: Vec::new(),
+                            zero_len: b.min(self.size - off),
+                        }),
+                        c,
+                    )?;
+                }
+                None => {}
+            }
+        }
+        flush(&mut run, run_at, c)?;
+        let data_blocks = sum.data_blocks;
+        Ok(pb::SyncFinish {
+            checksum: sum.finish(self.size).to_vec(),
+            data_blocks,
+        })
+    }
+}
+
+/// Sends `req.volume` to the peer; reports progress on `progress` about four times a second.
+pub async fn send(
+    agent: Arc<Agent>,
+    req: pb::SendVolumeRequest,
+    progress: mpsc::Sender<pb::SyncProgress>,
+) -> Result<pb::SyncProgress> {
+    let started = Instant::now();
+    let path = agent.storage.existing(&req.volume)?;
+    if req.peer.is_empty() {
+        return Err(AgentError::invalid("a peer address is required"));
+    }
+    let (file, size, mode, extents) = {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let file = File::open(&p)?;
+            let meta = file.metadata()?;
+            let ext = transfer::data_extents(&file, meta.len());
+            use std::os::unix::fs::PermissionsExt;
+            Ok((file, meta.len(), meta.permissions().mode() & 0o777, ext))
+        })
+        .await??
+    };
+    let counters = Arc::new(Counters::default());
+    counters
+        .total
+        .store(extents.iter().map(|e| e.1).sum(), Ordering::Relaxed);
+    let channel = peer_channel(&agent, &req.peer, &req.peer_tls_name).await?;
+    let mut client = pb::peer_transfer_service_client::PeerTransferServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel::<pb::SyncUpload>(QUEUE);
+    let header = pb::SyncUpload {
+        msg: Some(Up::Header(pb::SyncHeader {
+            volume: req.volume.clone(),
+            size,
+            block_size: BLOCK,
+            mode,
+            replace: req.replace,
+        })),
+    };
+    counters
+        .wire
+        .fetch_add(header.encoded_len() as u64, Ordering::Relaxed);
+    tx.send(header)
+        .await
+        .map_err(|_| AgentError::internal("upload queue closed"))?;
+    let mut replies = client
+        .receive_volume(ReceiverStream::new(rx))
+        .await
+        .map_err(AgentError::from_peer)?
+        .into_inner();
+    // What the peer holds already.
+    let mut have: HashMap<u64, Hash> = HashMap::new();
+    loop {
+        let m = replies
+            .message()
+            .await
+            .map_err(AgentError::from_peer)?
+            .ok_or_else(|| peer_err(&req.peer, "closed the transfer before listing its blocks"))?;
+        counters
+            .wire
+            .fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+        match m.msg {
+            Some(Reply::Have(h)) => {
+                if h.hashes.len() != h.indexes.len() * 32 {
+                    return Err(peer_err(&req.peer, "sent a malformed block list"));
+                }
+                for (i, chunk) in h.indexes.iter().zip(h.hashes.chunks_exact(32)) {
+                    let mut hash = [0u8; 32];
+                    hash.copy_from_slice(chunk);
+                    have.insert(*i, hash);
+                }
+                if h.last {
+                    break;
+                }
+            }
+            _ => return Err(peer_err(&req.peer, "answered out of order")),
+        }
+    }
+    let peer_had = have.len() as u64;
+    let reader = Reader {
+        file,
+        path,
+        size,
+        blocks: transfer::blocks_of(&extents, BLOCK),
+        have,
+        limit: req.bandwidth_limit,
+    };
+    let c = Arc::clone(&counters);
+    let span = tracing::Span::current();
+    let read = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let finish = reader.run(&tx, &c)?;
+            let msg = pb::SyncUpload {
+                msg: Some(Up::Finish(finish)),
+            };
+            c.wire.fetch_add(msg.encoded_len() as u64, Ordering::Relaxed);
+            tx.blocking_send(msg)
+                .map_err(|_| AgentError::Unavailable("the peer closed the transfer".into()))
+        })
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tokio::pin!(read);
+    let mut read_done = false;
+    let done = loop {
+        tokio::select! {
+            r = &mut read, if !read_done => {
+                read_done = true;
+                if let Err(e) = r? {
+                    // The peer's own error explains more than the closed queue.
+                    if let Ok(Some(Err(s))) = tokio::time::timeout(Duration::from_secs(2), replies.next()).await {
+                        return Err(AgentError::from_peer(s));
+                    }
+                    return Err(e);
+                }
+            }
+            m = replies.next() => {
+                match m {
+                    Some(Ok(pb::SyncReply { msg: Some(Reply::Done(d)) })) => break d,
+                    Some(Ok(_)) => return Err(peer_err(&req.peer, "answered out of order")),
+                    Some(Err(s)) => return Err(AgentError::from_peer(s)),
+                    None => return Err(peer_err(&req.peer, "closed the transfer without an answer")),
+                }
+            }
+            _ = tick.tick() => {
+                let _ = progress.try_send(counters.progress(&req.volume, started));
+            }
+        }
+    };
+    let mut last = counters.progress(&req.volume, started);
+    last.done = true;
+    last.checksum = done.checksum;
+    last.peer_had_blocks = peer_had;
+    tracing::info!(
+        volume = %req.volume, peer = %req.peer, sent = last.sent_bytes, skipped = last.skipped_bytes,
+        wire = last.wire_bytes, ms = last.elapsed_ms, "volume sent"
+    );
+    Ok(last)
+}
+
+/// Who is receiving what: one sync per volume at a time.
+#[derive(Debug)]
+pub struct Receiving {
+    agent: Arc<Agent>,
+    name: String,
+}
+
+impl Receiving {
+    fn claim(agent: &Arc<Agent>, name: &str) -> Result<Self> {
+        agent.busy_key(&format!("sync:{name}"))?;
+        Ok(Self {
+            agent: Arc::clone(agent),
+            name: format!("sync:{name}"),
+        })
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.agent.release_key(&self.name);
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f)).await?
+}
+
+/// The receiving side: header, our block list, data, then the verified file.
+pub async fn receive(
+    agent: Arc<Agent>,
+    mut inbound: tonic::Streaming<pb::SyncUpload>,
+    out: mpsc::Sender<std::result::Result<pb::SyncReply, tonic::Status>>,
+) -> Result<()> {
+    let header = match inbound.message().await.map_err(AgentError::from_peer)? {
+        Some(pb::SyncUpload {
+            msg: Some(Up::Header(h)),
+        }) => h,
+        _ => return Err(AgentError::invalid("a transfer starts with its header")),
+    };
+    let dest = agent.storage.path(&header.volume)?;
+    if header.block_size != BLOCK {
+        return Err(AgentError::invalid(format!(
+            "block size {} is not this agent's {BLOCK}",
+            header.block_size
+        )));
+    }
+    let _claim = Receiving::claim(&agent, &header.volume)?;
+    let partial_path = agent
+        .storage
+        .root()
+        .join(format!(".{}{PARTIAL_SUFFIX}", header.volume));
+    let span = tracing::info_span!("receive_volume", volume = %header.volume, size = header.size);
+    let _e = span.enter();
+    // An existing copy is compared (or, with `replace`, used as the basis of the delta); a
+    // partial file of an interrupted sync is resumed.
+    let exists = dest.exists();
+    let compare_only = exists && !header.replace;
+    let basis = if compare_only {
+        dest.clone()
+    } else {
+        let (pp, d, size) = (partial_path.clone(), dest.clone(), header.size);
+        blocking(move || {
+            let basis = if d.exists() { Some(d.as_path()) } else { None };
+            Partial::open(&pp, basis, size)?;
+            Ok(())
+        })
+        .await?;
+        partial_path.clone()
+    };
+    let b = basis.clone();
+    let sig = blocking(move || transfer::signature(&b, BLOCK)).await?;
+    let resumed = if compare_only { 0 } else { sig.blocks.len() };
+    tracing::info!(held_blocks = sig.blocks.len(), compare_only, "receiving");
+    let parts: Vec<&[(u64, Hash)]> = if sig.blocks.is_empty() {
+        vec![&[]]
+    } else {
+        sig.blocks.chunks(HAVE_PART).collect()
+    };
+    let count = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        let have = pb::SyncHave {
+            indexes: part.iter().map(|(i, _)| *i).collect(),
+            hashes: part.iter().flat_map(|(_, h)| h.iter().copied()).collect(),
+            last: i + 1 == count,
+        };
+        out.send(Ok(pb::SyncReply {
+            msg: Some(Reply::Have(have)),
+        }))
+        .await
+        .map_err(|_| AgentError::Unavailable("the sender went away".into()))?;
+    }
+    let mut partial = if compare_only {
+        None
+    } else {
+        let (pp, size) = (partial_path.clone(), header.size);
+        Some(blocking(move || Partial::open(&pp, None, size)).await?)
+    };
+    let finish = loop {
+        let m = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => {
+                if let Some(p) = partial.take() {
+                    let _ = blocking(move || Ok(p.file.sync_all()?)).await;
+                }
+                tracing::warn!(
+                    "the sender went away mid-transfer; the partial file is kept for a resume"
+                );
+                return Err(AgentError::Unavailable(
+                    "the sender went away mid-transfer".into(),
+                ));
+            }
+        };
+        match m.msg {
+            Some(Up::Data(d)) => {
+                let Some(mut p) = partial.take() else {
+                    return Err(AgentError::exists(format!(
+                        "volume {:?} exists on this host with a different content; sync with replace to update it",
+                        header.volume
+                    )));
+                };
+                partial = Some(
+                    blocking(move || {
+                        if d.data.is_empty() {
+                            p.zero(d.offset, d.zero_len)?;
+                        } else {
+                            p.write(d.offset, &d.data)?;
+                        }
+                        Ok(p)
+                    })
+                    .await?,
+                );
+            }
+            Some(Up::Finish(f)) => break f,
+            _ => return Err(AgentError::invalid("unexpected message in a transfer")),
+        }
+    };
+    let (mode, name) = (header.mode, header.volume.clone());
+    let done = match partial {
+        None => {
+            // Compare only: nothing was sent, so the existing copy must be the same.
+            if sig.checksum()[..] != finish.checksum[..] {
+                return Err(AgentError::exists(format!(
+                    "volume {name:?} exists on this host with a different content; sync with replace to update it"
+                )));
+            }
+            pb::SyncDone {
+                checksum: transfer::hex(&finish.checksum),
+                bytes_written: 0,
+            }
+        }
+        Some(p) => {
+            let images = Arc::clone(&agent);
+            blocking(move || {
+                let sum = p.verify(&finish.checksum)?;
+                let written = p.written;
+                images.adopt_backing(&p.path)?;
+                p.install(&dest, mode)?;
+                Ok(pb::SyncDone {
+                    checksum: transfer::hex(&sum),
+                    bytes_written: written,
+                })
+            })
+            .await?
+        }
+    };
+    tracing::info!(bytes_written = done.bytes_written, resumed_blocks = resumed, "volume received and verified");
+    out.send(Ok(pb::SyncReply {
+        msg: Some(Reply::Done(done)),
+    }))
+    .await
+    .map_err(|_| AgentError::Unavailable("the sender went away".into()))?;
+    Ok(())
+}
+
+impl Agent {
+    /// Content checksum of a volume, as the sync computes it.
+    pub fn volume_checksum(&self, name: &str) -> Result<pb::VolumeChecksumResponse> {
+        let path = self.storage.existing(name)?;
+        let sig = transfer::signature(&path, BLOCK)?;
+        Ok(pb::VolumeChecksumResponse {
+            checksum: transfer::hex(&sig.checksum()),
+            size: sig.size,
+            allocated: sig.allocated,
+            data_blocks: sig.blocks.len() as u64,
+        })
+    }
+
+    /// A received qcow2 whose backing file is a volume of the sender's storage root points
+    /// at the same volume in ours (header only; the data is not touched). The backing volume
+    /// must be here already: parents are synced first.
+    pub fn adopt_backing(&self, path: &std::path::Path) -> Result<()> {
+        let Ok(chain) = self.images.info(path) else {
+            return Ok(()); // not an image qemu-img reads: a plain file
+        };
+        let Some(top) = chain.first() else {
+            return Ok(());
+        };
+        let Some(backing) = top.backing_filename.as_deref().filter(|b| !b.is_empty()) else {
+            return Ok(());
+        };
+        let file_name = std::path::Path::new(backing)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let local = self.storage.path(&file_name).map_err(|_| {
+            AgentError::precondition(format!("backing file {backing} is not a volume"))
+        })?;
+        if !local.exists() {
+            return Err(AgentError::precondition(format!(
+                "backing volume {file_name:?} is not on this host: sync it first"
+            )));
+        }
+        if std::path::Path::new(backing) != local {
+            self.images.rebase(path, Some(&local), true)?;
+        }
+        Ok(())
+    }
+}

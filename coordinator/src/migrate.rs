@@ -1,0 +1,474 @@
+//! Bases and VMs across hosts: a base's volumes synced from a host that holds it to one
+//! that does not (parents first; one transfer per base and host however many operations
+//! ask for it), a base's copy removed from one host, and a shut-off VM moved.
+//!
+//! The volumes go agent to agent (`VolumeSyncService.SendVolume` on the source, which
+//! streams them to the target's `PeerTransferService` over the agents' mutual TLS); the
+//! coordinator only asks, follows the progress and records where each base is.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use corral_proto::v1 as pb;
+use tokio::sync::watch;
+
+use crate::auth::Caller;
+use crate::error::{CoordError, Result};
+use crate::operations::{OpCtx, OpError, Submit};
+use crate::store::OpRecord;
+use crate::vms::{agent_err, check_name, work, Coordinator};
+
+/// Where one transfer of a base to a host stands.
+#[derive(Debug, Clone)]
+pub enum TransferState {
+    Running {
+        volume: String,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    Done(std::result::Result<(), CoordError>),
+}
+
+/// Transfers in flight, by (base, host): everyone who needs the same copy watches the same one.
+#[derive(Debug, Default)]
+pub struct Transfers(Mutex<HashMap<(String, String), watch::Receiver<TransferState>>>);
+
+impl Coordinator {
+    /// The base and its ancestors, the oldest first.
+    async fn base_chain(&self, base: &str) -> Result<Vec<String>> {
+        let mut chain = vec![base.to_string()];
+        loop {
+            let Some(last) = chain.last().cloned() else {
+                break;
+            };
+            let parent = self.blocking(move |s| s.base_parent(&last)).await?;
+            match parent {
+                Some(p) if !chain.contains(&p) => chain.push(p),
+                _ => break,
+            }
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    async fn holders(&self, base: &str) -> Result<Vec<String>> {
+        let b = base.to_string();
+        let bases = self.blocking(|s| s.bases()).await?;
+        bases
+            .into_iter()
+            .find(|(n, _)| n == &b)
+            .map(|(_, h)| h)
+            .ok_or_else(|| CoordError::NotFound(format!("base {b} not found")))
+    }
+
+    /// Makes sure `host` holds `base` and its parents, syncing what is missing; progress goes
+    /// to `ctx`.
+    pub async fn ensure_base(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        base: &str,
+        host: &str,
+        limit: u64,
+    ) -> Result<bool> {
+        if self.holders(base).await?.iter().any(|h| h == host) {
+            return Ok(false);
+        }
+        let mut copied = false;
+        for b in self.base_chain(base).await? {
+            if self.holders(&b).await?.iter().any(|h| h == host) {
+                continue;
+            }
+            copied = true;
+            let mut rx = self.transfer(&b, host, limit)?;
+            loop {
+                let state = rx.borrow_and_update().clone();
+                match state {
+                    TransferState::Done(r) => {
+                        r?;
+                        break;
+                    }
+                    TransferState::Running {
+                        volume,
+                        done_bytes,
+                        total_bytes,
+                    } => {
+                        let pct = if total_bytes > 0 {
+                            (done_bytes as f64 / total_bytes as f64 * 100.0) as f32
+                        } else {
+                            0.0
+                        };
+                        ctx.progress(
+                            "syncing",
+                            Some(pct.min(100.0)),
+                            Some(done_bytes),
+                            &format!("base {b} to host {host}: {volume}"),
+                        )
+                        .await
+                        .map_err(|e| CoordError::Internal(e.to_string()))?;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Err(CoordError::Internal(format!(
+                        "the transfer of base {b} to {host} ended without a result"
+                    )));
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// The running transfer of `base` to `host`, or a new one.
+    fn transfer(
+        self: &Arc<Self>,
+        base: &str,
+        host: &str,
+        limit: u64,
+    ) -> Result<watch::Receiver<TransferState>> {
+        let key = (base.to_string(), host.to_string());
+        let mut map = self
+            .transfers
+            .0
+            .lock()
+            .map_err(|_| CoordError::Internal("transfers lock".into()))?;
+        if let Some(rx) = map.get(&key) {
+            tracing::info!(base, host, "joining the transfer in flight");
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = watch::channel(TransferState::Running {
+            volume: String::new(),
+            done_bytes: 0,
+            total_bytes: 0,
+        });
+        map.insert(key.clone(), rx.clone());
+        let me = Arc::clone(self);
+        let span = tracing::info_span!("base_transfer", base, host);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let r = me.copy_base(&key.0, &key.1, limit, &tx).await;
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "base transfer failed");
+                }
+                if let Ok(mut m) = me.transfers.0.lock() {
+                    m.remove(&key);
+                }
+                let _ = tx.send(TransferState::Done(r));
+            },
+            span,
+        ));
+        Ok(rx)
+    }
+
+    /// Copies one base (not its parents) to `target` from a host that holds it.
+    async fn copy_base(
+        &self,
+        base: &str,
+        target: &str,
+        limit: u64,
+        tx: &watch::Sender<TransferState>,
+    ) -> Result<()> {
+        let holders = self.holders(base).await?;
+        let source = holders
+            .iter()
+            .find(|h| *h != target && self.hosts.client(h).is_ok())
+            .cloned()
+            .ok_or_else(|| {
+                CoordError::Unavailable(format!(
+                    "no host holding base {base} is up (holders: {})",
+                    holders.join(", ")
+                ))
+            })?;
+        let mut src = self.hosts.client(&source)?;
+        let mut dst = self.hosts.client(target)?;
+        let export = src
+            .bases
+            .export_base(pb::DomainRef { name: base.into() })
+            .await
+            .map_err(agent_err(&source))?
+            .into_inner();
+        tracing::info!(%source, volumes = ?export.volumes, "syncing base");
+        let sent = self
+            .send_volumes(&source, target, &export.volumes, limit, tx)
+            .await?;
+        if let Ok(mut m) = self.base_bytes.lock() {
+            m.insert(base.into(), sent.iter().map(|p| p.total_bytes).sum());
+        }
+        dst.bases
+            .import_base(pb::ImportBaseRequest {
+                definition_xml: export.definition_xml,
+            })
+            .await
+            .map_err(agent_err(target))?;
+        let (b, h) = (base.to_string(), target.to_string());
+        self.blocking(move |s| s.set_base_host(&b, &h, true)).await?;
+        tracing::info!(%source, "base synced");
+        Ok(())
+    }
+
+    /// Has `source` send each volume to `target`, reporting progress on `tx`.
+    async fn send_volumes(
+        &self,
+        source: &str,
+        target: &str,
+        volumes: &[String],
+        limit: u64,
+        tx: &watch::Sender<TransferState>,
+    ) -> Result<Vec<pb::SyncProgress>> {
+        let mut src = self.hosts.client(source)?;
+        let peer = self.hosts.address(target)?;
+        let mut done = Vec::new();
+        let mut before = 0u64;
+        for v in volumes {
+            let mut stream = src
+                .sync
+                .send_volume(pb::SendVolumeRequest {
+                    volume: v.clone(),
+                    peer: peer.clone(),
+                    bandwidth_limit: limit,
+                    replace: false,
+                    peer_tls_name: String::new(),
+                })
+                .await
+                .map_err(agent_err(source))?
+                .into_inner();
+            let mut last = None;
+            while let Some(p) = stream.message().await.map_err(agent_err(source))? {
+                let _ = tx.send(TransferState::Running {
+                    volume: v.clone(),
+                    done_bytes: before + p.scanned_bytes,
+                    total_bytes: before + p.total_bytes,
+                });
+                if p.done {
+                    last = Some(p);
+                }
+            }
+            let p = last.ok_or_else(|| {
+                CoordError::Unavailable(format!("host {source} ended the send of {v} early"))
+            })?;
+            before += p.total_bytes;
+            done.push(p);
+        }
+        Ok(done)
+    }
+
+    /// `corral base sync BASE --host H` (admin).
+    pub async fn sync_base(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::SyncBaseRequest,
+    ) -> Result<OpRecord> {
+        caller.require_admin()?;
+        check_name("base", &req.base)?;
+        check_name("host", &req.host)?;
+        self.hosts.address(&req.host)?;
+        self.holders(&req.base).await?;
+        let submit = Submit {
+            kind: "sync-base".into(),
+            host: Some(req.host.clone()),
+            user: Some(caller.name().into()),
+            request: serde_json::json!({ "base": req.base, "host": req.host }),
+            ..Default::default()
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            let copied = me
+                .ensure_base(&ctx, &req.base, &req.host, req.bandwidth_limit)
+                .await?;
+            Ok::<_, OpError>(serde_json::json!({
+                "base": req.base, "host": req.host, "copied": copied,
+            }))
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// Removes a base's copy from one host (admin).
+    pub async fn remove_base_from_host(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::SyncBaseRequest,
+    ) -> Result<OpRecord> {
+        caller.require_admin()?;
+        check_name("base", &req.base)?;
+        check_name("host", &req.host)?;
+        let holders = self.holders(&req.base).await?;
+        if !holders.contains(&req.host) {
+            return Err(CoordError::NotFound(format!(
+                "base {} is not on host {}",
+                req.base, req.host
+            )));
+        }
+        let (b, h) = (req.base.clone(), req.host.clone());
+        let clones: Vec<String> = self
+            .blocking(|s| s.vms())
+            .await?
+            .into_iter()
+            .filter(|v| v.base.as_deref() == Some(&b) && v.host.as_deref() == Some(&h))
+            .map(|v| v.name)
+            .collect();
+        if !clones.is_empty() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "base {b} has {} clone(s) on host {h} ({}): remove or move them first",
+                clones.len(),
+                clones.join(", ")
+            )));
+        }
+        if holders.len() == 1 {
+            return Err(CoordError::FailedPrecondition(format!(
+                "host {h} holds the only copy of base {b}: remove the base instead"
+            )));
+        }
+        let submit = Submit {
+            kind: "remove-base-copy".into(),
+            host: Some(h.clone()),
+            user: Some(caller.name().into()),
+            request: serde_json::json!({ "base": b, "host": h }),
+            ..Default::default()
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            let run = async {
+                let mut c = me.hosts.client(&h)?;
+                // The agent's own view too: clones the coordinator does not know of.
+                let there = c
+                    .bases
+                    .list_clones(pb::DomainRef { name: b.clone() })
+                    .await
+                    .map_err(agent_err(&h))?
+                    .into_inner();
+                if !there.clones.is_empty() {
+                    return Err(CoordError::FailedPrecondition(format!(
+                        "base {b} has {} clone(s) on host {h}",
+                        there.clones.len()
+                    )));
+                }
+                ctx.progress("removing", None, None, &format!("base {b} from host {h}"))
+                    .await?;
+                c.domains
+                    .remove_domain(pb::RemoveDomainRequest {
+                        name: b.clone(),
+                        remove_volumes: true,
+                    })
+                    .await
+                    .map_err(agent_err(&h))?;
+                let (b2, h2) = (b.clone(), h.clone());
+                me.blocking(move |s| s.set_base_host(&b2, &h2, false))
+                    .await?;
+                Ok::<_, CoordError>(serde_json::json!({ "base": b, "host": h }))
+            };
+            run.await.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// Moves a shut-off VM to another host.
+    pub async fn move_vm(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::MoveVmRequest,
+    ) -> Result<OpRecord> {
+        check_name("host", &req.host)?;
+        let vm = self.vm_for(caller, &req.name).await?;
+        if req.live {
+            return Err(CoordError::FailedPrecondition(
+                "live migration is not available yet: shut the VM down and move it".into(),
+            ));
+        }
+        let source = vm.host.clone().ok_or_else(|| {
+            CoordError::FailedPrecondition(format!("VM {} has no host", vm.name))
+        })?;
+        if source == req.host {
+            return Err(CoordError::FailedPrecondition(format!(
+                "VM {} is already on host {}",
+                vm.name, req.host
+            )));
+        }
+        self.hosts.address(&req.host)?;
+        let submit = Submit {
+            kind: "move".into(),
+            vm: Some(vm.name.clone()),
+            host: Some(req.host.clone()),
+            user: Some(caller.name().into()),
+            request: serde_json::json!({ "vm": vm.name, "from": source, "to": req.host }),
+            ..Default::default()
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            me.do_move(&ctx, &req.name, &source, &req.host, req.bandwidth_limit)
+                .await
+                .map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    async fn do_move(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        name: &str,
+        source: &str,
+        target: &str,
+        limit: u64,
+    ) -> Result<serde_json::Value> {
+        let n = name.to_string();
+        let mut vm = self.blocking(move |s| s.vm(&n)).await?;
+        if let Some(base) = vm.base.clone() {
+            self.ensure_base(ctx, &base, target, limit).await?;
+        }
+        let mut src = self.hosts.client(source)?;
+        let mut dst = self.hosts.client(target)?;
+        let export = src
+            .bases
+            .export_domain(pb::DomainRef { name: name.into() })
+            .await
+            .map_err(agent_err(source))?
+            .into_inner();
+        ctx.progress("syncing", Some(0.0), None, &format!("volumes to host {target}"))
+            .await?;
+        let (tx, mut rx) = watch::channel(TransferState::Running {
+            volume: String::new(),
+            done_bytes: 0,
+            total_bytes: 0,
+        });
+        let send = self.send_volumes(source, target, &export.volumes, limit, &tx);
+        tokio::pin!(send);
+        let sent = loop {
+            tokio::select! {
+                r = &mut send => break r?,
+                Ok(()) = rx.changed() => {
+                    let state = rx.borrow_and_update().clone();
+                    if let TransferState::Running { volume, done_bytes, total_bytes } = state {
+                        let pct = if total_bytes > 0 { done_bytes as f32 / total_bytes as f32 * 100.0 } else { 0.0 };
+                        ctx.progress("syncing", Some(pct), Some(done_bytes), &volume).await?;
+                    }
+                }
+            }
+        };
+        // The target verified every volume's checksum before it appeared; define it there.
+        ctx.progress("defining", Some(95.0), None, &format!("on host {target}"))
+            .await?;
+        let d = dst
+            .bases
+            .import_domain(pb::ImportBaseRequest {
+                definition_xml: export.definition_xml,
+            })
+            .await
+            .map_err(agent_err(target))?
+            .into_inner();
+        vm.host = Some(target.into());
+        vm.observed_state = crate::observed::state_name(d.state);
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        ctx.progress("removing", Some(98.0), None, &format!("from host {source}"))
+            .await?;
+        src.domains
+            .remove_domain(pb::RemoveDomainRequest {
+                name: name.into(),
+                remove_volumes: true,
+            })
+            .await
+            .map_err(agent_err(source))?;
+        Ok(serde_json::json!({
+            "vm": name, "from": source, "to": target,
+            "bytes_sent": sent.iter().map(|p| p.sent_bytes).sum::<u64>(),
+            "checksums": sent.iter().map(|p| p.checksum.clone()).collect::<Vec<_>>(),
+        }))
+    }
+}
