@@ -303,8 +303,7 @@ impl Agent {
                 }
             }
         }
-        def.uuid = None;
-        def.domain_type = self.cfg.domain_type.as_str().into();
+        self.localise(&mut def);
         self.forget_definition(&name);
         self.hv.define(&def.to_xml()?)?;
         write_atomic(
@@ -382,12 +381,31 @@ impl Agent {
             })?;
             src.file = Some(local.display().to_string());
         }
-        def.uuid = None;
-        def.domain_type = self.cfg.domain_type.as_str().into();
+        self.localise(&mut def);
         self.forget_definition(&name);
         self.hv.define(&def.to_xml()?)?;
         tracing::info!(domain = %name, "domain imported");
         self.view(&name)
+    }
+
+    /// What a definition from another host must say about this one: libvirt's new UUID,
+    /// this host's domain type, displays on this host's address (unless they listen on
+    /// every address or only on loopback).
+    fn localise(&self, def: &mut DomainXml) {
+        def.uuid = None;
+        def.domain_type = self.cfg.domain_type.as_str().into();
+        for g in def.devices.graphics.iter_mut() {
+            let keep = g
+                .listen
+                .as_deref()
+                .and_then(|l| l.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip.is_unspecified() || ip.is_loopback());
+            if !keep {
+                g.listen = Some(self.cfg.host_address.to_string());
+            }
+            g.port = Some(-1);
+            g.autoport = Some("yes".into());
+        }
     }
 
     pub fn bases(&self) -> Result<Vec<pb::Base>> {

@@ -408,8 +408,7 @@ pub async fn receive(
         .storage
         .root()
         .join(format!(".{}{PARTIAL_SUFFIX}", header.volume));
-    let span = tracing::info_span!("receive_volume", volume = %header.volume, size = header.size);
-    let _e = span.enter();
+    let volume = header.volume.clone();
     // An existing copy is compared (or, with `replace`, used as the basis of the delta); a
     // partial file of an interrupted sync is resumed.
     let exists = dest.exists();
@@ -429,7 +428,7 @@ pub async fn receive(
     let b = basis.clone();
     let sig = blocking(move || transfer::signature(&b, BLOCK)).await?;
     let resumed = if compare_only { 0 } else { sig.blocks.len() };
-    tracing::info!(held_blocks = sig.blocks.len(), compare_only, "receiving");
+    tracing::info!(%volume, size = header.size, held_blocks = sig.blocks.len(), compare_only, "receiving");
     let parts: Vec<&[(u64, Hash)]> = if sig.blocks.is_empty() {
         vec![&[]]
     } else {
@@ -462,6 +461,7 @@ pub async fn receive(
                     let _ = blocking(move || Ok(p.file.sync_all()?)).await;
                 }
                 tracing::warn!(
+                    %volume,
                     "the sender went away mid-transfer; the partial file is kept for a resume"
                 );
                 return Err(AgentError::Unavailable(
@@ -522,7 +522,7 @@ pub async fn receive(
             .await?
         }
     };
-    tracing::info!(bytes_written = done.bytes_written, resumed_blocks = resumed, "volume received and verified");
+    tracing::info!(%volume, bytes_written = done.bytes_written, resumed_blocks = resumed, "volume received and verified");
     out.send(Ok(pb::SyncReply {
         msg: Some(Reply::Done(done)),
     }))

@@ -140,6 +140,13 @@ async fn channel(
         .map_err(|e| ClientError::Connect(url, e.to_string()))
 }
 
+/// A channel to `endpoint` with mutual TLS when `tls` is given (for services other than
+/// the agent's and the coordinator's own clients, e.g. a peer agent's transfer service).
+pub async fn channel_with(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Channel, ClientError> {
+    let tls = tls.map(TlsFiles::client_config).transpose()?;
+    channel(endpoint, tls).await
+}
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Debug, Clone)]
 pub struct TokenAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);

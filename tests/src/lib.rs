@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use corral_client::proto as pb;
 
+pub mod lab;
+
 /// Where `deploy/build-guest-image.sh` puts the tiny guest.
 pub const GUEST_DIR: &str = "/var/lib/corral/guest";
 /// The client namespace and its link to the host; these addresses exist only on this machine.
@@ -523,4 +525,61 @@ pub fn clone_req(base: &str, name: &str, start: bool) -> pb::CloneBaseRequest {
 pub fn median(v: &mut [std::time::Duration]) -> std::time::Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// The `corral` CLI against a coordinator, as a process.
+#[derive(Debug, Clone, Copy)]
+pub struct Cli<'a> {
+    pub addr: &'a str,
+    pub token: &'a str,
+    pub ca: Option<&'a str>,
+}
+
+impl Cli<'_> {
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(bin("corral"));
+        cmd.env("CORRAL_COORDINATOR", self.addr)
+            .env("CORRAL_TOKEN", self.token)
+            .env("HOME", "/nonexistent")
+            .env_remove("CORRAL_CA");
+        if let Some(ca) = self.ca {
+            cmd.args(["--ca", ca]);
+        }
+        cmd.args(args).output().expect("corral runs")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "corral {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("JSON output")
+    }
+}
+
+/// Waits until `n` hosts are up.
+pub fn wait_up(cli: &Cli, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = cli.json(&["host", "ls"]);
+        let up = hosts["hosts"]
+            .as_array()
+            .map(|h| h.iter().filter(|h| h["state"] == 1).count())
+            .unwrap_or(0);
+        if up == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "hosts not up: {hosts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

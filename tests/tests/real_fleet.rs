@@ -7,68 +7,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral_tests::*;
 
 const BOOT: Duration = Duration::from_secs(90);
 
-struct Cli<'a> {
-    addr: &'a str,
-    token: &'a str,
-    ca: Option<&'a str>,
-}
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = std::process::Command::new(bin("corral"));
-        cmd.env("CORRAL_COORDINATOR", self.addr)
-            .env("CORRAL_TOKEN", self.token)
-            .env("HOME", "/nonexistent")
-            .env_remove("CORRAL_CA");
-        if let Some(ca) = self.ca {
-            cmd.args(["--ca", ca]);
-        }
-        cmd.args(args).output().unwrap()
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "corral {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-}
-
 fn pki(args: &[&str]) {
     corral_pki(args).unwrap();
-}
-
-fn wait_up(cli: &Cli, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let hosts = cli.json(&["host", "ls"]);
-        let up = hosts["hosts"]
-            .as_array()
-            .map(|h| h.iter().filter(|h| h["state"] == 1).count())
-            .unwrap_or(0);
-        if up == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "hosts not up: {hosts}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -1,0 +1,388 @@
+//! Corral across hosts, in the lab (`deploy/lab`): three hosts in network namespaces, each
+//! with its own libvirtd, iptables and agent; the coordinator and the CLI outside them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use corral_tests::lab::{self, Lab};
+use corral_tests::*;
+
+/// One lab at a time: the tests of this file take turns.
+static LAB: Mutex<()> = Mutex::new(());
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn lab_ready() -> bool {
+    real_host_ready()
+}
+
+fn agent_json(lab: &Lab, host: &str, args: &[&str]) -> serde_json::Value {
+    let out = lab.agent_cli(host, args);
+    assert!(
+        out.status.success(),
+        "corral agent {} on {host}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Bytes a file takes on disk.
+fn on_disk(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+fn fetch_in(lab: &Lab, host: &str, url: &str, want: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match lab.exec(host, &["curl", "-s", "--fail", "--max-time", "3", url]) {
+            Ok(b) if b.contains(want) => return b,
+            Ok(b) => last = b,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{url} from {host}: no {want:?} within {timeout:?}; last: {last}");
+}
+
+fn vm(cli: &Cli, name: &str) -> serde_json::Value {
+    cli.json(&["vm", "show", name])
+}
+
+fn host_state(cli: &Cli, host: &str) -> i64 {
+    let hosts = cli.json(&["host", "ls"]);
+    hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == host)
+        .map(|h| h["state"].as_i64().unwrap_or(0))
+        .unwrap()
+}
+
+fn received(host: &str, volume: &str) -> usize {
+    let log = std::fs::read_to_string(format!("{}/{host}/agent.log", lab::LAB_DIR)).unwrap();
+    log.lines()
+        .filter(|l| l.contains("volume received and verified") && l.contains(volume))
+        .count()
+}
+
+
+#[test]
+fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
+    if !lab_ready() {
+        return;
+    }
+    let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = lab.coordinator_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let coord = CoordProc::start_with(&dir.path().join("coord"), 300, 3000, &env).unwrap();
+    let cli = Cli {
+        addr: &coord.addr,
+        token: &coord.admin_token,
+        ca: None,
+    };
+    for h in ["h1", "h2", "h3"] {
+        cli.ok(&["host", "add", h, &lab.addr(h)]);
+    }
+    wait_up(&cli, 3);
+    let g = Path::new(GUEST_DIR);
+    let (kernel, initrd) = (
+        g.join("vmlinux").display().to_string(),
+        g.join("initrd.gz").display().to_string(),
+    );
+    cli.ok(&[
+        "base", "create", "lab-web", "--host", "h1", "--memory", "128M", "--vcpus", "1",
+        "--disk", "lab-web-vda.qcow2:64M:system", "--kernel", &kernel, "--initrd", &initrd,
+        "--cmdline", "console=ttyS0 quiet corral.hostname=lab-web",
+    ]);
+
+    // Bad input: clear errors, nothing changes.
+    for (args, want) in [
+        (vec!["base", "sync", "lab-web", "--host", "nohost"], "not found"),
+        (vec!["base", "sync", "nobase", "--host", "h2"], "not found"),
+        (vec!["base", "sync", "../x", "--host", "h2"], "invalid"),
+    ] {
+        let out = cli.run(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(cli.json(&["base", "ls"])["bases"][0]["hosts"], serde_json::json!(["h1"]));
+
+    // h1 is in maintenance: the clone goes to a host without the base, which gets it first.
+    cli.ok(&["host", "disable", "h1"]);
+    let op = cli.json(&["vm", "clone", "lab-web", "lab-c1", "--start"]);
+    assert_eq!(op["state"], 3, "{op}");
+    assert_eq!(op["host"], "h2", "{op}");
+    assert_eq!(
+        cli.json(&["base", "ls"])["bases"][0]["hosts"],
+        serde_json::json!(["h1", "h2"])
+    );
+    let file = "lab-web-vda.base.qcow2";
+    let (a, b) = (
+        agent_json(&lab, "h1", &["volume", "checksum", file]),
+        agent_json(&lab, "h2", &["volume", "checksum", file]),
+    );
+    assert_eq!(a["checksum"], b["checksum"]);
+    assert_eq!(a["size"], b["size"]);
+    let (da, db) = (
+        on_disk(&lab.storage("h1").join(file)),
+        on_disk(&lab.storage("h2").join(file)),
+    );
+    println!("base file on disk: {da} bytes on h1, {db} on h2; {a}");
+    assert!(db <= da + (1 << 20), "holes stay holes: {db} vs {da}");
+
+    // The clone boots on h2 and answers through a port exposed on h2's address, from h3.
+    let port = cli.json(&["port", "expose", "lab-c1", "80", "--wait", "120"]);
+    assert_eq!(port["host_address"], lab.ip("h2"), "{port}");
+    let url = format!("http://{}:{}/", lab.ip("h2"), port["host_port"]);
+    let body = fetch_in(&lab, "h3", &url, "corral tiny guest lab-c1", BOOT);
+    println!("from h3: {body}");
+
+    // Two syncs of the same base to the same host at once share one transfer.
+    let first = cli.json(&["--no-wait", "base", "sync", "lab-web", "--host", "h3", "--limit", "256K"]);
+    let second = cli.json(&["--no-wait", "base", "sync", "lab-web", "--host", "h3"]);
+    for op in [&first, &second] {
+        let id = op["id"].as_str().unwrap();
+        let done = cli.json(&["op", "watch", id]);
+        assert_eq!(done["state"], 3, "{done}");
+    }
+    assert_eq!(received("h3", file), 1, "one transfer for both requests");
+    assert_eq!(
+        cli.json(&["base", "ls"])["bases"][0]["hosts"],
+        serde_json::json!(["h1", "h2", "h3"])
+    );
+
+    // The copy on h2 cannot go while lab-c1 uses it.
+    let out = cli.run(&["base", "rm", "lab-web", "--host", "h2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lab-c1"));
+
+    // h2's link is cut: it is marked down in time, its VM is unknown (not lost), new clones
+    // go elsewhere; the link comes back and the state is reconciled.
+    cli.ok(&["host", "enable", "h1"]);
+    lab.link("h2", false).unwrap();
+    let cut = Instant::now();
+    while host_state(&cli, "h2") == 1 {
+        assert!(cut.elapsed() < Duration::from_secs(8), "h2 not marked down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("h2 marked down {} ms after its link was cut (down_after 3000 ms)", cut.elapsed().as_millis());
+    let v = vm(&cli, "lab-c1");
+    assert_eq!(v["observed_state"], 0, "unknown while h2 is down: {v}");
+    assert_eq!(v["host"], "h2");
+    let op = cli.json(&["vm", "clone", "lab-web", "lab-c2"]);
+    assert_eq!(op["state"], 3, "{op}");
+    assert_ne!(op["host"], "h2", "{op}");
+    lab.link("h2", true).unwrap();
+    let back = Instant::now();
+    loop {
+        let v = vm(&cli, "lab-c1");
+        if host_state(&cli, "h2") == 1 && v["observed_state"] == 1 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(20), "not reconciled: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Moving lab-c1 (shut off) to h3: volumes synced and verified, defined there, gone from h2.
+    let out = cli.run(&["vm", "move", "lab-c1", "--host", "h3"]);
+    assert!(!out.status.success(), "a running VM does not move");
+    cli.ok(&["vm", "poweroff", "lab-c1"]);
+    let op = cli.json(&["vm", "move", "lab-c1", "--host", "h3"]);
+    assert_eq!(op["state"], 3, "{op}");
+    let v = vm(&cli, "lab-c1");
+    assert_eq!(v["host"], "h3", "{v}");
+    let on_h2 = agent_json(&lab, "h2", &["vm", "list"]);
+    assert!(!on_h2.to_string().contains("lab-c1"), "{on_h2}");
+    cli.ok(&["vm", "start", "lab-c1"]);
+    let port = cli.json(&["port", "expose", "lab-c1", "80", "--wait", "120"]);
+    let url = format!("http://{}:{}/", lab.ip("h3"), port["host_port"]);
+    fetch_in(&lab, "h1", &url, "corral tiny guest lab-c1", BOOT);
+
+    // Now no clone uses h2's copy: it may go.
+    cli.ok(&["base", "rm", "lab-web", "--host", "h2"]);
+    assert_eq!(
+        cli.json(&["base", "ls"])["bases"][0]["hosts"],
+        serde_json::json!(["h1", "h3"])
+    );
+    assert!(!lab.storage("h2").join(file).exists());
+}
+
+/// A sparse file of `size` bytes with `chunks` random runs of `len` bytes at block-aligned
+/// offsets, which it returns.
+fn sparse_random(path: &Path, size: u64, chunks: u64, len: usize) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; len];
+    let mut offsets = Vec::new();
+    for i in 0..chunks {
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for (j, v) in b.iter_mut().enumerate() {
+                *v = (x >> (j * 8)) as u8;
+            }
+        }
+        let off = (size / chunks) * i / 65536 * 65536;
+        f.write_all_at(&buf, off).unwrap();
+        offsets.push(off);
+    }
+    f.sync_all().unwrap();
+    offsets
+}
+
+#[test]
+fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
+    if !lab_ready() {
+        return;
+    }
+    let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(3).unwrap();
+    let src = lab.storage("h1").join("big.raw");
+    let chunks = sparse_random(&src, 2 << 30, 40, 4 << 20);
+    let total = 40u64 * (4 << 20);
+
+    // The sender is killed mid-transfer (bandwidth-limited so that it is mid-way).
+    let mut send = std::process::Command::new(bin("corral"))
+        .env("HOME", "/nonexistent")
+        .args(["--ca", &lab.pki("ca.pem"), "--cert", &lab.pki("coordinator.pem")])
+        .args(["--key", &lab.pki("coordinator.key"), "--agent", &lab.addr("h1")])
+        .args(["agent", "volume", "send", "big.raw", "--to", &lab.addr("h3"), "--limit", "40M"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = lab.storage("h3").join(".big.raw.corral-partial");
+    let t = Instant::now();
+    while !partial.exists() || on_disk(&partial) < 48 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(30), "no partial file grows on h3");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.kill_agent("h1").unwrap();
+    assert!(!send.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(500));
+    let arrived = on_disk(&partial);
+    assert!(arrived < total, "killed mid-way: {arrived} of {total}");
+    assert!(!lab.storage("h3").join("big.raw").exists(), "no file before it is verified");
+
+    // The agent comes back; the sync resumes without resending what arrived.
+    lab.restart_agents().unwrap();
+    let r = agent_json(&lab, "h1", &["volume", "send", "big.raw", "--to", &lab.addr("h3")]);
+    println!("resumed: {r} (arrived before the crash: {arrived} bytes)");
+    let (sent, skipped) = (r["sent_bytes"].as_u64().unwrap(), r["skipped_bytes"].as_u64().unwrap());
+    assert_eq!(sent + skipped, total, "{r}");
+    assert!(skipped >= arrived.saturating_sub(8 << 20), "{r}");
+    assert!(sent <= total - arrived + (8 << 20), "{r}");
+    assert!(!partial.exists());
+    let dst = lab.storage("h3").join("big.raw");
+    let (a, b) = (
+        agent_json(&lab, "h1", &["volume", "checksum", "big.raw"]),
+        agent_json(&lab, "h3", &["volume", "checksum", "big.raw"]),
+    );
+    assert_eq!(a["checksum"], b["checksum"]);
+    assert_eq!(std::fs::metadata(&dst).unwrap().len(), 2 << 30);
+    assert!(on_disk(&dst) <= on_disk(&src) + (1 << 20), "holes stay holes");
+    assert!(
+        r["wire_bytes"].as_u64().unwrap() <= sent + sent / 50 + (1 << 20),
+        "only data on the wire: {r}"
+    );
+
+    // The same content again: nothing to send.
+    let again = agent_json(&lab, "h1", &["volume", "send", "big.raw", "--to", &lab.addr("h3")]);
+    assert_eq!(again["sent_bytes"], 0, "{again}");
+    // Delta: ten changed blocks send ten blocks.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        for off in chunks.iter().take(10) {
+            f.write_all_at(b"changed!", off + 4096).unwrap();
+        }
+    }
+    let out = lab.agent_cli("h1", &["volume", "send", "big.raw", "--to", &lab.addr("h3")]);
+    assert!(!out.status.success(), "a different copy is not replaced unless asked");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replace"));
+    let r = agent_json(
+        &lab,
+        "h1",
+        &["volume", "send", "big.raw", "--to", &lab.addr("h3"), "--replace"],
+    );
+    assert_eq!(r["sent_bytes"], 10 * 65536, "{r}");
+    assert_eq!(
+        agent_json(&lab, "h3", &["volume", "checksum", "big.raw"])["checksum"],
+        agent_json(&lab, "h1", &["volume", "checksum", "big.raw"])["checksum"]
+    );
+
+    // Bad input: a path outside the storage root, a volume that does not exist, a peer that
+    // is not an agent, a peer certificate from another CA.
+    for (args, want) in [
+        (vec!["volume", "send", "../../etc/passwd", "--to", &lab.addr("h3")], "invalid"),
+        (vec!["volume", "send", "nope.raw", "--to", &lab.addr("h3")], "not found"),
+        (vec!["volume", "send", "big.raw", "--to", "10.213.0.99:7700"], "unavailable"),
+    ] {
+        let out = lab.agent_cli("h1", &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    corral_pki(&["init", "--dir", &d("pki")]).unwrap();
+    corral_pki(&["issue", "--dir", &d("pki"), "stranger"]).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let before: Vec<_> = std::fs::read_dir(lab.storage("h3")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    rt.block_on(async {
+        use corral_client::proto as pb;
+        let upload = |name: &str| {
+            tokio_stream::iter(vec![pb::SyncUpload {
+                msg: Some(pb::sync_upload::Msg::Header(pb::SyncHeader {
+                    volume: name.into(),
+                    size: 1 << 20,
+                    block_size: 65536,
+                    mode: 0o644,
+                    replace: false,
+                })),
+            }])
+        };
+        // A certificate from another CA: the TLS handshake fails.
+        let foreign = corral_client::TlsFiles {
+            ca: lab.pki("ca.pem").into(),
+            cert: d("pki/stranger.pem").into(),
+            key: d("pki/stranger.key").into(),
+        };
+        let r = async {
+            let ch = corral_client::channel_with(&lab.addr("h3"), Some(&foreign)).await?;
+            let mut c = pb::peer_transfer_service_client::PeerTransferServiceClient::new(ch);
+            let mut s = c.receive_volume(upload("stranger.raw")).await?.into_inner();
+            s.message().await?;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        assert!(r.is_err(), "a stranger's certificate is refused");
+        println!("stranger: {}", r.unwrap_err());
+        // The lab's own certificate, with a name outside the storage root.
+        let own = corral_client::TlsFiles {
+            ca: lab.pki("ca.pem").into(),
+            cert: lab.pki("h1.pem").into(),
+            key: lab.pki("h1.key").into(),
+        };
+        let ch = corral_client::channel_with(&lab.addr("h3"), Some(&own)).await.unwrap();
+        let mut c = pb::peer_transfer_service_client::PeerTransferServiceClient::new(ch);
+        let r = async { c.receive_volume(upload("../escape.raw")).await?.into_inner().message().await };
+        let e = r.await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    });
+    let after: Vec<_> = std::fs::read_dir(lab.storage("h3")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "nothing written");
+    assert!(!lab.storage("h3").join("../escape.raw").exists());
+}
