@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .type_attribute(".corral", "#[derive(serde::Serialize)]")
+        // Volume data is sliced out of the received buffers, not copied.
+        .bytes(".corral.v1.SyncData.data")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

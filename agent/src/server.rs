@@ -133,7 +133,11 @@ pub async fn serve(
         None => None,
     };
     let check = pin_check(pinned);
-    let mut builder = tonic::transport::Server::builder();
+    // Volume transfers stream megabytes: larger HTTP/2 windows keep the link busy.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .max_frame_size(Some(1 << 20));
     if let Some((cert, key, ca)) = agent.cfg.tls()? {
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,7 +129,6 @@ impl Reader {
     fn run(self, tx: &mpsc::Sender<pb::SyncUpload>, c: &Counters) -> Result<pb::SyncFinish> {
         let b = u64::from(BLOCK);
         let mut sum = Checksum::new();
-        let mut buf = Vec::with_capacity(BLOCK as usize);
         let mut run: Vec<u8> = Vec::with_capacity(RUN);
         let mut run_at = 0u64;
         let started = Instant::now();
@@ -155,7 +155,7 @@ impl Reader {
             send(
                 Up::Data(pb::SyncData {
                     offset: at,
-                    data: std::mem::take(run),
+                    data: std::mem::replace(run, Vec::with_capacity(RUN)).into(),
                     zero_len: 0,
                 }),
                 c,
@@ -169,42 +169,47 @@ impl Reader {
         let ours: std::collections::HashSet<u64> = self.blocks.iter().copied().collect();
         for index in order {
             let off = index * b;
-            let mut content: Option<Hash> = None;
-            if ours.contains(&index) {
-                let n = transfer::read_block(&self.file, &self.path, index, BLOCK, self.size, &mut buf)?;
-                c.scanned.fetch_add(n as u64, Ordering::Relaxed);
-                if !transfer::is_zero(&buf) {
-                    content = Some(transfer::hash(&buf));
-                }
-            }
             let theirs = self.have.get(&index);
-            match content {
-                Some(h) => {
+            let mut content = false;
+            if ours.contains(&index) {
+                // Read straight into the run being built; a block that is not sent is cut off
+                // again. The run is sent first when this block cannot extend it.
+                let len = (self.size - off).min(b) as usize;
+                if !run.is_empty() && (run_at + run.len() as u64 != off || run.len() + len > RUN) {
+                    flush(&mut run, run_at, c)?;
+                }
+                if run.is_empty() {
+                    run_at = off;
+                }
+                let start = run.len();
+                run.resize(start + len, 0);
+                self.file
+                    .read_exact_at(&mut run[start..], off)
+                    .map_err(|e| AgentError::internal(format!("reading {}: {e}", self.path.display())))?;
+                c.scanned.fetch_add(len as u64, Ordering::Relaxed);
+                let block = &run[start..];
+                if !transfer::is_zero(block) {
+                    content = true;
+                    let h = transfer::hash(block);
                     sum.add(index, &h);
                     if theirs == Some(&h) {
-                        c.skipped.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                        continue;
+                        c.skipped.fetch_add(len as u64, Ordering::Relaxed);
+                        run.truncate(start);
                     }
-                    if !run.is_empty() && (run_at + run.len() as u64 != off || run.len() + buf.len() > RUN) {
-                        flush(&mut run, run_at, c)?;
-                    }
-                    if run.is_empty() {
-                        run_at = off;
-                    }
-                    run.extend_from_slice(&buf);
+                } else {
+                    run.truncate(start);
                 }
-                None if theirs.is_some() => {
-                    flush(&mut run, run_at, c)?;
-                    send(
-                        Up::Data(pb::SyncData {
-                            offset: off,
-                            data: Vec::new(),
-                            zero_len: b.min(self.size - off),
-                        }),
-                        c,
-                    )?;
-                }
-                None => {}
+            }
+            if !content && theirs.is_some() {
+                flush(&mut run, run_at, c)?;
+                send(
+                    Up::Data(pb::SyncData {
+                        offset: off,
+                        data: Default::default(),
+                        zero_len: b.min(self.size - off),
+                    }),
+                    c,
+                )?;
             }
         }
         flush(&mut run, run_at, c)?;
@@ -413,20 +418,21 @@ pub async fn receive(
     // partial file of an interrupted sync is resumed.
     let exists = dest.exists();
     let compare_only = exists && !header.replace;
-    let basis = if compare_only {
-        dest.clone()
+    let started = Instant::now();
+    let (mut partial, sig) = if compare_only {
+        let d = dest.clone();
+        (None, blocking(move || transfer::signature(&d, BLOCK)).await?)
     } else {
         let (pp, d, size) = (partial_path.clone(), dest.clone(), header.size);
-        blocking(move || {
+        let (p, sig) = blocking(move || {
             let basis = if d.exists() { Some(d.as_path()) } else { None };
-            Partial::open(&pp, basis, size)?;
-            Ok(())
+            let mut p = Partial::open(&pp, basis, size)?;
+            let sig = p.scan()?;
+            Ok((p, sig))
         })
         .await?;
-        partial_path.clone()
+        (Some(p), sig)
     };
-    let b = basis.clone();
-    let sig = blocking(move || transfer::signature(&b, BLOCK)).await?;
     let resumed = if compare_only { 0 } else { sig.blocks.len() };
     tracing::info!(%volume, size = header.size, held_blocks = sig.blocks.len(), compare_only, "receiving");
     let parts: Vec<&[(u64, Hash)]> = if sig.blocks.is_empty() {
@@ -447,12 +453,7 @@ pub async fn receive(
         .await
         .map_err(|_| AgentError::Unavailable("the sender went away".into()))?;
     }
-    let mut partial = if compare_only {
-        None
-    } else {
-        let (pp, size) = (partial_path.clone(), header.size);
-        Some(blocking(move || Partial::open(&pp, None, size)).await?)
-    };
+    let scanned_ms = started.elapsed().as_millis() as u64;
     let finish = loop {
         let m = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -493,6 +494,7 @@ pub async fn receive(
             _ => return Err(AgentError::invalid("unexpected message in a transfer")),
         }
     };
+    let received_ms = started.elapsed().as_millis() as u64;
     let (mode, name) = (header.mode, header.volume.clone());
     let done = match partial {
         None => {
@@ -522,7 +524,11 @@ pub async fn receive(
             .await?
         }
     };
-    tracing::info!(%volume, bytes_written = done.bytes_written, resumed_blocks = resumed, "volume received and verified");
+    tracing::info!(
+        %volume, bytes_written = done.bytes_written, resumed_blocks = resumed, scanned_ms,
+        received_ms, total_ms = started.elapsed().as_millis() as u64,
+        "volume received and verified"
+    );
     out.send(Ok(pb::SyncReply {
         msg: Some(Reply::Done(done)),
     }))

@@ -7,7 +7,7 @@
 //! size: two files with the same checksum have the same bytes, holes included, whatever their
 //! allocation. Hashing is the `blake3` crate's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -203,12 +203,18 @@ pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
 /// The receiving side's file: a partial file kept across interrupted syncs
 /// (`.NAME.corral-partial`), written block by block and renamed over `NAME` once its
 /// checksum is verified.
+///
+/// It keeps the hash of every non-zero block of its content: the blocks it started with
+/// (from a scan) and each block as it is written, hashed from the bytes received. The
+/// checksum of that map is what the sender's checksum is compared with, as rsync compares
+/// the whole-file checksum of what it received.
 #[derive(Debug)]
 pub struct Partial {
     pub path: PathBuf,
     pub file: File,
     pub size: u64,
     pub written: u64,
+    pub blocks: BTreeMap<u64, Hash>,
 }
 
 impl Partial {
@@ -234,7 +240,24 @@ impl Partial {
             file,
             size,
             written: 0,
+            blocks: BTreeMap::new(),
         })
+    }
+
+    /// Scans the content it starts with (the basis of a delta, or what a resumed sync left).
+    pub fn scan(&mut self) -> Result<Signature> {
+        let sig = signature(&self.path, BLOCK)?;
+        self.blocks = sig.blocks.iter().copied().collect();
+        Ok(sig)
+    }
+
+    /// The content checksum of what it holds now.
+    pub fn checksum(&self) -> Hash {
+        let mut c = Checksum::new();
+        for (i, h) in &self.blocks {
+            c.add(*i, h);
+        }
+        c.finish(self.size)
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
@@ -245,10 +268,26 @@ impl Partial {
                 self.size
             )));
         }
+        let b = u64::from(BLOCK);
+        let whole = data.len() as u64 % b == 0 || offset + data.len() as u64 == self.size;
+        if offset % b != 0 || !whole {
+            return Err(AgentError::invalid(format!(
+                "data at {offset}+{} is not made of whole blocks",
+                data.len()
+            )));
+        }
         self.file
             .write_all_at(data, offset)
             .map_err(|e| io(&self.path, "writing", e))?;
         self.written += data.len() as u64;
+        for (k, chunk) in data.chunks(BLOCK as usize).enumerate() {
+            let index = offset / b + k as u64;
+            if is_zero(chunk) {
+                self.blocks.remove(&index);
+            } else {
+                self.blocks.insert(index, hash(chunk));
+            }
+        }
         Ok(())
     }
 
@@ -257,6 +296,18 @@ impl Partial {
         let len = len.min(self.size.saturating_sub(offset));
         if len == 0 {
             return Ok(());
+        }
+        let b = u64::from(BLOCK);
+        if offset % b != 0 || (len % b != 0 && offset + len != self.size) {
+            return Err(AgentError::invalid(format!(
+                "zeros at {offset}+{len} are not whole blocks"
+            )));
+        }
+        let first = offset / b;
+        let last = (offset + len).div_ceil(b);
+        let gone: Vec<u64> = self.blocks.range(first..last).map(|(i, _)| *i).collect();
+        for i in gone {
+            self.blocks.remove(&i);
         }
         let punched = fallocate(
             self.file.as_raw_fd(),
@@ -274,12 +325,10 @@ impl Partial {
         Ok(())
     }
 
-    /// Flushes, re-reads the file and compares its checksum with `expected`.
+    /// Compares the checksum of what it received with `expected`, then flushes the file to
+    /// disk.
     pub fn verify(&self, expected: &[u8]) -> Result<Hash> {
-        self.file
-            .sync_all()
-            .map_err(|e| io(&self.path, "syncing", e))?;
-        let got = signature(&self.path, BLOCK)?.checksum();
+        let got = self.checksum();
         if got[..] != *expected {
             return Err(AgentError::internal(format!(
                 "checksum mismatch after sync of {}: expected {}, got {}",
@@ -288,6 +337,9 @@ impl Partial {
                 hex(&got)
             )));
         }
+        self.file
+            .sync_data()
+            .map_err(|e| io(&self.path, "syncing", e))?;
         Ok(got)
     }
 
@@ -369,6 +421,11 @@ mod tests {
         }
         assert!(part.verify(&[0; 32]).is_err(), "a wrong checksum is refused");
         part.verify(&sig.checksum()).unwrap();
+        assert_eq!(
+            signature(&part.path, BLOCK).unwrap().checksum(),
+            part.checksum(),
+            "what it received is what it holds"
+        );
         let dest = dir.path().join("dst");
         part.install(&dest, 0o444).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&src).unwrap());
@@ -384,9 +441,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut part = Partial::open(&dir.path().join("p"), None, 4 << 20).unwrap();
         part.write(0, &[1; 65536]).unwrap();
+        assert_eq!(part.blocks.len(), 1);
         part.zero(0, 65536).unwrap();
+        assert!(part.blocks.is_empty());
         assert!(signature(&part.path, BLOCK).unwrap().blocks.is_empty());
         assert!(part.write((4 << 20) - 10, &[1; 11]).is_err());
+        assert!(part.write(100, &[1; 65536]).is_err(), "not block aligned");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The multi-host lab (`deploy/lab`) from tests: hosts in network namespaces, each with its
 //! own libvirtd, iptables and agent (mutual TLS with the lab's CA).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -130,4 +130,30 @@ impl Drop for Lab {
             let _ = lab(&["down"]);
         }
     }
+}
+
+/// A sparse file of `size` bytes with `chunks` random runs of `len` bytes at block-aligned
+/// offsets, which it returns.
+pub fn sparse_random(path: &Path, size: u64, chunks: u64, len: usize) -> Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path)?;
+    f.set_len(size)?;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; len];
+    let mut offsets = Vec::new();
+    for i in 0..chunks {
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for (j, v) in b.iter_mut().enumerate() {
+                *v = (x >> (j * 8)) as u8;
+            }
+        }
+        let off = (size / chunks) * i / 65536 * 65536;
+        f.write_all_at(&buf, off)?;
+        offsets.push(off);
+    }
+    f.sync_all()?;
+    Ok(offsets)
 }

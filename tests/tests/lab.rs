@@ -217,32 +217,6 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     assert!(!lab.storage("h2").join(file).exists());
 }
 
-/// A sparse file of `size` bytes with `chunks` random runs of `len` bytes at block-aligned
-/// offsets, which it returns.
-fn sparse_random(path: &Path, size: u64, chunks: u64, len: usize) -> Vec<u64> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut buf = vec![0u8; len];
-    let mut offsets = Vec::new();
-    for i in 0..chunks {
-        for b in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            for (j, v) in b.iter_mut().enumerate() {
-                *v = (x >> (j * 8)) as u8;
-            }
-        }
-        let off = (size / chunks) * i / 65536 * 65536;
-        f.write_all_at(&buf, off).unwrap();
-        offsets.push(off);
-    }
-    f.sync_all().unwrap();
-    offsets
-}
-
 #[test]
 fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     if !lab_ready() {
@@ -251,7 +225,7 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::up(3).unwrap();
     let src = lab.storage("h1").join("big.raw");
-    let chunks = sparse_random(&src, 2 << 30, 40, 4 << 20);
+    let chunks = lab::sparse_random(&src, 2 << 30, 40, 4 << 20).unwrap();
     let total = 40u64 * (4 << 20);
 
     // The sender is killed mid-transfer (bandwidth-limited so that it is mid-way).
