@@ -102,7 +102,11 @@ impl Storage {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') && name.ends_with(TMP_SUFFIX) {
+            // Interrupted work, and half-made copies of a sync's basis; a sync's partial
+            // file (`.corral-partial`) stays for the sync to resume.
+            if name.starts_with('.')
+                && (name.ends_with(TMP_SUFFIX) || name.ends_with(".corral-copying"))
+            {
                 std::fs::remove_file(entry.path())?;
                 removed.push(entry.path());
             }

@@ -419,18 +419,12 @@ pub async fn receive(
     let exists = dest.exists();
     let compare_only = exists && !header.replace;
     let started = Instant::now();
-    let (mut partial, sig) = if compare_only {
+    let (partial, sig) = if compare_only {
         let d = dest.clone();
         (None, blocking(move || transfer::signature(&d, BLOCK)).await?)
     } else {
         let (pp, d, size) = (partial_path.clone(), dest.clone(), header.size);
-        let (p, sig) = blocking(move || {
-            let basis = if d.exists() { Some(d.as_path()) } else { None };
-            let mut p = Partial::open(&pp, basis, size)?;
-            let sig = p.scan()?;
-            Ok((p, sig))
-        })
-        .await?;
+        let (p, sig) = blocking(move || prepare(&pp, &d, size)).await?;
         (Some(p), sig)
     };
     let resumed = if compare_only { 0 } else { sig.blocks.len() };
@@ -454,45 +448,71 @@ pub async fn receive(
         .map_err(|_| AgentError::Unavailable("the sender went away".into()))?;
     }
     let scanned_ms = started.elapsed().as_millis() as u64;
-    let finish = loop {
-        let m = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) | Err(_) => {
-                if let Some(p) = partial.take() {
-                    let _ = blocking(move || Ok(p.file.sync_all()?)).await;
+    // Writing and hashing run on a thread of their own, so that receiving the next message
+    // (TLS, HTTP/2, decoding) overlaps them; the queue between them is bounded.
+    let (wtx, mut wrx) = mpsc::channel::<pb::SyncData>(QUEUE);
+    let span = tracing::Span::current();
+    let writer = partial.map(|ready| {
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| -> Result<Partial> {
+                let mut p = ready()?;
+                while let Some(d) = wrx.blocking_recv() {
+                    if d.data.is_empty() {
+                        p.zero(d.offset, d.zero_len)?;
+                    } else {
+                        p.write(d.offset, &d.data)?;
+                    }
                 }
-                tracing::warn!(
-                    %volume,
-                    "the sender went away mid-transfer; the partial file is kept for a resume"
-                );
-                return Err(AgentError::Unavailable(
-                    "the sender went away mid-transfer".into(),
-                ));
-            }
-        };
-        match m.msg {
-            Some(Up::Data(d)) => {
-                let Some(mut p) = partial.take() else {
+                Ok(p)
+            })
+        })
+    });
+    let ended = loop {
+        match inbound.message().await {
+            Ok(Some(pb::SyncUpload {
+                msg: Some(Up::Data(d)),
+            })) => {
+                if writer.is_none() {
                     return Err(AgentError::exists(format!(
                         "volume {:?} exists on this host with a different content; sync with replace to update it",
                         header.volume
                     )));
-                };
-                partial = Some(
-                    blocking(move || {
-                        if d.data.is_empty() {
-                            p.zero(d.offset, d.zero_len)?;
-                        } else {
-                            p.write(d.offset, &d.data)?;
-                        }
-                        Ok(p)
-                    })
-                    .await?,
-                );
+                }
+                if wtx.send(d).await.is_err() {
+                    // The writer stopped: its error is the answer.
+                    break None;
+                }
             }
-            Some(Up::Finish(f)) => break f,
-            _ => return Err(AgentError::invalid("unexpected message in a transfer")),
+            Ok(Some(pb::SyncUpload {
+                msg: Some(Up::Finish(f)),
+            })) => break Some(Ok(f)),
+            Ok(Some(_)) => {
+                break Some(Err(AgentError::invalid(
+                    "unexpected message in a transfer",
+                )))
+            }
+            Ok(None) | Err(_) => {
+                break Some(Err(AgentError::Unavailable(
+                    "the sender went away mid-transfer".into(),
+                )))
+            }
         }
+    };
+    drop(wtx);
+    let partial = match writer {
+        Some(w) => Some(w.await??),
+        None => None,
+    };
+    let finish = match ended {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            if let Some(p) = partial {
+                let _ = blocking(move || Ok(p.file.sync_all()?)).await;
+                tracing::warn!(%volume, error = %e, "transfer ended early; the partial file is kept for a resume");
+            }
+            return Err(e);
+        }
+        None => return Err(AgentError::internal("the writer stopped without an error")),
     };
     let received_ms = started.elapsed().as_millis() as u64;
     let (mode, name) = (header.mode, header.volume.clone());
@@ -512,6 +532,7 @@ pub async fn receive(
         Some(p) => {
             let images = Arc::clone(&agent);
             blocking(move || {
+                let mut p = p;
                 let sum = p.verify(&finish.checksum)?;
                 let written = p.written;
                 images.adopt_backing(&p.path)?;
@@ -535,6 +556,38 @@ pub async fn receive(
     .await
     .map_err(|_| AgentError::Unavailable("the sender went away".into()))?;
     Ok(())
+}
+
+/// Opens the partial file to receive into, with the signature of what it holds. A resumed
+/// sync keeps what arrived; a delta against an older copy of the same length scans that copy
+/// while the kernel copies it into the partial file (the writer waits for the copy).
+fn prepare(
+    partial: &std::path::Path,
+    dest: &std::path::Path,
+    size: u64,
+) -> Result<(Box<dyn FnOnce() -> Result<Partial> + Send>, transfer::Signature)> {
+    let same_length = std::fs::metadata(dest).is_ok_and(|m| m.len() == size);
+    if !partial.exists() && same_length {
+        let (pp, d) = (partial.to_path_buf(), dest.to_path_buf());
+        let copy = std::thread::spawn(move || Partial::open(&pp, Some(&d), size));
+        let sig = transfer::signature(dest, BLOCK);
+        let blocks: std::collections::BTreeMap<u64, Hash> = match &sig {
+            Ok(s) => s.blocks.iter().copied().collect(),
+            Err(_) => Default::default(),
+        };
+        let ready = move || -> Result<Partial> {
+            let mut p = copy
+                .join()
+                .map_err(|_| AgentError::internal("the copy of the basis failed"))??;
+            p.blocks = blocks;
+            Ok(p)
+        };
+        return Ok((Box::new(ready), sig?));
+    }
+    let basis = if dest.exists() { Some(dest) } else { None };
+    let mut p = Partial::open(partial, basis, size)?;
+    let sig = p.scan()?;
+    Ok((Box::new(move || Ok(p)), sig))
 }
 
 impl Agent {

@@ -215,6 +215,41 @@ pub struct Partial {
     pub size: u64,
     pub written: u64,
     pub blocks: BTreeMap<u64, Hash>,
+    /// Writes since the flusher was last woken.
+    unflushed: u64,
+    flusher: Option<Flusher>,
+}
+
+/// Flushes a file to disk on its own thread while it is being written, so that the flush
+/// before the rename finds little left to write.
+#[derive(Debug)]
+struct Flusher {
+    wake: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Bytes written between two background flushes.
+const FLUSH_EVERY: u64 = 64 << 20;
+
+impl Flusher {
+    fn start(file: &File) -> Option<Self> {
+        let file = file.try_clone().ok()?;
+        let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("sync-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let _ = file.sync_data();
+                }
+            })
+            .ok()?;
+        Some(Self { wake, thread })
+    }
+
+    fn stop(self) {
+        drop(self.wake);
+        let _ = self.thread.join();
+    }
 }
 
 impl Partial {
@@ -241,6 +276,8 @@ impl Partial {
             size,
             written: 0,
             blocks: BTreeMap::new(),
+            unflushed: 0,
+            flusher: None,
         })
     }
 
@@ -280,6 +317,17 @@ impl Partial {
             .write_all_at(data, offset)
             .map_err(|e| io(&self.path, "writing", e))?;
         self.written += data.len() as u64;
+        self.unflushed += data.len() as u64;
+        if self.unflushed >= FLUSH_EVERY {
+            self.unflushed = 0;
+            if self.flusher.is_none() {
+                self.flusher = Flusher::start(&self.file);
+            }
+            if let Some(f) = &self.flusher {
+                // A flush already queued covers this one too.
+                let _ = f.wake.try_send(());
+            }
+        }
         for (k, chunk) in data.chunks(BLOCK as usize).enumerate() {
             let index = offset / b + k as u64;
             if is_zero(chunk) {
@@ -327,7 +375,10 @@ impl Partial {
 
     /// Compares the checksum of what it received with `expected`, then flushes the file to
     /// disk.
-    pub fn verify(&self, expected: &[u8]) -> Result<Hash> {
+    pub fn verify(&mut self, expected: &[u8]) -> Result<Hash> {
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
         let got = self.checksum();
         if got[..] != *expected {
             return Err(AgentError::internal(format!(
