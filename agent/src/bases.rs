@@ -103,7 +103,7 @@ impl Agent {
 
     /// Volumes of a domain with their roles: (target, role, path), from its metadata,
     /// or every disk as `system` for domains Corral did not define.
-    fn volumes_of(&self, xml: &DomainXml) -> Vec<(String, String, PathBuf)> {
+    pub(crate) fn volumes_of(&self, xml: &DomainXml) -> Vec<(String, String, PathBuf)> {
         let meta = meta_of(xml);
         xml.devices
             .disks
@@ -261,6 +261,7 @@ impl Agent {
             definition_xml: self.hv.xml(name, true, true)?,
             volumes: base_volumes(prepared),
             parent: meta.base.clone().unwrap_or_default(),
+            layouts: Vec::new(),
         })
     }
 
@@ -341,6 +342,7 @@ impl Agent {
             definition_xml: self.hv.xml(name, true, true)?,
             volumes,
             parent: meta_of(&xml).base.unwrap_or_default(),
+            layouts: Vec::new(),
         })
     }
 

@@ -78,6 +78,9 @@ pub struct Config {
     /// With TLS: accept only this client certificate (the coordinator's), not every
     /// certificate the CA signed.
     pub tls_coordinator_cert: Option<PathBuf>,
+    /// libvirt URI peers use to migrate live domains here (e.g. `qemu+tls://h2/system`);
+    /// empty: this host accepts no live migration.
+    pub migration_uri: String,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             tls_key: None,
             tls_client_ca: None,
             tls_coordinator_cert: None,
+            migration_uri: String::new(),
         }
     }
 }
@@ -154,6 +158,9 @@ impl Config {
                 "none" => FirewallKind::None,
                 _ => return Err(bad("CORRAL_AGENT_FIREWALL", &v)),
             };
+        }
+        if let Some(v) = get("CORRAL_AGENT_MIGRATION_URI") {
+            self.migration_uri = v;
         }
         if let Some(v) = get("CORRAL_AGENT_TLS_CERT") {
             self.tls_cert = Some(v.into());

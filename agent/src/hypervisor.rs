@@ -101,6 +101,13 @@ pub trait Hypervisor: Send + Sync {
     fn managed_save(&self, name: &str) -> Result<()>;
     /// Undefines the domain with its snapshot metadata and managed-save image.
     fn undefine(&self, name: &str) -> Result<()>;
+    /// The running definition as a migration target must receive it.
+    fn migratable_xml(&self, name: &str) -> Result<String>;
+    /// Live-migrates a running domain to the libvirt at `dest_uri` (peer to peer), with
+    /// `dest_xml` as its definition there, copying the top layer of its disks; the domain is
+    /// persistent there and undefined here afterwards.
+    fn migrate(&self, name: &str, dest_uri: &str, dest_xml: &str, bandwidth_mib: u64)
+        -> Result<()>;
     /// Replaces Corral's metadata element (persistent definition, and live when running).
     fn set_meta(&self, name: &str, element_xml: &str) -> Result<()>;
     /// Adds a device to the persistent definition.
@@ -281,6 +288,12 @@ impl Hypervisor for Libvirt {
             .map_err(|e| map_err(&format!("XML of domain {name:?}"), e))
     }
 
+    fn migratable_xml(&self, name: &str) -> Result<String> {
+        self.dom(name)?
+            .xml_desc(sys::VIR_DOMAIN_XML_SECURE | sys::VIR_DOMAIN_XML_MIGRATABLE)
+            .map_err(|e| map_err(&format!("XML of domain {name:?}"), e))
+    }
+
     fn names(&self) -> Result<Vec<String>> {
         let conn = self.connection()?;
         let doms = conn
@@ -365,6 +378,30 @@ impl Hypervisor for Libvirt {
         let flags =
             sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE;
         self.act(name, "undefine", |d| d.undefine_flags(flags).map(|_| ()))
+    }
+
+    fn migrate(
+        &self,
+        name: &str,
+        dest_uri: &str,
+        dest_xml: &str,
+        bandwidth_mib: u64,
+    ) -> Result<()> {
+        let flags = sys::VIR_MIGRATE_LIVE
+            | sys::VIR_MIGRATE_PEER2PEER
+            | sys::VIR_MIGRATE_PERSIST_DEST
+            | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+            | sys::VIR_MIGRATE_NON_SHARED_INC;
+        self.act(name, "migrate", |d| {
+            d.migrate_to_uri2(
+                Some(dest_uri),
+                None,
+                Some(dest_xml),
+                flags,
+                None,
+                bandwidth_mib,
+            )
+        })
     }
 
     fn set_meta(&self, name: &str, element_xml: &str) -> Result<()> {

@@ -82,7 +82,21 @@ impl Agent {
         if !self.hv.state(domain).ok()?.is_active() {
             return None;
         }
-        self.hv.addresses(domain).ok()?.first().map(|(_, ip)| *ip)
+        if let Some((_, ip)) = self.hv.addresses(domain).ok()?.first() {
+            return Some(*ip);
+        }
+        // No DHCP lease here: a guest that came by live migration keeps the address another
+        // host's DHCP server gave it, which this host's ARP table knows once it has talked
+        // to the guest (libvirt's own ARP source fails on some kernels: read the table).
+        let xml = self.read_domain(domain).ok()?;
+        let macs: Vec<String> = xml
+            .devices
+            .interfaces
+            .iter()
+            .filter_map(|i| i.mac.as_ref().map(|m| m.address.to_lowercase()))
+            .collect();
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        arp_lookup(&table, &macs)
     }
 
     fn display_port(&self, domain: &str) -> Option<u16> {
@@ -361,9 +375,37 @@ impl Agent {
     }
 }
 
+/// The address of the first of `macs` in a `/proc/net/arp` table (complete entries only).
+fn arp_lookup(table: &str, macs: &[String]) -> Option<Ipv4Addr> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (ip, flags, mac) = (f.first()?, f.get(2)?, f.get(3)?);
+        let complete = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()? & 0x2 != 0;
+        (complete && macs.iter().any(|m| m.eq_ignore_ascii_case(mac)))
+            .then(|| ip.parse().ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_arp_table_gives_a_migrated_guest_its_address() {
+        let table = "IP address       HW type     Flags       HW address            Mask     Device
+10.213.0.1       0x1         0x2         2a:16:65:25:f8:8a     *        eth0
+192.168.122.9    0x1         0x0         52:54:00:00:00:01     *        virbr0
+192.168.122.175  0x1         0x2         52:54:00:97:89:ED     *        virbr0
+";
+        let mac = |m: &str| vec![m.to_string()];
+        assert_eq!(
+            arp_lookup(table, &mac("52:54:00:97:89:ed")),
+            Some(Ipv4Addr::new(192, 168, 122, 175))
+        );
+        assert_eq!(arp_lookup(table, &mac("52:54:00:00:00:01")), None, "incomplete");
+        assert_eq!(arp_lookup(table, &mac("52:54:00:00:00:02")), None);
+    }
 
     #[test]
     fn state_persists_and_allocates_ports() {

@@ -195,6 +195,7 @@ impl Coordinator {
         dst.bases
             .import_base(pb::ImportBaseRequest {
                 definition_xml: export.definition_xml,
+                layouts: Vec::new(),
             })
             .await
             .map_err(agent_err(target))?;
@@ -367,11 +368,6 @@ impl Coordinator {
     ) -> Result<OpRecord> {
         check_name("host", &req.host)?;
         let vm = self.vm_for(caller, &req.name).await?;
-        if req.live {
-            return Err(CoordError::FailedPrecondition(
-                "live migration is not available yet: shut the VM down and move it".into(),
-            ));
-        }
         let source = vm.host.clone().ok_or_else(|| {
             CoordError::FailedPrecondition(format!("VM {} has no host", vm.name))
         })?;
@@ -392,11 +388,84 @@ impl Coordinator {
         };
         let me = Arc::clone(self);
         let w = work(move |ctx| async move {
-            me.do_move(&ctx, &req.name, &source, &req.host, req.bandwidth_limit)
-                .await
-                .map_err(OpError::from)
+            let moved = if req.live {
+                me.do_live_move(&ctx, &req.name, &source, &req.host, req.bandwidth_limit)
+                    .await
+            } else {
+                me.do_move(&ctx, &req.name, &source, &req.host, req.bandwidth_limit)
+                    .await
+            };
+            moved.map_err(OpError::from)
         });
         Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// Live migration through libvirt: the base first, empty volumes on the target, then
+    /// libvirt moves memory and the disks' top layer; the target cleans up if it fails.
+    async fn do_live_move(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        name: &str,
+        source: &str,
+        target: &str,
+        limit: u64,
+    ) -> Result<serde_json::Value> {
+        let n = name.to_string();
+        let mut vm = self.blocking(move |s| s.vm(&n)).await?;
+        if let Some(base) = vm.base.clone() {
+            self.ensure_base(ctx, &base, target, limit).await?;
+        }
+        let mut src = self.hosts.client(source)?;
+        let mut dst = self.hosts.client(target)?;
+        let export = src
+            .bases
+            .export_for_migration(pb::DomainRef { name: name.into() })
+            .await
+            .map_err(agent_err(source))?
+            .into_inner();
+        let incoming = dst
+            .bases
+            .prepare_migration(pb::ImportBaseRequest {
+                definition_xml: export.definition_xml,
+                layouts: export.layouts.clone(),
+            })
+            .await
+            .map_err(agent_err(target))?
+            .into_inner();
+        ctx.progress("migrating", Some(20.0), None, &format!("live, to host {target}"))
+            .await?;
+        let migrated = src
+            .bases
+            .migrate_domain(pb::MigrateDomainRequest {
+                name: name.into(),
+                dest_uri: incoming.uri.clone(),
+                dest_xml: incoming.dest_xml,
+                bandwidth_mib: limit >> 20,
+            })
+            .await;
+        if let Err(s) = migrated {
+            for l in &export.layouts {
+                let _ = dst
+                    .volumes
+                    .delete_volume(pb::VolumeRef {
+                        name: l.volume.clone(),
+                    })
+                    .await;
+            }
+            return Err(CoordError::from_agent(source, &s));
+        }
+        vm.host = Some(target.into());
+        // It runs there now: record that first, then fix its persistent definition.
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        dst.bases
+            .finish_migration(pb::DomainRef { name: name.into() })
+            .await
+            .map_err(agent_err(target))?;
+        vm.observed_state = crate::observed::state_name(pb::DomainState::Running as i32);
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        Ok(serde_json::json!({ "vm": name, "from": source, "to": target, "live": true }))
     }
 
     async fn do_move(
@@ -448,6 +517,7 @@ impl Coordinator {
             .bases
             .import_domain(pb::ImportBaseRequest {
                 definition_xml: export.definition_xml,
+                layouts: Vec::new(),
             })
             .await
             .map_err(agent_err(target))?

@@ -149,7 +149,9 @@ async fn clones_are_placed_by_the_rules_and_the_rejections_explained() {
             .unwrap_or_default()
     };
     assert!(why("h2").contains("disabled"), "{e:?}");
-    assert!(why("h4").contains("not on this host"), "{e:?}");
+    // h4 lacks the base but is of the same class as its holders: it may take a copy (at a
+    // cost in score), so it is not rejected; it wins only when the holders are much busier.
+    assert!(why("h4").is_empty(), "{e:?}");
     assert!(["h1", "h3"].contains(&e.chosen.as_str()), "{e:?}");
     // Clones spread over the enabled hosts that have the base, never elsewhere.
     let mut placed = Vec::new();

@@ -94,4 +94,36 @@ impl BaseService for BaseApi {
         let r = req.into_inner();
         run(&self.0, "ImportDomain", "", move |a| a.import_domain(&r.definition_xml)).await
     }
+    async fn export_for_migration(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
+        let n = req.into_inner().name;
+        run(&self.0, "ExportForMigration", &n.clone(), move |a| {
+            a.export_for_migration(&n)
+        })
+        .await
+    }
+    async fn prepare_migration(
+        &self,
+        req: Request<pb::ImportBaseRequest>,
+    ) -> R<pb::MigrationTarget> {
+        let r = req.into_inner();
+        run(&self.0, "PrepareMigration", "", move |a| a.prepare_migration(&r)).await
+    }
+    async fn migrate_domain(
+        &self,
+        req: Request<pb::MigrateDomainRequest>,
+    ) -> R<pb::MigrateDomainResponse> {
+        let r = req.into_inner();
+        run(&self.0, "MigrateDomain", &r.name.clone(), move |a| {
+            a.migrate_domain(&r)?;
+            Ok(pb::MigrateDomainResponse {})
+        })
+        .await
+    }
+    async fn finish_migration(&self, req: Request<pb::DomainRef>) -> R<pb::Domain> {
+        let n = req.into_inner().name;
+        run(&self.0, "FinishMigration", &n.clone(), move |a| {
+            a.finish_migration(&n)
+        })
+        .await
+    }
 }

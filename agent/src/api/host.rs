@@ -108,6 +108,7 @@ impl Agent {
             vcpus_running: usage.vcpus,
             memory_running_bytes: usage.memory,
             host_address: self.cfg.host_address.to_string(),
+            migration_uri: self.cfg.migration_uri.clone(),
         })
     }
 }
