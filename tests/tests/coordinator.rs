@@ -1113,3 +1113,125 @@ async fn a_vm_created_from_a_spec_becomes_the_base_of_clones() {
     let e = carol.vms.create_vm(create("mine", "")).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 }
+
+async fn op_ok(c: &mut CoordinatorClient, op: pb::Operation) -> pb::Operation {
+    let done = finish(c, op).await.unwrap();
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    done
+}
+
+async fn holders(c: &mut CoordinatorClient, base: &str) -> Vec<String> {
+    c.vms
+        .list_bases(pb::ListBaseSummariesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .bases
+        .into_iter()
+        .find(|b| b.name == base)
+        .map(|b| b.hosts)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_base_made_from_a_clone_is_synced_after_its_parent() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(3, 200, 2000).await;
+    create_base(&mut f.admin, "par", "h1").await;
+    // A clone of it, kept on h1 (the others are in maintenance), prepared as a base itself.
+    for h in ["h2", "h3"] {
+        f.admin
+            .hosts
+            .set_host_enabled(pb::SetHostEnabledRequest {
+                name: h.into(),
+                enabled: false,
+            })
+            .await
+            .unwrap();
+    }
+    let op = f
+        .admin
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: "par".into(),
+            name: "kid".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(op_ok(&mut f.admin, op).await.host, "h1");
+    let op = f
+        .admin
+        .vms
+        .prepare_base(pb::VmRef { name: "kid".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    op_ok(&mut f.admin, op).await;
+    // Syncing the child to h3 brings the parent first.
+    let sync = |base: &str, host: &str| pb::SyncBaseRequest {
+        base: base.into(),
+        host: host.into(),
+        bandwidth_limit: 0,
+    };
+    let op = f.admin.vms.sync_base(sync("kid", "h3")).await.unwrap().into_inner();
+    assert_eq!(op.kind, "sync-base");
+    let done = op_ok(&mut f.admin, op).await;
+    assert_eq!(holders(&mut f.admin, "par").await, vec!["h1", "h3"], "{done:?}");
+    assert_eq!(holders(&mut f.admin, "kid").await, vec!["h1", "h3"]);
+    // The agent on h3 holds both bases, and clones of the child work there.
+    let mut h3 = corral_client::AgentClient::connect(&f.agents[2].addr).await.unwrap();
+    let bases: Vec<String> = h3
+        .bases
+        .list_bases(pb::ListBasesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .bases
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(bases.len(), 2, "{bases:?}");
+    f.admin
+        .hosts
+        .set_host_enabled(pb::SetHostEnabledRequest {
+            name: "h3".into(),
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    f.admin
+        .hosts
+        .set_host_enabled(pb::SetHostEnabledRequest {
+            name: "h1".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let done = clone(&mut f.admin, "kid", "kid-1").await;
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.host, "h3");
+    // Syncing again is a no-op; bad input is refused and changes nothing.
+    let op = f.admin.vms.sync_base(sync("kid", "h3")).await.unwrap().into_inner();
+    let done = op_ok(&mut f.admin, op).await;
+    assert!(done.result.contains("\"copied\":false"), "{done:?}");
+    for (req, code) in [
+        (sync("kid", "h9"), Code::NotFound),
+        (sync("nope", "h2"), Code::NotFound),
+        (sync("a/b", "h2"), Code::InvalidArgument),
+    ] {
+        let e = f.admin.vms.sync_base(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    // h3's copy of kid cannot go while kid-1 uses it.
+    let e = f
+        .admin
+        .vms
+        .remove_base_from_host(sync("kid", "h3"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+}
