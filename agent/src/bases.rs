@@ -255,7 +255,9 @@ impl Agent {
         let xml = self.read_definition(name)?;
         let meta = meta_of(&xml);
         let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == "base") else {
-            return Err(AgentError::not_found(format!("domain {name:?} is not a base")));
+            return Err(AgentError::not_found(format!(
+                "domain {name:?} is not a base"
+            )));
         };
         Ok(pb::BaseExport {
             definition_xml: self.hv.xml(name, true, true)?,
@@ -297,7 +299,11 @@ impl Agent {
             let Some(f) = prepared.files.iter().find(|f| f.target == d.target.dev) else {
                 continue;
             };
-            let local = if f.file.is_empty() { &f.source } else { &f.file };
+            let local = if f.file.is_empty() {
+                &f.source
+            } else {
+                &f.file
+            };
             if let Some(src) = d.source.as_mut() {
                 if src.file.is_some() {
                     src.file = Some(self.storage.path(local)?.display().to_string());

@@ -141,11 +141,8 @@ impl Agent {
             let local = self.storage.path(&file_name(p)?).ok()?;
             local.exists().then(|| local.display().to_string())
         };
-        let fixed = crate::relocate::relocate(
-            &persistent,
-            &path,
-            &self.cfg.host_address.to_string(),
-        )?;
+        let fixed =
+            crate::relocate::relocate(&persistent, &path, &self.cfg.host_address.to_string())?;
         self.forget_definition(name);
         self.hv.define(&fixed)?;
         self.view(name)

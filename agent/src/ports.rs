@@ -403,7 +403,11 @@ mod tests {
             arp_lookup(table, &mac("52:54:00:97:89:ed")),
             Some(Ipv4Addr::new(192, 168, 122, 175))
         );
-        assert_eq!(arp_lookup(table, &mac("52:54:00:00:00:01")), None, "incomplete");
+        assert_eq!(
+            arp_lookup(table, &mac("52:54:00:00:00:01")),
+            None,
+            "incomplete"
+        );
         assert_eq!(arp_lookup(table, &mac("52:54:00:00:00:02")), None);
     }
 

@@ -50,14 +50,15 @@ pub fn relocate(xml: &str, path: &dyn Fn(&str) -> Option<String>, listen: &str) 
     };
     loop {
         let ev = reader.read_event().map_err(xml_err)?;
-        let fixed = |e: &BytesStart<'_>, in_graphics: bool| -> Result<Option<BytesStart<'static>>> {
-            Ok(match e.name().as_ref() {
-                b"source" => Some(with_attr(e, b"file", path)?),
-                b"graphics" => Some(with_attr(e, b"listen", addr)?),
-                b"listen" if in_graphics => Some(with_attr(e, b"address", addr)?),
-                _ => None,
-            })
-        };
+        let fixed =
+            |e: &BytesStart<'_>, in_graphics: bool| -> Result<Option<BytesStart<'static>>> {
+                Ok(match e.name().as_ref() {
+                    b"source" => Some(with_attr(e, b"file", path)?),
+                    b"graphics" => Some(with_attr(e, b"listen", addr)?),
+                    b"listen" if in_graphics => Some(with_attr(e, b"address", addr)?),
+                    _ => None,
+                })
+            };
         let out = match &ev {
             Event::Eof => break,
             Event::Start(e) => {
@@ -75,9 +76,7 @@ pub fn relocate(xml: &str, path: &dyn Fn(&str) -> Option<String>, listen: &str) 
             }
             _ => None,
         };
-        writer
-            .write_event(out.unwrap_or(ev))
-            .map_err(xml_err)?;
+        writer.write_event(out.unwrap_or(ev)).map_err(xml_err)?;
     }
     String::from_utf8(writer.into_inner()).map_err(xml_err)
 }
@@ -97,17 +96,24 @@ mod tests {
 </devices></domain>"#;
         let path = |p: &str| {
             let name = std::path::Path::new(p).file_name()?.to_str()?.to_string();
-            name.ends_with(".qcow2").then(|| format!("/b/h2/storage/{name}"))
+            name.ends_with(".qcow2")
+                .then(|| format!("/b/h2/storage/{name}"))
         };
         let out = relocate(xml, &path, "10.0.0.12").unwrap();
         assert!(out.contains("file=\"/b/h2/storage/c1-vda.qcow2\""), "{out}");
-        assert!(out.contains("file=\"/b/h2/storage/web-vda.base.qcow2\""), "{out}");
+        assert!(
+            out.contains("file=\"/b/h2/storage/web-vda.base.qcow2\""),
+            "{out}"
+        );
         assert!(out.contains("file=\"/iso/x.iso\""), "{out}");
         assert!(out.contains("listen=\"10.0.0.12\""), "{out}");
         assert!(out.contains("address=\"10.0.0.12\""), "{out}");
         assert!(out.contains("listen=\"0.0.0.0\""), "{out}");
         assert!(out.contains("slot='0x04'"), "addresses kept: {out}");
-        assert!(out.contains("model='piix3-uhci'"), "controllers kept: {out}");
+        assert!(
+            out.contains("model='piix3-uhci'"),
+            "controllers kept: {out}"
+        );
         assert!(!out.contains("10.0.0.11"));
         assert!(relocate("<domain><unclosed></domain>", &path, "x").is_err());
     }

@@ -200,11 +200,9 @@ pub async fn serve(
         )
         // Peer agents, not only the coordinator: any certificate the agents' CA signed.
         .add_service(
-            pb::peer_transfer_service_server::PeerTransferServiceServer::new(api::PeerApi(
-                agent,
-            ))
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20),
+            pb::peer_transfer_service_server::PeerTransferServiceServer::new(api::PeerApi(agent))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
         )
         .serve_with_incoming_shutdown(
             // Small messages (stream ends, progress events) must not wait for Nagle's delay.

@@ -185,7 +185,9 @@ impl Reader {
                 run.resize(start + len, 0);
                 self.file
                     .read_exact_at(&mut run[start..], off)
-                    .map_err(|e| AgentError::internal(format!("reading {}: {e}", self.path.display())))?;
+                    .map_err(|e| {
+                        AgentError::internal(format!("reading {}: {e}", self.path.display()))
+                    })?;
                 c.scanned.fetch_add(len as u64, Ordering::Relaxed);
                 let block = &run[start..];
                 if !transfer::is_zero(block) {
@@ -317,7 +319,8 @@ pub async fn send(
             let msg = pb::SyncUpload {
                 msg: Some(Up::Finish(finish)),
             };
-            c.wire.fetch_add(msg.encoded_len() as u64, Ordering::Relaxed);
+            c.wire
+                .fetch_add(msg.encoded_len() as u64, Ordering::Relaxed);
             tx.blocking_send(msg)
                 .map_err(|_| AgentError::Unavailable("the peer closed the transfer".into()))
         })
@@ -421,7 +424,10 @@ pub async fn receive(
     let started = Instant::now();
     let (partial, sig) = if compare_only {
         let d = dest.clone();
-        (None, blocking(move || transfer::signature(&d, BLOCK)).await?)
+        (
+            None,
+            blocking(move || transfer::signature(&d, BLOCK)).await?,
+        )
     } else {
         let (pp, d, size) = (partial_path.clone(), dest.clone(), header.size);
         let (p, sig) = blocking(move || prepare(&pp, &d, size)).await?;
@@ -487,9 +493,7 @@ pub async fn receive(
                 msg: Some(Up::Finish(f)),
             })) => break Some(Ok(f)),
             Ok(Some(_)) => {
-                break Some(Err(AgentError::invalid(
-                    "unexpected message in a transfer",
-                )))
+                break Some(Err(AgentError::invalid("unexpected message in a transfer")))
             }
             Ok(None) | Err(_) => {
                 break Some(Err(AgentError::Unavailable(
@@ -558,6 +562,9 @@ pub async fn receive(
     Ok(())
 }
 
+/// The partial file, once whatever it waits for (a copy of the basis) is done.
+type Ready = Box<dyn FnOnce() -> Result<Partial> + Send>;
+
 /// Opens the partial file to receive into, with the signature of what it holds. A resumed
 /// sync keeps what arrived; a delta against an older copy of the same length scans that copy
 /// while the kernel copies it into the partial file (the writer waits for the copy).
@@ -565,7 +572,7 @@ fn prepare(
     partial: &std::path::Path,
     dest: &std::path::Path,
     size: u64,
-) -> Result<(Box<dyn FnOnce() -> Result<Partial> + Send>, transfer::Signature)> {
+) -> Result<(Ready, transfer::Signature)> {
     let same_length = std::fs::metadata(dest).is_ok_and(|m| m.len() == size);
     if !partial.exists() && same_length {
         let (pp, d) = (partial.to_path_buf(), dest.to_path_buf());

@@ -298,7 +298,10 @@ impl Partial {
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        if offset.checked_add(data.len() as u64).is_none_or(|e| e > self.size) {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
             return Err(AgentError::invalid(format!(
                 "data at {offset}+{} is past the end of the volume ({} bytes)",
                 data.len(),
@@ -306,8 +309,9 @@ impl Partial {
             )));
         }
         let b = u64::from(BLOCK);
-        let whole = data.len() as u64 % b == 0 || offset + data.len() as u64 == self.size;
-        if offset % b != 0 || !whole {
+        let whole =
+            (data.len() as u64).is_multiple_of(b) || offset + data.len() as u64 == self.size;
+        if !offset.is_multiple_of(b) || !whole {
             return Err(AgentError::invalid(format!(
                 "data at {offset}+{} is not made of whole blocks",
                 data.len()
@@ -346,7 +350,7 @@ impl Partial {
             return Ok(());
         }
         let b = u64::from(BLOCK);
-        if offset % b != 0 || (len % b != 0 && offset + len != self.size) {
+        if !offset.is_multiple_of(b) || (!len.is_multiple_of(b) && offset + len != self.size) {
             return Err(AgentError::invalid(format!(
                 "zeros at {offset}+{len} are not whole blocks"
             )));
@@ -441,7 +445,10 @@ mod tests {
         let blocks = blocks_of(&ext, BLOCK);
         assert!(blocks.contains(&16) && blocks.contains(&160));
         let sig = signature(&p, BLOCK).unwrap();
-        assert_eq!(sig.blocks.len(), 1 + 200_000usize.div_ceil(BLOCK as usize) + 1 - 1);
+        assert_eq!(
+            sig.blocks.len(),
+            1 + 200_000usize.div_ceil(BLOCK as usize) + 1 - 1
+        );
     }
 
     #[test]
@@ -449,7 +456,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = sparse_file(dir.path(), "a", 8 << 20, &[(0, 7, 100)]);
         // The same bytes, with an allocated block of zeros.
-        let b = sparse_file(dir.path(), "b", 8 << 20, &[(0, 7, 100), (4 << 20, 0, 65536)]);
+        let b = sparse_file(
+            dir.path(),
+            "b",
+            8 << 20,
+            &[(0, 7, 100), (4 << 20, 0, 65536)],
+        );
         let c = sparse_file(dir.path(), "c", 8 << 20, &[(0, 7, 101)]);
         let d = sparse_file(dir.path(), "d", 9 << 20, &[(0, 7, 100)]);
         let sum = |p: &Path| signature(p, BLOCK).unwrap().checksum();
@@ -470,7 +482,10 @@ mod tests {
             let n = read_block(&f, &src, *i, BLOCK, sig.size, &mut buf).unwrap();
             part.write(i * u64::from(BLOCK), &buf[..n]).unwrap();
         }
-        assert!(part.verify(&[0; 32]).is_err(), "a wrong checksum is refused");
+        assert!(
+            part.verify(&[0; 32]).is_err(),
+            "a wrong checksum is refused"
+        );
         part.verify(&sig.checksum()).unwrap();
         assert_eq!(
             signature(&part.path, BLOCK).unwrap().checksum(),

@@ -971,7 +971,9 @@ pub async fn run_agent(
                 if out.is_text() {
                     eprintln!();
                 }
-                let p = last.ok_or_else(|| ClientError::Config("the agent ended the send without a result".into()))?;
+                let p = last.ok_or_else(|| {
+                    ClientError::Config("the agent ended the send without a result".into())
+                })?;
                 out.show(&p, |p| {
                     format!(
                         "{} sent in {} ms: {} data, {} already there, {} on the wire, checksum {}",

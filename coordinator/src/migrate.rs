@@ -37,10 +37,7 @@ impl Coordinator {
     /// The base and its ancestors, the oldest first.
     async fn base_chain(&self, base: &str) -> Result<Vec<String>> {
         let mut chain = vec![base.to_string()];
-        loop {
-            let Some(last) = chain.last().cloned() else {
-                break;
-            };
+        while let Some(last) = chain.last().cloned() {
             let parent = self.blocking(move |s| s.base_parent(&last)).await?;
             match parent {
                 Some(p) if !chain.contains(&p) => chain.push(p),
@@ -200,7 +197,8 @@ impl Coordinator {
             .await
             .map_err(agent_err(target))?;
         let (b, h) = (base.to_string(), target.to_string());
-        self.blocking(move |s| s.set_base_host(&b, &h, true)).await?;
+        self.blocking(move |s| s.set_base_host(&b, &h, true))
+            .await?;
         tracing::info!(%source, "base synced");
         Ok(())
     }
@@ -368,9 +366,10 @@ impl Coordinator {
     ) -> Result<OpRecord> {
         check_name("host", &req.host)?;
         let vm = self.vm_for(caller, &req.name).await?;
-        let source = vm.host.clone().ok_or_else(|| {
-            CoordError::FailedPrecondition(format!("VM {} has no host", vm.name))
-        })?;
+        let source = vm
+            .host
+            .clone()
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
         if source == req.host {
             return Err(CoordError::FailedPrecondition(format!(
                 "VM {} is already on host {}",
@@ -432,8 +431,13 @@ impl Coordinator {
             .await
             .map_err(agent_err(target))?
             .into_inner();
-        ctx.progress("migrating", Some(20.0), None, &format!("live, to host {target}"))
-            .await?;
+        ctx.progress(
+            "migrating",
+            Some(20.0),
+            None,
+            &format!("live, to host {target}"),
+        )
+        .await?;
         let migrated = src
             .bases
             .migrate_domain(pb::MigrateDomainRequest {
@@ -489,8 +493,13 @@ impl Coordinator {
             .await
             .map_err(agent_err(source))?
             .into_inner();
-        ctx.progress("syncing", Some(0.0), None, &format!("volumes to host {target}"))
-            .await?;
+        ctx.progress(
+            "syncing",
+            Some(0.0),
+            None,
+            &format!("volumes to host {target}"),
+        )
+        .await?;
         let (tx, mut rx) = watch::channel(TransferState::Running {
             volume: String::new(),
             done_bytes: 0,

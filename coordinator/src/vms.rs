@@ -284,23 +284,25 @@ impl Coordinator {
         let (views, names) = self.hosts.views(&mine, user, bases, &base_ids, &pending)?;
         // Hosts without the base can take the clone when a host of their class holding it is
         // up; the copy costs score in proportion to the base's size.
-        let copy = base.and_then(|b| base_ids.get(b).map(|id| (b, id))).map(|(b, id)| {
-            let classes: std::collections::HashSet<String> = views
-                .iter()
-                .filter(|v| v.up && v.bases.contains(id))
-                .map(|v| v.class.clone())
-                .collect();
-            let bytes = self
-                .base_bytes
-                .lock()
-                .ok()
-                .and_then(|m| m.get(b).copied())
-                .unwrap_or(self.policy.copy_scale);
-            placement::Copy {
-                classes,
-                penalty: self.policy.copy_penalty(bytes),
-            }
-        });
+        let copy = base
+            .and_then(|b| base_ids.get(b).map(|id| (b, id)))
+            .map(|(b, id)| {
+                let classes: std::collections::HashSet<String> = views
+                    .iter()
+                    .filter(|v| v.up && v.bases.contains(id))
+                    .map(|v| v.class.clone())
+                    .collect();
+                let bytes = self
+                    .base_bytes
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(b).copied())
+                    .unwrap_or(self.policy.copy_scale);
+                placement::Copy {
+                    classes,
+                    penalty: self.policy.copy_penalty(bytes),
+                }
+            });
         let req = placement::Request {
             copy: copy.filter(|c| !c.classes.is_empty()),
             base: base.and_then(|b| base_ids.get(b).copied()),

@@ -131,7 +131,13 @@ fn main() -> Result<()> {
         if format == "qcow2" {
             run(
                 "qemu-img",
-                &["convert", "-O", "qcow2", &raw.display().to_string(), &src.display().to_string()],
+                &[
+                    "convert",
+                    "-O",
+                    "qcow2",
+                    &raw.display().to_string(),
+                    &src.display().to_string(),
+                ],
             )?;
             std::fs::remove_file(&raw)?;
         } else {
@@ -147,7 +153,8 @@ fn main() -> Result<()> {
         );
         let url = format!("rsync://{}/corral/{name}", lab.ip("h2"));
         let rsync = |lab: &Lab| -> Result<()> {
-            lab.exec("h1", &["rsync", "--sparse", &src_s, &url]).map(|_| ())
+            lab.exec("h1", &["rsync", "--sparse", &src_s, &url])
+                .map(|_| ())
         };
         let send = ["volume", "send", name.as_str(), "--to", &lab.addr("h2")];
         let (mut c_full, mut r_full) = (Runs::default(), Runs::default());
@@ -212,16 +219,37 @@ fn main() -> Result<()> {
             f.sync_all()?;
         }
         let keep = |p: &Path| -> Result<()> {
-            run("cp", &["--sparse=always", &p.display().to_string(), &format!("{}.v1", p.display())])
-                .map(|_| ())
+            run(
+                "cp",
+                &[
+                    "--sparse=always",
+                    &p.display().to_string(),
+                    &format!("{}.v1", p.display()),
+                ],
+            )
+            .map(|_| ())
         };
         let restore = |p: &Path| -> Result<()> {
-            run("cp", &["--sparse=always", &format!("{}.v1", p.display()), &p.display().to_string()])
-                .map(|_| ())
+            run(
+                "cp",
+                &[
+                    "--sparse=always",
+                    &format!("{}.v1", p.display()),
+                    &p.display().to_string(),
+                ],
+            )
+            .map(|_| ())
         };
         keep(&h2.join(&name))?;
         keep(&rdir.join(&name))?;
-        let replace = ["volume", "send", name.as_str(), "--to", &lab.addr("h2"), "--replace"];
+        let replace = [
+            "volume",
+            "send",
+            name.as_str(),
+            "--to",
+            &lab.addr("h2"),
+            "--replace",
+        ];
         let (mut c_delta, mut r_delta) = (Runs::default(), Runs::default());
         for i in 0..reps {
             restore(&h2.join(&name))?;

@@ -1177,13 +1177,25 @@ async fn a_base_made_from_a_clone_is_synced_after_its_parent() {
         host: host.into(),
         bandwidth_limit: 0,
     };
-    let op = f.admin.vms.sync_base(sync("kid", "h3")).await.unwrap().into_inner();
+    let op = f
+        .admin
+        .vms
+        .sync_base(sync("kid", "h3"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(op.kind, "sync-base");
     let done = op_ok(&mut f.admin, op).await;
-    assert_eq!(holders(&mut f.admin, "par").await, vec!["h1", "h3"], "{done:?}");
+    assert_eq!(
+        holders(&mut f.admin, "par").await,
+        vec!["h1", "h3"],
+        "{done:?}"
+    );
     assert_eq!(holders(&mut f.admin, "kid").await, vec!["h1", "h3"]);
     // The agent on h3 holds both bases, and clones of the child work there.
-    let mut h3 = corral_client::AgentClient::connect(&f.agents[2].addr).await.unwrap();
+    let mut h3 = corral_client::AgentClient::connect(&f.agents[2].addr)
+        .await
+        .unwrap();
     let bases: Vec<String> = h3
         .bases
         .list_bases(pb::ListBasesRequest {})
@@ -1215,7 +1227,13 @@ async fn a_base_made_from_a_clone_is_synced_after_its_parent() {
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
     assert_eq!(done.host, "h3");
     // Syncing again is a no-op; bad input is refused and changes nothing.
-    let op = f.admin.vms.sync_base(sync("kid", "h3")).await.unwrap().into_inner();
+    let op = f
+        .admin
+        .vms
+        .sync_base(sync("kid", "h3"))
+        .await
+        .unwrap()
+        .into_inner();
     let done = op_ok(&mut f.admin, op).await;
     assert!(done.result.contains("\"copied\":false"), "{done:?}");
     for (req, code) in [

@@ -72,7 +72,6 @@ fn received(host: &str, volume: &str) -> usize {
         .count()
 }
 
-
 #[test]
 fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     if !lab_ready() {
@@ -99,14 +98,31 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
         g.join("initrd.gz").display().to_string(),
     );
     cli.ok(&[
-        "base", "create", "lab-web", "--host", "h1", "--memory", "128M", "--vcpus", "1",
-        "--disk", "lab-web-vda.qcow2:64M:system", "--kernel", &kernel, "--initrd", &initrd,
-        "--cmdline", "console=ttyS0 quiet corral.hostname=lab-web",
+        "base",
+        "create",
+        "lab-web",
+        "--host",
+        "h1",
+        "--memory",
+        "128M",
+        "--vcpus",
+        "1",
+        "--disk",
+        "lab-web-vda.qcow2:64M:system",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        "console=ttyS0 quiet corral.hostname=lab-web",
     ]);
 
     // Bad input: clear errors, nothing changes.
     for (args, want) in [
-        (vec!["base", "sync", "lab-web", "--host", "nohost"], "not found"),
+        (
+            vec!["base", "sync", "lab-web", "--host", "nohost"],
+            "not found",
+        ),
         (vec!["base", "sync", "nobase", "--host", "h2"], "not found"),
         (vec!["base", "sync", "../x", "--host", "h2"], "invalid"),
     ] {
@@ -115,7 +131,10 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
         let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
         assert!(err.contains(want), "{args:?}: {err}");
     }
-    assert_eq!(cli.json(&["base", "ls"])["bases"][0]["hosts"], serde_json::json!(["h1"]));
+    assert_eq!(
+        cli.json(&["base", "ls"])["bases"][0]["hosts"],
+        serde_json::json!(["h1"])
+    );
 
     // h1 is in maintenance: the clone goes to a host without the base, which gets it first.
     cli.ok(&["host", "disable", "h1"]);
@@ -148,7 +167,16 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     println!("from h3: {body}");
 
     // Two syncs of the same base to the same host at once share one transfer.
-    let first = cli.json(&["--no-wait", "base", "sync", "lab-web", "--host", "h3", "--limit", "256K"]);
+    let first = cli.json(&[
+        "--no-wait",
+        "base",
+        "sync",
+        "lab-web",
+        "--host",
+        "h3",
+        "--limit",
+        "256K",
+    ]);
     let second = cli.json(&["--no-wait", "base", "sync", "lab-web", "--host", "h3"]);
     for op in [&first, &second] {
         let id = op["id"].as_str().unwrap();
@@ -175,7 +203,10 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
         assert!(cut.elapsed() < Duration::from_secs(8), "h2 not marked down");
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("h2 marked down {} ms after its link was cut (down_after 3000 ms)", cut.elapsed().as_millis());
+    println!(
+        "h2 marked down {} ms after its link was cut (down_after 3000 ms)",
+        cut.elapsed().as_millis()
+    );
     let v = vm(&cli, "lab-c1");
     assert_eq!(v["observed_state"], 0, "unknown while h2 is down: {v}");
     assert_eq!(v["host"], "h2");
@@ -189,13 +220,20 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
         if host_state(&cli, "h2") == 1 && v["observed_state"] == 1 {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(20), "not reconciled: {v}");
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "not reconciled: {v}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // Live migration of the running lab-c1 from h2 to h1 through libvirt: what the guest
     // wrote before is there after.
-    let before = format!("http://{}:{}/cgi-bin/write?dev=vda&v=LIVE1", lab.ip("h2"), port["host_port"]);
+    let before = format!(
+        "http://{}:{}/cgi-bin/write?dev=vda&v=LIVE1",
+        lab.ip("h2"),
+        port["host_port"]
+    );
     fetch_in(&lab, "h3", &before, "", BOOT);
     let guest_ip = port["guest_address"].as_str().unwrap().to_string();
     let t = Instant::now();
@@ -211,9 +249,16 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     // Its port exposed on h1 (the address comes from h1's ARP table: h1's DHCP server
     // never gave it a lease).
     let port = cli.json(&["port", "expose", "lab-c1", "80", "--wait", "120"]);
-    let after = format!("http://{}:{}/cgi-bin/read?dev=vda", lab.ip("h1"), port["host_port"]);
+    let after = format!(
+        "http://{}:{}/cgi-bin/read?dev=vda",
+        lab.ip("h1"),
+        port["host_port"]
+    );
     fetch_in(&lab, "h3", &after, "LIVE1", BOOT);
-    assert!(!lab.storage("h2").join("lab-c1-vda.qcow2").exists(), "source volumes gone");
+    assert!(
+        !lab.storage("h2").join("lab-c1-vda.qcow2").exists(),
+        "source volumes gone"
+    );
 
     // Moving lab-c1 (shut off) to h3: volumes synced and verified, defined there, gone from h1.
     let out = cli.run(&["vm", "move", "lab-c1", "--host", "h3"]);
@@ -253,33 +298,68 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     // The sender is killed mid-transfer (bandwidth-limited so that it is mid-way).
     let mut send = std::process::Command::new(bin("corral"))
         .env("HOME", "/nonexistent")
-        .args(["--ca", &lab.pki("ca.pem"), "--cert", &lab.pki("coordinator.pem")])
-        .args(["--key", &lab.pki("coordinator.key"), "--agent", &lab.addr("h1")])
-        .args(["agent", "volume", "send", "big.raw", "--to", &lab.addr("h3"), "--limit", "40M"])
+        .args([
+            "--ca",
+            &lab.pki("ca.pem"),
+            "--cert",
+            &lab.pki("coordinator.pem"),
+        ])
+        .args([
+            "--key",
+            &lab.pki("coordinator.key"),
+            "--agent",
+            &lab.addr("h1"),
+        ])
+        .args([
+            "agent",
+            "volume",
+            "send",
+            "big.raw",
+            "--to",
+            &lab.addr("h3"),
+            "--limit",
+            "40M",
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let partial = lab.storage("h3").join(".big.raw.corral-partial");
     let t = Instant::now();
     while !partial.exists() || on_disk(&partial) < 48 << 20 {
-        assert!(t.elapsed() < Duration::from_secs(30), "no partial file grows on h3");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no partial file grows on h3"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // 48 MiB at 40 MB/s take about 1.2 s: the bandwidth limit holds.
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(900), "limit ignored: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "limit ignored: {took:?}"
+    );
     lab.kill_agent("h1").unwrap();
     assert!(!send.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
     let arrived = on_disk(&partial);
     assert!(arrived < total, "killed mid-way: {arrived} of {total}");
-    assert!(!lab.storage("h3").join("big.raw").exists(), "no file before it is verified");
+    assert!(
+        !lab.storage("h3").join("big.raw").exists(),
+        "no file before it is verified"
+    );
 
     // The agent comes back; the sync resumes without resending what arrived.
     lab.restart_agents().unwrap();
-    let r = agent_json(&lab, "h1", &["volume", "send", "big.raw", "--to", &lab.addr("h3")]);
+    let r = agent_json(
+        &lab,
+        "h1",
+        &["volume", "send", "big.raw", "--to", &lab.addr("h3")],
+    );
     println!("resumed: {r} (arrived before the crash: {arrived} bytes)");
-    let (sent, skipped) = (r["sent_bytes"].as_u64().unwrap(), r["skipped_bytes"].as_u64().unwrap());
+    let (sent, skipped) = (
+        r["sent_bytes"].as_u64().unwrap(),
+        r["skipped_bytes"].as_u64().unwrap(),
+    );
     assert_eq!(sent + skipped, total, "{r}");
     assert!(skipped >= arrived.saturating_sub(8 << 20), "{r}");
     assert!(sent <= total - arrived + (8 << 20), "{r}");
@@ -291,14 +371,21 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     );
     assert_eq!(a["checksum"], b["checksum"]);
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), 2 << 30);
-    assert!(on_disk(&dst) <= on_disk(&src) + (1 << 20), "holes stay holes");
+    assert!(
+        on_disk(&dst) <= on_disk(&src) + (1 << 20),
+        "holes stay holes"
+    );
     assert!(
         r["wire_bytes"].as_u64().unwrap() <= sent + sent / 50 + (1 << 20),
         "only data on the wire: {r}"
     );
 
     // The same content again: nothing to send.
-    let again = agent_json(&lab, "h1", &["volume", "send", "big.raw", "--to", &lab.addr("h3")]);
+    let again = agent_json(
+        &lab,
+        "h1",
+        &["volume", "send", "big.raw", "--to", &lab.addr("h3")],
+    );
     assert_eq!(again["sent_bytes"], 0, "{again}");
     // Delta: ten changed blocks send ten blocks.
     {
@@ -308,13 +395,26 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
             f.write_all_at(b"changed!", off + 4096).unwrap();
         }
     }
-    let out = lab.agent_cli("h1", &["volume", "send", "big.raw", "--to", &lab.addr("h3")]);
-    assert!(!out.status.success(), "a different copy is not replaced unless asked");
+    let out = lab.agent_cli(
+        "h1",
+        &["volume", "send", "big.raw", "--to", &lab.addr("h3")],
+    );
+    assert!(
+        !out.status.success(),
+        "a different copy is not replaced unless asked"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("replace"));
     let r = agent_json(
         &lab,
         "h1",
-        &["volume", "send", "big.raw", "--to", &lab.addr("h3"), "--replace"],
+        &[
+            "volume",
+            "send",
+            "big.raw",
+            "--to",
+            &lab.addr("h3"),
+            "--replace",
+        ],
     );
     assert_eq!(r["sent_bytes"], 10 * 65536, "{r}");
     assert_eq!(
@@ -325,9 +425,24 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     // Bad input: a path outside the storage root, a volume that does not exist, a peer that
     // is not an agent, a peer certificate from another CA.
     for (args, want) in [
-        (vec!["volume", "send", "../../etc/passwd", "--to", &lab.addr("h3")], "invalid"),
-        (vec!["volume", "send", "nope.raw", "--to", &lab.addr("h3")], "not found"),
-        (vec!["volume", "send", "big.raw", "--to", "10.213.0.99:7700"], "unavailable"),
+        (
+            vec![
+                "volume",
+                "send",
+                "../../etc/passwd",
+                "--to",
+                &lab.addr("h3"),
+            ],
+            "invalid",
+        ),
+        (
+            vec!["volume", "send", "nope.raw", "--to", &lab.addr("h3")],
+            "not found",
+        ),
+        (
+            vec!["volume", "send", "big.raw", "--to", "10.213.0.99:7700"],
+            "unavailable",
+        ),
     ] {
         let out = lab.agent_cli("h1", &args);
         assert!(!out.status.success(), "{args:?}");
@@ -339,7 +454,10 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     corral_pki(&["init", "--dir", &d("pki")]).unwrap();
     corral_pki(&["issue", "--dir", &d("pki"), "stranger"]).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let before: Vec<_> = std::fs::read_dir(lab.storage("h3")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(lab.storage("h3"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     rt.block_on(async {
         use corral_client::proto as pb;
         let upload = |name: &str| {
@@ -375,13 +493,24 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
             cert: lab.pki("h1.pem").into(),
             key: lab.pki("h1.key").into(),
         };
-        let ch = corral_client::channel_with(&lab.addr("h3"), Some(&own)).await.unwrap();
+        let ch = corral_client::channel_with(&lab.addr("h3"), Some(&own))
+            .await
+            .unwrap();
         let mut c = pb::peer_transfer_service_client::PeerTransferServiceClient::new(ch);
-        let r = async { c.receive_volume(upload("../escape.raw")).await?.into_inner().message().await };
+        let r = async {
+            c.receive_volume(upload("../escape.raw"))
+                .await?
+                .into_inner()
+                .message()
+                .await
+        };
         let e = r.await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     });
-    let after: Vec<_> = std::fs::read_dir(lab.storage("h3")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let after: Vec<_> = std::fs::read_dir(lab.storage("h3"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(before, after, "nothing written");
     assert!(!lab.storage("h3").join("../escape.raw").exists());
 }

@@ -80,19 +80,31 @@ impl BaseService for BaseApi {
     }
     async fn export_base(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
         let n = req.into_inner().name;
-        run(&self.0, "ExportBase", &n.clone(), move |a| a.export_base(&n)).await
+        run(&self.0, "ExportBase", &n.clone(), move |a| {
+            a.export_base(&n)
+        })
+        .await
     }
     async fn import_base(&self, req: Request<pb::ImportBaseRequest>) -> R<pb::Base> {
         let r = req.into_inner();
-        run(&self.0, "ImportBase", "", move |a| a.import_base(&r.definition_xml)).await
+        run(&self.0, "ImportBase", "", move |a| {
+            a.import_base(&r.definition_xml)
+        })
+        .await
     }
     async fn export_domain(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
         let n = req.into_inner().name;
-        run(&self.0, "ExportDomain", &n.clone(), move |a| a.export_domain(&n)).await
+        run(&self.0, "ExportDomain", &n.clone(), move |a| {
+            a.export_domain(&n)
+        })
+        .await
     }
     async fn import_domain(&self, req: Request<pb::ImportBaseRequest>) -> R<pb::Domain> {
         let r = req.into_inner();
-        run(&self.0, "ImportDomain", "", move |a| a.import_domain(&r.definition_xml)).await
+        run(&self.0, "ImportDomain", "", move |a| {
+            a.import_domain(&r.definition_xml)
+        })
+        .await
     }
     async fn export_for_migration(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
         let n = req.into_inner().name;
@@ -106,7 +118,10 @@ impl BaseService for BaseApi {
         req: Request<pb::ImportBaseRequest>,
     ) -> R<pb::MigrationTarget> {
         let r = req.into_inner();
-        run(&self.0, "PrepareMigration", "", move |a| a.prepare_migration(&r)).await
+        run(&self.0, "PrepareMigration", "", move |a| {
+            a.prepare_migration(&r)
+        })
+        .await
     }
     async fn migrate_domain(
         &self,

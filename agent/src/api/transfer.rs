@@ -30,7 +30,8 @@ impl VolumeSyncService for SyncApi {
 
     async fn send_volume(&self, req: Request<pb::SendVolumeRequest>) -> R<Self::SendVolumeStream> {
         let r = req.into_inner();
-        let span = tracing::info_span!("rpc", rpc = "SendVolume", target = %r.volume, peer = %r.peer);
+        let span =
+            tracing::info_span!("rpc", rpc = "SendVolume", target = %r.volume, peer = %r.peer);
         let agent = Arc::clone(&self.0);
         let (out, rx) = mpsc::channel::<Result<pb::SyncProgress, Status>>(8);
         let (ptx, mut prx) = mpsc::channel::<pb::SyncProgress>(2);
