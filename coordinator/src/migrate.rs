@@ -399,6 +399,28 @@ impl Coordinator {
         Ok(self.ops.submit(submit, w).await?)
     }
 
+    /// What both kinds of move start with: the VM's record, its base on the target, and
+    /// clients for both hosts.
+    async fn move_start(
+        self: &Arc<Self>,
+        ctx: &OpCtx,
+        name: &str,
+        source: &str,
+        target: &str,
+        limit: u64,
+    ) -> Result<(
+        crate::store::VmRecord,
+        corral_client::AgentClient,
+        corral_client::AgentClient,
+    )> {
+        let n = name.to_string();
+        let vm = self.blocking(move |s| s.vm(&n)).await?;
+        if let Some(base) = vm.base.clone() {
+            self.ensure_base(ctx, &base, target, limit).await?;
+        }
+        Ok((vm, self.hosts.client(source)?, self.hosts.client(target)?))
+    }
+
     /// Live migration through libvirt: the base first, empty volumes on the target, then
     /// libvirt moves memory and the disks' top layer; the target cleans up if it fails.
     async fn do_live_move(
@@ -409,13 +431,7 @@ impl Coordinator {
         target: &str,
         limit: u64,
     ) -> Result<serde_json::Value> {
-        let n = name.to_string();
-        let mut vm = self.blocking(move |s| s.vm(&n)).await?;
-        if let Some(base) = vm.base.clone() {
-            self.ensure_base(ctx, &base, target, limit).await?;
-        }
-        let mut src = self.hosts.client(source)?;
-        let mut dst = self.hosts.client(target)?;
+        let (mut vm, mut src, mut dst) = self.move_start(ctx, name, source, target, limit).await?;
         let export = src
             .bases
             .export_for_migration(pb::DomainRef { name: name.into() })
@@ -480,13 +496,7 @@ impl Coordinator {
         target: &str,
         limit: u64,
     ) -> Result<serde_json::Value> {
-        let n = name.to_string();
-        let mut vm = self.blocking(move |s| s.vm(&n)).await?;
-        if let Some(base) = vm.base.clone() {
-            self.ensure_base(ctx, &base, target, limit).await?;
-        }
-        let mut src = self.hosts.client(source)?;
-        let mut dst = self.hosts.client(target)?;
+        let (mut vm, mut src, mut dst) = self.move_start(ctx, name, source, target, limit).await?;
         let export = src
             .bases
             .export_domain(pb::DomainRef { name: name.into() })
