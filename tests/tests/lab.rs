@@ -513,4 +513,34 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
         .collect();
     assert_eq!(before, after, "nothing written");
     assert!(!lab.storage("h3").join("../escape.raw").exists());
+
+    // Down leaves nothing behind: no namespaces, links, daemons or files of the lab.
+    drop(lab);
+    if std::env::var_os("CORRAL_LAB_KEEP").is_some() {
+        return;
+    }
+    let agents = std::process::Command::new("pgrep")
+        .args(["-f", lab::LAB_DIR])
+        .output()
+        .unwrap();
+    assert!(
+        agents.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&agents.stdout)
+    );
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains("crl-h"));
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains("crl-br0") && !links.contains("crl-h"),
+        "{links}"
+    );
+    assert!(!Path::new(lab::LAB_DIR).exists());
 }
