@@ -15,7 +15,7 @@ PKGS=(
   dnsmasq-base iptables iproute2                  # NAT network, port exposure
   curl ca-certificates                            # demo fetches a page through an exposed port
   cpio xz-utils kmod                              # building the tiny test guest image
-  rsync                                           # the lab benchmark compares volume sync with rsync
+  rsync openssh-server openssh-client             # the lab benchmark compares volume sync with rsync (daemon and over ssh)
 )
 
 missing=()
