@@ -25,6 +25,9 @@ pub struct Agent {
     pub events: broadcast::Sender<RawEvent>,
     pub(crate) ports: Mutex<PortState>,
     busy: Mutex<HashSet<String>>,
+    /// Some exposed port waits for its running guest's address (rules re-applied until it
+    /// is known: a guest that came by live migration shows up in the ARP table later).
+    pub(crate) ports_waiting: std::sync::atomic::AtomicBool,
     started: Mutex<HashMap<String, i64>>,
     /// Parsed persistent definitions of bases (locked, so they change only through this
     /// agent: every change forgets the entry, and so do libvirt's defined/undefined events).
@@ -83,6 +86,7 @@ impl Agent {
             events,
             ports: Mutex::new(ports),
             busy: Mutex::new(HashSet::new()),
+            ports_waiting: std::sync::atomic::AtomicBool::new(false),
             started: Mutex::new(HashMap::new()),
             base_defs: Mutex::new(HashMap::new()),
         })

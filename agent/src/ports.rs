@@ -116,10 +116,14 @@ impl Agent {
         let host = self.host_v4()?;
         let mut rules = Vec::new();
         let mut addr_cache: BTreeMap<&str, Option<Ipv4Addr>> = BTreeMap::new();
+        let mut waiting = false;
         for r in &state.ports {
             let addr = *addr_cache
                 .entry(&r.domain)
                 .or_insert_with(|| self.guest_address(&r.domain));
+            if addr.is_none() && self.hv.state(&r.domain).is_ok_and(|s| s.is_active()) {
+                waiting = true;
+            }
             if let Some(guest) = addr {
                 rules.push(Rule::Expose {
                     domain: r.domain.clone(),
@@ -130,6 +134,8 @@ impl Agent {
                 });
             }
         }
+        self.ports_waiting
+            .store(waiting, std::sync::atomic::Ordering::Relaxed);
         for (domain, client) in &state.display {
             if let Some(port) = self.display_port(domain) {
                 rules.push(Rule::DisplayOnly {

@@ -33,7 +33,28 @@ pub async fn build(cfg: Config) -> Result<Arc<Agent>> {
     hv.watch_events(agent.events.clone())?;
     agent.blocking(|a| a.reconcile()).await?;
     spawn_event_reactor(&agent);
+    spawn_port_retry(&agent);
     Ok(agent)
+}
+
+/// While an exposed port of a running guest has no address yet, re-applies the rules every
+/// few seconds (the address of a guest that came by live migration appears later).
+fn spawn_port_retry(agent: &Arc<Agent>) {
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3));
+        loop {
+            tick.tick().await;
+            if agent
+                .ports_waiting
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                if let Err(e) = agent.blocking(|a| a.apply_ports()).await {
+                    tracing::debug!(error = %e, "port rules not re-applied");
+                }
+            }
+        }
+    });
 }
 
 /// Keeps start times and port rules in step with libvirt's lifecycle events.

@@ -399,6 +399,57 @@ impl Coordinator {
         Ok(self.ops.submit(submit, w).await?)
     }
 
+    /// The VM's exposed ports on the source, to expose again on the target after a move.
+    async fn ports_of(
+        &self,
+        c: &mut corral_client::AgentClient,
+        host: &str,
+        name: &str,
+    ) -> Result<Vec<pb::ExposedPort>> {
+        Ok(c.ports
+            .list_ports(pb::ListPortsRequest {
+                domain: name.into(),
+            })
+            .await
+            .map_err(agent_err(host))?
+            .into_inner()
+            .ports)
+    }
+
+    /// Exposes the same guest ports on the target (host ports from its range); returns
+    /// them. A port that cannot be exposed there is reported, not fatal: the VM has moved.
+    async fn carry_ports(
+        &self,
+        c: &mut corral_client::AgentClient,
+        host: &str,
+        ports: &[pb::ExposedPort],
+    ) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for p in ports {
+            let r = c
+                .ports
+                .expose_port(pb::ExposePortRequest {
+                    domain: p.domain.clone(),
+                    guest_port: p.guest_port,
+                    host_port: 0,
+                    name: p.name.clone(),
+                    wait_seconds: 1,
+                })
+                .await;
+            out.push(match r {
+                Ok(e) => {
+                    let e = e.into_inner();
+                    serde_json::json!({ "guest_port": e.guest_port, "host": format!("{}:{}", e.host_address, e.host_port) })
+                }
+                Err(s) => {
+                    tracing::warn!(%host, port = p.guest_port, error = %s.message(), "port not exposed after the move");
+                    serde_json::json!({ "guest_port": p.guest_port, "error": s.message() })
+                }
+            });
+        }
+        out
+    }
+
     /// What both kinds of move start with: the VM's record, its base on the target, and
     /// clients for both hosts.
     async fn move_start(
@@ -432,6 +483,7 @@ impl Coordinator {
         limit: u64,
     ) -> Result<serde_json::Value> {
         let (mut vm, mut src, mut dst) = self.move_start(ctx, name, source, target, limit).await?;
+        let ports = self.ports_of(&mut src, source, name).await?;
         let export = src
             .bases
             .export_for_migration(pb::DomainRef { name: name.into() })
@@ -485,7 +537,10 @@ impl Coordinator {
         vm.observed_state = crate::observed::state_name(pb::DomainState::Running as i32);
         let v = vm.clone();
         self.blocking(move |s| s.put_vm(&v)).await?;
-        Ok(serde_json::json!({ "vm": name, "from": source, "to": target, "live": true }))
+        let ports = self.carry_ports(&mut dst, target, &ports).await;
+        Ok(
+            serde_json::json!({ "vm": name, "from": source, "to": target, "live": true, "ports": ports }),
+        )
     }
 
     async fn do_move(
@@ -497,6 +552,7 @@ impl Coordinator {
         limit: u64,
     ) -> Result<serde_json::Value> {
         let (mut vm, mut src, mut dst) = self.move_start(ctx, name, source, target, limit).await?;
+        let ports = self.ports_of(&mut src, source, name).await?;
         let export = src
             .bases
             .export_domain(pb::DomainRef { name: name.into() })
@@ -554,8 +610,9 @@ impl Coordinator {
             })
             .await
             .map_err(agent_err(source))?;
+        let ports = self.carry_ports(&mut dst, target, &ports).await;
         Ok(serde_json::json!({
-            "vm": name, "from": source, "to": target,
+            "vm": name, "from": source, "to": target, "ports": ports,
             "bytes_sent": sent.iter().map(|p| p.sent_bytes).sum::<u64>(),
             "checksums": sent.iter().map(|p| p.checksum.clone()).collect::<Vec<_>>(),
         }))

@@ -54,6 +54,16 @@ fn vm(cli: &Cli, name: &str) -> serde_json::Value {
     cli.json(&["vm", "show", name])
 }
 
+/// The VM's one exposed port, which must be on `address` (it followed the VM).
+fn moved_port(cli: &Cli, name: &str, address: &str) -> serde_json::Value {
+    let ports = cli.json(&["port", "list", name]);
+    let list = ports["ports"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{ports}");
+    assert_eq!(list[0]["host_address"], address, "{ports}");
+    assert_eq!(list[0]["guest_port"], 80, "{ports}");
+    list[0].clone()
+}
+
 fn host_state(cli: &Cli, host: &str) -> i64 {
     let hosts = cli.json(&["host", "ls"]);
     hosts["hosts"]
@@ -246,9 +256,9 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     // The guest runs on h1 with its address and its disk: read the marker from h1 itself.
     let direct = format!("http://{guest_ip}/cgi-bin/read?dev=vda");
     fetch_in(&lab, "h1", &direct, "LIVE1", Duration::from_secs(30));
-    // Its port exposed on h1 (the address comes from h1's ARP table: h1's DHCP server
-    // never gave it a lease).
-    let port = cli.json(&["port", "expose", "lab-c1", "80", "--wait", "120"]);
+    // Its port came along, exposed on h1 (the address comes from h1's ARP table: h1's DHCP
+    // server never gave it a lease).
+    let port = moved_port(&cli, "lab-c1", &lab.ip("h1"));
     let after = format!(
         "http://{}:{}/cgi-bin/read?dev=vda",
         lab.ip("h1"),
@@ -271,7 +281,7 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     let on_h1 = agent_json(&lab, "h1", &["vm", "list"]);
     assert!(!on_h1.to_string().contains("lab-c1"), "{on_h1}");
     cli.ok(&["vm", "start", "lab-c1"]);
-    let port = cli.json(&["port", "expose", "lab-c1", "80", "--wait", "120"]);
+    let port = moved_port(&cli, "lab-c1", &lab.ip("h3"));
     let url = format!("http://{}:{}/", lab.ip("h3"), port["host_port"]);
     fetch_in(&lab, "h1", &url, "corral tiny guest lab-c1", BOOT);
 
