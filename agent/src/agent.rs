@@ -94,36 +94,25 @@ impl Agent {
 
     /// Marks a domain busy for the lifetime of the returned guard.
     pub fn busy(&self, name: &str) -> Result<Busy<'_>> {
+        self.claim(name, || {
+            format!("domain {name:?} is busy with another operation; try again when it ends")
+        })
+    }
+
+    /// Marks `key` busy (a domain, or e.g. `sync:VOLUME` for a volume being received) for
+    /// the lifetime of the returned guard; `taken` says why not when it already is.
+    pub(crate) fn claim(&self, key: &str, taken: impl FnOnce() -> String) -> Result<Busy<'_>> {
         let mut b = self.busy.lock().map_err(lock_err)?;
-        if !b.insert(name.to_string()) {
-            return Err(AgentError::precondition(format!(
-                "domain {name:?} is busy with another operation; try again when it ends"
-            )));
+        if !b.insert(key.to_string()) {
+            return Err(AgentError::precondition(taken()));
         }
         Ok(Busy {
             agent: self,
-            name: name.to_string(),
+            name: key.to_string(),
         })
     }
 
     /// Runs blocking work (libvirt, qemu-img, iptables) off the async workers.
-    /// Claims a key of the busy set that is not a domain (e.g. a volume being received).
-    pub(crate) fn busy_key(&self, key: &str) -> Result<()> {
-        let mut b = self.busy.lock().map_err(lock_err)?;
-        if !b.insert(key.to_string()) {
-            return Err(AgentError::precondition(format!(
-                "{key} is already in progress; try again when it ends"
-            )));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn release_key(&self, key: &str) {
-        if let Ok(mut b) = self.busy.lock() {
-            b.remove(key);
-        }
-    }
-
     pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,

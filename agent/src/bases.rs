@@ -49,10 +49,10 @@ fn base_volumes(p: &PreparedBase) -> Vec<String> {
 }
 
 /// Removes files on drop unless disarmed: undoes a half-made clone or base.
-struct Undo(Vec<PathBuf>);
+pub(crate) struct Undo(pub(crate) Vec<PathBuf>);
 
 impl Undo {
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.0.clear();
     }
 }
@@ -377,11 +377,7 @@ impl Agent {
             let Some(file) = src.file.as_ref() else {
                 continue;
             };
-            let v = std::path::Path::new(file)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let v = crate::migration::file_name(file).unwrap_or_default();
             let local = self.storage.existing(&v).map_err(|_| {
                 AgentError::precondition(format!(
                     "volume {v:?} of {name:?} is not on this host: sync it first"
@@ -403,13 +399,11 @@ impl Agent {
         def.uuid = None;
         def.domain_type = self.cfg.domain_type.as_str().into();
         for g in def.devices.graphics.iter_mut() {
-            let keep = g
-                .listen
-                .as_deref()
-                .and_then(|l| l.parse::<std::net::IpAddr>().ok())
-                .is_some_and(|ip| ip.is_unspecified() || ip.is_loopback());
-            if !keep {
-                g.listen = Some(self.cfg.host_address.to_string());
+            if let Some(l) = crate::relocate::moved_listen(
+                g.listen.as_deref(),
+                &self.cfg.host_address.to_string(),
+            ) {
+                g.listen = Some(l);
             }
             g.port = Some(-1);
             g.autoport = Some("yes".into());

@@ -48,6 +48,14 @@ pub enum FirewallKind {
     None,
 }
 
+/// The agent's TLS material: its certificate and key, and the CA of its peers.
+#[derive(Debug, Clone)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -194,6 +202,22 @@ impl Config {
                 "tls_cert, tls_key and tls_client_ca go together: set all three or none",
             )),
         }
+    }
+
+    /// The contents of the TLS files (certificate, key, CA), when TLS is configured. Reads
+    /// files: call it off the async workers.
+    pub fn tls_pem(&self) -> Result<Option<TlsPem>> {
+        let Some((cert, key, ca)) = self.tls()? else {
+            return Ok(None);
+        };
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))
+        };
+        Ok(Some(TlsPem {
+            cert: read(&cert)?,
+            key: read(&key)?,
+            ca: read(&ca)?,
+        }))
     }
 
     pub fn check(&self) -> Result<()> {

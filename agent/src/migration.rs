@@ -14,7 +14,8 @@ use crate::hypervisor::DomState;
 use crate::images::Format;
 use crate::validate;
 
-fn file_name(p: &str) -> Option<String> {
+/// The last component of a path, as a volume name candidate.
+pub(crate) fn file_name(p: &str) -> Option<String> {
     Path::new(p)
         .file_name()
         .and_then(|n| n.to_str())
@@ -82,38 +83,30 @@ impl Agent {
             )));
         }
         let mut local: HashMap<String, PathBuf> = HashMap::new();
-        let mut made: Vec<PathBuf> = Vec::new();
-        let result = (|| -> Result<()> {
-            for l in &req.layouts {
-                let path = self.storage.fresh(&l.volume)?;
-                if l.backing.is_empty() {
-                    let format = Format::parse(&l.format).unwrap_or(Format::Qcow2);
-                    self.images.create(&path, format, l.virtual_size)?;
-                    made.push(path.clone());
-                } else {
-                    let backing = self.storage.existing(&l.backing).map_err(|_| {
-                        AgentError::precondition(format!(
-                            "backing volume {:?} is not on this host: sync the base first",
-                            l.backing
-                        ))
-                    })?;
-                    self.images.create_overlay(&path, &backing, Format::Qcow2)?;
-                    made.push(path.clone());
-                    let size = self.images.info(&path)?.first().map(|i| i.virtual_size);
-                    if size != Some(l.virtual_size) {
-                        self.images.resize(&path, l.virtual_size, false)?;
-                    }
-                    local.insert(l.backing.clone(), backing);
+        // Everything made here goes again if a later step fails.
+        let mut made = crate::bases::Undo(Vec::new());
+        for l in &req.layouts {
+            let path = self.storage.fresh(&l.volume)?;
+            if l.backing.is_empty() {
+                let format = Format::parse(&l.format).unwrap_or(Format::Qcow2);
+                self.images.create(&path, format, l.virtual_size)?;
+                made.0.push(path.clone());
+            } else {
+                let backing = self.storage.existing(&l.backing).map_err(|_| {
+                    AgentError::precondition(format!(
+                        "backing volume {:?} is not on this host: sync the base first",
+                        l.backing
+                    ))
+                })?;
+                self.images.create_overlay(&path, &backing, Format::Qcow2)?;
+                made.0.push(path.clone());
+                let size = self.images.info(&path)?.first().map(|i| i.virtual_size);
+                if size != Some(l.virtual_size) {
+                    self.images.resize(&path, l.virtual_size, false)?;
                 }
-                local.insert(l.volume.clone(), path);
+                local.insert(l.backing.clone(), backing);
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            for p in &made {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e);
+            local.insert(l.volume.clone(), path);
         }
         let path = |p: &str| -> Option<String> {
             let n = file_name(p)?;
@@ -124,7 +117,8 @@ impl Agent {
             &path,
             &self.cfg.host_address.to_string(),
         )?;
-        tracing::info!(domain = %name, volumes = made.len(), "ready for an incoming migration");
+        tracing::info!(domain = %name, volumes = made.0.len(), "ready for an incoming migration");
+        made.disarm();
         Ok(pb::MigrationTarget {
             dest_xml,
             uri: self.cfg.migration_uri.clone(),

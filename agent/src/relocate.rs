@@ -35,6 +35,15 @@ fn with_attr(
     Ok(out)
 }
 
+/// The display address a definition from another host gets here: `listen` (this host's
+/// address), unless the old one listens on every address or only on loopback.
+pub fn moved_listen(old: Option<&str>, listen: &str) -> Option<String> {
+    let keep = old
+        .and_then(|l| l.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_unspecified() || ip.is_loopback());
+    (!keep).then(|| listen.to_string())
+}
+
 /// Moves `<source file=...>` (disks and their backing chains) through `path`, and display
 /// listen addresses (`<graphics listen=...>`, `<listen address=...>`) to `listen` unless
 /// they listen on every address or on loopback.
@@ -42,12 +51,7 @@ pub fn relocate(xml: &str, path: &dyn Fn(&str) -> Option<String>, listen: &str) 
     let mut reader = Reader::from_str(xml);
     let mut writer = Writer::new(Vec::new());
     let mut in_graphics = false;
-    let addr = |old: &str| -> Option<String> {
-        let keep = old
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_unspecified() || ip.is_loopback());
-        (!keep).then(|| listen.to_string())
-    };
+    let addr = |old: &str| moved_listen(Some(old), listen);
     loop {
         let ev = reader.read_event().map_err(xml_err)?;
         let fixed =

@@ -159,16 +159,10 @@ pub async fn serve(
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .max_frame_size(Some(1 << 20));
-    if let Some((cert, key, ca)) = agent.cfg.tls()? {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))
-        };
+    if let Some(pem) = agent.blocking(|a| a.cfg.tls_pem()).await? {
         let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                read(&cert)?,
-                read(&key)?,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(read(&ca)?));
+            .identity(tonic::transport::Identity::from_pem(pem.cert, pem.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(pem.ca));
         builder = builder
             .tls_config(tls)
             .map_err(|e| AgentError::invalid(format!("TLS: {e}")))?;

@@ -64,11 +64,11 @@ fn peer_err(peer: &str, e: impl std::fmt::Display) -> AgentError {
 
 /// A channel to a peer agent, with this agent's certificate when TLS is configured.
 pub async fn peer_channel(
-    agent: &Agent,
+    agent: &Arc<Agent>,
     peer: &str,
     tls_name: &str,
 ) -> Result<tonic::transport::Channel> {
-    let tls = agent.cfg.tls()?;
+    let tls = agent.blocking(|a| a.cfg.tls_pem()).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = if peer.contains("://") {
         peer.to_string()
@@ -83,21 +83,15 @@ pub async fn peer_channel(
         .keep_alive_timeout(Duration::from_secs(20))
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20));
-    if let Some((cert, key, ca)) = tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))
-        };
+    if let Some(pem) = tls {
         let host = if tls_name.is_empty() {
             ep.uri().host().unwrap_or_default().to_string()
         } else {
             tls_name.to_string()
         };
         let cfg = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)?))
-            .identity(tonic::transport::Identity::from_pem(
-                read(&cert)?,
-                read(&key)?,
-            ))
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem.ca))
+            .identity(tonic::transport::Identity::from_pem(pem.cert, pem.key))
             .domain_name(host);
         ep = ep
             .tls_config(cfg)
@@ -223,28 +217,33 @@ impl Reader {
     }
 }
 
-/// Sends `req.volume` to the peer; reports progress on `progress` about four times a second.
+/// Sends `req.volume` to the peer; reports progress to `progress` about four times a second.
 pub async fn send(
     agent: Arc<Agent>,
     req: pb::SendVolumeRequest,
-    progress: mpsc::Sender<pb::SyncProgress>,
+    progress: impl Fn(pb::SyncProgress) + Send,
 ) -> Result<pb::SyncProgress> {
     let started = Instant::now();
-    let path = agent.storage.existing(&req.volume)?;
     if req.peer.is_empty() {
         return Err(AgentError::invalid("a peer address is required"));
     }
-    let (file, size, mode, extents) = {
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || -> Result<_> {
-            let file = File::open(&p)?;
+    let volume = req.volume.clone();
+    let (path, file, size, mode, extents) = agent
+        .blocking(move |a| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = a.storage.existing(&volume)?;
+            let file = File::open(&path)?;
             let meta = file.metadata()?;
             let ext = transfer::data_extents(&file, meta.len());
-            use std::os::unix::fs::PermissionsExt;
-            Ok((file, meta.len(), meta.permissions().mode() & 0o777, ext))
+            Ok((
+                path,
+                file,
+                meta.len(),
+                meta.permissions().mode() & 0o777,
+                ext,
+            ))
         })
-        .await??
-    };
+        .await?;
     let counters = Arc::new(Counters::default());
     counters
         .total
@@ -349,7 +348,7 @@ pub async fn send(
                 }
             }
             _ = tick.tick() => {
-                let _ = progress.try_send(counters.progress(&req.volume, started));
+                progress(counters.progress(&req.volume, started));
             }
         }
     };
@@ -362,34 +361,6 @@ pub async fn send(
         wire = last.wire_bytes, ms = last.elapsed_ms, "volume sent"
     );
     Ok(last)
-}
-
-/// Who is receiving what: one sync per volume at a time.
-#[derive(Debug)]
-pub struct Receiving {
-    agent: Arc<Agent>,
-    name: String,
-}
-
-impl Receiving {
-    fn claim(agent: &Arc<Agent>, name: &str) -> Result<Self> {
-        agent.busy_key(&format!("sync:{name}"))?;
-        Ok(Self {
-            agent: Arc::clone(agent),
-            name: format!("sync:{name}"),
-        })
-    }
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        self.agent.release_key(&self.name);
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f)).await?
 }
 
 /// The receiving side: header, our block list, data, then the verified file.
@@ -411,7 +382,13 @@ pub async fn receive(
             header.block_size
         )));
     }
-    let _claim = Receiving::claim(&agent, &header.volume)?;
+    // One sync per volume at a time.
+    let _claim = agent.claim(&format!("sync:{}", header.volume), || {
+        format!(
+            "volume {:?} is already being received; try again when that ends",
+            header.volume
+        )
+    })?;
     let partial_path = agent
         .storage
         .root()
@@ -419,20 +396,24 @@ pub async fn receive(
     let volume = header.volume.clone();
     // An existing copy is compared (or, with `replace`, used as the basis of the delta); a
     // partial file of an interrupted sync is resumed.
-    let exists = dest.exists();
-    let compare_only = exists && !header.replace;
     let started = Instant::now();
-    let (partial, sig) = if compare_only {
-        let d = dest.clone();
-        (
-            None,
-            blocking(move || transfer::signature(&d, BLOCK)).await?,
-        )
-    } else {
-        let (pp, d, size) = (partial_path.clone(), dest.clone(), header.size);
-        let (p, sig) = blocking(move || prepare(&pp, &d, size)).await?;
-        (Some(p), sig)
-    };
+    let (pp, d, size, replace) = (
+        partial_path.clone(),
+        dest.clone(),
+        header.size,
+        header.replace,
+    );
+    let (partial, sig) = agent
+        .blocking(move |_| {
+            if d.exists() && !replace {
+                Ok((None, transfer::signature(&d, BLOCK)?))
+            } else {
+                let (p, sig) = prepare(&pp, &d, size)?;
+                Ok((Some(p), sig))
+            }
+        })
+        .await?;
+    let compare_only = partial.is_none();
     let resumed = if compare_only { 0 } else { sig.blocks.len() };
     tracing::info!(%volume, size = header.size, held_blocks = sig.blocks.len(), compare_only, "receiving");
     let parts: Vec<&[(u64, Hash)]> = if sig.blocks.is_empty() {
@@ -455,7 +436,8 @@ pub async fn receive(
     }
     let scanned_ms = started.elapsed().as_millis() as u64;
     // Writing and hashing run on a thread of their own, so that receiving the next message
-    // (TLS, HTTP/2, decoding) overlaps them; the queue between them is bounded.
+    // (TLS, HTTP/2, decoding) overlaps them; the queue between them is bounded. Spawned now
+    // (not `Agent::blocking`, which starts when awaited): data must flow before the end.
     let (wtx, mut wrx) = mpsc::channel::<pb::SyncData>(QUEUE);
     let span = tracing::Span::current();
     let writer = partial.map(|ready| {
@@ -511,7 +493,7 @@ pub async fn receive(
         Some(Ok(f)) => f,
         Some(Err(e)) => {
             if let Some(p) = partial {
-                let _ = blocking(move || Ok(p.file.sync_all()?)).await;
+                let _ = agent.blocking(move |_| Ok(p.file.sync_all()?)).await;
                 tracing::warn!(%volume, error = %e, "transfer ended early; the partial file is kept for a resume");
             }
             return Err(e);
@@ -535,18 +517,19 @@ pub async fn receive(
         }
         Some(p) => {
             let images = Arc::clone(&agent);
-            blocking(move || {
-                let mut p = p;
-                let sum = p.verify(&finish.checksum)?;
-                let written = p.written;
-                images.adopt_backing(&p.path)?;
-                p.install(&dest, mode)?;
-                Ok(pb::SyncDone {
-                    checksum: transfer::hex(&sum),
-                    bytes_written: written,
+            agent
+                .blocking(move |_| {
+                    let mut p = p;
+                    let sum = p.verify(&finish.checksum)?;
+                    let written = p.written;
+                    images.adopt_backing(&p.path)?;
+                    p.install(&dest, mode)?;
+                    Ok(pb::SyncDone {
+                        checksum: transfer::hex(&sum),
+                        bytes_written: written,
+                    })
                 })
-            })
-            .await?
+                .await?
         }
     };
     tracing::info!(
@@ -623,11 +606,7 @@ impl Agent {
         let Some(backing) = top.backing_filename.as_deref().filter(|b| !b.is_empty()) else {
             return Ok(());
         };
-        let file_name = std::path::Path::new(backing)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let file_name = crate::migration::file_name(backing).unwrap_or_default();
         let local = self.storage.path(&file_name).map_err(|_| {
             AgentError::precondition(format!("backing file {backing} is not a volume"))
         })?;

@@ -18,6 +18,14 @@ use crate::operations::{OpCtx, OpError, Submit};
 use crate::store::OpRecord;
 use crate::vms::{agent_err, check_name, work, Coordinator};
 
+/// A move under way: the VM's record, clients for its source and target, its ports.
+struct Moving {
+    vm: crate::store::VmRecord,
+    src: corral_client::AgentClient,
+    dst: corral_client::AgentClient,
+    ports: Vec<pb::ExposedPort>,
+}
+
 /// Where one transfer of a base to a host stands.
 #[derive(Debug, Clone)]
 pub enum TransferState {
@@ -450,8 +458,8 @@ impl Coordinator {
         out
     }
 
-    /// What both kinds of move start with: the VM's record, its base on the target, and
-    /// clients for both hosts.
+    /// What both kinds of move start with: the VM's record, its base on the target, clients
+    /// for both hosts, and the VM's exposed ports on the source.
     async fn move_start(
         self: &Arc<Self>,
         ctx: &OpCtx,
@@ -459,17 +467,20 @@ impl Coordinator {
         source: &str,
         target: &str,
         limit: u64,
-    ) -> Result<(
-        crate::store::VmRecord,
-        corral_client::AgentClient,
-        corral_client::AgentClient,
-    )> {
+    ) -> Result<Moving> {
         let n = name.to_string();
         let vm = self.blocking(move |s| s.vm(&n)).await?;
         if let Some(base) = vm.base.clone() {
             self.ensure_base(ctx, &base, target, limit).await?;
         }
-        Ok((vm, self.hosts.client(source)?, self.hosts.client(target)?))
+        let mut src = self.hosts.client(source)?;
+        let ports = self.ports_of(&mut src, source, name).await?;
+        Ok(Moving {
+            vm,
+            src,
+            dst: self.hosts.client(target)?,
+            ports,
+        })
     }
 
     /// Live migration through libvirt: the base first, empty volumes on the target, then
@@ -482,8 +493,12 @@ impl Coordinator {
         target: &str,
         limit: u64,
     ) -> Result<serde_json::Value> {
-        let (mut vm, mut src, mut dst) = self.move_start(ctx, name, source, target, limit).await?;
-        let ports = self.ports_of(&mut src, source, name).await?;
+        let Moving {
+            mut vm,
+            mut src,
+            mut dst,
+            ports,
+        } = self.move_start(ctx, name, source, target, limit).await?;
         let export = src
             .bases
             .export_for_migration(pb::DomainRef { name: name.into() })
@@ -526,17 +541,14 @@ impl Coordinator {
             }
             return Err(CoordError::from_agent(source, &s));
         }
-        vm.host = Some(target.into());
         // It runs there now: record that first, then fix its persistent definition.
-        let v = vm.clone();
-        self.blocking(move |s| s.put_vm(&v)).await?;
+        vm.host = Some(target.into());
+        vm.observed_state = crate::observed::state_name(pb::DomainState::Running as i32);
+        self.blocking(move |s| s.put_vm(&vm)).await?;
         dst.bases
             .finish_migration(pb::DomainRef { name: name.into() })
             .await
             .map_err(agent_err(target))?;
-        vm.observed_state = crate::observed::state_name(pb::DomainState::Running as i32);
-        let v = vm.clone();
-        self.blocking(move |s| s.put_vm(&v)).await?;
         let ports = self.carry_ports(&mut dst, target, &ports).await;
         Ok(
             serde_json::json!({ "vm": name, "from": source, "to": target, "live": true, "ports": ports }),
@@ -551,8 +563,12 @@ impl Coordinator {
         target: &str,
         limit: u64,
     ) -> Result<serde_json::Value> {
-        let (mut vm, mut src, mut dst) = self.move_start(ctx, name, source, target, limit).await?;
-        let ports = self.ports_of(&mut src, source, name).await?;
+        let Moving {
+            mut vm,
+            mut src,
+            mut dst,
+            ports,
+        } = self.move_start(ctx, name, source, target, limit).await?;
         let export = src
             .bases
             .export_domain(pb::DomainRef { name: name.into() })

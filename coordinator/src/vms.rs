@@ -219,8 +219,13 @@ impl Coordinator {
     }
 
     /// Where a clone of `base` goes: (chosen host, every rejected host with its reason, the
-    /// clone's size).
-    pub async fn place(&self, base: &str, owner: &str, keep_together: bool) -> Result<Placed> {
+    /// clone's size), and the hosts that hold the base now.
+    pub async fn place(
+        &self,
+        base: &str,
+        owner: &str,
+        keep_together: bool,
+    ) -> Result<(Placed, Vec<String>)> {
         let (mine, bases) = self.fleet_of(owner).await?;
         let holders = bases
             .iter()
@@ -228,7 +233,8 @@ impl Coordinator {
             .map(|(_, h)| h.clone())
             .ok_or_else(|| CoordError::NotFound(format!("base {base} not found")))?;
         let size = self.base_size(base, &holders).await?;
-        self.decide(mine, &bases, Some(base), size, keep_together)
+        let placed = self.decide(mine, &bases, Some(base), size, keep_together)?;
+        Ok((placed, holders))
     }
 
     /// Where a VM of `size` (vCPUs, bytes) goes.
@@ -346,7 +352,8 @@ impl Coordinator {
                 )));
             }
         }
-        let (host, rejected, size) = self.place(&req.base, &owner, req.keep_together).await?;
+        let ((host, rejected, size), holders) =
+            self.place(&req.base, &owner, req.keep_together).await?;
         let Some(host) = host else {
             let why: Vec<String> = rejected.iter().map(|(h, r)| format!("{h}: {r}")).collect();
             return Err(CoordError::FailedPrecondition(format!(
@@ -371,11 +378,17 @@ impl Coordinator {
         };
         let ticket = self.reserve(&host, size);
         let me = Arc::clone(self);
+        let copy = !holders.contains(&host);
         let (h2, req2) = (host.clone(), req.clone());
         let w = work(move |ctx| async move {
-            // Placement may have chosen a host without the base: copy it there first.
-            let r = match me.ensure_base(&ctx, &req2.base, &h2, 0).await {
-                Ok(_) => me.do_clone(&ctx, &h2, &req2, &owner).await,
+            // Placement chose a host without the base: copy it there first.
+            let copied = if copy {
+                me.ensure_base(&ctx, &req2.base, &h2, 0).await.map(|_| ())
+            } else {
+                Ok(())
+            };
+            let r = match copied {
+                Ok(()) => me.do_clone(&ctx, &h2, &req2, &owner).await,
                 Err(e) => Err(e),
             };
             me.release(ticket);

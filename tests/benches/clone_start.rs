@@ -6,28 +6,12 @@
 //! so that both see the same machine. Prints every sample, the medians and their ratio.
 //! Target: ratio <= 1.10. `CORRAL_BENCH_RUNS` sets the number of runs (default 9).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use corral_agent::domain_xml::{DiskSource, DomainXml, MacAddress};
 use corral_client::proto as pb;
 use corral_tests::*;
-
-fn cmd(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| program.to_string())?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -95,7 +79,7 @@ async fn main() -> Result<()> {
         let xml_path = direct_dir.join(format!("{dname}.xml"));
         std::fs::write(&xml_path, xml.to_xml()?)?;
         let t = Instant::now();
-        cmd(
+        run(
             "qemu-img",
             &[
                 "create",
@@ -109,7 +93,7 @@ async fn main() -> Result<()> {
                 &disk.display().to_string(),
             ],
         )?;
-        cmd(
+        run(
             "virsh",
             &[
                 "-q",
@@ -119,7 +103,7 @@ async fn main() -> Result<()> {
                 &xml_path.display().to_string(),
             ],
         )?;
-        cmd("virsh", &["-q", "-c", "qemu:///system", "start", &dname])?;
+        run("virsh", &["-q", "-c", "qemu:///system", "start", &dname])?;
         let td = t.elapsed();
 
         if i == 0 {

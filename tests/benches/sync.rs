@@ -14,31 +14,15 @@
 //! `CORRAL_BENCH_FORMATS` (default `qcow2,raw`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use corral_tests::lab::{self, Lab, LAB_DIR};
+use anyhow::{bail, Result};
+use corral_tests::lab::{self, on_disk, Lab, LAB_DIR};
 use corral_tests::*;
 
 const SIZE: u64 = 4 << 30;
 const CHUNKS: u64 = 125;
 const CHUNK: usize = 4 << 20;
-
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| program.to_string())?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Bytes through the receiving host's interface, both ways.
 fn wire(lab: &Lab) -> Result<u64> {
@@ -51,11 +35,6 @@ fn wire(lab: &Lab) -> Result<u64> {
         total += v.trim().parse::<u64>()?;
     }
     Ok(total)
-}
-
-fn on_disk(p: &Path) -> Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(p)?.blocks() * 512)
 }
 
 #[derive(Default)]

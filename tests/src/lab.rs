@@ -157,3 +157,9 @@ pub fn sparse_random(path: &Path, size: u64, chunks: u64, len: usize) -> Result<
     f.sync_all()?;
     Ok(offsets)
 }
+
+/// Bytes a file takes on disk (its allocated blocks).
+pub fn on_disk(p: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(p)?.blocks() * 512)
+}

@@ -33,7 +33,8 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<String> {
+/// Runs a program with its arguments one by one; its stdout, or an error with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .output()

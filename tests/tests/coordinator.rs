@@ -827,16 +827,12 @@ async fn the_cli_drives_the_coordinator_and_fails_in_one_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Ravada's way to a base: create, (customise,) stop, prepare, clone.
-    let ok = |args: &[&str]| {
-        let out = corral_cli(&f.coord.addr, &t, args).unwrap();
-        assert!(
-            out.status.success(),
-            "corral {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    let cli = Cli {
+        addr: &f.coord.addr,
+        token: &t,
+        ca: None,
     };
+    let ok = |args: &[&str]| cli.ok(args);
     let made = ok(&[
         "vm",
         "create",

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,11 +28,6 @@ fn agent_json(lab: &Lab, host: &str, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Bytes a file takes on disk.
-fn on_disk(p: &Path) -> u64 {
-    std::fs::metadata(p).unwrap().blocks() * 512
 }
 
 fn fetch_in(lab: &Lab, host: &str, url: &str, want: &str, timeout: Duration) -> String {
@@ -163,8 +157,8 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     assert_eq!(a["checksum"], b["checksum"]);
     assert_eq!(a["size"], b["size"]);
     let (da, db) = (
-        on_disk(&lab.storage("h1").join(file)),
-        on_disk(&lab.storage("h2").join(file)),
+        lab::on_disk(&lab.storage("h1").join(file)).unwrap(),
+        lab::on_disk(&lab.storage("h2").join(file)).unwrap(),
     );
     println!("base file on disk: {da} bytes on h1, {db} on h2; {a}");
     assert!(db <= da + (1 << 20), "holes stay holes: {db} vs {da}");
@@ -335,7 +329,7 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
         .unwrap();
     let partial = lab.storage("h3").join(".big.raw.corral-partial");
     let t = Instant::now();
-    while !partial.exists() || on_disk(&partial) < 48 << 20 {
+    while !partial.exists() || lab::on_disk(&partial).unwrap() < 48 << 20 {
         assert!(
             t.elapsed() < Duration::from_secs(30),
             "no partial file grows on h3"
@@ -351,7 +345,7 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     lab.kill_agent("h1").unwrap();
     assert!(!send.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
-    let arrived = on_disk(&partial);
+    let arrived = lab::on_disk(&partial).unwrap();
     assert!(arrived < total, "killed mid-way: {arrived} of {total}");
     assert!(
         !lab.storage("h3").join("big.raw").exists(),
@@ -382,7 +376,7 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     assert_eq!(a["checksum"], b["checksum"]);
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), 2 << 30);
     assert!(
-        on_disk(&dst) <= on_disk(&src) + (1 << 20),
+        lab::on_disk(&dst).unwrap() <= lab::on_disk(&src).unwrap() + (1 << 20),
         "holes stay holes"
     );
     assert!(

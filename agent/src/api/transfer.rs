@@ -34,18 +34,16 @@ impl VolumeSyncService for SyncApi {
             tracing::info_span!("rpc", rpc = "SendVolume", target = %r.volume, peer = %r.peer);
         let agent = Arc::clone(&self.0);
         let (out, rx) = mpsc::channel::<Result<pb::SyncProgress, Status>>(8);
-        let (ptx, mut prx) = mpsc::channel::<pb::SyncProgress>(2);
-        let fwd = out.clone();
-        tokio::spawn(async move {
-            while let Some(p) = prx.recv().await {
-                if fwd.send(Ok(p)).await.is_err() {
-                    break;
-                }
+        // Progress that finds the stream full is dropped: the next report supersedes it.
+        let report = {
+            let out = out.clone();
+            move |p| {
+                let _ = out.try_send(Ok(p));
             }
-        });
+        };
         tokio::spawn(
             async move {
-                let result = crate::sync::send(agent, r, ptx).await;
+                let result = crate::sync::send(agent, r, report).await;
                 let msg = match result {
                     Ok(last) => Ok(last),
                     Err(e) => {

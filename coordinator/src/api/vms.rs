@@ -118,7 +118,7 @@ impl VmService for VmApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         crate::vms::check_name("base", &r.base)?;
-        let (chosen, rejected, _) = self.0.place(&r.base, who.name(), r.keep_together).await?;
+        let ((chosen, rejected, _), _) = self.0.place(&r.base, who.name(), r.keep_together).await?;
         Ok(Response::new(pb::PlacementExplanation {
             chosen: chosen.unwrap_or_default(),
             rejected: rejected
