@@ -270,7 +270,7 @@ impl Agent {
     /// Defines a base whose volumes were synced here from another host. Its disks point at
     /// this host's copies, its domain type is this host's, libvirt gives it a new UUID.
     pub fn import_base(&self, definition: &str) -> Result<pb::Base> {
-        let mut def = DomainXml::parse(definition)?;
+        let mut def = DomainXml::parse_given(definition)?;
         let name = def.name.clone();
         validate::name("domain", &name)?;
         let meta = meta_of(&def);
@@ -311,6 +311,7 @@ impl Agent {
             }
         }
         self.localise(&mut def);
+        self.check_definition_disks(&name, &def)?;
         self.forget_definition(&name);
         self.hv.define(&def.to_xml()?)?;
         write_atomic(
@@ -354,7 +355,7 @@ impl Agent {
 
     /// Defines a domain whose volumes were synced here; its disks point at this host's copies.
     pub fn import_domain(&self, definition: &str) -> Result<pb::Domain> {
-        let mut def = DomainXml::parse(definition)?;
+        let mut def = DomainXml::parse_given(definition)?;
         let name = def.name.clone();
         validate::name("domain", &name)?;
         if meta_of(&def).kind == "base" {
@@ -386,6 +387,7 @@ impl Agent {
             src.file = Some(local.display().to_string());
         }
         self.localise(&mut def);
+        self.check_definition_disks(&name, &def)?;
         self.forget_definition(&name);
         self.hv.define(&def.to_xml()?)?;
         tracing::info!(domain = %name, "domain imported");
@@ -455,20 +457,7 @@ impl Agent {
     }
 
     pub fn clone_base(&self, req: &pb::CloneBaseRequest) -> Result<pb::Domain> {
-        validate::name("domain", &req.name)?;
-        validate::name("base", &req.base)?;
-        for (k, v) in &req.labels {
-            validate::label(k, v)?;
-        }
-        if !req.owner.is_empty() {
-            validate::name("owner", &req.owner)?;
-        }
-        if req.memory_mib != 0 {
-            validate::memory_mib(req.memory_mib)?;
-        }
-        if req.vcpus != 0 {
-            validate::vcpus(req.vcpus)?;
-        }
+        corral_proto::rules::clone_base(req)?;
         let copy_data = match pb::DataVolumeMode::try_from(req.data_volumes) {
             Ok(pb::DataVolumeMode::Copy) => true,
             Ok(_) => false,

@@ -336,6 +336,13 @@ impl DomainXml {
             .map_err(|e| AgentError::internal(format!("cannot read domain XML: {e}")))
     }
 
+    /// Parses a definition a caller sent (an import): malformed XML is the caller's error.
+    pub fn parse_given(xml: &str) -> Result<Self> {
+        quick_xml::de::from_str(xml).map_err(|e| {
+            AgentError::invalid(format!("the definition is not valid domain XML: {e}"))
+        })
+    }
+
     pub fn meta(&self) -> Option<&CorralMeta> {
         self.metadata.as_ref()?.corral.as_ref()
     }

@@ -16,6 +16,7 @@ use crate::domain_xml::{
 use crate::error::{AgentError, Result};
 use crate::hypervisor::DomState;
 use crate::images::Format;
+use crate::ownership::{Actor, Change, Claims};
 use crate::validate;
 
 /// Volume roles as stored in Corral's metadata.
@@ -92,9 +93,6 @@ pub fn target_name(index: usize) -> Result<String> {
         .ok_or_else(|| AgentError::invalid("at most 26 disks per domain"))?;
     Ok(format!("vd{}", (b'a' + letter) as char))
 }
-
-const VIDEO_MODELS: &[&str] = &["vga", "virtio", "qxl", "cirrus", "bochs", "none"];
-const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "rtl8139"];
 
 /// The XML of a disk backed by a file in the storage root.
 pub fn disk_xml(path: &Path, target: &str, format: &str, readonly: bool) -> Disk {
@@ -210,42 +208,35 @@ impl Agent {
 
     /// Defines a domain from a typed spec. Nothing is left behind when it fails.
     pub fn define(&self, spec: &pb::DomainSpec) -> Result<pb::Domain> {
-        validate::name("domain", &spec.name)?;
+        corral_proto::rules::domain_spec(spec)?;
         let vcpus = if spec.vcpus == 0 { 1 } else { spec.vcpus };
-        validate::vcpus(vcpus)?;
         let memory = if spec.memory_mib == 0 {
             512
         } else {
             spec.memory_mib
         };
-        validate::memory_mib(memory)?;
-        for (k, v) in &spec.labels {
-            validate::label(k, v)?;
-        }
-        if !spec.owner.is_empty() {
-            validate::name("owner", &spec.owner)?;
-        }
         let video = if spec.video_model.is_empty() {
             "vga"
         } else {
             &spec.video_model
         };
-        if !VIDEO_MODELS.contains(&video) {
-            return Err(AgentError::invalid(format!(
-                "unknown video model {video:?}: use one of {}",
-                VIDEO_MODELS.join(", ")
-            )));
-        }
-        // Check every disk before creating any.
+        // Check every disk before creating any: an existing volume must be free (or, read
+        // only, not written by another domain); a base file is never writable.
+        let claims = self.claims()?;
         let mut plan = Vec::new();
         for (i, d) in spec.disks.iter().enumerate() {
             let role = role_from_pb(d.role)?;
             let target = target_name(i)?;
             let path = self.storage.path(&d.volume)?;
             let create = if path.is_file() {
+                let change = if d.readonly {
+                    Change::AttachReadOnly
+                } else {
+                    Change::AttachWritable
+                };
+                self.may_change(&claims, &d.volume, &path, Actor::Domain(&spec.name), change)?;
                 false
             } else if d.create_size_bytes > 0 {
-                validate::volume_size(d.create_size_bytes)?;
                 true
             } else {
                 return Err(AgentError::not_found(format!(
@@ -260,7 +251,6 @@ impl Agent {
             let mac = if n.mac.is_empty() {
                 random_mac()
             } else {
-                validate::mac(&n.mac)?;
                 n.mac.to_lowercase()
             };
             let model = if n.model.is_empty() {
@@ -268,16 +258,9 @@ impl Agent {
             } else {
                 &n.model
             };
-            if !NIC_MODELS.contains(&model) {
-                return Err(AgentError::invalid(format!(
-                    "unknown NIC model {model:?}: use one of {}",
-                    NIC_MODELS.join(", ")
-                )));
-            }
             let network = if n.network.is_empty() {
                 self.cfg.default_network.clone()
             } else {
-                validate::name("network", &n.network)?;
                 n.network.clone()
             };
             interfaces.push(Interface {
@@ -536,6 +519,9 @@ impl Agent {
     }
 
     pub fn list(&self, labels: &HashMap<String, String>) -> Result<Vec<pb::Domain>> {
+        for (k, v) in labels {
+            validate::label(k, v)?;
+        }
         let mut out = Vec::new();
         for name in self.hv.names()? {
             match self.view(&name) {
@@ -667,6 +653,7 @@ impl Agent {
     }
 
     pub fn display(&self, name: &str) -> Result<pb::DisplayInfo> {
+        validate::name("domain", name)?;
         let xml = DomainXml::parse(&self.hv.xml(name, true, false)?)?;
         let state = self.hv.state(name)?;
         let g =
@@ -728,13 +715,18 @@ impl Agent {
         self.hv.undefine(name)?;
         self.note_started(name, None);
         self.forget_ports(name)?;
+        // The definition is gone: what other domains and bases still claim is kept.
+        let claims = self.claims()?;
         let mut removed = Vec::new();
-        if let Some(prepared) = &meta.prepared {
+        if let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == "base") {
             for f in prepared.files.iter().filter(|f| !f.file.is_empty()) {
-                if let Ok(p) = self.storage.path(&f.file) {
-                    if std::fs::remove_file(&p).is_ok() {
-                        removed.push(f.file.clone());
-                    }
+                let Ok(p) = self.storage.path(&f.file) else {
+                    continue;
+                };
+                match self.may_change(&claims, &f.file, &p, Actor::Base(name), Change::Delete) {
+                    Ok(()) if std::fs::remove_file(&p).is_ok() => removed.push(f.file.clone()),
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(domain = %name, error = %e, "base file kept"),
                 }
             }
             let _ = std::fs::remove_file(self.template_path(name));
@@ -744,7 +736,7 @@ impl Agent {
                 let Some(top) = d.source.as_ref().and_then(|s| s.file.as_ref()) else {
                     continue;
                 };
-                removed.extend(self.remove_chain(name, Path::new(top))?);
+                removed.extend(self.remove_chain(&claims, name, Path::new(top))?);
             }
         }
         tracing::info!(domain = %name, removed = ?removed, "removed");
@@ -754,9 +746,10 @@ impl Agent {
 
 impl Agent {
     /// Deletes a removed domain's volume and the files below it that are its own (left by
-    /// external snapshots): inside the storage root, named after the domain, writable (base
-    /// files are read-only) and used by no other domain.
-    fn remove_chain(&self, domain: &str, top: &Path) -> Result<Vec<String>> {
+    /// external snapshots): inside the storage root, named after the domain for the files
+    /// below the top, and owned by it (not a base file, used by no other domain, backing no
+    /// other volume). What it does not own is kept, with a warning.
+    fn remove_chain(&self, claims: &Claims, domain: &str, top: &Path) -> Result<Vec<String>> {
         let chain: Vec<std::path::PathBuf> = match self.images.info(top) {
             Ok(c) => c
                 .iter()
@@ -772,9 +765,16 @@ impl Agent {
             if depth > 0 {
                 let own = vol.starts_with(&format!("{domain}-"));
                 let readonly = std::fs::metadata(path).map_or(true, |m| m.permissions().readonly());
-                if !own || readonly || !self.users_of(path)?.is_empty() {
+                if !own || readonly {
                     continue;
                 }
+            }
+            if let Err(e) =
+                self.may_change(claims, &vol, path, Actor::Domain(domain), Change::Delete)
+            {
+                tracing::warn!(%domain, error = %e, "volume kept");
+                // Nothing below a kept file is this domain's to delete either.
+                break;
             }
             if std::fs::remove_file(path).is_ok() {
                 removed.push(vol);

@@ -33,6 +33,9 @@ pub enum AgentError {
     /// The operation did not finish in time.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The host ran out of something (disk space, ports): free some, then retry.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A bug or an unexpected failure of the host's tools.
     #[error("{0}")]
     Internal(String),
@@ -67,6 +70,7 @@ impl AgentError {
             }
             Code::Unimplemented => Self::Unsupported(msg),
             Code::DeadlineExceeded => Self::DeadlineExceeded(msg),
+            Code::ResourceExhausted => Self::ResourceExhausted(msg),
             Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted => {
                 Self::Unavailable(msg)
             }
@@ -84,6 +88,7 @@ impl AgentError {
             Self::Unsupported(_) => Code::Unimplemented,
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -97,12 +102,26 @@ impl From<AgentError> for Status {
 
 impl From<std::io::Error> for AgentError {
     fn from(e: std::io::Error) -> Self {
-        match e.kind() {
-            std::io::ErrorKind::NotFound => Self::NotFound(e.to_string()),
-            std::io::ErrorKind::AlreadyExists => Self::AlreadyExists(e.to_string()),
-            _ => Self::Internal(e.to_string()),
-        }
+        io_category(&e, e.to_string())
     }
+}
+
+/// The category of an I/O error, with `msg` as its message.
+fn io_category(e: &std::io::Error, msg: String) -> AgentError {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => AgentError::NotFound(msg),
+        K::AlreadyExists => AgentError::AlreadyExists(msg),
+        K::StorageFull | K::QuotaExceeded => AgentError::ResourceExhausted(msg),
+        K::PermissionDenied | K::ReadOnlyFilesystem => AgentError::FailedPrecondition(msg),
+        _ => AgentError::Internal(msg),
+    }
+}
+
+/// An I/O error on `path`, with the path in its message.
+pub fn io_at(path: &std::path::Path, e: std::io::Error) -> AgentError {
+    let msg = format!("{}: {e}", path.display());
+    io_category(&e, msg)
 }
 
 impl From<tokio::task::JoinError> for AgentError {
@@ -129,6 +148,10 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (AgentError::internal("x"), Code::Internal),
+            (
+                AgentError::ResourceExhausted("x".into()),
+                Code::ResourceExhausted,
+            ),
         ];
         for (err, code) in cases {
             let status = Status::from(err);
@@ -141,5 +164,11 @@ mod tests {
     fn io_errors_keep_their_meaning() {
         let e: AgentError = std::io::Error::from(std::io::ErrorKind::NotFound).into();
         assert_eq!(e.code(), Code::NotFound);
+        let full = io_at(
+            std::path::Path::new("/var/lib/corral/x.qcow2"),
+            std::io::Error::from_raw_os_error(28),
+        );
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(full.to_string().starts_with("/var/lib/corral/x.qcow2: "));
     }
 }

@@ -124,6 +124,8 @@ fn classify(stderr: &str) -> AgentError {
     let msg = format!("qemu-img: {stderr}");
     if stderr.contains("No such file") {
         AgentError::NotFound(msg)
+    } else if stderr.contains("No space left on device") || stderr.contains("Disk quota exceeded") {
+        AgentError::ResourceExhausted(msg)
     } else if stderr.contains("Failed to get \"write\" lock")
         || stderr.contains("Failed to get shared \"write\" lock")
     {

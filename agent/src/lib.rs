@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod hypervisor;
 pub mod images;
 pub mod migration;
+pub mod ownership;
 pub mod ports;
 pub mod qcow2;
 pub mod reconcile;

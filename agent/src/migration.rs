@@ -73,7 +73,7 @@ impl Agent {
                 "this host accepts no live migration (migration_uri is not configured)".into(),
             ));
         }
-        let def = crate::domain_xml::DomainXml::parse(&req.definition_xml)?;
+        let def = crate::domain_xml::DomainXml::parse_given(&req.definition_xml)?;
         let name = def.name.clone();
         validate::name("domain", &name)?;
         let _busy = self.busy(&name)?;

@@ -180,8 +180,26 @@ impl Agent {
         if !req.name.is_empty() {
             validate::name("port", &req.name)?;
         }
-        self.host_v4()?;
+        if let Some(p) = wanted_host_port {
+            let [lo, hi] = self.cfg.port_range;
+            if !(lo..=hi).contains(&p) {
+                return Err(AgentError::invalid(format!(
+                    "host port {p} is outside this host's port range {lo}-{hi}"
+                )));
+            }
+        }
         let state = self.hv.state(&req.domain)?;
+        if self
+            .read_definition(&req.domain)?
+            .meta()
+            .is_some_and(|m| m.kind == "base")
+        {
+            return Err(AgentError::precondition(format!(
+                "domain {:?} is a base and bases never run: expose ports on its clones",
+                req.domain
+            )));
+        }
+        self.host_v4()?;
         let record = {
             let mut ports = self.ports.lock().map_err(lock_err)?;
             if ports
@@ -293,7 +311,13 @@ impl Agent {
 
     pub fn remove_all_ports(&self, domain: &str) -> Result<u32> {
         validate::name("domain", domain)?;
-        self.remove_ports_where(|r| r.domain == domain)
+        let n = self.remove_ports_where(|r| r.domain == domain)?;
+        if n == 0 && !self.exists(domain)? {
+            return Err(AgentError::not_found(format!(
+                "domain {domain:?} does not exist"
+            )));
+        }
+        Ok(n)
     }
 
     /// Drops every record of a domain that is gone (ports and display restriction).

@@ -60,6 +60,35 @@ pub fn virtual_size(backing: &Path, format: Format) -> Result<u64, OverlayError>
     }
 }
 
+/// The backing file name a qcow2 header names, when `head` holds the header and the name
+/// (the first cluster does for every image `qemu-img` writes). Anything malformed is `None`:
+/// this reads files a user may have written, so it never trusts an offset.
+pub fn backing_name(head: &[u8]) -> Option<String> {
+    if head.len() < 20 || be32(head, 0) != MAGIC || !(2..=3).contains(&be32(head, 4)) {
+        return None;
+    }
+    let offset = usize::try_from(be64(head, 8)).ok()?;
+    let len = usize::try_from(be32(head, 16)).ok()?;
+    if offset == 0 || len == 0 || len > MAX_BACKING_NAME {
+        return None;
+    }
+    let name = head.get(offset..offset.checked_add(len)?)?;
+    String::from_utf8(name.to_vec()).ok()
+}
+
+/// The backing file of an image, resolved against its directory; `None` for raw files and
+/// qcow2 images without one.
+pub fn backing_of(path: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    let mut head = Vec::with_capacity(CLUSTER as usize);
+    std::fs::File::open(path)?
+        .take(CLUSTER)
+        .read_to_end(&mut head)?;
+    Ok(backing_name(&head).map(|n| match path.parent() {
+        Some(dir) => dir.join(n),
+        None => std::path::PathBuf::from(n),
+    }))
+}
+
 /// An empty qcow2 overlay as the few byte ranges that are not zero, and the file's length
 /// (everything else, the L1 table included, is zero and left as a hole).
 #[derive(Debug, Clone, PartialEq, Eq)]

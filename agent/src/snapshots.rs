@@ -70,13 +70,7 @@ pub fn filter_flags(filters: &[i32]) -> Result<(u32, bool)> {
 
 impl Agent {
     pub fn create_snapshot(&self, req: &pb::CreateSnapshotRequest) -> Result<pb::Snapshot> {
-        validate::name("domain", &req.domain)?;
-        validate::name("snapshot", &req.name)?;
-        if req.description.len() > 4096 {
-            return Err(AgentError::invalid(
-                "snapshot description is longer than 4096 characters",
-            ));
-        }
+        corral_proto::rules::snapshot(&req.domain, &req.name, &req.description)?;
         let _busy = self.busy(&req.domain)?;
         if self.hv.snapshot_names(&req.domain, 0)?.contains(&req.name) {
             return Err(AgentError::exists(format!(

@@ -7,6 +7,7 @@ use corral_proto::v1 as pb;
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
 use crate::images::Format;
+use crate::ownership::{Actor, Change};
 use crate::validate;
 
 fn format_from_pb(v: i32) -> Result<Option<Format>> {
@@ -133,46 +134,6 @@ impl Agent {
         })
     }
 
-    /// Domains whose definition uses the volume.
-    pub(crate) fn users_of(&self, path: &Path) -> Result<Vec<String>> {
-        let mut users = Vec::new();
-        for name in self.hv.names()? {
-            let Ok(xml) = self.read_definition(&name) else {
-                continue;
-            };
-            let uses = xml.devices.disks.iter().any(|d| {
-                d.source.as_ref().and_then(|s| s.file.as_deref()) == Some(&*path.to_string_lossy())
-            }) || xml
-                .meta()
-                .and_then(|m| m.prepared.as_ref())
-                .is_some_and(|p| {
-                    p.files
-                        .iter()
-                        .any(|f| self.storage.path(&f.file).ok().as_deref() == Some(path))
-                });
-            if uses {
-                users.push(name);
-            }
-        }
-        Ok(users)
-    }
-
-    /// Refuses when a running domain uses the volume (qemu-img must not change it then).
-    fn ensure_not_running(&self, name: &str, path: &Path) -> Result<()> {
-        let running: Vec<String> = self
-            .users_of(path)?
-            .into_iter()
-            .filter(|d| self.hv.state(d).is_ok_and(|s| s.is_active()))
-            .collect();
-        if running.is_empty() {
-            return Ok(());
-        }
-        Err(AgentError::precondition(format!(
-            "volume {name:?} is in use by running domain(s) {}",
-            running.join(", ")
-        )))
-    }
-
     pub fn rebase_volume(&self, req: &pb::RebaseVolumeRequest) -> Result<pb::VolumeInfo> {
         let path = self.storage.existing(&req.name)?;
         let backing = if req.backing.is_empty() {
@@ -185,7 +146,7 @@ impl Agent {
                 "a volume cannot be its own backing file",
             ));
         }
-        self.ensure_not_running(&req.name, &path)?;
+        self.check_change(&req.name, &path, Actor::Admin, Change::Rebase)?;
         self.images
             .rebase(&path, backing.as_deref(), req.r#unsafe)?;
         self.volume_info(&req.name)
@@ -201,39 +162,25 @@ impl Agent {
                 req.size_bytes
             )));
         }
-        self.ensure_not_running(&req.name, &path)?;
+        self.check_change(&req.name, &path, Actor::Admin, Change::Resize)?;
         self.images
             .resize(&path, req.size_bytes, req.allow_shrink)?;
         self.volume_info(&req.name)
     }
 
-    /// Deletes a volume no domain uses and no other volume is backed by.
+    /// Deletes a volume no domain uses, that is no base file and backs no other volume.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         let path = self.storage.existing(name)?;
-        let users = self.users_of(&path)?;
-        if !users.is_empty() {
+        let claims = self.claims()?;
+        let users = claims.users(&path);
+        if !users.is_empty() && claims.base_of(&path).is_none() {
             return Err(AgentError::precondition(format!(
-                "volume {name:?} is used by domain(s) {}",
+                "cannot delete volume {name:?}: it belongs to domain(s) {}",
                 users.join(", ")
             )));
         }
-        for other in self.storage.list()? {
-            if other == name {
-                continue;
-            }
-            let Ok(p) = self.storage.path(&other) else {
-                continue;
-            };
-            let Ok(chain) = self.images.info(&p) else {
-                continue;
-            };
-            if chain.iter().skip(1).any(|b| Path::new(&b.filename) == path) {
-                return Err(AgentError::precondition(format!(
-                    "volume {name:?} is the backing file of volume {other:?}"
-                )));
-            }
-        }
-        std::fs::remove_file(&path)?;
+        self.may_change(&claims, name, &path, Actor::Admin, Change::Delete)?;
+        std::fs::remove_file(&path).map_err(|e| crate::error::io_at(&path, e))?;
         tracing::info!(volume = %name, "volume deleted");
         Ok(())
     }

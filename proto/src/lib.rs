@@ -9,3 +9,27 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every Corral proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/corral_descriptor.bin"));
+
+pub mod rules;
+
+/// The gRPC services the agent serves (what its reflection advertises).
+pub const AGENT_SERVICES: &[&str] = &[
+    v1::host_service_server::SERVICE_NAME,
+    v1::domain_service_server::SERVICE_NAME,
+    v1::volume_service_server::SERVICE_NAME,
+    v1::base_service_server::SERVICE_NAME,
+    v1::snapshot_service_server::SERVICE_NAME,
+    v1::port_service_server::SERVICE_NAME,
+    v1::volume_sync_service_server::SERVICE_NAME,
+    v1::peer_transfer_service_server::SERVICE_NAME,
+];
+
+/// The gRPC services the coordinator serves (what its reflection advertises).
+pub const COORDINATOR_SERVICES: &[&str] = &[
+    v1::host_admin_service_server::SERVICE_NAME,
+    v1::vm_service_server::SERVICE_NAME,
+    v1::operation_service_server::SERVICE_NAME,
+    v1::user_service_server::SERVICE_NAME,
+    v1::vm_snapshot_service_server::SERVICE_NAME,
+    v1::vm_access_service_server::SERVICE_NAME,
+];
