@@ -218,11 +218,34 @@ impl Reader {
 }
 
 /// Sends `req.volume` to the peer; reports progress to `progress` about four times a second.
+/// Tells the peer that the caller cancelled (it discards its partial file) and waits briefly
+/// for it to end the transfer.
+async fn cancel_peer(
+    abort: &mpsc::Sender<pb::SyncUpload>,
+    replies: &mut tonic::Streaming<pb::SyncReply>,
+) -> AgentError {
+    let msg = pb::SyncUpload {
+        msg: Some(Up::Abort(pb::SyncAbort {
+            reason: "the transfer was cancelled".into(),
+        })),
+    };
+    let told = tokio::time::timeout(Duration::from_secs(5), async {
+        if abort.send(msg).await.is_ok() {
+            while let Some(Ok(_)) = replies.next().await {}
+        }
+    })
+    .await;
+    tracing::info!(peer_told = told.is_ok(), "transfer cancelled by the caller");
+    AgentError::Unavailable("the transfer was cancelled".into())
+}
+
 pub async fn send(
     agent: Arc<Agent>,
     req: pb::SendVolumeRequest,
     progress: impl Fn(pb::SyncProgress) + Send,
+    cancelled: impl std::future::Future<Output = ()> + Send,
 ) -> Result<pb::SyncProgress> {
+    tokio::pin!(cancelled);
     let started = Instant::now();
     if req.peer.is_empty() {
         return Err(AgentError::invalid("a peer address is required"));
@@ -268,6 +291,8 @@ pub async fn send(
     tx.send(header)
         .await
         .map_err(|_| AgentError::internal("upload queue closed"))?;
+    // Kept to tell the peer to discard its partial file when our caller cancels.
+    let abort = tx.clone();
     let mut replies = client
         .receive_volume(ReceiverStream::new(rx))
         .await
@@ -276,9 +301,11 @@ pub async fn send(
     // What the peer holds already.
     let mut have: HashMap<u64, Hash> = HashMap::new();
     loop {
-        let m = replies
-            .message()
-            .await
+        let m = tokio::select! {
+            m = replies.message() => m,
+            _ = &mut cancelled => return Err(cancel_peer(&abort, &mut replies).await),
+        };
+        let m = m
             .map_err(AgentError::from_peer)?
             .ok_or_else(|| peer_err(&req.peer, "closed the transfer before listing its blocks"))?;
         counters
@@ -350,6 +377,7 @@ pub async fn send(
             _ = tick.tick() => {
                 progress(counters.progress(&req.volume, started));
             }
+            _ = &mut cancelled => return Err(cancel_peer(&abort, &mut replies).await),
         }
     };
     let mut last = counters.progress(&req.volume, started);
@@ -397,14 +425,24 @@ pub async fn receive(
     // An existing copy is compared (or, with `replace`, used as the basis of the delta); a
     // partial file of an interrupted sync is resumed.
     let started = Instant::now();
-    let (pp, d, size, replace) = (
+    let (pp, d, size, replace, volume_name) = (
         partial_path.clone(),
         dest.clone(),
         header.size,
         header.replace,
+        header.volume.clone(),
     );
     let (partial, sig) = agent
-        .blocking(move |_| {
+        .blocking(move |a| {
+            if d.exists() && replace {
+                // Replacing a copy writes it: only a volume nobody else owns.
+                a.check_change(
+                    &volume_name,
+                    &d,
+                    crate::ownership::Actor::Admin,
+                    crate::ownership::Change::Overwrite,
+                )?;
+            }
             if d.exists() && !replace {
                 Ok((None, transfer::signature(&d, BLOCK)?))
             } else {
@@ -455,6 +493,7 @@ pub async fn receive(
             })
         })
     });
+    let mut aborted = false;
     let ended = loop {
         match inbound.message().await {
             Ok(Some(pb::SyncUpload {
@@ -474,6 +513,15 @@ pub async fn receive(
             Ok(Some(pb::SyncUpload {
                 msg: Some(Up::Finish(f)),
             })) => break Some(Ok(f)),
+            Ok(Some(pb::SyncUpload {
+                msg: Some(Up::Abort(a)),
+            })) => {
+                aborted = true;
+                break Some(Err(AgentError::Unavailable(format!(
+                    "the sender cancelled the transfer: {}",
+                    a.reason
+                ))));
+            }
             Ok(Some(_)) => {
                 break Some(Err(AgentError::invalid("unexpected message in a transfer")))
             }
@@ -493,8 +541,17 @@ pub async fn receive(
         Some(Ok(f)) => f,
         Some(Err(e)) => {
             if let Some(p) = partial {
-                let _ = agent.blocking(move |_| Ok(p.file.sync_all()?)).await;
-                tracing::warn!(%volume, error = %e, "transfer ended early; the partial file is kept for a resume");
+                if aborted {
+                    let pp = partial_path.clone();
+                    drop(p);
+                    let _ = agent
+                        .blocking(move |_| Ok(std::fs::remove_file(&pp)?))
+                        .await;
+                    tracing::info!(%volume, "transfer cancelled by the sender; partial file removed");
+                } else {
+                    let _ = agent.blocking(move |_| Ok(p.file.sync_all()?)).await;
+                    tracing::warn!(%volume, error = %e, "transfer ended early; the partial file is kept for a resume");
+                }
             }
             return Err(e);
         }

@@ -43,7 +43,10 @@ impl VolumeSyncService for SyncApi {
         };
         tokio::spawn(
             async move {
-                let result = crate::sync::send(agent, r, report).await;
+                // The caller going away (a cancelled operation) cancels the transfer.
+                let gone = out.clone();
+                let result =
+                    crate::sync::send(agent, r, report, async move { gone.closed().await }).await;
                 let msg = match result {
                     Ok(last) => Ok(last),
                     Err(e) => {
