@@ -79,10 +79,24 @@ pub async fn serve(
     reporter
         .set_serving::<pb::vm_access_service_server::VmAccessServiceServer<api::VmAccessApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions (grpcurl and older clients speak v1alpha), advertising
+    // only this process's own services and health.
+    let reflect = || {
+        corral_proto::COORDINATOR_SERVICES
+            .iter()
+            .chain(&["grpc.health.v1.Health"])
+            .fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |b, s| b.with_service_name(*s),
+            )
+    };
+    let reflection = reflect()
         .build_v1()
+        .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
+    let reflection_alpha = reflect()
+        .build_v1alpha()
         .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
     let check = coord.auth.interceptor();
     let mut builder = tonic::transport::Server::builder();
@@ -106,6 +120,7 @@ pub async fn serve(
     builder
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(
             pb::host_admin_service_server::HostAdminServiceServer::with_interceptor(
                 api::HostAdminApi(Arc::clone(&coord)),
