@@ -142,6 +142,8 @@ pub fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
 
 /// When no user exists: creates `admin` and writes its token to `path` (mode 0600).
 pub fn bootstrap(store: &dyn Store, auth: &Auth, path: &std::path::Path) -> Result<Option<String>> {
+    // A token file left by an earlier start (or made by hand) is narrowed too.
+    narrow(path)?;
     if !store.users()?.is_empty() {
         return Ok(None);
     }
@@ -164,9 +166,23 @@ pub fn bootstrap(store: &dyn Store, auth: &Auth, path: &std::path::Path) -> Resu
         .mode(0o600)
         .open(path)
         .map_err(|e| CoordError::Internal(format!("cannot write {}: {e}", path.display())))?;
+    narrow(path)?;
     f.write_all(token.as_bytes())
-        .map_err(|e| CoordError::Internal(e.to_string()))?;
+        .map_err(|e| CoordError::Internal(format!("cannot write {}: {e}", path.display())))?;
     Ok(Some(token))
+}
+
+/// Makes an existing file readable by its owner only (0600).
+pub fn narrow(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoordError::Internal(format!(
+            "cannot make {} private (0600): {e}",
+            path.display()
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +196,9 @@ mod tests {
         let store = Sqlite::open(&dir.path().join("db")).unwrap();
         let auth = Auth::load(&store).unwrap();
         let path = dir.path().join("admin.token");
+        // A file that exists already, world-readable, is narrowed to 0600 and rewritten.
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let token = bootstrap(&store, &auth, &path).unwrap().unwrap();
         assert!(
             bootstrap(&store, &auth, &path).unwrap().is_none(),

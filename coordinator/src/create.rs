@@ -33,7 +33,7 @@ impl Coordinator {
         let mut spec = req
             .spec
             .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
-        check_name("VM", &spec.name)?;
+        corral_proto::rules::domain_spec(&spec)?;
         let owner = if req.owner.is_empty() {
             caller.name().to_string()
         } else {
@@ -43,13 +43,7 @@ impl Coordinator {
         spec.owner.clone_from(&owner);
         let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
         if key.is_none() {
-            let n = spec.name.clone();
-            if self.blocking(move |s| Ok(s.vm(&n).is_ok())).await? {
-                return Err(CoordError::AlreadyExists(format!(
-                    "VM {} already exists",
-                    spec.name
-                )));
-            }
+            self.name_free(&spec.name).await?;
         }
         let size = size_of(&spec);
         let host = if req.host.is_empty() {
@@ -79,12 +73,12 @@ impl Coordinator {
             idempotency_key: key,
             request: serde_json::json!({ "vm": spec.name, "host": host, "start": req.start }),
         };
-        let ticket = self.reserve(&host, size);
+        let reserved = self.reserve(&host, size);
         let me = Arc::clone(self);
         let start = req.start;
         let w = work(move |ctx| async move {
             let r = me.do_create(&ctx, &host, spec, start, &owner).await;
-            me.release(ticket);
+            drop(reserved);
             r.map_err(OpError::from)
         });
         Ok(self.ops.submit(submit, w).await?)
@@ -111,7 +105,7 @@ impl Coordinator {
             spec: serde_json::json!({ "labels": spec.labels, "vcpus": vcpus, "memory": memory }),
         };
         let v = vm.clone();
-        self.blocking(move |s| s.put_vm(&v)).await?;
+        self.blocking(move |s| s.insert_vm(&v)).await?;
         ctx.progress("defining", Some(10.0), None, &format!("on host {host}"))
             .await?;
         let name = spec.name.clone();

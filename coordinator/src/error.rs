@@ -67,7 +67,8 @@ impl From<StoreError> for CoordError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => Self::NotFound(format!("{m} not found")),
-            StoreError::AlreadyExists(m) => Self::AlreadyExists(m),
+            StoreError::AlreadyExists(m) => Self::AlreadyExists(format!("{m} already exists")),
+            StoreError::Conflict(m) => Self::FailedPrecondition(m),
             StoreError::Database(m) => Self::Unavailable(format!("database: {m}")),
         }
     }
@@ -79,6 +80,7 @@ impl From<OpError> for CoordError {
             OpError::NotFound(m) if m.ends_with("not found") => Self::NotFound(m),
             OpError::NotFound(m) => Self::NotFound(format!("{m} not found")),
             OpError::Invalid(m) => Self::FailedPrecondition(m),
+            OpError::Exists(m) => Self::AlreadyExists(m),
             OpError::Failed(m) => Self::Internal(m),
             OpError::Cancelled => Self::FailedPrecondition("cancelled".into()),
             OpError::Store(m) => Self::Unavailable(m),

@@ -21,6 +21,10 @@ pub use crate::observed::state_name;
 use crate::observed::ObservedClock;
 use crate::store::{now_ms, HostRecord, Store};
 
+/// How long the coordinator waits for a quick agent call (an agent can stall without
+/// closing its connection; tonic's per-request timeout is enforced by the server).
+pub const AGENT_QUICK_CALL: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What the coordinator knows about one host right now.
 #[derive(Debug, Clone, Default)]
 pub struct HostStatus {
@@ -144,12 +148,8 @@ impl Hosts {
     }
 
     pub async fn add(self: &Arc<Self>, name: &str, address: &str) -> Result<()> {
-        crate::vms::check_name("host", name)?;
-        if address.parse::<std::net::SocketAddr>().is_err() && !address.contains(':') {
-            return Err(CoordError::Invalid(format!(
-                "agent address {address:?} is not host:port"
-            )));
-        }
+        crate::names::check_name("host", name)?;
+        let address = crate::names::agent_address(address)?;
         if self.entries.read().map_err(poisoned)?.contains_key(name) {
             return Err(CoordError::AlreadyExists(format!(
                 "host {name} already exists"
@@ -157,12 +157,12 @@ impl Hosts {
         }
         let record = HostRecord {
             name: name.into(),
-            address: address.into(),
+            address,
             enabled: true,
             last_seen_ms: 0,
         };
         let r = record.clone();
-        self.blocking(move |s| s.put_host(&r)).await?;
+        self.blocking(move |s| s.insert_host(&r)).await?;
         self.watch(record)
     }
 
@@ -374,7 +374,7 @@ impl Hosts {
 
     /// Reads back the host's domains and bases into the store.
     async fn reconcile(&self, name: &str, c: &mut AgentClient) -> Result<()> {
-        let limit = crate::vms::AGENT_QUICK_CALL * 4;
+        let limit = AGENT_QUICK_CALL * 4;
         tokio::time::timeout(limit, self.reconcile_now(name, c))
             .await
             .map_err(|_| {

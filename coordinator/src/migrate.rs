@@ -38,8 +38,16 @@ pub enum TransferState {
 }
 
 /// Transfers in flight, by (base, host): everyone who needs the same copy watches the same one.
+/// A transfer runs while someone watches it: when every operation waiting for it has been
+/// cancelled, it is cancelled on both agents (the receiver discards its partial file).
 #[derive(Debug, Default)]
-pub struct Transfers(Mutex<HashMap<(String, String), watch::Receiver<TransferState>>>);
+pub struct Transfers(Mutex<HashMap<(String, String), Shared>>);
+
+/// One transfer's progress, shared by every operation that waits for it.
+type Shared = Arc<watch::Sender<TransferState>>;
+
+/// A transfer whose source agent reports no progress for this long is stopped.
+pub const TRANSFER_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Coordinator {
     /// The base and its ancestors, the oldest first.
@@ -135,21 +143,30 @@ impl Coordinator {
             .0
             .lock()
             .map_err(|_| CoordError::Internal("transfers lock".into()))?;
-        if let Some(rx) = map.get(&key) {
+        if let Some(tx) = map.get(&key) {
             tracing::info!(base, host, "joining the transfer in flight");
-            return Ok(rx.clone());
+            return Ok(tx.subscribe());
         }
         let (tx, rx) = watch::channel(TransferState::Running {
             volume: String::new(),
             done_bytes: 0,
             total_bytes: 0,
         });
-        map.insert(key.clone(), rx.clone());
+        let tx = Arc::new(tx);
+        map.insert(key.clone(), Arc::clone(&tx));
         let me = Arc::clone(self);
         let span = tracing::info_span!("base_transfer", base, host);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let r = me.copy_base(&key.0, &key.1, limit, &tx).await;
+                // Dropping the copy cancels its gRPC stream: the source agent tells the
+                // target to discard what it received.
+                let r = tokio::select! {
+                    r = me.copy_base(&key.0, &key.1, limit, &tx) => r,
+                    _ = tx.closed() => Err(CoordError::FailedPrecondition(format!(
+                        "the transfer of base {} to {} was cancelled: no operation waits for it",
+                        key.0, key.1
+                    ))),
+                };
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "base transfer failed");
                 }
@@ -238,7 +255,18 @@ impl Coordinator {
                 .map_err(agent_err(source))?
                 .into_inner();
             let mut last = None;
-            while let Some(p) = stream.message().await.map_err(agent_err(source))? {
+            loop {
+                let next = tokio::time::timeout(TRANSFER_STALL, stream.message())
+                    .await
+                    .map_err(|_| {
+                        CoordError::Unavailable(format!(
+                            "host {source} reported no progress sending {v} for {} s: the transfer was stopped",
+                            TRANSFER_STALL.as_secs()
+                        ))
+                    })?;
+                let Some(p) = next.map_err(agent_err(source))? else {
+                    break;
+                };
                 let _ = tx.send(TransferState::Running {
                     volume: v.clone(),
                     done_bytes: before + p.scanned_bytes,

@@ -32,6 +32,8 @@ pub enum OpError {
     Failed(String),
     #[error("cancelled")]
     Cancelled,
+    #[error("{0}")]
+    Exists(String),
     #[error("store: {0}")]
     Store(String),
 }
@@ -40,7 +42,9 @@ impl From<StoreError> for OpError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => Self::NotFound(m),
-            other => Self::Store(other.to_string()),
+            StoreError::Conflict(m) => Self::Invalid(m),
+            e @ StoreError::AlreadyExists(_) => Self::Exists(e.to_string()),
+            e @ StoreError::Database(_) => Self::Store(e.to_string()),
         }
     }
 }

@@ -122,7 +122,21 @@ impl std::fmt::Display for Rejection {
                     needed >> 20
                 )
             }
-            Self::BaseMissing(b) => write!(f, "base {b} is not on this host"),
+            // Ids are internal: the edge renders the base's name (`render`).
+            Self::BaseMissing(_) => write!(f, "the base is not on this host"),
+        }
+    }
+}
+
+impl Rejection {
+    /// The reason in words, with the base's name from `base_name`.
+    pub fn render(&self, base_name: impl Fn(BaseId) -> Option<String>) -> String {
+        match self {
+            Self::BaseMissing(b) => match base_name(*b) {
+                Some(n) => format!("base {n} is not on this host"),
+                None => self.to_string(),
+            },
+            other => other.to_string(),
         }
     }
 }
@@ -288,7 +302,14 @@ mod tests {
         let d = place(&hosts, &r, &p, true);
         assert_eq!(d.chosen, Some(0));
         assert_eq!(d.rejected.len(), 1);
-        assert!(d.rejected[0].1.to_string().contains("base 1"));
+        assert!(d.rejected[0]
+            .1
+            .to_string()
+            .contains("the base is not on this host"));
+        let named = d.rejected[0]
+            .1
+            .render(|b| (b == 1).then(|| "web".to_string()));
+        assert_eq!(named, "base web is not on this host");
         // The holder is nearly full: the copy is worth it.
         hosts[0].vcpus_used = 30;
         hosts[0].memory_used = 14 << 30;
@@ -318,7 +339,7 @@ mod tests {
         assert!(reasons[2].contains("memory"));
         assert!(reasons[3].contains("vCPUs"));
         assert!(reasons[4].contains("disk"));
-        assert!(reasons[5].contains("base 1"));
+        assert!(reasons[5].contains("the base is not on this host"));
     }
 
     #[test]

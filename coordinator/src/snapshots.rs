@@ -44,7 +44,11 @@ impl SnapshotChange {
         check_name("VM", vm)?;
         check_name("snapshot", name)?;
         match self {
-            Self::Create(_) => Ok(()),
+            Self::Create(r) => Ok(corral_proto::rules::snapshot(
+                &r.domain,
+                &r.name,
+                &r.description,
+            )?),
             Self::Revert(r) => pb::RevertMode::try_from(r.mode)
                 .map(|_| ())
                 .map_err(|_| CoordError::Invalid(format!("unknown revert mode {}", r.mode))),
@@ -56,6 +60,31 @@ impl SnapshotChange {
 }
 
 impl Coordinator {
+    /// Asks the VM's host, before anything is queued, whether the snapshot to revert to or
+    /// delete exists and the one to create does not: the same refusal the operation would
+    /// end with, given at once.
+    async fn check_snapshot_target(&self, host: &str, change: &SnapshotChange) -> Result<()> {
+        let (vm, snap) = change.target();
+        let mut c = self.hosts.client(host)?;
+        let asked = tokio::time::timeout(
+            crate::hosts::AGENT_QUICK_CALL,
+            c.snapshots.get_snapshot(pb::SnapshotRef {
+                domain: vm.into(),
+                name: snap.into(),
+            }),
+        )
+        .await
+        .map_err(|_| CoordError::Unavailable(format!("host {host} did not answer in time")))?;
+        match (change, asked) {
+            (SnapshotChange::Create(_), Ok(_)) => Err(CoordError::AlreadyExists(format!(
+                "host {host}: domain {vm:?} already has a snapshot {snap:?}"
+            ))),
+            (SnapshotChange::Create(_), Err(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+            (_, Ok(_)) => Ok(()),
+            (_, Err(s)) => Err(CoordError::from_agent(host, &s)),
+        }
+    }
+
     /// Creates, reverts to or deletes a snapshot of a VM the caller may touch, as an operation.
     pub async fn snapshot_change(
         self: &Arc<Self>,
@@ -69,6 +98,7 @@ impl Coordinator {
             .host
             .clone()
             .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
+        self.check_snapshot_target(&host, &change).await?;
         let kind = change.kind();
         let submit = Submit {
             kind: kind.into(),

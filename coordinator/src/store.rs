@@ -19,6 +19,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The change is not allowed from the record's current state.
+    #[error("{0}")]
+    Conflict(String),
     #[error("database: {0}")]
     Database(String),
 }
@@ -29,7 +32,8 @@ impl From<rusqlite::Error> for StoreError {
             rusqlite::Error::SqliteFailure(f, _)
                 if f.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Self::AlreadyExists(e.to_string())
+                // The database's own text (table and column names) means nothing to a user.
+                Self::AlreadyExists("a stored record with the same key".into())
             }
             _ => Self::Database(e.to_string()),
         }
@@ -182,10 +186,17 @@ pub trait Store: Send + Sync {
     fn events(&self, op_id: &str, after: u64) -> Result<Vec<OpEvent>>;
 
     fn put_host(&self, host: &HostRecord) -> Result<()>;
+    /// Stores a new host: AlreadyExists when its name or its agent's address is taken.
+    fn insert_host(&self, host: &HostRecord) -> Result<()>;
     fn hosts(&self) -> Result<Vec<HostRecord>>;
     fn remove_host(&self, name: &str) -> Result<()>;
 
     fn put_vm(&self, vm: &VmRecord) -> Result<()>;
+    /// Stores a new VM: AlreadyExists when a VM or a base has its name (one namespace),
+    /// checked in the transaction that inserts it.
+    fn insert_vm(&self, vm: &VmRecord) -> Result<()>;
+    /// What holds a name in the namespace of VMs and bases: `Some("VM")`, `Some("base")`.
+    fn name_taken(&self, name: &str) -> Result<Option<&'static str>>;
     fn vm(&self, name: &str) -> Result<VmRecord>;
     fn vms(&self) -> Result<Vec<VmRecord>>;
     /// How many VMs `owner` has on each host.
@@ -204,6 +215,8 @@ pub trait Store: Send + Sync {
     fn bases(&self) -> Result<Vec<(String, Vec<String>)>>;
 
     fn put_user(&self, user: &UserRecord) -> Result<()>;
+    /// Stores a new user: AlreadyExists when the name is taken (never overwrites).
+    fn insert_user(&self, user: &UserRecord) -> Result<()>;
     fn users(&self) -> Result<Vec<UserRecord>>;
     /// Every token hash with its user (to fill the authentication cache).
     fn tokens(&self) -> Result<Vec<(String, String)>>;
@@ -370,6 +383,28 @@ fn finish_vm((mut vm, spec): (VmRecord, String)) -> Result<VmRecord> {
 
 const OP_COLUMNS: &str = "id, kind, vm, host, user, state, idempotency_key, request, result, error, created_ms, updated_ms";
 
+/// Makes a file of the database owner-only (0600), if it exists.
+fn private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Database(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// What holds `name` in the one namespace of VMs and bases.
+fn taken(conn: &Connection, name: &str) -> Result<Option<&'static str>> {
+    let what: Option<String> = conn
+        .row(
+            "SELECT 'VM' FROM vms WHERE name = ?1 UNION ALL SELECT 'base' FROM bases WHERE name = ?1 LIMIT 1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(what.map(|w| if w == "VM" { "VM" } else { "base" }))
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -386,6 +421,18 @@ impl Sqlite {
 
     /// Opens with `synchronous = FULL` when `full_sync` (power-loss safe), else `NORMAL`.
     pub fn open_with(path: &Path, full_sync: bool) -> Result<Self> {
+        // The database holds token hashes: owner-only, created so (no window where it is
+        // readable) and narrowed when it exists, with its WAL and shared-memory files.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+        }
+        private(path)?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
@@ -396,6 +443,11 @@ impl Sqlite {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            private(Path::new(&side))?;
+        }
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn: Mutex::new(conn),
@@ -575,7 +627,7 @@ impl Store for Sqlite {
             .ok_or_else(|| StoreError::NotFound(format!("operation {id}")))?;
         let current = OpState::parse(&current)?;
         if !current.can_become(state) {
-            return Err(StoreError::Database(format!(
+            return Err(StoreError::Conflict(format!(
                 "operation {id} cannot go from {} to {}",
                 current.as_str(),
                 state.as_str()
@@ -655,6 +707,30 @@ impl Store for Sqlite {
         Ok(())
     }
 
+    fn insert_host(&self, h: &HostRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let taken: Option<(String, String)> = conn
+            .row(
+                "SELECT name, address FROM hosts WHERE name = ?1 OR address = ?2",
+                params![h.name, h.address],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match taken {
+            Some((n, _)) if n == h.name => Err(StoreError::AlreadyExists(format!("host {n}"))),
+            Some((n, a)) => Err(StoreError::AlreadyExists(format!(
+                "agent address {a} (host {n})"
+            ))),
+            None => {
+                conn.exec(
+                    "INSERT INTO hosts (name, address, enabled, last_seen_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![h.name, h.address, h.enabled, h.last_seen_ms],
+                )?;
+                Ok(())
+            }
+        }
+    }
+
     fn hosts(&self) -> Result<Vec<HostRecord>> {
         let conn = self.conn.lock().map_err(db)?;
         let mut stmt = conn.prepare_cached(
@@ -687,6 +763,23 @@ impl Store for Sqlite {
             params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state, vm.observed_state, serde_json::to_string(&vm.spec)?],
         )?;
         Ok(())
+    }
+
+    fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if let Some(what) = taken(&conn, &vm.name)? {
+            return Err(StoreError::AlreadyExists(format!("{what} {}", vm.name)));
+        }
+        conn.exec(
+            "INSERT INTO vms (name, owner, base, host, desired_state, observed_state, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state, vm.observed_state, serde_json::to_string(&vm.spec)?],
+        )?;
+        Ok(())
+    }
+
+    fn name_taken(&self, name: &str) -> Result<Option<&'static str>> {
+        let conn = self.conn.lock().map_err(db)?;
+        taken(&conn, name)
     }
 
     fn vm(&self, name: &str) -> Result<VmRecord> {
@@ -839,6 +932,18 @@ impl Store for Sqlite {
              ON CONFLICT(name) DO UPDATE SET role = ?2, attributes = ?3",
             params![u.name, u.role, serde_json::to_string(&u.attributes)?],
         )?;
+        Ok(())
+    }
+
+    fn insert_user(&self, u: &UserRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let n = conn.exec(
+            "INSERT INTO users (name, role, attributes) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING",
+            params![u.name, u.role, serde_json::to_string(&u.attributes)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("user {}", u.name)));
+        }
         Ok(())
     }
 
@@ -1069,5 +1174,122 @@ mod tests {
             "host removal drops its base copies"
         );
         assert!(s.hosts().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn database_files_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.db");
+        // An existing world-readable database is narrowed when opened.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Sqlite::open(&path).unwrap();
+        s.insert_user(&UserRecord {
+            name: "a".into(),
+            role: "user".into(),
+            attributes: serde_json::json!({}),
+        })
+        .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        for side in ["corral.db-wal", "corral.db-shm"] {
+            let p = dir.path().join(side);
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{side}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_one_namespace_and_inserts_never_overwrite() {
+        let s = Sqlite::open(&tempfile::tempdir().unwrap().path().join("db")).unwrap();
+        s.put_base("web", None, &serde_json::json!({})).unwrap();
+        let vm = VmRecord {
+            name: "web".into(),
+            owner: "alice".into(),
+            base: None,
+            host: None,
+            desired_state: "shut-off".into(),
+            observed_state: "CREATING".into(),
+            spec: serde_json::json!({}),
+        };
+        let e = s.insert_vm(&vm).unwrap_err();
+        assert_eq!(e.to_string(), "base web already exists");
+        assert!(s.vm("web").is_err(), "a refused insert leaves no record");
+        assert_eq!(s.name_taken("web").unwrap(), Some("base"));
+        let vm2 = VmRecord {
+            name: "c1".into(),
+            ..vm
+        };
+        s.insert_vm(&vm2).unwrap();
+        assert_eq!(
+            s.insert_vm(&vm2).unwrap_err().to_string(),
+            "VM c1 already exists"
+        );
+        let u = UserRecord {
+            name: "bob".into(),
+            role: "user".into(),
+            attributes: serde_json::json!({}),
+        };
+        s.insert_user(&u).unwrap();
+        let admin = UserRecord {
+            role: "admin".into(),
+            ..u.clone()
+        };
+        assert_eq!(
+            s.insert_user(&admin).unwrap_err().to_string(),
+            "user bob already exists"
+        );
+        assert_eq!(s.users().unwrap()[0].role, "user", "not overwritten");
+        let h = HostRecord {
+            name: "h1".into(),
+            address: "10.0.0.1:7700".into(),
+            enabled: true,
+            last_seen_ms: 0,
+        };
+        s.insert_host(&h).unwrap();
+        let same_addr = HostRecord {
+            name: "h2".into(),
+            ..h.clone()
+        };
+        assert_eq!(
+            s.insert_host(&same_addr).unwrap_err().to_string(),
+            "agent address 10.0.0.1:7700 (host h1) already exists"
+        );
+        assert_eq!(
+            s.insert_host(&h).unwrap_err().to_string(),
+            "host h1 already exists"
+        );
+        // An illegal state change is a conflict, not a database failure.
+        let op = OpRecord {
+            id: "o".into(),
+            kind: "clone".into(),
+            vm: None,
+            host: None,
+            user: None,
+            state: OpState::Queued,
+            idempotency_key: None,
+            request: serde_json::json!({}),
+            result: None,
+            error: None,
+            created_ms: 0,
+            updated_ms: 0,
+        };
+        s.create_operation(&op).unwrap();
+        s.set_operation_state("o", OpState::Cancelled, None, None)
+            .unwrap();
+        assert!(matches!(
+            s.set_operation_state("o", OpState::Running, None, None),
+            Err(StoreError::Conflict(_))
+        ));
     }
 }

@@ -17,27 +17,9 @@ use crate::operations::{OpCtx, OpError, Operations, Resumer, Submit, Work, WorkF
 use crate::placement::{self, Policy};
 use crate::store::{OpRecord, Store, VmRecord};
 
-/// How long the coordinator waits for a quick agent call (an agent can stall without
-/// closing its connection; tonic's per-request timeout is enforced by the server).
-pub const AGENT_QUICK_CALL: Duration = Duration::from_secs(3);
+pub use crate::hosts::AGENT_QUICK_CALL;
 
-/// Names of hosts, bases, VMs and users: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`/`-`.
-pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && !name.contains("..")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CoordError::Invalid(format!(
-            "invalid {what} name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
-        )))
-    }
-}
+pub use crate::names::check_name;
 
 /// A VM action that becomes an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +56,7 @@ pub struct Coordinator {
     pub auth: Arc<Auth>,
     policy: Policy,
     /// Capacity promised to clones, until their hosts report it.
-    pending: Mutex<Vec<crate::hosts::Reservation>>,
-    next_reservation: std::sync::atomic::AtomicU64,
+    pub reservations: Arc<crate::reservations::Reservations>,
     /// Size of each base's VMs: (vCPUs, bytes of memory).
     base_sizes: Mutex<HashMap<String, (u32, u64)>>,
     /// Base transfers between hosts in flight.
@@ -125,8 +106,7 @@ impl Coordinator {
             hosts,
             auth,
             policy,
-            pending: Mutex::new(Vec::new()),
-            next_reservation: std::sync::atomic::AtomicU64::new(0),
+            reservations: Arc::default(),
             base_sizes: Mutex::new(HashMap::new()),
             transfers: Default::default(),
             base_bytes: Mutex::new(HashMap::new()),
@@ -138,6 +118,15 @@ impl Coordinator {
         f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
     ) -> Result<T> {
         Ok(self.db.call(f).await?)
+    }
+
+    /// Refuses a name a VM or a base already has (one namespace; the insert checks again).
+    pub async fn name_free(&self, name: &str) -> Result<()> {
+        let n = name.to_string();
+        match self.blocking(move |s| s.name_taken(&n)).await? {
+            Some(what) => Err(crate::names::taken(what, name)),
+            None => Ok(()),
+        }
     }
 
     /// A VM the caller may touch (others' VMs look absent).
@@ -268,22 +257,15 @@ impl Coordinator {
             .enumerate()
             .map(|(i, (b, _))| (b.clone(), i as u32))
             .collect();
-        let pending = {
-            let mut p = self
-                .pending
-                .lock()
-                .map_err(|_| CoordError::Internal("lock".into()))?;
-            // Reservations every heartbeat has since covered are dropped.
-            let oldest_info = self
-                .hosts
-                .statuses()?
-                .iter()
-                .map(|(_, st, _)| st.info_ms)
-                .min()
-                .unwrap_or(0);
-            p.retain(|r| r.released_ms.is_none_or(|t| t >= oldest_info));
-            p.clone()
-        };
+        // Reservations every heartbeat has since covered are dropped.
+        let oldest_info = self
+            .hosts
+            .statuses()?
+            .iter()
+            .map(|(_, st, _)| st.info_ms)
+            .min()
+            .unwrap_or(0);
+        let pending = self.reservations.counted(oldest_info)?;
         // Placement sees only the requesting user's VMs (user 0): all keep-together needs.
         let user = 0;
         let mine: HashMap<String, u32> = mine.into_iter().collect();
@@ -323,7 +305,10 @@ impl Coordinator {
         let rejected = d
             .rejected
             .iter()
-            .map(|(id, why)| (name(*id), why.to_string()))
+            .map(|(id, why)| {
+                let base_name = |b: u32| bases.get(b as usize).map(|(n, _)| n.clone());
+                (name(*id), why.render(base_name))
+            })
             .collect();
         Ok((d.chosen.map(name), rejected, size))
     }
@@ -333,24 +318,23 @@ impl Coordinator {
         caller: &Caller,
         req: pb::CloneVmRequest,
     ) -> Result<OpRecord> {
-        check_name("base", &req.base)?;
-        check_name("VM", &req.name)?;
+        // The agent's own rules, before anything is submitted.
+        corral_proto::rules::clone_base(&pb::CloneBaseRequest {
+            base: req.base.clone(),
+            name: req.name.clone(),
+            labels: req.labels.clone(),
+            owner: req.owner.clone(),
+            ..Default::default()
+        })?;
         let owner = if req.owner.is_empty() || req.owner == caller.name() {
             caller.name().to_string()
         } else {
             caller.require_admin()?;
-            check_name("user", &req.owner)?;
             req.owner.clone()
         };
         let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
         if key.is_none() {
-            let n = req.name.clone();
-            if self.blocking(move |s| Ok(s.vm(&n).is_ok())).await? {
-                return Err(CoordError::AlreadyExists(format!(
-                    "VM {} already exists",
-                    req.name
-                )));
-            }
+            self.name_free(&req.name).await?;
         }
         let ((host, rejected, size), holders) =
             self.place(&req.base, &owner, req.keep_together).await?;
@@ -376,7 +360,7 @@ impl Coordinator {
                 "base": req.base, "name": req.name, "start": req.start, "labels": req.labels, "owner": owner,
             }),
         };
-        let ticket = self.reserve(&host, size);
+        let reserved = self.reserve(&host, size);
         let me = Arc::clone(self);
         let copy = !holders.contains(&host);
         let (h2, req2) = (host.clone(), req.clone());
@@ -391,36 +375,15 @@ impl Coordinator {
                 Ok(()) => me.do_clone(&ctx, &h2, &req2, &owner).await,
                 Err(e) => Err(e),
             };
-            me.release(ticket);
+            drop(reserved);
             r.map_err(OpError::from)
         });
         Ok(self.ops.submit(submit, w).await?)
     }
 
-    /// Promises `size` on `host` to a VM being made, until heartbeats show it.
-    pub(crate) fn reserve(&self, host: &str, size: (u32, u64)) -> u64 {
-        let ticket = self
-            .next_reservation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut p) = self.pending.lock() {
-            p.push(crate::hosts::Reservation {
-                id: ticket,
-                host: host.to_string(),
-                vcpus: size.0,
-                memory: size.1,
-                released_ms: None,
-            });
-        }
-        ticket
-    }
-
-    /// The VM is made (or not): its reservation counts until a heartbeat taken after now.
-    pub(crate) fn release(&self, ticket: u64) {
-        if let Ok(mut p) = self.pending.lock() {
-            if let Some(r) = p.iter_mut().find(|r| r.id == ticket) {
-                r.released_ms = Some(crate::store::now_ms());
-            }
-        }
+    /// Promises `size` on `host` to a VM being made, until the guard is dropped.
+    pub(crate) fn reserve(&self, host: &str, size: (u32, u64)) -> crate::reservations::Reserved {
+        self.reservations.reserve(host, size)
     }
 
     async fn do_clone(
@@ -442,7 +405,12 @@ impl Coordinator {
             spec: serde_json::json!({ "labels": req.labels }),
         };
         let v = vm.clone();
-        self.blocking(move |s| s.put_vm(&v)).await?;
+        self.blocking(move |s| s.insert_vm(&v))
+            .await
+            .map_err(|e| match e {
+                CoordError::AlreadyExists(_) => crate::names::taken("VM or base", &req.name),
+                e => e,
+            })?;
         let what = if req.start {
             "clone and start"
         } else {
@@ -471,14 +439,23 @@ impl Coordinator {
             Ok(d) => d.into_inner(),
             Err(s) => {
                 // The agent removes what it made when the clone fails; a start failure leaves
-                // a defined, shut-off clone, which the agent reports by its state.
-                let n = req.name.clone();
-                let exists = c
-                    .domains
-                    .get_domain(pb::DomainRef { name: n.clone() })
-                    .await
-                    .is_ok();
-                if !exists {
+                // a defined, shut-off clone, which the agent reports by its state. The record
+                // stays only for a domain this clone made: a name taken on the host (another
+                // domain, a base) leaves no record, so nothing can later remove that domain.
+                let ours = s.code() != tonic::Code::AlreadyExists
+                    && c.domains
+                        .get_domain(pb::DomainRef {
+                            name: req.name.clone(),
+                        })
+                        .await
+                        .is_ok_and(|d| {
+                            let d = d.into_inner();
+                            d.owner == owner
+                                && d.base == req.base
+                                && d.kind == pb::DomainKind::Clone as i32
+                        });
+                if !ours {
+                    let n = req.name.clone();
                     let _ = self.blocking(move |st| st.remove_vm(&n)).await;
                 }
                 return Err(CoordError::from_agent(host, &s));
@@ -598,8 +575,14 @@ impl Coordinator {
         let spec = req
             .spec
             .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
-        check_name("base", &spec.name)?;
+        corral_proto::rules::domain_spec(&spec)?;
         check_name("host", &req.host)?;
+        // A base may be created on several hosts (the same template on each); a VM's name
+        // is never taken.
+        let n = spec.name.clone();
+        if self.blocking(move |s| s.name_taken(&n)).await? == Some("VM") {
+            return Err(crate::names::taken("VM", &spec.name));
+        }
         // A host just added answers within a heartbeat or two.
         self.hosts
             .wait_up(&req.host, Duration::from_secs(10))

@@ -51,7 +51,7 @@ impl UserService for UserApi {
             attributes: serde_json::json!(r.attributes),
         };
         let u = user.clone();
-        self.0.blocking(move |s| s.put_user(&u)).await?;
+        self.0.blocking(move |s| s.insert_user(&u)).await?;
         self.0.auth.update_user(&user);
         Ok(Response::new(to_pb(&user)))
     }
