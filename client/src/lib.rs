@@ -39,7 +39,51 @@ pub fn describe(s: &tonic::Status) -> String {
         tonic::Code::Unauthenticated => "not authenticated",
         _ => "error",
     };
-    format!("{what}: {}", s.message())
+    let causes = causes(s);
+    let mut line = format!("{what}: {}", s.message());
+    if !causes.is_empty() && !s.message().contains(&causes) {
+        line = format!("{line}: {causes}");
+    }
+    if let Some(hint) = tls_hint(&format!("{} {causes}", s.message())) {
+        line = format!("{line} ({hint})");
+    }
+    line
+}
+
+/// The chain of causes under an error ("a: b: c"), which tonic keeps out of its message
+/// ("transport error" says nothing of a refused connection or a rejected certificate).
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = c.source();
+    }
+    parts.join(": ")
+}
+
+/// What to check when a failure looks like TLS: names the certificates involved.
+pub fn tls_hint(text: &str) -> Option<&'static str> {
+    let t = text.to_ascii_lowercase();
+    let tls = [
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "invalid peer",
+        "h2 protocol error",
+        "http2 error",
+        "invalid http version",
+        "frame with invalid size",
+    ];
+    tls.iter().any(|k| t.contains(k)).then_some(
+        "TLS failed: check the CA that signed the server's certificate (--ca or CORRAL_CA), \
+         the client certificate and key (--cert/--key), that the server's certificate names \
+         the address you used, and that client and server both use TLS or both do not",
+    )
 }
 
 /// Clients for every service of one agent, sharing one HTTP/2 connection.
@@ -135,9 +179,17 @@ async fn channel(
             .tls_config(t)
             .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
     }
-    ep.connect()
-        .await
-        .map_err(|e| ClientError::Connect(url, e.to_string()))
+    ep.connect().await.map_err(|e| {
+        let mut why = e.to_string();
+        let more = causes(&e);
+        if !more.is_empty() {
+            why = format!("{why}: {more}");
+        }
+        if let Some(hint) = tls_hint(&why) {
+            why = format!("{why} ({hint})");
+        }
+        ClientError::Connect(url, why)
+    })
 }
 
 /// A channel to `endpoint` with mutual TLS when `tls` is given (for services other than
@@ -279,6 +331,32 @@ pub fn state_name(v: i32) -> String {
     pb::DomainState::try_from(v)
         .map(|s| enum_name(s.as_str_name(), "DOMAIN_STATE_"))
         .unwrap_or_else(|_| format!("unknown({v})"))
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_says_why() {
+        // A port nobody listens on (bound, then closed).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let e = AgentClient::connect(&addr).await.unwrap_err().to_string();
+        assert!(
+            e.contains("transport error") && e.to_lowercase().contains("refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_failures_name_the_certificates() {
+        let s = tonic::Status::unavailable("h2 protocol error: http2 error");
+        let d = describe(&s);
+        assert!(d.contains("--ca") && d.contains("certificate"), "{d}");
+        assert!(tls_hint("connection refused").is_none());
+    }
 }
 
 #[cfg(test)]
