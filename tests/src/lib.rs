@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use corral_client::proto as pb;
 
+pub mod adversarial;
+pub mod agent_cases;
 pub mod lab;
 
 /// Where `deploy/build-guest-image.sh` puts the tiny guest.
