@@ -34,10 +34,15 @@ impl Coordinator {
             .spec
             .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
         corral_proto::rules::domain_spec(&spec)?;
+        if !req.host.is_empty() {
+            check_name("host", &req.host)?;
+            self.hosts.client(&req.host)?;
+        }
         let owner = if req.owner.is_empty() {
             caller.name().to_string()
         } else {
             check_name("user", &req.owner)?;
+            self.user_exists(&req.owner).await?;
             req.owner.clone()
         };
         spec.owner.clone_from(&owner);
@@ -61,8 +66,6 @@ impl Coordinator {
                 ))
             })?
         } else {
-            check_name("host", &req.host)?;
-            self.hosts.client(&req.host)?;
             req.host.clone()
         };
         let submit = Submit {
@@ -141,6 +144,7 @@ impl Coordinator {
     /// Turns a shut-off VM into a base (admin). Its record moves from the VMs to the bases;
     /// a clone prepared as a base keeps its own base as parent.
     pub async fn prepare_base(self: &Arc<Self>, caller: &Caller, name: &str) -> Result<OpRecord> {
+        check_name("VM", name)?;
         caller.require_admin()?;
         let vm = self.vm_for(caller, name).await?;
         let host = vm

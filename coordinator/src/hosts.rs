@@ -167,6 +167,7 @@ impl Hosts {
     }
 
     pub async fn remove(&self, name: &str) -> Result<()> {
+        crate::names::check_name("host", name)?;
         let n = name.to_string();
         let vms = self.blocking(move |s| s.vms()).await?;
         let on_it: Vec<&str> = vms
@@ -192,6 +193,7 @@ impl Hosts {
     }
 
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        crate::names::check_name("host", name)?;
         let record = {
             let mut entries = self.entries.write().map_err(poisoned)?;
             let e = entries

@@ -400,7 +400,10 @@ impl Coordinator {
         caller: &Caller,
         req: pb::MoveVmRequest,
     ) -> Result<OpRecord> {
+        check_name("VM", &req.name)?;
         check_name("host", &req.host)?;
+        // Users do not choose hosts: moving is the admins' (as choosing a host port is).
+        caller.require_admin()?;
         let vm = self.vm_for(caller, &req.name).await?;
         let source = vm
             .host

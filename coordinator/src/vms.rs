@@ -120,6 +120,19 @@ impl Coordinator {
         Ok(self.db.call(f).await?)
     }
 
+    /// Refuses an owner who is not a user.
+    pub async fn user_exists(&self, name: &str) -> Result<()> {
+        let n = name.to_string();
+        if self
+            .blocking(move |s| Ok(s.users()?.iter().any(|u| u.name == n)))
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(CoordError::NotFound(format!("user {name} not found")))
+        }
+    }
+
     /// Refuses a name a VM or a base already has (one namespace; the insert checks again).
     pub async fn name_free(&self, name: &str) -> Result<()> {
         let n = name.to_string();
@@ -330,6 +343,7 @@ impl Coordinator {
             caller.name().to_string()
         } else {
             caller.require_admin()?;
+            self.user_exists(&req.owner).await?;
             req.owner.clone()
         };
         let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());

@@ -40,6 +40,7 @@ impl UserService for UserApi {
         caller(&req)?.require_admin()?;
         let r = req.into_inner();
         check_name("user", &r.name)?;
+        corral_proto::rules::labels(&r.attributes).map_err(CoordError::from)?;
         if r.role != "admin" && r.role != "user" {
             return Err(
                 CoordError::Invalid(format!("role {:?} is not admin or user", r.role)).into(),

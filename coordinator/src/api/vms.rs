@@ -118,6 +118,10 @@ impl VmService for VmApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         crate::vms::check_name("base", &r.base)?;
+        // The clone's name is optional here; when given it must be one a clone could have.
+        if !r.name.is_empty() {
+            crate::vms::check_name("VM", &r.name)?;
+        }
         let ((chosen, rejected, _), _) = self.0.place(&r.base, who.name(), r.keep_together).await?;
         Ok(Response::new(pb::PlacementExplanation {
             chosen: chosen.unwrap_or_default(),
