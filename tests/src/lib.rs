@@ -12,6 +12,7 @@ use corral_client::proto as pb;
 
 pub mod adversarial;
 pub mod agent_cases;
+pub mod coord_cases;
 pub mod lab;
 
 /// Where `deploy/build-guest-image.sh` puts the tiny guest.
