@@ -306,3 +306,83 @@ async fn restart_resumes_what_it_can_and_fails_the_rest_with_the_reason() {
         "nothing is left unfinished"
     );
 }
+
+/// Issue 8, item 9: capacity reserved for an operation is released whatever ends it: an
+/// idempotent retry (its work never runs), a cancel while queued, success and failure.
+#[tokio::test]
+async fn reservations_are_released_on_retry_cancel_success_and_failure() {
+    use corral_coordinator::reservations::Reservations;
+    let dir = tempfile::tempdir().unwrap();
+    let ops = Operations::new(Db::start(store(&dir)).unwrap(), 4);
+    let res = Arc::new(Reservations::default());
+    let holding = |gate: Arc<Notify>, fail: bool| {
+        let guard = res.reserve("h1", (1, 1 << 30));
+        work(move |_ctx| async move {
+            let _guard = guard;
+            gate.notified().await;
+            if fail {
+                Err(OpError::Failed("the agent said no".into()))
+            } else {
+                Ok(serde_json::json!({}))
+            }
+        })
+    };
+    let keyed = || Submit {
+        idempotency_key: Some("k1".into()),
+        ..submit("clone", Some("vm1"), Some("h1"))
+    };
+    let gate = Arc::new(Notify::new());
+    let first = ops
+        .submit(keyed(), holding(gate.clone(), false))
+        .await
+        .unwrap();
+    assert_eq!(res.held(), 1);
+    // The retry returns the first operation; its own reservation is gone at once.
+    let retry = ops
+        .submit(keyed(), holding(gate.clone(), false))
+        .await
+        .unwrap();
+    assert_eq!(retry.id, first.id);
+    assert_eq!(res.held(), 1);
+    // A second operation on the same VM waits its turn; cancelled while queued.
+    let queued = ops
+        .submit(
+            submit("start", Some("vm1"), Some("h1")),
+            holding(Arc::new(Notify::new()), false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.held(), 2);
+    ops.cancel(&queued.id).await.unwrap();
+    assert_eq!(wait_end(&ops, &queued.id).await.state, OpState::Cancelled);
+    assert_eq!(res.held(), 1);
+    // Success releases.
+    gate.notify_one();
+    assert_eq!(wait_end(&ops, &first.id).await.state, OpState::Succeeded);
+    assert_eq!(res.held(), 0);
+    // Failure releases.
+    let gate = Arc::new(Notify::new());
+    let failing = ops
+        .submit(
+            submit("clone", Some("vm2"), Some("h1")),
+            holding(gate.clone(), true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.held(), 1);
+    gate.notify_one();
+    assert_eq!(wait_end(&ops, &failing.id).await.state, OpState::Failed);
+    assert_eq!(res.held(), 0);
+    // A cancel during the work releases too.
+    let running = ops
+        .submit(
+            submit("clone", Some("vm3"), Some("h1")),
+            holding(Arc::new(Notify::new()), false),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ops.cancel(&running.id).await.unwrap();
+    assert_eq!(wait_end(&ops, &running.id).await.state, OpState::Cancelled);
+    assert_eq!(res.held(), 0);
+}
