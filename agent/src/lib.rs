@@ -13,6 +13,8 @@ pub mod domains;
 pub mod error;
 pub mod events;
 pub mod firewall;
+#[cfg(test)]
+mod fuzz;
 pub mod hypervisor;
 pub mod images;
 pub mod migration;

@@ -66,20 +66,29 @@ impl Config {
                 let text = std::fs::read_to_string(p).map_err(|e| {
                     CoordError::Invalid(format!("cannot read config {}: {e}", p.display()))
                 })?;
-                toml::from_str(&text)
-                    .map_err(|e| CoordError::Invalid(format!("invalid config: {e}")))?
+                Self::from_toml(&text)?
             }
             None => Self::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
-        cfg.agent_tls()?;
-        cfg.api_tls()?;
-        if cfg.heartbeat_ms == 0 || cfg.down_after_ms <= cfg.heartbeat_ms {
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| CoordError::Invalid(format!("invalid config: {e}")))
+    }
+
+    /// Settings that only make sense together.
+    pub fn check(&self) -> Result<()> {
+        self.agent_tls()?;
+        self.api_tls()?;
+        if self.heartbeat_ms == 0 || self.down_after_ms <= self.heartbeat_ms {
             return Err(CoordError::Invalid(
                 "down_after_ms must be greater than heartbeat_ms > 0".into(),
             ));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// TLS to the agents when all three files are set.

@@ -10,6 +10,8 @@ pub mod config;
 pub mod create;
 pub mod db;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod hosts;
 pub mod migrate;
 pub mod names;
