@@ -21,6 +21,8 @@ pub struct Config {
     pub down_after_ms: u64,
     /// Operations running at once on one host.
     pub per_host_limit: usize,
+    /// A transfer between agents whose source reports no progress for this long is stopped.
+    pub transfer_stall_ms: u64,
     /// When no user exists yet, an admin is created and its token written here (mode 0600).
     pub bootstrap_token_file: PathBuf,
     pub cpu_overcommit: f64,
@@ -46,6 +48,7 @@ impl Default for Config {
             heartbeat_ms: 2000,
             down_after_ms: 6000,
             per_host_limit: 8,
+            transfer_stall_ms: 60_000,
             bootstrap_token_file: "/var/lib/corral/coordinator/admin.token".into(),
             cpu_overcommit: 4.0,
             memory_overcommit: 1.0,
@@ -83,6 +86,11 @@ impl Config {
     pub fn check(&self) -> Result<()> {
         self.agent_tls()?;
         self.api_tls()?;
+        if self.transfer_stall_ms == 0 {
+            return Err(CoordError::Invalid(
+                "transfer_stall_ms must be greater than 0".into(),
+            ));
+        }
         if self.heartbeat_ms == 0 || self.down_after_ms <= self.heartbeat_ms {
             return Err(CoordError::Invalid(
                 "down_after_ms must be greater than heartbeat_ms > 0".into(),
@@ -134,6 +142,11 @@ impl Config {
             self.heartbeat_ms = v
                 .parse()
                 .map_err(|_| bad("CORRAL_COORD_HEARTBEAT_MS", &v))?;
+        }
+        if let Some(v) = get("CORRAL_COORD_TRANSFER_STALL_MS") {
+            self.transfer_stall_ms = v
+                .parse()
+                .map_err(|_| bad("CORRAL_COORD_TRANSFER_STALL_MS", &v))?;
         }
         if let Some(v) = get("CORRAL_COORD_DOWN_AFTER_MS") {
             self.down_after_ms = v

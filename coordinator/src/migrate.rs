@@ -46,9 +46,6 @@ pub struct Transfers(Mutex<HashMap<(String, String), Shared>>);
 /// One transfer's progress, shared by every operation that waits for it.
 type Shared = Arc<watch::Sender<TransferState>>;
 
-/// A transfer whose source agent reports no progress for this long is stopped.
-pub const TRANSFER_STALL: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl Coordinator {
     /// The base and its ancestors, the oldest first.
     async fn base_chain(&self, base: &str) -> Result<Vec<String>> {
@@ -255,13 +252,14 @@ impl Coordinator {
                 .map_err(agent_err(source))?
                 .into_inner();
             let mut last = None;
+            let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
             loop {
-                let next = tokio::time::timeout(TRANSFER_STALL, stream.message())
+                let next = tokio::time::timeout(stall, stream.message())
                     .await
                     .map_err(|_| {
                         CoordError::Unavailable(format!(
-                            "host {source} reported no progress sending {v} for {} s: the transfer was stopped",
-                            TRANSFER_STALL.as_secs()
+                            "host {source} reported no progress sending {v} for {:.1} s: the transfer was stopped",
+                            stall.as_secs_f64()
                         ))
                     })?;
                 let Some(p) = next.map_err(agent_err(source))? else {

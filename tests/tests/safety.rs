@@ -229,6 +229,118 @@ async fn cancelling_a_base_sync_stops_the_transfer_on_both_agents() {
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
 }
 
+/// Item 10's time limit: a source agent that stops answering mid-transfer (SIGSTOP) fails
+/// the sync after `transfer_stall_ms`, and the target is not recorded as holding the base.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_transfer_fails_after_the_stall_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let h1 = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
+    let h2 = AgentProc::start_test_driver(&dir.path().join("h2")).unwrap();
+    let coord = CoordProc::start_with(
+        &dir.path().join("coord"),
+        100,
+        60_000,
+        &[("CORRAL_COORD_TRANSFER_STALL_MS", "1500")],
+    )
+    .unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    for (name, a) in [("h1", &h1), ("h2", &h2)] {
+        admin
+            .hosts
+            .add_host(pb::AddHostRequest {
+                name: name.into(),
+                address: a.addr.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let raw = dir.path().join("data.raw");
+    random_file(&raw, 16 << 20);
+    let disk = h1.storage().join("slow-vda.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            disk.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let mut spec = test_spec("slow");
+    spec.disks[0].create_size_bytes = 0;
+    let op = admin
+        .vms
+        .create_vm(pb::CreateVmRequest {
+            spec: Some(spec),
+            host: "h1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finish(&mut admin, op).await.unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    let op = admin
+        .vms
+        .prepare_base(pb::VmRef {
+            name: "slow".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finish(&mut admin, op).await.unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    let op = admin
+        .vms
+        .sync_base(pb::SyncBaseRequest {
+            base: "slow".into(),
+            host: "h2".into(),
+            bandwidth_limit: 2_000_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = admin
+        .ops
+        .watch_operation(pb::OperationRef { id: op.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let e = events.message().await.unwrap().unwrap();
+        if e.bytes > 1 << 20 {
+            break;
+        }
+    }
+    h1.pause(true).unwrap();
+    let stopped = Instant::now();
+    let ended = finish(&mut admin, op).await.unwrap();
+    let took = stopped.elapsed();
+    h1.pause(false).unwrap();
+    assert_eq!(ended.state, pb::OperationState::Failed as i32, "{ended:?}");
+    assert!(ended.error.contains("no progress"), "{}", ended.error);
+    assert!(
+        took < Duration::from_secs(10),
+        "the stall was noticed after {took:?}"
+    );
+    let bases = admin
+        .vms
+        .list_bases(pb::ListBaseSummariesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bases.bases[0].hosts, vec!["h1".to_string()]);
+    println!("stall noticed after {took:?}");
+}
+
 /// Item 11: a full disk is ResourceExhausted (retry after freeing space), with the path.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_answers_resource_exhausted() {
