@@ -140,19 +140,7 @@ pub async fn serve(
     reporter
         .set_serving::<pb::volume_sync_service_server::VolumeSyncServiceServer<api::SyncApi>>()
         .await;
-    // Both reflection versions (grpcurl and older clients speak v1alpha), advertising
-    // only this process's own services and health.
-    let reflect = || {
-        corral_proto::AGENT_SERVICES
-            .iter()
-            .chain(&["grpc.health.v1.Health"])
-            .fold(
-                tonic_reflection::server::Builder::configure()
-                    .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-                |b, s| b.with_service_name(*s),
-            )
-    };
+    let reflect = || corral_proto::reflection(corral_proto::AGENT_SERVICES);
     let reflection = reflect()
         .build_v1()
         .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;

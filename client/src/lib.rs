@@ -78,6 +78,10 @@ pub fn tls_hint(text: &str) -> Option<&'static str> {
         "http2 error",
         "invalid http version",
         "frame with invalid size",
+        // A TLS server closes a plain-text connection; timing decides which of these shows.
+        "broken pipe",
+        "connection reset",
+        "unexpected eof",
     ];
     tls.iter().any(|k| t.contains(k)).then_some(
         "TLS failed: check the CA that signed the server's certificate (--ca or CORRAL_CA), \
@@ -356,6 +360,7 @@ mod error_tests {
         let d = describe(&s);
         assert!(d.contains("--ca") && d.contains("certificate"), "{d}");
         assert!(tls_hint("connection refused").is_none());
+        assert!(tls_hint("stream closed because of a broken pipe").is_some());
     }
 }
 

@@ -79,19 +79,7 @@ pub async fn serve(
     reporter
         .set_serving::<pb::vm_access_service_server::VmAccessServiceServer<api::VmAccessApi>>()
         .await;
-    // Both reflection versions (grpcurl and older clients speak v1alpha), advertising
-    // only this process's own services and health.
-    let reflect = || {
-        corral_proto::COORDINATOR_SERVICES
-            .iter()
-            .chain(&["grpc.health.v1.Health"])
-            .fold(
-                tonic_reflection::server::Builder::configure()
-                    .register_encoded_file_descriptor_set(corral_proto::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-                |b, s| b.with_service_name(*s),
-            )
-    };
+    let reflect = || corral_proto::reflection(corral_proto::COORDINATOR_SERVICES);
     let reflection = reflect()
         .build_v1()
         .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;

@@ -33,3 +33,14 @@ pub const COORDINATOR_SERVICES: &[&str] = &[
     v1::vm_snapshot_service_server::SERVICE_NAME,
     v1::vm_access_service_server::SERVICE_NAME,
 ];
+
+/// gRPC reflection (build it with `build_v1()` and again with `build_v1alpha()`: grpcurl and
+/// older clients speak v1alpha) advertising exactly `services` and health.
+pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    services.iter().chain(&["grpc.health.v1.Health"]).fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+        |b, s| b.with_service_name(s.to_string()),
+    )
+}

@@ -48,6 +48,63 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Two test-driver hosts and a coordinator (with `env`), and a base `name` on h1 whose
+/// disk holds `mib` MiB of data (so that a sync of it takes a while).
+async fn two_hosts_with_a_base(
+    dir: &Path,
+    name: &str,
+    mib: usize,
+    env: &[(&str, &str)],
+) -> (
+    AgentProc,
+    AgentProc,
+    CoordProc,
+    corral_client::CoordinatorClient,
+) {
+    let h1 = AgentProc::start_test_driver(&dir.join("h1")).unwrap();
+    let h2 = AgentProc::start_test_driver(&dir.join("h2")).unwrap();
+    let coord = CoordProc::start_with(&dir.join("coord"), 100, 60_000, env).unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    for (host, a) in [("h1", &h1), ("h2", &h2)] {
+        admin
+            .hosts
+            .add_host(pb::AddHostRequest {
+                name: host.into(),
+                address: a.addr.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let raw = dir.join("data.raw");
+    random_file(&raw, mib << 20);
+    let disk = h1.storage().join(format!("{name}-vda.qcow2"));
+    let (raw, disk) = (raw.to_str().unwrap(), disk.to_str().unwrap());
+    run(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", raw, disk],
+    )
+    .unwrap();
+    let mut spec = test_spec(name);
+    spec.disks[0].create_size_bytes = 0;
+    let op = admin
+        .vms
+        .create_vm(pb::CreateVmRequest {
+            spec: Some(spec),
+            host: "h1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = finish(&mut admin, op).await.unwrap();
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    let vm = pb::VmRef { name: name.into() };
+    let op = admin.vms.prepare_base(vm).await.unwrap().into_inner();
+    let done = finish(&mut admin, op).await.unwrap();
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    (h1, h2, coord, admin)
+}
+
 /// Item 10 on the agents: the caller of SendVolume goes away mid-transfer; the sender stops
 /// and the receiver discards its partial file (a crash keeps it, to resume: see the lab).
 #[tokio::test(flavor = "multi_thread")]
@@ -106,61 +163,7 @@ async fn a_cancelled_send_stops_and_leaves_no_partial_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_a_base_sync_stops_the_transfer_on_both_agents() {
     let dir = tempfile::tempdir().unwrap();
-    let h1 = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
-    let h2 = AgentProc::start_test_driver(&dir.path().join("h2")).unwrap();
-    let coord = CoordProc::start(&dir.path().join("coord"), 100, 1500).unwrap();
-    let mut admin = coord.client(&coord.admin_token).await.unwrap();
-    for (name, a) in [("h1", &h1), ("h2", &h2)] {
-        admin
-            .hosts
-            .add_host(pb::AddHostRequest {
-                name: name.into(),
-                address: a.addr.clone(),
-            })
-            .await
-            .unwrap();
-    }
-    // A VM whose disk holds 24 MiB of data, prepared as a base on h1.
-    let raw = dir.path().join("data.raw");
-    random_file(&raw, 24 << 20);
-    let disk = h1.storage().join("big-vda.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            disk.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let mut spec = test_spec("big");
-    spec.disks[0].create_size_bytes = 0;
-    let op = admin
-        .vms
-        .create_vm(pb::CreateVmRequest {
-            spec: Some(spec),
-            host: "h1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        finish(&mut admin, op).await.unwrap().state,
-        pb::OperationState::Succeeded as i32
-    );
-    let op = admin
-        .vms
-        .prepare_base(pb::VmRef { name: "big".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let done = finish(&mut admin, op).await.unwrap();
-    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    let (_h1, h2, _coord, mut admin) = two_hosts_with_a_base(dir.path(), "big", 24, &[]).await;
 
     let op = admin
         .vms
@@ -234,70 +237,9 @@ async fn cancelling_a_base_sync_stops_the_transfer_on_both_agents() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_transfer_fails_after_the_stall_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let h1 = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
-    let h2 = AgentProc::start_test_driver(&dir.path().join("h2")).unwrap();
-    let coord = CoordProc::start_with(
-        &dir.path().join("coord"),
-        100,
-        60_000,
-        &[("CORRAL_COORD_TRANSFER_STALL_MS", "1500")],
-    )
-    .unwrap();
-    let mut admin = coord.client(&coord.admin_token).await.unwrap();
-    for (name, a) in [("h1", &h1), ("h2", &h2)] {
-        admin
-            .hosts
-            .add_host(pb::AddHostRequest {
-                name: name.into(),
-                address: a.addr.clone(),
-            })
-            .await
-            .unwrap();
-    }
-    let raw = dir.path().join("data.raw");
-    random_file(&raw, 16 << 20);
-    let disk = h1.storage().join("slow-vda.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            disk.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let mut spec = test_spec("slow");
-    spec.disks[0].create_size_bytes = 0;
-    let op = admin
-        .vms
-        .create_vm(pb::CreateVmRequest {
-            spec: Some(spec),
-            host: "h1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        finish(&mut admin, op).await.unwrap().state,
-        pb::OperationState::Succeeded as i32
-    );
-    let op = admin
-        .vms
-        .prepare_base(pb::VmRef {
-            name: "slow".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        finish(&mut admin, op).await.unwrap().state,
-        pb::OperationState::Succeeded as i32
-    );
+    let stall = [("CORRAL_COORD_TRANSFER_STALL_MS", "1500")];
+    let (h1, _h2, _coord, mut admin) = two_hosts_with_a_base(dir.path(), "slow", 16, &stall).await;
+
     let op = admin
         .vms
         .sync_base(pb::SyncBaseRequest {
