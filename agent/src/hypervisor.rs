@@ -108,6 +108,8 @@ pub trait Hypervisor: Send + Sync {
     /// persistent there and undefined here afterwards.
     fn migrate(&self, name: &str, dest_uri: &str, dest_xml: &str, bandwidth_mib: u64)
         -> Result<()>;
+    /// Aborts the domain's running job (a migration): the domain stays where it was.
+    fn abort_job(&self, name: &str) -> Result<()>;
     /// Replaces Corral's metadata element (persistent definition, and live when running).
     fn set_meta(&self, name: &str, element_xml: &str) -> Result<()>;
     /// Adds a device to the persistent definition.
@@ -402,6 +404,22 @@ impl Hypervisor for Libvirt {
                 bandwidth_mib,
             )
         })
+    }
+
+    // The `virt` crate does not wrap virDomainAbortJob: one call through its own pointer.
+    #[allow(unsafe_code)]
+    fn abort_job(&self, name: &str) -> Result<()> {
+        let dom = self.dom(name)?;
+        // SAFETY: `dom` owns a valid virDomainPtr for the duration of the call.
+        let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(map_err(
+                &format!("abort the job of domain {name:?}"),
+                virt::error::Error::last_error(),
+            ))
+        }
     }
 
     fn set_meta(&self, name: &str, element_xml: &str) -> Result<()> {

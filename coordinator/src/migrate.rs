@@ -543,6 +543,12 @@ impl Coordinator {
             .await
             .map_err(agent_err(target))?
             .into_inner();
+        // Failed or cancelled from here on: the target's new volumes go again.
+        let made = MadeOn::new(
+            &self.hosts,
+            target,
+            export.layouts.iter().map(|l| l.volume.clone()).collect(),
+        );
         ctx.progress(
             "migrating",
             Some(20.0),
@@ -560,16 +566,9 @@ impl Coordinator {
             })
             .await;
         if let Err(s) = migrated {
-            for l in &export.layouts {
-                let _ = dst
-                    .volumes
-                    .delete_volume(pb::VolumeRef {
-                        name: l.volume.clone(),
-                    })
-                    .await;
-            }
             return Err(CoordError::from_agent(source, &s));
         }
+        made.keep();
         // It runs there now: record that first, then fix its persistent definition.
         vm.host = Some(target.into());
         vm.observed_state = crate::observed::state_name(pb::DomainState::Running as i32);
@@ -616,6 +615,7 @@ impl Coordinator {
             done_bytes: 0,
             total_bytes: 0,
         });
+        let made = MadeOn::new(&self.hosts, target, export.volumes.clone());
         let send = self.send_volumes(source, target, &export.volumes, limit, &tx);
         tokio::pin!(send);
         let sent = loop {
@@ -642,6 +642,7 @@ impl Coordinator {
             .await
             .map_err(agent_err(target))?
             .into_inner();
+        made.keep();
         vm.host = Some(target.into());
         vm.observed_state = crate::observed::state_name(d.state);
         let v = vm.clone();
@@ -661,5 +662,63 @@ impl Coordinator {
             "bytes_sent": sent.iter().map(|p| p.sent_bytes).sum::<u64>(),
             "checksums": sent.iter().map(|p| p.checksum.clone()).collect::<Vec<_>>(),
         }))
+    }
+}
+
+/// Volumes a move made on its target: deleted again (in the background, retried while the
+/// target still holds them, e.g. until libvirt has dropped an aborted incoming migration)
+/// unless the move completed, whether it failed or was cancelled.
+struct MadeOn {
+    hosts: Arc<crate::hosts::Hosts>,
+    host: String,
+    volumes: Vec<String>,
+}
+
+impl MadeOn {
+    fn new(hosts: &Arc<crate::hosts::Hosts>, host: &str, volumes: Vec<String>) -> Self {
+        Self {
+            hosts: Arc::clone(hosts),
+            host: host.to_string(),
+            volumes,
+        }
+    }
+
+    fn keep(mut self) {
+        self.volumes.clear();
+    }
+}
+
+impl Drop for MadeOn {
+    fn drop(&mut self) {
+        let mut volumes = std::mem::take(&mut self.volumes);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if volumes.is_empty() {
+            return;
+        }
+        let (hosts, host) = (Arc::clone(&self.hosts), self.host.clone());
+        rt.spawn(async move {
+            for _ in 0..20 {
+                if let Ok(mut c) = hosts.client(&host) {
+                    let mut left = Vec::new();
+                    for v in volumes {
+                        let r = c.volumes.delete_volume(pb::VolumeRef { name: v.clone() });
+                        match tokio::time::timeout(crate::hosts::AGENT_QUICK_CALL, r).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+                            _ => left.push(v),
+                        }
+                    }
+                    volumes = left;
+                }
+                if volumes.is_empty() {
+                    tracing::info!(%host, "volumes of an unfinished move removed");
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            tracing::warn!(%host, ?volumes, "volumes of an unfinished move are left on the target");
+        });
     }
 }

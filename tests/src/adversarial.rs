@@ -236,12 +236,14 @@ pub struct AgentWorld {
     /// A volume no domain uses.
     pub free: String,
     pub storage: PathBuf,
-    pub port_range: (u32, u32),
+    /// The agent's gRPC address (for the peers' transfer service).
+    pub addr: String,
 }
 
 /// Makes the world: `spec` gives a domain spec for a name (test driver or tiny guest).
 pub async fn make_agent_world(
     c: &mut corral_client::AgentClient,
+    addr: &str,
     p: &str,
     storage: &Path,
     spec: impl Fn(&str) -> pb::DomainSpec,
@@ -308,6 +310,6 @@ pub async fn make_agent_world(
         other_disk,
         free,
         storage: storage.to_path_buf(),
-        port_range: (20000, 29999),
+        addr: addr.into(),
     })
 }

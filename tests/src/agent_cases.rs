@@ -695,6 +695,7 @@ fn number_cases(w: &AgentWorld) -> Vec<Case<C>> {
             }
         },
     ));
+    out.extend(peer_and_stream_cases(w));
     out.push(case(
         "ListDomains",
         "a label filter with a NUL",
@@ -1039,4 +1040,87 @@ fn foreign_xml_ro(name: &str, file: &str, ro: &str) -> String {
              <target dev='vdb' bus='virtio'/><readonly/></disk></devices>"
         ),
     )
+}
+
+/// A header a peer sends to ReceiveVolume.
+async fn receive(addr: String, volume: String, size: u64) -> Result<(), tonic::Status> {
+    let ch = corral_client::channel_with(&addr, None)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let header = pb::SyncUpload {
+        msg: Some(pb::sync_upload::Msg::Header(pb::SyncHeader {
+            volume,
+            size,
+            block_size: 65536,
+            mode: 0o644,
+            replace: true,
+        })),
+    };
+    let mut s = pb::peer_transfer_service_client::PeerTransferServiceClient::new(ch)
+        .receive_volume(tokio_stream::iter([header]))
+        .await?
+        .into_inner();
+    while s.message().await?.is_some() {}
+    Ok(())
+}
+
+/// The peers' ReceiveVolume, the event stream, and live migration's first step.
+fn peer_and_stream_cases(w: &AgentWorld) -> Vec<Case<C>> {
+    let mut out: Vec<Case<C>> = Vec::new();
+    out.push(case(
+        "PrepareMigration",
+        "a host without migration_uri",
+        Code::Unimplemented,
+        &["migration_uri"],
+        move |mut c: C| async move {
+            c.bases
+                .prepare_migration(pb::ImportBaseRequest {
+                    definition_xml: "<domain/>".into(),
+                    layouts: vec![],
+                })
+                .await
+        },
+    ));
+    for (what, n) in bad_names() {
+        if !n.is_empty() {
+            let n2 = n.clone();
+            out.push(case(
+                "WatchDomainEvents",
+                format!("a name with {what}"),
+                Code::InvalidArgument,
+                &["invalid", "name"],
+                move |mut c: C| async move {
+                    c.host
+                        .watch_domain_events(pb::WatchDomainEventsRequest { domain: n2 })
+                        .await
+                },
+            ));
+        }
+        let addr = w.addr.clone();
+        let says = name_says(&n);
+        out.push(case(
+            "ReceiveVolume",
+            format!("a header naming a volume with {what}"),
+            Code::InvalidArgument,
+            &says,
+            move |_c: C| receive(addr, n, 1 << 20),
+        ));
+    }
+    let (od, who, addr) = (w.other_disk.clone(), w.other.clone(), w.addr.clone());
+    out.push(case(
+        "ReceiveVolume",
+        "replacing another domain's disk",
+        Code::FailedPrecondition,
+        &["belongs to domain", &who],
+        move |_c: C| receive(addr, od, 16 << 20),
+    ));
+    let (bf, addr) = (w.base_file.clone(), w.addr.clone());
+    out.push(case(
+        "ReceiveVolume",
+        "replacing a base file",
+        Code::FailedPrecondition,
+        &["base file"],
+        move |_c: C| receive(addr, bf, 16 << 20),
+    ));
+    out
 }

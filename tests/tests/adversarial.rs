@@ -16,7 +16,7 @@ static REAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn suite(agent: &AgentProc, prefix: &str, real: bool) {
     let mut c = agent.client().await.unwrap();
     let storage = agent.storage();
-    let world = make_agent_world(&mut c, prefix, &storage, test_spec)
+    let world = make_agent_world(&mut c, &agent.addr, prefix, &storage, test_spec)
         .await
         .unwrap();
     let cases = agent_cases(&world);
@@ -67,9 +67,15 @@ async fn removing_a_domain_never_deletes_what_another_domain_or_a_base_owns() {
     let agent = AgentProc::start(dir.path()).unwrap();
     let mut c = agent.client().await.unwrap();
     let storage = agent.storage();
-    let w = corral_tests::adversarial::make_agent_world(&mut c, "advo-", &storage, test_spec)
-        .await
-        .unwrap();
+    let w = corral_tests::adversarial::make_agent_world(
+        &mut c,
+        &agent.addr,
+        "advo-",
+        &storage,
+        test_spec,
+    )
+    .await
+    .unwrap();
     for (name, file) in [
         ("advo-onother", &w.other_disk),
         ("advo-onbase", &w.base_file),

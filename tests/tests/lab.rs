@@ -548,3 +548,123 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
     );
     assert!(!Path::new(lab::LAB_DIR).exists());
 }
+
+/// Issue 8, item 10, for live moves: cancelling the move aborts libvirt's migration job on
+/// the source (the guest keeps running there) and removes what the target prepared.
+#[test]
+fn a_cancelled_live_move_leaves_the_guest_running_where_it_was() {
+    if !lab_ready() {
+        return;
+    }
+    let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = lab.coordinator_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let coord = CoordProc::start_with(&dir.path().join("coord"), 300, 3000, &env).unwrap();
+    let cli = Cli {
+        addr: &coord.addr,
+        token: &coord.admin_token,
+        ca: None,
+    };
+    for h in ["h1", "h2"] {
+        cli.ok(&["host", "add", h, &lab.addr(h)]);
+    }
+    wait_up(&cli, 2);
+    let g = Path::new(GUEST_DIR);
+    let (kernel, initrd) = (
+        g.join("vmlinux").display().to_string(),
+        g.join("initrd.gz").display().to_string(),
+    );
+    cli.ok(&[
+        "base",
+        "create",
+        "labx-web",
+        "--host",
+        "h1",
+        "--memory",
+        "128M",
+        "--vcpus",
+        "1",
+        "--disk",
+        "labx-web-vda.qcow2:64M:system",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        "console=ttyS0 quiet corral.hostname=labx-web",
+    ]);
+    cli.ok(&["base", "sync", "labx-web", "--host", "h2"]);
+    let op = cli.json(&["vm", "clone", "labx-web", "labx-c1", "--start"]);
+    assert_eq!(op["state"], 3, "{op}");
+    let from = vm(&cli, "labx-c1")["host"].as_str().unwrap().to_string();
+    let to = if from == "h1" { "h2" } else { "h1" };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = coord.client(&coord.admin_token).await.unwrap();
+        // 1 MiB/s: the guest's memory alone takes minutes; cancel once libvirt is at it.
+        let op = c
+            .vms
+            .move_vm(corral_client::proto::MoveVmRequest {
+                name: "labx-c1".into(),
+                host: to.into(),
+                live: true,
+                bandwidth_limit: 1 << 20,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = c
+            .ops
+            .watch_operation(corral_client::proto::OperationRef { id: op.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(e) = events.message().await.unwrap() {
+            if e.phase == "migrating" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.ops
+            .cancel_operation(corral_client::proto::OperationRef { id: op.id.clone() })
+            .await
+            .unwrap();
+        let ended = finish(&mut c, op).await.unwrap();
+        assert_eq!(ended.state, 5, "{ended:?}");
+    });
+    // The guest runs on its host still, libvirt's job gone; the target holds none of it.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let on_from = lab.exec(
+            &from,
+            &["virsh", "-c", "qemu:///system", "domstate", "labx-c1"],
+        );
+        let on_to = lab.exec(
+            to,
+            &["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        );
+        let files: Vec<String> = std::fs::read_dir(lab.storage(to))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("labx-c1"))
+            .collect();
+        let running = on_from.as_deref().is_ok_and(|s| s.trim() == "running");
+        let gone = on_to.as_ref().is_ok_and(|l| !l.contains("labx-c1")) && files.is_empty();
+        if running && gone {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "source: {on_from:?}; target: {on_to:?} with files {files:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let v = vm(&cli, "labx-c1");
+    assert_eq!(v["host"], from.as_str(), "{v}");
+    // A later move still works: nothing is left busy on either side.
+    let op = cli.json(&["vm", "move", "labx-c1", "--host", to, "--live"]);
+    assert_eq!(op["state"], 3, "{op}");
+}

@@ -48,19 +48,28 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Two test-driver hosts and a coordinator (with `env`), and a base `name` on h1 whose
-/// disk holds `mib` MiB of data (so that a sync of it takes a while).
-async fn two_hosts_with_a_base(
-    dir: &Path,
-    name: &str,
-    mib: usize,
-    env: &[(&str, &str)],
-) -> (
+/// Hosts h1 and h2, their coordinator, and an admin's client.
+type World = (
     AgentProc,
     AgentProc,
     CoordProc,
     corral_client::CoordinatorClient,
-) {
+);
+
+/// Two test-driver hosts and a coordinator (with `env`), and a base `name` on h1 whose
+/// disk holds `mib` MiB of data (so that a sync of it takes a while).
+async fn two_hosts_with_a_base(dir: &Path, name: &str, mib: usize, env: &[(&str, &str)]) -> World {
+    two_hosts_with(dir, name, mib, env, true).await
+}
+
+/// As [`two_hosts_with_a_base`], the VM prepared as a base only when `prepare`.
+async fn two_hosts_with(
+    dir: &Path,
+    name: &str,
+    mib: usize,
+    env: &[(&str, &str)],
+    prepare: bool,
+) -> World {
     let h1 = AgentProc::start_test_driver(&dir.join("h1")).unwrap();
     let h2 = AgentProc::start_test_driver(&dir.join("h2")).unwrap();
     let coord = CoordProc::start_with(&dir.join("coord"), 100, 60_000, env).unwrap();
@@ -98,11 +107,69 @@ async fn two_hosts_with_a_base(
         .into_inner();
     let done = finish(&mut admin, op).await.unwrap();
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
-    let vm = pb::VmRef { name: name.into() };
-    let op = admin.vms.prepare_base(vm).await.unwrap().into_inner();
-    let done = finish(&mut admin, op).await.unwrap();
-    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    if prepare {
+        let vm = pb::VmRef { name: name.into() };
+        let op = admin.vms.prepare_base(vm).await.unwrap().into_inner();
+        let done = finish(&mut admin, op).await.unwrap();
+        assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    }
     (h1, h2, coord, admin)
+}
+
+/// Item 10 for moves: a cancelled move of a shut-off VM stops its volume transfer and
+/// leaves nothing on the target (neither a partial file nor a finished volume); the VM
+/// stays where it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_move_leaves_nothing_on_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h1, h2, _coord, mut admin) = two_hosts_with(dir.path(), "mover", 24, &[], false).await;
+    let op = admin
+        .vms
+        .move_vm(pb::MoveVmRequest {
+            name: "mover".into(),
+            host: "h2".into(),
+            live: false,
+            bandwidth_limit: 4_000_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = admin
+        .ops
+        .watch_operation(pb::OperationRef { id: op.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let e = events.message().await.unwrap().unwrap();
+        if e.bytes > 2 << 20 && !partials(&h2.storage()).is_empty() {
+            break;
+        }
+    }
+    admin
+        .ops
+        .cancel_operation(pb::OperationRef { id: op.id.clone() })
+        .await
+        .unwrap();
+    let ended = finish(&mut admin, op).await.unwrap();
+    assert_eq!(
+        ended.state,
+        pb::OperationState::Cancelled as i32,
+        "{ended:?}"
+    );
+    wait_until("an empty target", Duration::from_secs(10), || {
+        std::fs::read_dir(h2.storage()).unwrap().next().is_none()
+    });
+    let vm = admin
+        .vms
+        .get_vm(pb::VmRef {
+            name: "mover".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vm.host, "h1");
+    assert!(h1.storage().join("mover-vda.qcow2").exists());
 }
 
 /// Item 10 on the agents: the caller of SendVolume goes away mid-transfer; the sender stops

@@ -128,11 +128,16 @@ impl BaseService for BaseApi {
         req: Request<pb::MigrateDomainRequest>,
     ) -> R<pb::MigrateDomainResponse> {
         let r = req.into_inner();
-        run(&self.0, "MigrateDomain", &r.name.clone(), move |a| {
+        // A caller that goes away (a cancelled move) aborts libvirt's migration job: the
+        // guest keeps running here.
+        let abort = AbortOnDrop(Some((Arc::clone(&self.0), r.name.clone())));
+        let out = run(&self.0, "MigrateDomain", &r.name.clone(), move |a| {
             a.migrate_domain(&r)?;
             Ok(pb::MigrateDomainResponse {})
         })
-        .await
+        .await;
+        abort.disarm();
+        out
     }
     async fn finish_migration(&self, req: Request<pb::DomainRef>) -> R<pb::Domain> {
         let n = req.into_inner().name;
@@ -140,5 +145,27 @@ impl BaseService for BaseApi {
             a.finish_migration(&n)
         })
         .await
+    }
+}
+
+/// Aborts a domain's migration job when dropped armed (the RPC was cancelled mid-way).
+struct AbortOnDrop(Option<(Arc<Agent>, String)>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some((agent, name)) = self.0.take() {
+            tokio::task::spawn_blocking(move || match agent.hv.abort_job(&name) {
+                Ok(()) => tracing::info!(domain = %name, "migration aborted: the caller went away"),
+                Err(e) => {
+                    tracing::warn!(domain = %name, error = %e, "could not abort the migration")
+                }
+            });
+        }
     }
 }
