@@ -79,10 +79,18 @@ pub fn backing_name(head: &[u8]) -> Option<String> {
 /// The backing file of an image, resolved against its directory; `None` for raw files and
 /// qcow2 images without one.
 pub fn backing_of(path: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
-    let mut head = Vec::with_capacity(CLUSTER as usize);
-    std::fs::File::open(path)?
-        .take(CLUSTER)
-        .read_to_end(&mut head)?;
+    // The name follows the header (qemu puts it in the first few hundred bytes): read 4 KiB,
+    // and more (within the first cluster) only when the header points further.
+    let file = std::fs::File::open(path)?;
+    let mut head = Vec::with_capacity(4096);
+    (&file).take(4096).read_to_end(&mut head)?;
+    if head.len() >= 20 && be32(&head, 0) == MAGIC {
+        let end = be64(&head, 8).saturating_add(u64::from(be32(&head, 16)));
+        if end > head.len() as u64 && end <= CLUSTER {
+            head.resize(usize::try_from(end).unwrap_or(0), 0);
+            file.read_exact_at(&mut head, 0)?;
+        }
+    }
     Ok(backing_name(&head).map(|n| match path.parent() {
         Some(dir) => dir.join(n),
         None => std::path::PathBuf::from(n),
@@ -209,6 +217,33 @@ impl Header<'_> {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn the_backing_file_is_found_in_what_qemu_img_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, top, raw) = (
+            dir.path().join("b.qcow2"),
+            dir.path().join("t.qcow2"),
+            dir.path().join("r.raw"),
+        );
+        let (ok, err) = qemu_img(&["create", "-f", "qcow2", p(&base), "1M"]);
+        assert!(ok, "{err}");
+        let (ok, err) = qemu_img(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            p(&base),
+            p(&top),
+        ]);
+        assert!(ok, "{err}");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        assert_eq!(backing_of(&top).unwrap(), Some(base.clone()));
+        assert_eq!(backing_of(&base).unwrap(), None);
+        assert_eq!(backing_of(&raw).unwrap(), None);
+    }
 
     fn qemu_img(args: &[&str]) -> (bool, String) {
         let out = Command::new("qemu-img").args(args).output().unwrap();
