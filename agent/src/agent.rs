@@ -74,7 +74,7 @@ impl Agent {
         firewall: Arc<dyn Firewall>,
     ) -> Result<Self> {
         let storage = Storage::open(&cfg.storage_root)?;
-        std::fs::create_dir_all(&cfg.state_dir)?;
+        crate::fsx::create_dir_all(&cfg.state_dir)?;
         let ports = PortState::load(&cfg.state_dir)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {

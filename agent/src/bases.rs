@@ -5,7 +5,6 @@
 //! (copy-on-write), fresh or copied data volumes, and its own name, UUID, MACs and display
 //! password. Restore recreates the overlays (data kept); spinoff flattens them.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use corral_proto::v1 as pb;
@@ -24,7 +23,7 @@ use crate::validate;
 
 /// A fingerprint of a volume's content: size and modification time.
 fn fingerprint(path: &Path) -> Result<String> {
-    let m = std::fs::metadata(path)?;
+    let m = crate::fsx::metadata(path)?;
     let mtime = m
         .modified()?
         .duration_since(std::time::UNIX_EPOCH)
@@ -189,11 +188,11 @@ impl Agent {
                 let tmp = self.storage.tmp_path(&file)?;
                 undo.0.push(tmp.clone());
                 self.images.convert(path, &tmp, Format::Qcow2, None)?;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
+                crate::fsx::set_mode(&tmp, 0o444)?;
                 if dest.exists() {
-                    std::fs::remove_file(&dest)?;
+                    crate::fsx::remove_file(&dest)?;
                 }
-                std::fs::rename(&tmp, &dest)?;
+                crate::fsx::rename(&tmp, &dest)?;
                 undo.0.push(dest);
             }
             files.push(BaseFile {
@@ -547,7 +546,7 @@ impl Agent {
                 self.images
                     .create(&tmp, Format::Qcow2, f.size.max(validate::MIN_VOLUME_BYTES))?;
             }
-            std::fs::rename(&tmp, &dest)?;
+            crate::fsx::rename(&tmp, &dest)?;
             undo.0.push(dest.clone());
             disks.push(disk_xml(&dest, &f.target, "qcow2", false));
             meta.disks.push(MetaDisk {
@@ -637,7 +636,7 @@ impl Agent {
             let tmp = self.storage.tmp_path(&vol)?;
             self.images
                 .create_overlay(&tmp, &self.storage.existing(&f.file)?, Format::Qcow2)?;
-            std::fs::rename(&tmp, &path)?;
+            crate::fsx::rename(&tmp, &path)?;
         }
         tracing::info!(clone = %name, "restored");
         self.view(name)
@@ -658,7 +657,7 @@ impl Agent {
             let tmp = self.storage.tmp_path(&vol)?;
             let undo = Undo(vec![tmp.clone()]);
             self.images.convert(&path, &tmp, Format::Qcow2, None)?;
-            std::fs::rename(&tmp, &path)?;
+            crate::fsx::rename(&tmp, &path)?;
             undo.disarm();
         }
         meta.kind = "plain".into();
@@ -705,7 +704,7 @@ impl Agent {
         let tmp = self.storage.tmp_path(&vol)?;
         let undo = Undo(vec![tmp.clone(), dest.clone()]);
         self.images.create(&tmp, Format::Qcow2, req.size_bytes)?;
-        std::fs::rename(&tmp, &dest)?;
+        crate::fsx::rename(&tmp, &dest)?;
         let disk = disk_xml(&dest, &target, "qcow2", false);
         let disk_text = quick_xml::se::to_string_with_root("disk", &disk)
             .map_err(|e| AgentError::internal(format!("disk XML: {e}")))?;

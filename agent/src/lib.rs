@@ -13,6 +13,7 @@ pub mod domains;
 pub mod error;
 pub mod events;
 pub mod firewall;
+pub mod fsx;
 #[cfg(test)]
 mod fuzz;
 pub mod hypervisor;

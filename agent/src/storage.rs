@@ -20,7 +20,7 @@ pub struct Storage {
 impl Storage {
     /// Opens (creating if needed) the storage root. The path is canonicalised.
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root)?;
+        crate::fsx::create_dir_all(root)?;
         let root = root.canonicalize()?;
         Ok(Self { root })
     }
@@ -107,7 +107,7 @@ impl Storage {
             if name.starts_with('.')
                 && (name.ends_with(TMP_SUFFIX) || name.ends_with(".corral-copying"))
             {
-                std::fs::remove_file(entry.path())?;
+                crate::fsx::remove_file(&entry.path())?;
                 removed.push(entry.path());
             }
         }
@@ -132,18 +132,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| AgentError::internal(format!("{} has no parent", path.display())))?;
-    std::fs::create_dir_all(dir)?;
+    crate::fsx::create_dir_all(dir)?;
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| AgentError::internal(format!("bad path {}", path.display())))?;
     let tmp = dir.join(format!(".{file_name}{TMP_SUFFIX}"));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::fsx::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
+    crate::fsx::rename(&tmp, path)?;
     Ok(())
 }
 

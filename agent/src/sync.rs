@@ -255,7 +255,7 @@ pub async fn send(
         .blocking(move |a| {
             use std::os::unix::fs::PermissionsExt;
             let path = a.storage.existing(&volume)?;
-            let file = File::open(&path)?;
+            let file = crate::fsx::open(&path)?;
             let meta = file.metadata()?;
             let ext = transfer::data_extents(&file, meta.len());
             Ok((

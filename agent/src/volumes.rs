@@ -75,7 +75,7 @@ impl Agent {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &dest)?;
+        crate::fsx::rename(&tmp, &dest)?;
         tracing::info!(volume = %name, "volume created");
         self.volume_info(name)
     }
