@@ -214,6 +214,7 @@ impl Header<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)] // checks against the real qemu-img
 mod tests {
     use super::*;
     use std::process::Command;

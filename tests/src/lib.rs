@@ -2,6 +2,9 @@
 //! the real libvirtd (`qemu:///system`), the tiny guest, and a client network namespace that
 //! reaches exposed ports from another address.
 
+// The end-to-end tests drive real processes (agents, virsh, iptables, the CLI).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

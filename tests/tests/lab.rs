@@ -1,6 +1,8 @@
 //! Corral across hosts, in the lab (`deploy/lab`): three hosts in network namespaces, each
 //! with its own libvirtd, iptables and agent; the coordinator and the CLI outside them.
 
+// The end-to-end tests drive real processes (agents, virsh, iptables, the CLI).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;

@@ -3,6 +3,8 @@
 //!
 //! The tests share libvirtd and iptables, so they run one at a time.
 
+// The end-to-end tests drive real processes (agents, virsh, iptables, the CLI).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
