@@ -1,14 +1,10 @@
-//! corral-client: typed access to Corral's gRPC API, used by the `corral` CLI and by other
-//! services. For now it talks to one agent directly; the coordinator comes next.
+//! corral-client: typed access to Corral's gRPC API (the coordinator's services, and one
+//! agent's), used by the `corral` CLI (crate `corral-cli`), the coordinator and other services.
 
 use corral_proto::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
 
 pub use corral_proto::v1 as proto;
-
-pub mod cli;
-pub mod coord_cli;
-pub mod pki;
 
 /// What went wrong talking to Corral.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::ClientError;
+use corral_client::ClientError;
 
 fn err(e: impl std::fmt::Display) -> ClientError {
     ClientError::Config(e.to_string())

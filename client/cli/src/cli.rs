@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use corral_proto::v1 as pb;
 use tokio_stream::StreamExt;
 
-use crate::{enum_name, parse_size, state_name, AgentClient, ClientError};
+use corral_client::{enum_name, parse_size, state_name, AgentClient, ClientError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -691,7 +691,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
     match cli.command {
         Command::Agent(cmd) => {
             let tls = match (&cli.ca, &cli.cert, &cli.key) {
-                (Some(ca), Some(cert), Some(key)) => Some(crate::TlsFiles {
+                (Some(ca), Some(cert), Some(key)) => Some(corral_client::TlsFiles {
                     ca: ca.clone(),
                     cert: cert.clone(),
                     key: key.clone(),
@@ -730,7 +730,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
 /// Runs one command against an agent directly.
 pub async fn run_agent(
     agent: &str,
-    tls: Option<&crate::TlsFiles>,
+    tls: Option<&corral_client::TlsFiles>,
     output: Output,
     command: AgentCommand,
 ) -> Result<(), ClientError> {
@@ -938,7 +938,7 @@ pub async fn run_agent(
                 replace,
             } => {
                 let bandwidth_limit = match limit {
-                    Some(l) => crate::parse_size(&l).map_err(ClientError::Config)?,
+                    Some(l) => corral_client::parse_size(&l).map_err(ClientError::Config)?,
                     None => 0,
                 };
                 let mut stream = c

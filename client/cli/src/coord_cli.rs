@@ -10,7 +10,7 @@ use crate::cli::{
     invalid, labels, lines, port_line, removed_text, restrict_text, snapshot_line, snapshot_text,
     spec, Command, DefineArgs, Out, Output, PortCall, SnapshotCall,
 };
-use crate::{enum_name, state_name, ClientError, CoordinatorClient};
+use corral_client::{enum_name, state_name, ClientError, CoordinatorClient};
 
 #[derive(Subcommand, Debug)]
 pub enum HostCmd {
@@ -65,7 +65,7 @@ pub enum BaseCmd {
 }
 
 fn limit_of(l: Option<String>) -> Result<u64, ClientError> {
-    l.map(|l| crate::parse_size(&l).map_err(ClientError::Config))
+    l.map(|l| corral_client::parse_size(&l).map_err(ClientError::Config))
         .transpose()
         .map(Option::unwrap_or_default)
 }
