@@ -105,7 +105,9 @@ pub enum PkiCmd {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
+    /// Lines for people.
     Text,
+    /// JSON for scripts.
     Json,
 }
 
@@ -133,6 +135,7 @@ pub enum AgentCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum HostCmd {
+    /// The host's capacity and what the agent runs on (libvirt, domain type).
     Info,
     /// Follow lifecycle events (Ctrl-C to stop).
     Events {
@@ -174,57 +177,48 @@ pub struct DefineArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
+    /// Define a domain from a spec (disks created when given a size).
     Define(DefineArgs),
+    /// The host's domains, optionally those with given labels.
     List {
         #[arg(long = "label")]
         labels: Vec<String>,
     },
-    Show {
-        name: String,
-    },
-    Start {
-        name: String,
-    },
+    /// Everything the agent knows of a domain.
+    Show { name: String },
+    /// Start a domain (a hibernated one resumes where it was).
+    Start { name: String },
     /// ACPI shutdown, forced power-off after the timeout.
     Shutdown {
         name: String,
         #[arg(long, default_value_t = 60)]
         timeout: u32,
     },
-    Poweroff {
-        name: String,
-    },
-    Reset {
-        name: String,
-    },
-    Suspend {
-        name: String,
-    },
-    Resume {
-        name: String,
-    },
-    Hibernate {
-        name: String,
-    },
-    Xml {
-        name: String,
-    },
-    Display {
-        name: String,
-    },
+    /// Stop a domain at once, like pulling the plug.
+    Poweroff { name: String },
+    /// Reset a running domain, like the reset button.
+    Reset { name: String },
+    /// Pause a running domain in memory.
+    Suspend { name: String },
+    /// Continue a paused domain.
+    Resume { name: String },
+    /// Save a domain's memory to disk and stop it; `start` resumes it.
+    Hibernate { name: String },
+    /// The domain's libvirt XML.
+    Xml { name: String },
+    /// Display connection: a remote-viewer file.
+    Display { name: String },
+    /// A PNG of the domain's screen.
     Screenshot {
         name: String,
         #[arg(long, short = 'f', default_value = "screenshot.png")]
         file: String,
     },
     /// System, tmp and swap volumes back to the base; data kept.
-    Restore {
-        name: String,
-    },
+    Restore { name: String },
     /// Flatten a clone so it no longer needs its base.
-    Spinoff {
-        name: String,
-    },
+    Spinoff { name: String },
+    /// Add a new data or swap volume to a shut-off domain.
     AddVolume {
         name: String,
         #[arg(long, value_parser = ["swap", "data"])]
@@ -234,6 +228,7 @@ pub enum VmCmd {
         #[arg(long)]
         volume: Option<String>,
     },
+    /// Remove a domain, and with --volumes the volumes it owns.
     Rm {
         name: String,
         /// Also delete its volumes.
@@ -244,16 +239,15 @@ pub enum VmCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum BaseCmd {
-    Prepare {
-        vm: String,
-    },
-    Rm {
-        base: String,
-    },
-    Show {
-        base: String,
-    },
+    /// Turn a shut-off domain into a base: read-only base files, locked.
+    Prepare { vm: String },
+    /// Turn a base without clones back into an editable domain.
+    Rm { base: String },
+    /// A base's volumes and when it was prepared.
+    Show { base: String },
+    /// The host's bases.
     List,
+    /// A copy-on-write clone of a base.
     Clone {
         base: String,
         name: String,
@@ -271,27 +265,26 @@ pub enum BaseCmd {
         #[arg(long)]
         vcpus: Option<u32>,
     },
-    Clones {
-        base: String,
-    },
+    /// The clones of a base.
+    Clones { base: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCmd {
+    /// Create an empty volume in the storage root.
     Create {
         name: String,
         size: String,
         #[arg(long, value_parser = ["qcow2", "raw"], default_value = "qcow2")]
         format: String,
     },
-    Overlay {
-        name: String,
-        backing: String,
-    },
-    Info {
-        name: String,
-    },
+    /// Create a qcow2 overlay on a backing volume.
+    Overlay { name: String, backing: String },
+    /// A volume's format, sizes, backing chain and internal snapshots.
+    Info { name: String },
+    /// The volumes of the storage root.
     List,
+    /// Copy a volume (converted, or keeping its backing file).
     Copy {
         source: String,
         destination: String,
@@ -305,15 +298,15 @@ pub enum VolumeCmd {
         #[arg(long)]
         r#unsafe: bool,
     },
+    /// Resize a volume nobody running uses (never a base file).
     Resize {
         name: String,
         size: String,
         #[arg(long)]
         shrink: bool,
     },
-    Rm {
-        name: String,
-    },
+    /// Delete a volume nobody owns.
+    Rm { name: String },
     /// Send a volume to another agent (sparse, delta against what it has, verified).
     Send {
         name: String,
@@ -328,13 +321,12 @@ pub enum VolumeCmd {
         replace: bool,
     },
     /// Content checksum of a volume, as the sync computes it.
-    Checksum {
-        name: String,
-    },
+    Checksum { name: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
+    /// Take a snapshot (memory too while the VM runs, unless --disk-only).
     Create {
         vm: String,
         name: String,
@@ -347,6 +339,7 @@ pub enum SnapshotCmd {
         #[arg(long)]
         live: bool,
     },
+    /// Snapshots, filtered (roots, leaves, current...).
     List {
         vm: String,
         /// roots, leaves, no-leaves, descendants-of-current, active, inactive, disk-only,
@@ -354,16 +347,16 @@ pub enum SnapshotCmd {
         #[arg(long = "filter")]
         filters: Vec<String>,
     },
-    Show {
-        vm: String,
-        name: String,
-    },
+    /// One snapshot: parent, state, time, description.
+    Show { vm: String, name: String },
+    /// The children of a snapshot (--recursive: all descendants).
     Children {
         vm: String,
         name: String,
         #[arg(long)]
         recursive: bool,
     },
+    /// Go back to a snapshot.
     Revert {
         vm: String,
         name: String,
@@ -372,6 +365,7 @@ pub enum SnapshotCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Delete a snapshot (--mode: with its children, or only them).
     Rm {
         vm: String,
         name: String,
@@ -382,6 +376,7 @@ pub enum SnapshotCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PortCmd {
+    /// Reach a guest port from outside through a host port.
     Expose {
         vm: String,
         guest_port: u32,
@@ -393,16 +388,12 @@ pub enum PortCmd {
         #[arg(long, default_value_t = 60)]
         wait: u32,
     },
-    List {
-        vm: Option<String>,
-    },
-    Rm {
-        vm: String,
-        guest_port: u32,
-    },
-    RmAll {
-        vm: String,
-    },
+    /// Exposed ports (of one VM, or all).
+    List { vm: Option<String> },
+    /// Stop exposing one guest port.
+    Rm { vm: String, guest_port: u32 },
+    /// Stop exposing every port of a VM.
+    RmAll { vm: String },
     /// Only CLIENT_IP may reach the VM's display (empty lifts the restriction).
     RestrictDisplay {
         vm: String,

@@ -15,21 +15,14 @@ use corral_client::{enum_name, state_name, ClientError, CoordinatorClient};
 #[derive(Subcommand, Debug)]
 pub enum HostCmd {
     /// Add an agent: NAME and its gRPC address host:port.
-    Add {
-        name: String,
-        address: String,
-    },
-    Rm {
-        name: String,
-    },
+    Add { name: String, address: String },
+    /// Remove a host (refused while it has VMs).
+    Rm { name: String },
     /// Back in service.
-    Enable {
-        name: String,
-    },
+    Enable { name: String },
     /// Maintenance: no new VMs.
-    Disable {
-        name: String,
-    },
+    Disable { name: String },
+    /// Hosts with their state, capacity and bases.
     Ls,
 }
 
@@ -43,9 +36,7 @@ pub enum BaseCmd {
         host: String,
     },
     /// Turn a shut-off VM into a base (read-only base files, locked, clonable).
-    Prepare {
-        vm: String,
-    },
+    Prepare { vm: String },
     /// Remove the base from every host; with --host, only its copy there.
     Rm {
         name: String,
@@ -61,6 +52,7 @@ pub enum BaseCmd {
         #[arg(long)]
         limit: Option<String>,
     },
+    /// Bases with the hosts that hold them and their clones.
     Ls,
 }
 
@@ -106,38 +98,33 @@ pub enum VmCmd {
         #[arg(long)]
         keep_together: bool,
     },
-    Start {
-        name: String,
-    },
-    Shutdown {
-        name: String,
-    },
-    Poweroff {
-        name: String,
-    },
-    Hibernate {
-        name: String,
-    },
-    Restore {
-        name: String,
-    },
-    Rm {
-        name: String,
-    },
-    /// Move a shut-off VM to another host (its base first, volumes verified).
+    /// Start a VM (a hibernated one resumes where it was).
+    Start { name: String },
+    /// Ask the guest to shut down (ACPI); powered off if it has not after 60 s.
+    Shutdown { name: String },
+    /// Stop a VM at once, like pulling the plug.
+    Poweroff { name: String },
+    /// Save the VM's memory to disk and stop it; `start` resumes it.
+    Hibernate { name: String },
+    /// Put a clone's system, tmp and swap disks back to its base's (data disks are kept).
+    Restore { name: String },
+    /// Remove a VM and its volumes.
+    Rm { name: String },
+    /// Move a VM to another host (admin): its base first, then its volumes, verified.
     Move {
         name: String,
         #[arg(long)]
         host: String,
-        /// Live migration (not available yet).
+        /// While it runs, through libvirt (memory and the disks' top layer); else shut off.
         #[arg(long)]
         live: bool,
+        /// Bandwidth limit, e.g. 50M (bytes per second).
         #[arg(long)]
         limit: Option<String>,
     },
-    Show {
-        name: String,
-    },
+    /// Everything the coordinator knows of a VM: owner, base, host, states, lock.
+    Show { name: String },
+    /// Your VMs (every VM for an admin).
     Ls,
     /// Display connection: a remote-viewer file (`remote-viewer FILE`).
     Display {
@@ -146,6 +133,7 @@ pub enum VmCmd {
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
     },
+    /// A PNG of the VM's screen.
     Screenshot {
         name: String,
         #[arg(long, short = 'f', default_value = "screenshot.png")]
@@ -155,24 +143,22 @@ pub enum VmCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum OpCmd {
+    /// Operations (--unfinished: those still queued or running).
     Ls {
         #[arg(long)]
         unfinished: bool,
     },
-    Show {
-        id: String,
-    },
+    /// One operation: kind, state, result or error.
+    Show { id: String },
     /// Follow an operation (from its first event) to its end.
-    Watch {
-        id: String,
-    },
-    Cancel {
-        id: String,
-    },
+    Watch { id: String },
+    /// Cancel an operation that has not ended.
+    Cancel { id: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum UserCmd {
+    /// Add a user (--role admin or user), with attributes (--attr course=net101).
     Add {
         name: String,
         #[arg(long, value_parser = ["admin", "user"], default_value = "user")]
@@ -182,10 +168,10 @@ pub enum UserCmd {
         attributes: Vec<String>,
     },
     /// A new token for a user (shown once).
-    Token {
-        user: String,
-    },
+    Token { user: String },
+    /// Users with their roles and attributes.
     Ls,
+    /// Who the token belongs to.
     Whoami,
 }
 
