@@ -10,7 +10,7 @@ use crate::error::{CoordError, Result};
 use crate::hosts::state_name;
 use crate::operations::{OpError, Submit};
 use crate::store::{OpRecord, VmRecord};
-use crate::vms::{agent_err, check_name, work, Coordinator};
+use crate::vms::{check_name, work, Coordinator};
 
 /// vCPUs and bytes of memory a spec asks for, with the agent's defaults.
 pub(crate) fn size_of(spec: &pb::DomainSpec) -> (u32, u64) {
@@ -36,7 +36,7 @@ impl Coordinator {
         corral_proto::rules::domain_spec(&spec)?;
         if !req.host.is_empty() {
             check_name("host", &req.host)?;
-            self.hosts.client(&req.host)?;
+            self.hosts.door(&req.host)?;
         }
         let owner = if req.owner.is_empty() {
             caller.name().to_string()
@@ -95,7 +95,7 @@ impl Coordinator {
         start: bool,
         owner: &str,
     ) -> Result<serde_json::Value> {
-        let mut c = self.hosts.client(host)?;
+        let door = self.hosts.door(host)?;
         let (vcpus, memory) = size_of(&spec);
         // Recorded before it is made: a crash leaves a trace that recovery cleans.
         let mut vm = VmRecord {
@@ -112,27 +112,18 @@ impl Coordinator {
         ctx.progress("defining", Some(10.0), None, &format!("on host {host}"))
             .await?;
         let name = spec.name.clone();
-        let defined = c
-            .domains
-            .define_domain(pb::DefineDomainRequest { spec: Some(spec) })
-            .await;
-        let mut domain = match defined {
-            Ok(d) => d.into_inner(),
-            Err(s) => {
+        let mut domain = match door.define(spec).await {
+            Ok(d) => d,
+            Err(e) => {
                 // The agent leaves nothing behind when a definition fails.
                 let n = name.clone();
                 let _ = self.blocking(move |st| st.remove_vm(&n)).await;
-                return Err(CoordError::from_agent(host, &s));
+                return Err(e);
             }
         };
         if start {
             ctx.progress("starting", Some(60.0), None, "").await?;
-            domain = c
-                .domains
-                .start_domain(pb::DomainRef { name: name.clone() })
-                .await
-                .map_err(agent_err(host))?
-                .into_inner();
+            domain = door.power(&name, crate::door::Power::Start).await?;
             vm.desired_state = "running".into();
         }
         vm.observed_state = state_name(domain.state);
@@ -168,22 +159,11 @@ impl Coordinator {
         let me = Arc::clone(self);
         let w = work(move |ctx| async move {
             let run = async {
-                let mut c = me.hosts.client(&host)?;
+                let door = me.hosts.door(&host)?;
                 ctx.progress("preparing", Some(10.0), None, "read-only base files")
                     .await?;
-                let dref = pb::DomainRef {
-                    name: vm.name.clone(),
-                };
-                c.bases
-                    .prepare_base(dref.clone())
-                    .await
-                    .map_err(agent_err(&host))?;
-                let d = c
-                    .domains
-                    .get_domain(dref)
-                    .await
-                    .map_err(agent_err(&host))?
-                    .into_inner();
+                door.prepare_base(&vm.name).await?;
+                let d = door.get_domain(&vm.name).await?;
                 let size = serde_json::json!({ "vcpus": d.vcpus, "memory": d.memory_mib << 20 });
                 let (v, h) = (vm.clone(), host.clone());
                 me.blocking(move |s| {

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use corral_client::proto as pb;
 use corral_client::AgentClient;
+
+use crate::door::{AgentDoor, GrpcDoor};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
@@ -50,7 +52,10 @@ pub struct Reservation {
 
 struct Entry {
     status: HostStatus,
+    /// The connection the host's own task uses (heartbeats, events, reconciliation).
     client: Option<AgentClient>,
+    /// What the rest of the coordinator gets: the door to this host's agent.
+    door: Option<Arc<dyn AgentDoor>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -141,6 +146,7 @@ impl Hosts {
                     ..Default::default()
                 },
                 client: None,
+                door: None,
                 task: Some(task),
             },
         );
@@ -249,8 +255,8 @@ impl Hosts {
             .ok_or_else(|| CoordError::NotFound(format!("host {name} not found")))
     }
 
-    /// A client for an up host.
-    pub fn client(&self, name: &str) -> Result<AgentClient> {
+    /// The door to an up host's agent.
+    pub fn door(&self, name: &str) -> Result<Arc<dyn AgentDoor>> {
         let entries = self.entries.read().map_err(poisoned)?;
         let e = entries
             .get(name)
@@ -258,21 +264,51 @@ impl Hosts {
         if self.state_of(&e.status) != pb::HostState::Up {
             return Err(CoordError::Unavailable(format!("host {name} is down")));
         }
-        e.client
+        e.door
             .clone()
             .ok_or_else(|| CoordError::Unavailable(format!("host {name} is not connected")))
     }
 
     /// Waits up to `timeout` for a host to be up.
-    pub async fn wait_up(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
+    pub async fn wait_up(&self, name: &str, timeout: Duration) -> Result<Arc<dyn AgentDoor>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match self.client(name) {
-                Ok(c) => return Ok(c),
+            match self.door(name) {
+                Ok(d) => return Ok(d),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// Puts a host into the fleet with a door of the caller's (an in-process agent, a
+    /// test's fake), up as of now with `info` and holding `bases`; no task watches it.
+    pub fn attach(
+        &self,
+        record: HostRecord,
+        info: pb::HostInfo,
+        bases: BTreeSet<String>,
+        door: Arc<dyn AgentDoor>,
+    ) -> Result<()> {
+        let now = now_ms();
+        let name = record.name.clone();
+        self.entries.write().map_err(poisoned)?.insert(
+            name,
+            Entry {
+                status: HostStatus {
+                    record: Some(record),
+                    info: Some(info),
+                    last_seen_ms: now,
+                    last_error: String::new(),
+                    bases,
+                    info_ms: now,
+                },
+                client: None,
+                door: Some(door),
+                task: None,
+            },
+        );
+        Ok(())
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
@@ -306,7 +342,11 @@ impl Hosts {
                 .await
                 {
                     Ok(Ok(c)) => {
-                        self.update(&name, |e| e.client = Some(c.clone()));
+                        let door = GrpcDoor::open(&name, c.clone());
+                        self.update(&name, |e| {
+                            e.client = Some(c.clone());
+                            e.door = Some(door);
+                        });
                         Some(c)
                     }
                     Ok(Err(err)) => {
@@ -365,6 +405,7 @@ impl Hosts {
                                 tonic::Code::Unavailable | tonic::Code::Unknown
                             ) {
                                 e.client = None;
+                                e.door = None;
                             }
                         });
                     }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod create;
 pub mod db;
+pub mod door;
 pub mod error;
 #[cfg(test)]
 mod fuzz;

@@ -13,16 +13,17 @@ use corral_proto::v1 as pb;
 use tokio::sync::watch;
 
 use crate::auth::Caller;
+use crate::door::AgentDoor;
 use crate::error::{CoordError, Result};
 use crate::operations::{OpCtx, OpError, Submit};
 use crate::store::OpRecord;
-use crate::vms::{agent_err, check_name, work, Coordinator};
+use crate::vms::{check_name, work, Coordinator};
 
-/// A move under way: the VM's record, clients for its source and target, its ports.
+/// A move under way: the VM's record, the doors to its source and target, its ports.
 struct Moving {
     vm: crate::store::VmRecord,
-    src: corral_client::AgentClient,
-    dst: corral_client::AgentClient,
+    src: Arc<dyn AgentDoor>,
+    dst: Arc<dyn AgentDoor>,
     ports: Vec<pb::ExposedPort>,
 }
 
@@ -188,7 +189,7 @@ impl Coordinator {
         let holders = self.holders(base).await?;
         let source = holders
             .iter()
-            .find(|h| *h != target && self.hosts.client(h).is_ok())
+            .find(|h| *h != target && self.hosts.door(h).is_ok())
             .cloned()
             .ok_or_else(|| {
                 CoordError::Unavailable(format!(
@@ -196,14 +197,9 @@ impl Coordinator {
                     holders.join(", ")
                 ))
             })?;
-        let mut src = self.hosts.client(&source)?;
-        let mut dst = self.hosts.client(target)?;
-        let export = src
-            .bases
-            .export_base(pb::DomainRef { name: base.into() })
-            .await
-            .map_err(agent_err(&source))?
-            .into_inner();
+        let src = self.hosts.door(&source)?;
+        let dst = self.hosts.door(target)?;
+        let export = src.export_base(base).await?;
         tracing::info!(%source, volumes = ?export.volumes, "syncing base");
         let sent = self
             .send_volumes(&source, target, &export.volumes, limit, tx)
@@ -211,13 +207,7 @@ impl Coordinator {
         if let Ok(mut m) = self.base_bytes.lock() {
             m.insert(base.into(), sent.iter().map(|p| p.total_bytes).sum());
         }
-        dst.bases
-            .import_base(pb::ImportBaseRequest {
-                definition_xml: export.definition_xml,
-                layouts: Vec::new(),
-            })
-            .await
-            .map_err(agent_err(target))?;
+        dst.import_base(export.definition_xml).await?;
         let (b, h) = (base.to_string(), target.to_string());
         self.blocking(move |s| s.set_base_host(&b, &h, true))
             .await?;
@@ -234,49 +224,27 @@ impl Coordinator {
         limit: u64,
         tx: &watch::Sender<TransferState>,
     ) -> Result<Vec<pb::SyncProgress>> {
-        let mut src = self.hosts.client(source)?;
+        let src = self.hosts.door(source)?;
         let peer = self.hosts.address(target)?;
+        let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
         let mut done = Vec::new();
         let mut before = 0u64;
         for v in volumes {
-            let mut stream = src
-                .sync
-                .send_volume(pb::SendVolumeRequest {
-                    volume: v.clone(),
-                    peer: peer.clone(),
-                    bandwidth_limit: limit,
-                    replace: false,
-                    peer_tls_name: String::new(),
-                })
-                .await
-                .map_err(agent_err(source))?
-                .into_inner();
-            let mut last = None;
-            let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
-            loop {
-                let next = tokio::time::timeout(stall, stream.message())
-                    .await
-                    .map_err(|_| {
-                        CoordError::Unavailable(format!(
-                            "host {source} reported no progress sending {v} for {:.1} s: the transfer was stopped",
-                            stall.as_secs_f64()
-                        ))
-                    })?;
-                let Some(p) = next.map_err(agent_err(source))? else {
-                    break;
-                };
+            let report = |p: &pb::SyncProgress| {
                 let _ = tx.send(TransferState::Running {
                     volume: v.clone(),
                     done_bytes: before + p.scanned_bytes,
                     total_bytes: before + p.total_bytes,
                 });
-                if p.done {
-                    last = Some(p);
-                }
-            }
-            let p = last.ok_or_else(|| {
-                CoordError::Unavailable(format!("host {source} ended the send of {v} early"))
-            })?;
+            };
+            let req = pb::SendVolumeRequest {
+                volume: v.clone(),
+                peer: peer.clone(),
+                bandwidth_limit: limit,
+                replace: false,
+                peer_tls_name: String::new(),
+            };
+            let p = src.send_volume(req, stall, &report).await?;
             before += p.total_bytes;
             done.push(p);
         }
@@ -359,29 +327,18 @@ impl Coordinator {
         let me = Arc::clone(self);
         let w = work(move |ctx| async move {
             let run = async {
-                let mut c = me.hosts.client(&h)?;
+                let door = me.hosts.door(&h)?;
                 // The agent's own view too: clones the coordinator does not know of.
-                let there = c
-                    .bases
-                    .list_clones(pb::DomainRef { name: b.clone() })
-                    .await
-                    .map_err(agent_err(&h))?
-                    .into_inner();
-                if !there.clones.is_empty() {
+                let there = door.list_clones(&b).await?;
+                if !there.is_empty() {
                     return Err(CoordError::FailedPrecondition(format!(
                         "base {b} has {} clone(s) on host {h}",
-                        there.clones.len()
+                        there.len()
                     )));
                 }
                 ctx.progress("removing", None, None, &format!("base {b} from host {h}"))
                     .await?;
-                c.domains
-                    .remove_domain(pb::RemoveDomainRequest {
-                        name: b.clone(),
-                        remove_volumes: true,
-                    })
-                    .await
-                    .map_err(agent_err(&h))?;
+                door.remove_domain(&b).await?;
                 let (b2, h2) = (b.clone(), h.clone());
                 me.blocking(move |s| s.set_base_host(&b2, &h2, false))
                     .await?;
@@ -436,35 +393,17 @@ impl Coordinator {
         Ok(self.ops.submit(submit, w).await?)
     }
 
-    /// The VM's exposed ports on the source, to expose again on the target after a move.
-    async fn ports_of(
-        &self,
-        c: &mut corral_client::AgentClient,
-        host: &str,
-        name: &str,
-    ) -> Result<Vec<pb::ExposedPort>> {
-        Ok(c.ports
-            .list_ports(pb::ListPortsRequest {
-                domain: name.into(),
-            })
-            .await
-            .map_err(agent_err(host))?
-            .into_inner()
-            .ports)
-    }
-
     /// Exposes the same guest ports on the target (host ports from its range); returns
     /// them. A port that cannot be exposed there is reported, not fatal: the VM has moved.
     async fn carry_ports(
         &self,
-        c: &mut corral_client::AgentClient,
-        host: &str,
+        dst: &dyn AgentDoor,
         ports: &[pb::ExposedPort],
     ) -> Vec<serde_json::Value> {
+        let host = dst.host();
         let mut out = Vec::new();
         for p in ports {
-            let r = c
-                .ports
+            let r = dst
                 .expose_port(pb::ExposePortRequest {
                     domain: p.domain.clone(),
                     guest_port: p.guest_port,
@@ -475,12 +414,11 @@ impl Coordinator {
                 .await;
             out.push(match r {
                 Ok(e) => {
-                    let e = e.into_inner();
                     serde_json::json!({ "guest_port": e.guest_port, "host": format!("{}:{}", e.host_address, e.host_port) })
                 }
-                Err(s) => {
-                    tracing::warn!(%host, port = p.guest_port, error = %s.message(), "port not exposed after the move");
-                    serde_json::json!({ "guest_port": p.guest_port, "error": s.message() })
+                Err(e) => {
+                    tracing::warn!(%host, port = p.guest_port, error = %e, "port not exposed after the move");
+                    serde_json::json!({ "guest_port": p.guest_port, "error": e.to_string() })
                 }
             });
         }
@@ -502,12 +440,12 @@ impl Coordinator {
         if let Some(base) = vm.base.clone() {
             self.ensure_base(ctx, &base, target, limit).await?;
         }
-        let mut src = self.hosts.client(source)?;
-        let ports = self.ports_of(&mut src, source, name).await?;
+        let src = self.hosts.door(source)?;
+        let ports = src.list_ports(name).await?;
         Ok(Moving {
             vm,
             src,
-            dst: self.hosts.client(target)?,
+            dst: self.hosts.door(target)?,
             ports,
         })
     }
@@ -524,25 +462,17 @@ impl Coordinator {
     ) -> Result<serde_json::Value> {
         let Moving {
             mut vm,
-            mut src,
-            mut dst,
+            src,
+            dst,
             ports,
         } = self.move_start(ctx, name, source, target, limit).await?;
-        let export = src
-            .bases
-            .export_for_migration(pb::DomainRef { name: name.into() })
-            .await
-            .map_err(agent_err(source))?
-            .into_inner();
+        let export = src.export_for_migration(name).await?;
         let incoming = dst
-            .bases
             .prepare_migration(pb::ImportBaseRequest {
                 definition_xml: export.definition_xml,
                 layouts: export.layouts.clone(),
             })
-            .await
-            .map_err(agent_err(target))?
-            .into_inner();
+            .await?;
         // Failed or cancelled from here on: the target's new volumes go again.
         let made = MadeOn::new(
             &self.hosts,
@@ -556,28 +486,20 @@ impl Coordinator {
             &format!("live, to host {target}"),
         )
         .await?;
-        let migrated = src
-            .bases
-            .migrate_domain(pb::MigrateDomainRequest {
-                name: name.into(),
-                dest_uri: incoming.uri.clone(),
-                dest_xml: incoming.dest_xml,
-                bandwidth_mib: limit >> 20,
-            })
-            .await;
-        if let Err(s) = migrated {
-            return Err(CoordError::from_agent(source, &s));
-        }
+        src.migrate(pb::MigrateDomainRequest {
+            name: name.into(),
+            dest_uri: incoming.uri.clone(),
+            dest_xml: incoming.dest_xml,
+            bandwidth_mib: limit >> 20,
+        })
+        .await?;
         made.keep();
         // It runs there now: record that first, then fix its persistent definition.
         vm.host = Some(target.into());
         vm.observed_state = crate::observed::state_name(pb::DomainState::Running as i32);
         self.blocking(move |s| s.put_vm(&vm)).await?;
-        dst.bases
-            .finish_migration(pb::DomainRef { name: name.into() })
-            .await
-            .map_err(agent_err(target))?;
-        let ports = self.carry_ports(&mut dst, target, &ports).await;
+        dst.finish_migration(name).await?;
+        let ports = self.carry_ports(dst.as_ref(), &ports).await;
         Ok(
             serde_json::json!({ "vm": name, "from": source, "to": target, "live": true, "ports": ports }),
         )
@@ -593,16 +515,11 @@ impl Coordinator {
     ) -> Result<serde_json::Value> {
         let Moving {
             mut vm,
-            mut src,
-            mut dst,
+            src,
+            dst,
             ports,
         } = self.move_start(ctx, name, source, target, limit).await?;
-        let export = src
-            .bases
-            .export_domain(pb::DomainRef { name: name.into() })
-            .await
-            .map_err(agent_err(source))?
-            .into_inner();
+        let export = src.export_domain(name).await?;
         ctx.progress(
             "syncing",
             Some(0.0),
@@ -633,15 +550,7 @@ impl Coordinator {
         // The target verified every volume's checksum before it appeared; define it there.
         ctx.progress("defining", Some(95.0), None, &format!("on host {target}"))
             .await?;
-        let d = dst
-            .bases
-            .import_domain(pb::ImportBaseRequest {
-                definition_xml: export.definition_xml,
-                layouts: Vec::new(),
-            })
-            .await
-            .map_err(agent_err(target))?
-            .into_inner();
+        let d = dst.import_domain(export.definition_xml).await?;
         made.keep();
         vm.host = Some(target.into());
         vm.observed_state = crate::observed::state_name(d.state);
@@ -649,14 +558,8 @@ impl Coordinator {
         self.blocking(move |s| s.put_vm(&v)).await?;
         ctx.progress("removing", Some(98.0), None, &format!("from host {source}"))
             .await?;
-        src.domains
-            .remove_domain(pb::RemoveDomainRequest {
-                name: name.into(),
-                remove_volumes: true,
-            })
-            .await
-            .map_err(agent_err(source))?;
-        let ports = self.carry_ports(&mut dst, target, &ports).await;
+        src.remove_domain(name).await?;
+        let ports = self.carry_ports(dst.as_ref(), &ports).await;
         Ok(serde_json::json!({
             "vm": name, "from": source, "to": target, "ports": ports,
             "bytes_sent": sent.iter().map(|p| p.sent_bytes).sum::<u64>(),
@@ -700,14 +603,11 @@ impl Drop for MadeOn {
         let (hosts, host) = (Arc::clone(&self.hosts), self.host.clone());
         rt.spawn(async move {
             for _ in 0..20 {
-                if let Ok(mut c) = hosts.client(&host) {
+                if let Ok(door) = hosts.door(&host) {
                     let mut left = Vec::new();
                     for v in volumes {
-                        let r = c.volumes.delete_volume(pb::VolumeRef { name: v.clone() });
-                        match tokio::time::timeout(crate::hosts::AGENT_QUICK_CALL, r).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
-                            _ => left.push(v),
+                        if door.delete_volume(&v).await.is_err() {
+                            left.push(v);
                         }
                     }
                     volumes = left;

@@ -11,7 +11,7 @@ use crate::error::{CoordError, Result};
 use crate::hosts::state_name;
 use crate::operations::{OpError, Submit};
 use crate::store::OpRecord;
-use crate::vms::{agent_err, check_name, work, Coordinator};
+use crate::vms::{check_name, work, Coordinator};
 
 /// A change to a VM's snapshot tree.
 #[derive(Debug, Clone)]
@@ -65,23 +65,14 @@ impl Coordinator {
     /// end with, given at once.
     async fn check_snapshot_target(&self, host: &str, change: &SnapshotChange) -> Result<()> {
         let (vm, snap) = change.target();
-        let mut c = self.hosts.client(host)?;
-        let asked = tokio::time::timeout(
-            crate::hosts::AGENT_QUICK_CALL,
-            c.snapshots.get_snapshot(pb::SnapshotRef {
-                domain: vm.into(),
-                name: snap.into(),
-            }),
-        )
-        .await
-        .map_err(|_| CoordError::Unavailable(format!("host {host} did not answer in time")))?;
+        let asked = self.hosts.door(host)?.get_snapshot(vm, snap).await;
         match (change, asked) {
             (SnapshotChange::Create(_), Ok(_)) => Err(CoordError::AlreadyExists(format!(
                 "host {host}: domain {vm:?} already has a snapshot {snap:?}"
             ))),
-            (SnapshotChange::Create(_), Err(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+            (SnapshotChange::Create(_), Err(e)) if e.code() == tonic::Code::NotFound => Ok(()),
             (_, Ok(_)) => Ok(()),
-            (_, Err(s)) => Err(CoordError::from_agent(host, &s)),
+            (_, Err(e)) => Err(e),
         }
     }
 
@@ -112,7 +103,7 @@ impl Coordinator {
         let me = Arc::clone(self);
         let w = work(move |ctx| async move {
             let run = async {
-                let mut c = me.hosts.client(&host)?;
+                let door = me.hosts.door(&host)?;
                 let (vm_name, snap) = change.target();
                 ctx.progress(
                     kind,
@@ -124,36 +115,17 @@ impl Coordinator {
                 let mut result = result;
                 match change.clone() {
                     SnapshotChange::Create(r) => {
-                        c.snapshots
-                            .create_snapshot(r)
-                            .await
-                            .map_err(agent_err(&host))?;
+                        door.create_snapshot(r).await?;
                     }
                     SnapshotChange::Revert(r) => {
-                        c.snapshots
-                            .revert_snapshot(r)
-                            .await
-                            .map_err(agent_err(&host))?;
+                        door.revert_snapshot(r).await?;
                     }
                     SnapshotChange::Delete(r) => {
-                        let d = c
-                            .snapshots
-                            .delete_snapshot(r)
-                            .await
-                            .map_err(agent_err(&host))?
-                            .into_inner();
-                        result["deleted"] = serde_json::json!(d.deleted);
+                        result["deleted"] = serde_json::json!(door.delete_snapshot(r).await?);
                     }
                 }
                 // Creating with halt and reverting change the VM's state.
-                let d = c
-                    .domains
-                    .get_domain(pb::DomainRef {
-                        name: vm.name.clone(),
-                    })
-                    .await
-                    .map_err(agent_err(&host))?
-                    .into_inner();
+                let d = door.get_domain(&vm.name).await?;
                 let mut vm = vm;
                 vm.observed_state = state_name(d.state);
                 me.blocking(move |s| s.put_vm(&vm)).await?;

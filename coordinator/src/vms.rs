@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_client::proto as pb;
-use corral_client::AgentClient;
 
 use crate::auth::{Auth, Caller};
 use crate::config::Config;
 use crate::db::Db;
+use crate::door::Power;
 use crate::error::{CoordError, Result};
 use crate::hosts::{state_name, Hosts};
 use crate::operations::{OpCtx, OpError, Operations, Resumer, Submit, Work, WorkFuture};
@@ -69,10 +69,6 @@ impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coordinator").finish()
     }
-}
-
-pub(crate) fn agent_err(host: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
-    move |s| CoordError::from_agent(host, &s)
 }
 
 pub(crate) fn work<F, Fut>(f: F) -> Work
@@ -206,12 +202,10 @@ impl Coordinator {
     /// Asks a host that has the base (for bases recorded without their size).
     async fn ask_base_size(&self, base: &str, hosts: &[String]) -> Result<(u32, u64)> {
         for h in hosts {
-            let Ok(mut c) = self.hosts.client(h) else {
+            let Ok(door) = self.hosts.door(h) else {
                 continue;
             };
-            let call = c.domains.get_domain(pb::DomainRef { name: base.into() });
-            if let Ok(Ok(d)) = tokio::time::timeout(AGENT_QUICK_CALL, call).await {
-                let d = d.into_inner();
+            if let Ok(d) = door.get_domain(base).await {
                 return Ok((d.vcpus, d.memory_mib << 20));
             }
         }
@@ -407,7 +401,7 @@ impl Coordinator {
         req: &pb::CloneVmRequest,
         owner: &str,
     ) -> Result<serde_json::Value> {
-        let mut c = self.hosts.client(host)?;
+        let door = self.hosts.door(host)?;
         // The VM is recorded before it is made, so that a crash leaves a trace to clean up.
         let vm = VmRecord {
             name: req.name.clone(),
@@ -438,8 +432,7 @@ impl Coordinator {
         )
         .await?;
         // One agent call does both (the agent records the start time and state itself).
-        let made = c
-            .bases
+        let made = door
             .clone_base(pb::CloneBaseRequest {
                 base: req.base.clone(),
                 name: req.name.clone(),
@@ -450,29 +443,23 @@ impl Coordinator {
             })
             .await;
         let domain = match made {
-            Ok(d) => d.into_inner(),
-            Err(s) => {
+            Ok(d) => d,
+            Err(e) => {
                 // The agent removes what it made when the clone fails; a start failure leaves
                 // a defined, shut-off clone, which the agent reports by its state. The record
                 // stays only for a domain this clone made: a name taken on the host (another
                 // domain, a base) leaves no record, so nothing can later remove that domain.
-                let ours = s.code() != tonic::Code::AlreadyExists
-                    && c.domains
-                        .get_domain(pb::DomainRef {
-                            name: req.name.clone(),
-                        })
-                        .await
-                        .is_ok_and(|d| {
-                            let d = d.into_inner();
-                            d.owner == owner
-                                && d.base == req.base
-                                && d.kind == pb::DomainKind::Clone as i32
-                        });
+                let ours = e.code() != tonic::Code::AlreadyExists
+                    && door.get_domain(&req.name).await.is_ok_and(|d| {
+                        d.owner == owner
+                            && d.base == req.base
+                            && d.kind == pb::DomainKind::Clone as i32
+                    });
                 if !ours {
                     let n = req.name.clone();
                     let _ = self.blocking(move |st| st.remove_vm(&n)).await;
                 }
-                return Err(CoordError::from_agent(host, &s));
+                return Err(e);
             }
         };
         let mut vm = vm;
@@ -527,45 +514,26 @@ impl Coordinator {
         mut vm: VmRecord,
         action: Action,
     ) -> Result<serde_json::Value> {
-        let mut c = self.hosts.client(host)?;
-        let r = pb::DomainRef {
-            name: vm.name.clone(),
-        };
+        let door = self.hosts.door(host)?;
+        let name = vm.name.clone();
         ctx.progress(action.kind(), Some(10.0), None, &format!("on host {host}"))
             .await?;
+        let shutdown = Power::Shutdown {
+            timeout: Duration::from_secs(60),
+        };
         let domain = match action {
-            Action::Start => Some(c.domains.start_domain(r).await),
-            Action::Shutdown => Some(
-                c.domains
-                    .shutdown_domain(pb::ShutdownDomainRequest {
-                        name: vm.name.clone(),
-                        timeout_seconds: 60,
-                    })
-                    .await,
-            ),
-            Action::PowerOff => Some(c.domains.power_off_domain(r).await),
-            Action::Hibernate => Some(c.domains.hibernate_domain(r).await),
-            Action::Restore => Some(c.bases.restore_clone(r).await),
+            Action::Start => Some(door.power(&name, Power::Start).await?),
+            Action::Shutdown => Some(door.power(&name, shutdown).await?),
+            Action::PowerOff => Some(door.power(&name, Power::PowerOff).await?),
+            Action::Hibernate => Some(door.power(&name, Power::Hibernate).await?),
+            Action::Restore => Some(door.restore_clone(&name).await?),
             Action::Remove => {
-                match c
-                    .domains
-                    .remove_domain(pb::RemoveDomainRequest {
-                        name: vm.name.clone(),
-                        remove_volumes: true,
-                    })
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(s) if s.code() == tonic::Code::NotFound => {}
-                    Err(s) => return Err(CoordError::from_agent(host, &s)),
-                }
-                let n = vm.name.clone();
-                self.blocking(move |s| s.remove_vm(&n)).await?;
+                door.remove_domain(&name).await?;
+                self.blocking(move |s| s.remove_vm(&name)).await?;
                 None
             }
         };
         if let Some(d) = domain {
-            let d = d.map_err(agent_err(host))?.into_inner();
             vm.observed_state = state_name(d.state);
             vm.desired_state = match action {
                 Action::Start => "running",
@@ -613,22 +581,16 @@ impl Coordinator {
         let host = req.host.clone();
         let w = work(move |ctx| async move {
             let run = async {
-                let mut c = me.hosts.client(&host)?;
+                let door = me.hosts.door(&host)?;
                 let name = spec.name.clone();
                 let (vcpus, memory) = crate::create::size_of(&spec);
                 let size = serde_json::json!({ "vcpus": vcpus, "memory": memory });
                 ctx.progress("defining", Some(10.0), None, &format!("on host {host}"))
                     .await?;
-                c.domains
-                    .define_domain(pb::DefineDomainRequest { spec: Some(spec) })
-                    .await
-                    .map_err(agent_err(&host))?;
+                door.define(spec).await?;
                 ctx.progress("preparing", Some(40.0), None, "read-only base files")
                     .await?;
-                c.bases
-                    .prepare_base(pb::DomainRef { name: name.clone() })
-                    .await
-                    .map_err(agent_err(&host))?;
+                door.prepare_base(&name).await?;
                 let (n, h) = (name.clone(), host.clone());
                 me.blocking(move |s| {
                     s.put_base(&n, None, &size)?;
@@ -677,23 +639,11 @@ impl Coordinator {
                 for h in &hosts {
                     ctx.progress("removing", None, None, &format!("on host {h}"))
                         .await?;
-                    let mut c = me.hosts.client(h)?;
-                    match c
-                        .domains
-                        .remove_domain(pb::RemoveDomainRequest {
-                            name: n.clone(),
-                            remove_volumes: true,
-                        })
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(s) if s.code() == tonic::Code::NotFound => {}
-                        Err(s) => return Err(CoordError::from_agent(h, &s)),
-                    }
+                    me.hosts.door(h)?.remove_domain(&n).await?;
                 }
                 let n2 = n.clone();
                 me.blocking(move |s| s.remove_base(&n2)).await?;
-                Ok(serde_json::json!({ "base": n }))
+                Ok::<_, CoordError>(serde_json::json!({ "base": n }))
             };
             run.await.map_err(OpError::from)
         });
@@ -715,24 +665,10 @@ impl Coordinator {
                     &format!("removing the half-made {vm} from {host}"),
                 )
                 .await?;
-                let c = me.hosts.wait_up(&host, Duration::from_secs(30)).await;
-                if let Ok(mut c) = c {
-                    match c
-                        .domains
-                        .remove_domain(pb::RemoveDomainRequest {
-                            name: vm.clone(),
-                            remove_volumes: true,
-                        })
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(s) if s.code() == tonic::Code::NotFound => {}
-                        Err(s) => {
-                            return Err(OpError::Failed(format!(
-                                "cleanup on {host}: {}",
-                                s.message()
-                            )))
-                        }
+                let door = me.hosts.wait_up(&host, Duration::from_secs(30)).await;
+                if let Ok(door) = door {
+                    if let Err(e) = door.remove_domain(&vm).await {
+                        return Err(OpError::Failed(format!("cleanup: {e}")));
                     }
                 } else {
                     return Err(OpError::Failed(format!(
@@ -752,31 +688,16 @@ impl Coordinator {
         ])
     }
 
-    pub fn client_for(&self, host: &str) -> Result<AgentClient> {
-        self.hosts.client(host)
-    }
-
-    /// One call to the agent holding a VM the caller may touch, within `limit`.
-    pub async fn agent_call<T, F, Fut>(
+    /// The door to the agent holding a VM the caller may touch (others' look absent).
+    pub async fn door_for(
         &self,
         caller: &Caller,
         vm: &str,
-        limit: Duration,
-        call: F,
-    ) -> Result<T>
-    where
-        F: FnOnce(AgentClient) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    {
+    ) -> Result<std::sync::Arc<dyn crate::door::AgentDoor>> {
         let vm = self.vm_for(caller, vm).await?;
         let host = vm
             .host
             .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
-        let c = self.hosts.client(&host)?;
-        let r = tokio::time::timeout(limit, call(c))
-            .await
-            .map_err(|_| CoordError::Unavailable(format!("host {host} did not answer in time")))?
-            .map_err(agent_err(&host))?;
-        Ok(r.into_inner())
+        self.hosts.door(&host)
     }
 }

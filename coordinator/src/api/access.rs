@@ -1,6 +1,5 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use corral_client::proto as pb;
 use pb::vm_access_service_server::VmAccessService;
@@ -9,55 +8,48 @@ use tonic::{Request, Response, Status};
 use super::pass;
 use crate::auth::caller;
 use crate::error::CoordError;
-use crate::vms::{Coordinator, AGENT_QUICK_CALL};
+use crate::vms::Coordinator;
 
 #[derive(Debug, Clone)]
 pub struct VmAccessApi(pub Arc<Coordinator>);
 
 type R<T> = Result<Response<T>, Status>;
 
-/// How long the agent may wait for a booting guest's address, as the agent defaults it.
-fn expose_wait(wait_seconds: u32) -> Duration {
-    let wait = if wait_seconds == 0 { 60 } else { wait_seconds };
-    AGENT_QUICK_CALL + Duration::from_secs(u64::from(wait.min(600)))
-}
-
 #[tonic::async_trait]
 impl VmAccessService for VmAccessApi {
     #[tracing::instrument(skip_all, fields(rpc = "ExposeVmPort"))]
     async fn expose_vm_port(&self, req: Request<pb::ExposePortRequest>) -> R<pb::ExposedPort> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        if r.host_port != 0 && !who.is_admin() {
+        if req.get_ref().host_port != 0 && !caller(&req)?.is_admin() {
             return Err(CoordError::PermissionDenied(
                 "only an admin may choose the host port; leave it 0 for one from the range".into(),
             )
             .into());
         }
-        let vm = r.domain.clone();
-        let out = self
-            .0
-            .agent_call(&who, &vm, expose_wait(r.wait_seconds), |mut c| async move {
-                c.ports.expose_port(r).await
-            })
-            .await?;
-        Ok(Response::new(out))
+        pass(
+            &self.0,
+            req,
+            |r| &r.domain,
+            |d, r| async move { d.expose_port(r).await },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListVmPorts"))]
     async fn list_vm_ports(&self, req: Request<pb::ListPortsRequest>) -> R<pb::ListPortsResponse> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        if !r.domain.is_empty() {
-            let vm = r.domain.clone();
-            let out = self
-                .0
-                .agent_call(&who, &vm, AGENT_QUICK_CALL, |mut c| async move {
-                    c.ports.list_ports(r).await
-                })
-                .await?;
-            return Ok(Response::new(out));
+        if !req.get_ref().domain.is_empty() {
+            return pass(
+                &self.0,
+                req,
+                |r| &r.domain,
+                |d, r| async move {
+                    Ok(pb::ListPortsResponse {
+                        ports: d.list_ports(&r.domain).await?,
+                    })
+                },
+            )
+            .await;
         }
+        let who = caller(&req)?;
         // Every VM the caller may touch, asked host by host; a down host is skipped.
         let vms = self.0.blocking(|s| s.vms()).await?;
         let mut by_host: BTreeMap<String, HashSet<String>> = BTreeMap::new();
@@ -68,17 +60,11 @@ impl VmAccessService for VmAccessApi {
         }
         let mut ports = Vec::new();
         for (host, names) in by_host {
-            let Ok(mut c) = self.0.client_for(&host) else {
+            let Ok(door) = self.0.hosts.door(&host) else {
                 continue;
             };
-            let call = c.ports.list_ports(pb::ListPortsRequest::default());
-            if let Ok(Ok(l)) = tokio::time::timeout(AGENT_QUICK_CALL, call).await {
-                ports.extend(
-                    l.into_inner()
-                        .ports
-                        .into_iter()
-                        .filter(|p| names.contains(&p.domain)),
-                );
+            if let Ok(l) = door.list_ports("").await {
+                ports.extend(l.into_iter().filter(|p| names.contains(&p.domain)));
             }
         }
         Ok(Response::new(pb::ListPortsResponse { ports }))
@@ -93,8 +79,7 @@ impl VmAccessService for VmAccessApi {
             &self.0,
             req,
             |r| &r.domain,
-            AGENT_QUICK_CALL,
-            |mut c, r| async move { c.ports.remove_port(r).await },
+            |d, r| async move { d.remove_port(r).await },
         )
         .await
     }
@@ -108,8 +93,7 @@ impl VmAccessService for VmAccessApi {
             &self.0,
             req,
             |r| &r.domain,
-            AGENT_QUICK_CALL,
-            |mut c, r| async move { c.ports.remove_all_ports(r).await },
+            |d, r| async move { d.remove_all_ports(&r.domain).await },
         )
         .await
     }
@@ -123,8 +107,10 @@ impl VmAccessService for VmAccessApi {
             &self.0,
             req,
             |r| &r.domain,
-            AGENT_QUICK_CALL,
-            |mut c, r| async move { c.ports.restrict_display(r).await },
+            |d, r| async move {
+                d.restrict_display(r).await?;
+                Ok(pb::RestrictDisplayResponse {})
+            },
         )
         .await
     }
@@ -135,8 +121,7 @@ impl VmAccessService for VmAccessApi {
             &self.0,
             req,
             |r| &r.name,
-            AGENT_QUICK_CALL,
-            |mut c, r| async move { c.domains.get_display(pb::DomainRef { name: r.name }).await },
+            |d, r| async move { d.display(&r.name).await },
         )
         .await
     }
@@ -147,12 +132,7 @@ impl VmAccessService for VmAccessApi {
             &self.0,
             req,
             |r| &r.name,
-            AGENT_QUICK_CALL * 3,
-            |mut c, r| async move {
-                c.domains
-                    .get_screenshot(pb::DomainRef { name: r.name })
-                    .await
-            },
+            |d, r| async move { d.screenshot(&r.name).await },
         )
         .await
     }

@@ -1,10 +1,10 @@
 //! gRPC services of the coordinator; every call is authenticated by [`crate::auth`].
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
 
+use crate::door::AgentDoor;
 use corral_client::proto as pb;
-use corral_client::AgentClient;
 use tonic::{Request, Response, Status};
 
 use crate::auth::caller;
@@ -54,21 +54,19 @@ pub fn op_to_pb(op: &OpRecord) -> pb::Operation {
     }
 }
 
-/// Passes a request naming a VM (`vm` reads the name) to the agent holding it, when the
-/// caller may touch that VM, within `limit`.
+/// Passes a request naming a VM (`vm` reads the name) through the door of the agent
+/// holding it, when the caller may touch that VM (others' VMs look absent).
 pub(crate) async fn pass<Req, T, Fut>(
     coord: &Coordinator,
     req: Request<Req>,
     vm: fn(&Req) -> &str,
-    limit: Duration,
-    call: impl FnOnce(AgentClient, Req) -> Fut,
+    call: impl FnOnce(Arc<dyn AgentDoor>, Req) -> Fut,
 ) -> Result<Response<T>, Status>
 where
-    Fut: Future<Output = Result<Response<T>, Status>>,
+    Fut: Future<Output = crate::error::Result<T>>,
 {
     let who = caller(&req)?;
     let r = req.into_inner();
-    let name = vm(&r).to_string();
-    let out = coord.agent_call(&who, &name, limit, |c| call(c, r)).await?;
-    Ok(Response::new(out))
+    let door = coord.door_for(&who, vm(&r)).await?;
+    Ok(Response::new(call(door, r).await?))
 }

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{op_to_pb, pass};
 use crate::auth::caller;
 use crate::snapshots::SnapshotChange;
-use crate::vms::{Coordinator, AGENT_QUICK_CALL};
+use crate::vms::Coordinator;
 
 #[derive(Debug, Clone)]
 pub struct VmSnapshotApi(pub Arc<Coordinator>);
@@ -61,8 +61,7 @@ impl VmSnapshotService for VmSnapshotApi {
             &self.0,
             req,
             |r| &r.domain,
-            AGENT_QUICK_CALL,
-            |mut c, r| async move { c.snapshots.list_snapshots(r).await },
+            |d, r| async move { d.list_snapshots(r).await },
         )
         .await
     }
@@ -73,8 +72,7 @@ impl VmSnapshotService for VmSnapshotApi {
             &self.0,
             req,
             |r| &r.domain,
-            AGENT_QUICK_CALL,
-            |mut c, r| async move { c.snapshots.get_snapshot(r).await },
+            |d, r| async move { d.get_snapshot(&r.domain, &r.name).await },
         )
         .await
     }
@@ -88,8 +86,7 @@ impl VmSnapshotService for VmSnapshotApi {
             &self.0,
             req,
             |r| &r.domain,
-            AGENT_QUICK_CALL,
-            |mut c, r| async move { c.snapshots.list_children(r).await },
+            |d, r| async move { d.list_children(r).await },
         )
         .await
     }

@@ -1,0 +1,412 @@
+//! The one door from the coordinator to an agent: every call the coordinator makes, typed,
+//! with one policy for errors (the host's name in the message, the agent's code kept, an
+//! agent that cannot be reached or does not answer is Unavailable), time limits on quick
+//! calls (long ones belong to cancellable operations, and dropping the call cancels it on the
+//! agent), and "already gone" as success for removals.
+//!
+//! [`GrpcDoor`] is the real one; the fleet (`Hosts`) hands out a door per host that is up.
+//! Tests put in-process fakes behind the same trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_client::proto as pb;
+use corral_client::AgentClient;
+use tonic::async_trait;
+
+use crate::error::{CoordError, Result};
+use crate::hosts::AGENT_QUICK_CALL;
+
+/// A power action on a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Start,
+    /// ACPI, then powered off after `timeout`.
+    Shutdown {
+        timeout: Duration,
+    },
+    PowerOff,
+    Hibernate,
+}
+
+/// What the coordinator asks of one agent.
+#[async_trait]
+pub trait AgentDoor: Send + Sync {
+    /// The host this door leads to (named in every error).
+    fn host(&self) -> &str;
+
+    async fn get_domain(&self, name: &str) -> Result<pb::Domain>;
+    async fn define(&self, spec: pb::DomainSpec) -> Result<pb::Domain>;
+    async fn power(&self, name: &str, action: Power) -> Result<pb::Domain>;
+    /// Removes a domain and the volumes it owns; a domain already gone is success.
+    async fn remove_domain(&self, name: &str) -> Result<Vec<String>>;
+    async fn display(&self, name: &str) -> Result<pb::DisplayInfo>;
+    async fn screenshot(&self, name: &str) -> Result<pb::Screenshot>;
+
+    async fn prepare_base(&self, name: &str) -> Result<pb::Base>;
+    async fn clone_base(&self, req: pb::CloneBaseRequest) -> Result<pb::Domain>;
+    async fn restore_clone(&self, name: &str) -> Result<pb::Domain>;
+    async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>>;
+    async fn export_base(&self, name: &str) -> Result<pb::BaseExport>;
+    async fn import_base(&self, definition_xml: String) -> Result<pb::Base>;
+    async fn export_domain(&self, name: &str) -> Result<pb::BaseExport>;
+    async fn import_domain(&self, definition_xml: String) -> Result<pb::Domain>;
+    async fn export_for_migration(&self, name: &str) -> Result<pb::BaseExport>;
+    async fn prepare_migration(&self, req: pb::ImportBaseRequest) -> Result<pb::MigrationTarget>;
+    /// Live migration to another host's libvirt; dropping the call aborts it.
+    async fn migrate(&self, req: pb::MigrateDomainRequest) -> Result<()>;
+    async fn finish_migration(&self, name: &str) -> Result<pb::Domain>;
+    /// Deletes a volume; one already gone is success.
+    async fn delete_volume(&self, name: &str) -> Result<()>;
+
+    async fn create_snapshot(&self, req: pb::CreateSnapshotRequest) -> Result<pb::Snapshot>;
+    async fn get_snapshot(&self, domain: &str, name: &str) -> Result<pb::Snapshot>;
+    async fn list_snapshots(
+        &self,
+        req: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse>;
+    async fn list_children(
+        &self,
+        req: pb::ListChildrenRequest,
+    ) -> Result<pb::ListSnapshotsResponse>;
+    async fn revert_snapshot(&self, req: pb::RevertSnapshotRequest) -> Result<pb::Snapshot>;
+    async fn delete_snapshot(&self, req: pb::DeleteSnapshotRequest) -> Result<Vec<String>>;
+
+    /// Exposes a port, waiting up to the request's `wait_seconds` for a booting guest.
+    async fn expose_port(&self, req: pb::ExposePortRequest) -> Result<pb::ExposedPort>;
+    /// Exposed ports of one domain, or all when `domain` is empty.
+    async fn list_ports(&self, domain: &str) -> Result<Vec<pb::ExposedPort>>;
+    async fn remove_port(&self, req: pb::RemovePortRequest) -> Result<pb::RemovePortResponse>;
+    async fn remove_all_ports(&self, domain: &str) -> Result<pb::RemovePortResponse>;
+    async fn restrict_display(&self, req: pb::RestrictDisplayRequest) -> Result<()>;
+
+    /// Has this agent send a volume to a peer; `progress` sees each report. Fails when no
+    /// report comes for `stall`; dropping the call cancels the transfer on both agents.
+    async fn send_volume(
+        &self,
+        req: pb::SendVolumeRequest,
+        stall: Duration,
+        progress: &(dyn for<'p> Fn(&'p pb::SyncProgress) + Send + Sync),
+    ) -> Result<pb::SyncProgress>;
+}
+
+/// A door to an agent over gRPC.
+#[derive(Clone)]
+pub struct GrpcDoor {
+    host: String,
+    client: AgentClient,
+}
+
+impl GrpcDoor {
+    pub fn open(host: &str, client: AgentClient) -> Arc<dyn AgentDoor> {
+        Arc::new(Self {
+            host: host.to_string(),
+            client,
+        })
+    }
+
+    fn err(&self, s: &tonic::Status) -> CoordError {
+        CoordError::from_agent(&self.host, s)
+    }
+
+    /// A call that must answer within `limit`.
+    async fn quick<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(r) => r.map(tonic::Response::into_inner).map_err(|s| self.err(&s)),
+            Err(_) => Err(CoordError::Unavailable(format!(
+                "host {} did not answer in time",
+                self.host
+            ))),
+        }
+    }
+
+    /// A long call (part of a cancellable operation).
+    async fn long<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        call.await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.err(&s))
+    }
+}
+
+fn dref(name: &str) -> pb::DomainRef {
+    pb::DomainRef { name: name.into() }
+}
+
+/// NotFound counts as done.
+fn absent_is_success<T: Default>(r: Result<T>) -> Result<T> {
+    match r {
+        Err(CoordError::Agent(tonic::Code::NotFound, _)) => Ok(T::default()),
+        other => other,
+    }
+}
+
+#[async_trait]
+impl AgentDoor for GrpcDoor {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn get_domain(&self, name: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.domains.get_domain(dref(name)))
+            .await
+    }
+
+    async fn define(&self, spec: pb::DomainSpec) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::DefineDomainRequest { spec: Some(spec) };
+        self.long(c.domains.define_domain(req)).await
+    }
+
+    async fn power(&self, name: &str, action: Power) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        match action {
+            Power::Start => self.long(c.domains.start_domain(dref(name))).await,
+            Power::Shutdown { timeout } => {
+                let req = pb::ShutdownDomainRequest {
+                    name: name.into(),
+                    timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+                };
+                self.long(c.domains.shutdown_domain(req)).await
+            }
+            Power::PowerOff => self.long(c.domains.power_off_domain(dref(name))).await,
+            Power::Hibernate => self.long(c.domains.hibernate_domain(dref(name))).await,
+        }
+    }
+
+    async fn remove_domain(&self, name: &str) -> Result<Vec<String>> {
+        let mut c = self.client.clone();
+        let req = pb::RemoveDomainRequest {
+            name: name.into(),
+            remove_volumes: true,
+        };
+        absent_is_success(
+            self.long(c.domains.remove_domain(req))
+                .await
+                .map(|r| r.removed_volumes),
+        )
+    }
+
+    async fn display(&self, name: &str) -> Result<pb::DisplayInfo> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.domains.get_display(dref(name)))
+            .await
+    }
+
+    async fn screenshot(&self, name: &str) -> Result<pb::Screenshot> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL * 3, c.domains.get_screenshot(dref(name)))
+            .await
+    }
+
+    async fn prepare_base(&self, name: &str) -> Result<pb::Base> {
+        let mut c = self.client.clone();
+        self.long(c.bases.prepare_base(dref(name))).await
+    }
+
+    async fn clone_base(&self, req: pb::CloneBaseRequest) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        self.long(c.bases.clone_base(req)).await
+    }
+
+    async fn restore_clone(&self, name: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        self.long(c.bases.restore_clone(dref(name))).await
+    }
+
+    async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.bases.list_clones(dref(base)))
+            .await
+            .map(|r| r.clones)
+    }
+
+    async fn export_base(&self, name: &str) -> Result<pb::BaseExport> {
+        let mut c = self.client.clone();
+        self.long(c.bases.export_base(dref(name))).await
+    }
+
+    async fn import_base(&self, definition_xml: String) -> Result<pb::Base> {
+        let mut c = self.client.clone();
+        let req = pb::ImportBaseRequest {
+            definition_xml,
+            layouts: Vec::new(),
+        };
+        self.long(c.bases.import_base(req)).await
+    }
+
+    async fn export_domain(&self, name: &str) -> Result<pb::BaseExport> {
+        let mut c = self.client.clone();
+        self.long(c.bases.export_domain(dref(name))).await
+    }
+
+    async fn import_domain(&self, definition_xml: String) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::ImportBaseRequest {
+            definition_xml,
+            layouts: Vec::new(),
+        };
+        self.long(c.bases.import_domain(req)).await
+    }
+
+    async fn export_for_migration(&self, name: &str) -> Result<pb::BaseExport> {
+        let mut c = self.client.clone();
+        self.long(c.bases.export_for_migration(dref(name))).await
+    }
+
+    async fn prepare_migration(&self, req: pb::ImportBaseRequest) -> Result<pb::MigrationTarget> {
+        let mut c = self.client.clone();
+        self.long(c.bases.prepare_migration(req)).await
+    }
+
+    async fn migrate(&self, req: pb::MigrateDomainRequest) -> Result<()> {
+        let mut c = self.client.clone();
+        self.long(c.bases.migrate_domain(req)).await.map(|_| ())
+    }
+
+    async fn finish_migration(&self, name: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        self.long(c.bases.finish_migration(dref(name))).await
+    }
+
+    async fn delete_volume(&self, name: &str) -> Result<()> {
+        let mut c = self.client.clone();
+        let req = pb::VolumeRef { name: name.into() };
+        absent_is_success(
+            self.quick(AGENT_QUICK_CALL, c.volumes.delete_volume(req))
+                .await
+                .map(|_| ()),
+        )
+    }
+
+    async fn create_snapshot(&self, req: pb::CreateSnapshotRequest) -> Result<pb::Snapshot> {
+        let mut c = self.client.clone();
+        self.long(c.snapshots.create_snapshot(req)).await
+    }
+
+    async fn get_snapshot(&self, domain: &str, name: &str) -> Result<pb::Snapshot> {
+        let mut c = self.client.clone();
+        let req = pb::SnapshotRef {
+            domain: domain.into(),
+            name: name.into(),
+        };
+        self.quick(AGENT_QUICK_CALL, c.snapshots.get_snapshot(req))
+            .await
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.snapshots.list_snapshots(req))
+            .await
+    }
+
+    async fn list_children(
+        &self,
+        req: pb::ListChildrenRequest,
+    ) -> Result<pb::ListSnapshotsResponse> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.snapshots.list_children(req))
+            .await
+    }
+
+    async fn revert_snapshot(&self, req: pb::RevertSnapshotRequest) -> Result<pb::Snapshot> {
+        let mut c = self.client.clone();
+        self.long(c.snapshots.revert_snapshot(req)).await
+    }
+
+    async fn delete_snapshot(&self, req: pb::DeleteSnapshotRequest) -> Result<Vec<String>> {
+        let mut c = self.client.clone();
+        self.long(c.snapshots.delete_snapshot(req))
+            .await
+            .map(|r| r.deleted)
+    }
+
+    async fn expose_port(&self, req: pb::ExposePortRequest) -> Result<pb::ExposedPort> {
+        let mut c = self.client.clone();
+        // The agent waits up to `wait_seconds` (60 by default) for a booting guest's address.
+        let wait = if req.wait_seconds == 0 {
+            60
+        } else {
+            req.wait_seconds
+        };
+        let limit = AGENT_QUICK_CALL + Duration::from_secs(u64::from(wait.min(600)));
+        self.quick(limit, c.ports.expose_port(req)).await
+    }
+
+    async fn list_ports(&self, domain: &str) -> Result<Vec<pb::ExposedPort>> {
+        let mut c = self.client.clone();
+        let req = pb::ListPortsRequest {
+            domain: domain.into(),
+        };
+        self.quick(AGENT_QUICK_CALL, c.ports.list_ports(req))
+            .await
+            .map(|r| r.ports)
+    }
+
+    async fn remove_port(&self, req: pb::RemovePortRequest) -> Result<pb::RemovePortResponse> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.ports.remove_port(req)).await
+    }
+
+    async fn remove_all_ports(&self, domain: &str) -> Result<pb::RemovePortResponse> {
+        let mut c = self.client.clone();
+        let req = pb::RemoveAllPortsRequest {
+            domain: domain.into(),
+        };
+        self.quick(AGENT_QUICK_CALL, c.ports.remove_all_ports(req))
+            .await
+    }
+
+    async fn restrict_display(&self, req: pb::RestrictDisplayRequest) -> Result<()> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.ports.restrict_display(req))
+            .await
+            .map(|_| ())
+    }
+
+    async fn send_volume(
+        &self,
+        req: pb::SendVolumeRequest,
+        stall: Duration,
+        progress: &(dyn for<'p> Fn(&'p pb::SyncProgress) + Send + Sync),
+    ) -> Result<pb::SyncProgress> {
+        let mut c = self.client.clone();
+        let volume = req.volume.clone();
+        let mut stream = self.long(c.sync.send_volume(req)).await?;
+        let mut last = None;
+        loop {
+            let next = tokio::time::timeout(stall, stream.message())
+                .await
+                .map_err(|_| {
+                    CoordError::Unavailable(format!(
+                        "host {} reported no progress sending {volume} for {:.1} s: the transfer was stopped",
+                        self.host,
+                        stall.as_secs_f64()
+                    ))
+                })?;
+            let Some(p) = next.map_err(|s| self.err(&s))? else {
+                break;
+            };
+            progress(&p);
+            if p.done {
+                last = Some(p);
+            }
+        }
+        last.ok_or_else(|| {
+            CoordError::Unavailable(format!(
+                "host {} ended the send of {volume} early",
+                self.host
+            ))
+        })
+    }
+}
