@@ -12,6 +12,10 @@ pub mod db;
 pub mod door;
 pub mod error;
 #[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod fleet_tests;
+#[cfg(test)]
 mod fuzz;
 pub mod hosts;
 pub mod migrate;

@@ -419,6 +419,15 @@ impl Coordinator {
                 CoordError::AlreadyExists(_) => crate::names::taken("VM or base", &req.name),
                 e => e,
             })?;
+        // Cancelled (or failed on the way) while the agent may still be making it: cleaned.
+        let unmade = Unmade {
+            db: Arc::clone(&self.db),
+            door: Arc::clone(&door),
+            name: req.name.clone(),
+            owner: owner.into(),
+            base: req.base.clone(),
+            armed: true,
+        };
         let what = if req.start {
             "clone and start"
         } else {
@@ -459,6 +468,7 @@ impl Coordinator {
                     let n = req.name.clone();
                     let _ = self.blocking(move |st| st.remove_vm(&n)).await;
                 }
+                unmade.keep();
                 return Err(e);
             }
         };
@@ -476,6 +486,7 @@ impl Coordinator {
         .await?;
         let v = vm.clone();
         self.blocking(move |s| s.put_vm(&v)).await?;
+        unmade.keep();
         Ok(serde_json::json!({ "vm": req.name, "host": host, "state": vm.observed_state }))
     }
 
@@ -699,5 +710,68 @@ impl Coordinator {
             .host
             .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
         self.hosts.door(&host)
+    }
+}
+
+/// A clone being made. Dropped armed (its operation was cancelled, or failed before the
+/// agent answered), it removes the domain the agent may still be making, once it shows up
+/// as this clone's (never another's), then the VM's record.
+struct Unmade {
+    db: Arc<Db>,
+    door: Arc<dyn crate::door::AgentDoor>,
+    name: String,
+    owner: String,
+    base: String,
+    armed: bool,
+}
+
+impl Unmade {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unmade {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (db, door) = (Arc::clone(&self.db), Arc::clone(&self.door));
+        let (name, owner, base) = (self.name.clone(), self.owner.clone(), self.base.clone());
+        rt.spawn(async move {
+            let mut absent = 0;
+            // About a minute in all: long enough for an agent's clone (well under a second)
+            // to show up or end.
+            for _ in 0..300 {
+                match door.get_domain(&name).await {
+                    Ok(d)
+                        if d.owner == owner
+                            && d.base == base
+                            && d.kind == pb::DomainKind::Clone as i32 =>
+                    {
+                        // Busy while the agent still makes it: tried again.
+                        if door.remove_domain(&name).await.is_ok() {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.code() == tonic::Code::NotFound => {
+                        // Not made, or not yet: a clone takes the agent well under this.
+                        absent += 1;
+                        if absent >= 25 {
+                            break;
+                        }
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let n = name.clone();
+            let _ = db.call(move |s| s.remove_vm(&n)).await;
+            tracing::info!(vm = %name, "an unfinished clone was cleaned away");
+        });
     }
 }

@@ -1,0 +1,249 @@
+//! The coordinator's logic over an in-process fake fleet ([`crate::fake`]): what only end
+//! to end tests could show before the door existed, in milliseconds.
+
+use std::time::Duration;
+
+use corral_client::proto as pb;
+
+use crate::fake::Kit;
+use crate::store::{OpRecord, OpState};
+
+fn clone_req(base: &str, name: &str, key: &str) -> pb::CloneVmRequest {
+    pb::CloneVmRequest {
+        base: base.into(),
+        name: name.into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+async fn vm_exists(kit: &Kit, name: &str) -> bool {
+    let n = name.to_string();
+    kit.coord
+        .db
+        .call(move |s| Ok(s.vm(&n).is_ok()))
+        .await
+        .unwrap()
+}
+
+/// Waits (the fleet cleans up in the background) until `ok` holds.
+async fn eventually(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    for _ in 0..300 {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} did not happen");
+}
+
+#[tokio::test]
+async fn a_clone_is_placed_made_and_recorded() {
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    let op = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "c1", ""))
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    assert!(kit.agent("h1").has_domain("c1"));
+    assert!(vm_exists(&kit, "c1").await);
+    assert_eq!(kit.coord.reservations.held(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_clone_leaves_no_record_and_releases_its_reservation() {
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    kit.agent("h1").fail("clone_base");
+    let op = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "c1", ""))
+        .await
+        .unwrap();
+    let ended = kit.end(&op.id).await;
+    assert_eq!(ended.state, OpState::Failed);
+    assert!(ended
+        .error
+        .unwrap_or_default()
+        .contains("clone_base failed"));
+    assert!(!vm_exists(&kit, "c1").await);
+    assert_eq!(kit.coord.reservations.held(), 0);
+}
+
+#[tokio::test]
+async fn an_idempotent_retry_and_a_cancel_release_the_reservation_and_clean_up() {
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    let h1 = kit.agent("h1");
+    h1.hold("clone_base");
+    let first = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "c1", "k1"))
+        .await
+        .unwrap();
+    eventually("the clone reaching the agent", async || {
+        kit.calls().iter().any(|c| c == "h1 clone_base c1")
+    })
+    .await;
+    assert_eq!(kit.coord.reservations.held(), 1);
+    let retry = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "c1", "k1"))
+        .await
+        .unwrap();
+    assert_eq!(retry.id, first.id);
+    assert_eq!(kit.coord.reservations.held(), 1, "the retry holds nothing");
+    kit.coord.ops.cancel(&first.id).await.unwrap();
+    assert_eq!(kit.end(&first.id).await.state, OpState::Cancelled);
+    assert_eq!(kit.coord.reservations.held(), 0);
+    // The agent finishes the clone it was asked for; the coordinator removes it, and the
+    // record, since its operation was cancelled.
+    h1.gate.notify_one();
+    eventually("the cancelled clone's removal", async || {
+        !h1.has_domain("c1") && !vm_exists(&kit, "c1").await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_live_move_that_fails_rolls_back() {
+    let kit = Kit::new(2).await;
+    kit.base("web", None, &["h1", "h2"]).await;
+    let op = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "c1", ""))
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    let source = kit
+        .coord
+        .vm_for(&kit.admin, "c1")
+        .await
+        .unwrap()
+        .host
+        .unwrap();
+    let target = if source == "h1" { "h2" } else { "h1" };
+    kit.agent(&source).fail("migrate");
+    let req = pb::MoveVmRequest {
+        name: "c1".into(),
+        host: target.into(),
+        live: true,
+        bandwidth_limit: 0,
+    };
+    let op = kit.coord.move_vm(&kit.admin, req).await.unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Failed);
+    let vm = kit.coord.vm_for(&kit.admin, "c1").await.unwrap();
+    assert_eq!(
+        vm.host.as_deref(),
+        Some(source.as_str()),
+        "the VM stays where it was"
+    );
+    // What the target prepared for the migration goes again.
+    let t = kit.agent(target);
+    eventually("the target's cleanup", async || t.volumes().is_empty()).await;
+    assert!(kit
+        .calls()
+        .iter()
+        .any(|c| c == &format!("{target} delete_volume c1-vda.qcow2")));
+}
+
+#[tokio::test]
+async fn ensure_base_copies_parents_first() {
+    let kit = Kit::new(2).await;
+    kit.base("root", None, &["h1"]).await;
+    kit.base("child", Some("root"), &["h1"]).await;
+    let req = pb::SyncBaseRequest {
+        base: "child".into(),
+        host: "h2".into(),
+        bandwidth_limit: 0,
+    };
+    let op = kit.coord.sync_base(&kit.admin, req).await.unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    let imports: Vec<String> = kit
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("h2 import_base"))
+        .collect();
+    assert_eq!(imports, ["h2 import_base root", "h2 import_base child"]);
+    let holders = kit.coord.db.call(|s| s.bases()).await.unwrap();
+    for (b, hosts) in holders {
+        assert_eq!(hosts, ["h1", "h2"], "{b}");
+    }
+}
+
+/// An operation left unfinished by a coordinator that stopped.
+async fn unfinished(kit: &Kit, kind: &str, vm: &str) -> OpRecord {
+    let op = OpRecord {
+        id: format!("op-{kind}-{vm}"),
+        kind: kind.into(),
+        vm: Some(vm.into()),
+        host: Some("h1".into()),
+        user: Some("alice".into()),
+        state: OpState::Queued,
+        idempotency_key: None,
+        request: serde_json::json!({}),
+        result: None,
+        error: None,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    let o = op.clone();
+    kit.coord
+        .db
+        .call(move |s| {
+            s.create_operation(&o)?;
+            s.set_operation_state(&o.id, OpState::Running, None, None)
+        })
+        .await
+        .unwrap();
+    op
+}
+
+#[tokio::test]
+async fn every_restart_resumer_cleans_what_was_half_made() {
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    let h1 = kit.agent("h1");
+    for (kind, vm) in [("clone", "c1"), ("create", "v1")] {
+        h1.put_domain(pb::Domain {
+            name: vm.into(),
+            ..Default::default()
+        });
+        let record = crate::store::VmRecord {
+            name: vm.into(),
+            owner: "alice".into(),
+            base: None,
+            host: Some("h1".into()),
+            desired_state: "shut-off".into(),
+            observed_state: "CREATING".into(),
+            spec: serde_json::json!({}),
+        };
+        kit.coord
+            .db
+            .call(move |s| s.insert_vm(&record))
+            .await
+            .unwrap();
+        unfinished(&kit, kind, vm).await;
+    }
+    let other = unfinished(&kit, "start", "c9").await;
+    let (resumed, failed) = kit.coord.ops.recover(&kit.coord.resumers()).await.unwrap();
+    assert_eq!(resumed.len(), 2, "{resumed:?}");
+    assert_eq!(failed, std::slice::from_ref(&other.id));
+    for (kind, vm) in [("clone", "c1"), ("create", "v1")] {
+        let ended = kit.end(&format!("op-{kind}-{vm}")).await;
+        assert_eq!(ended.state, OpState::Failed);
+        assert!(ended
+            .error
+            .unwrap_or_default()
+            .contains("was removed from h1"));
+        assert!(!h1.has_domain(vm), "{vm}");
+        assert!(!vm_exists(&kit, vm).await, "{vm}");
+    }
+    let stopped = kit.end(&other.id).await;
+    assert!(stopped
+        .error
+        .unwrap_or_default()
+        .contains("submitted again"));
+}
