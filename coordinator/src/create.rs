@@ -2,6 +2,7 @@
 //! base its clones come from (create, customise, shut down, prepare).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral_client::proto as pb;
 
@@ -52,19 +53,9 @@ impl Coordinator {
         }
         let size = size_of(&spec);
         let host = if req.host.is_empty() {
-            let (chosen, rejected, _) = self.place_sized(size, &owner).await?;
-            chosen.ok_or_else(|| {
-                let why: Vec<String> = rejected.iter().map(|(h, r)| format!("{h}: {r}")).collect();
-                CoordError::FailedPrecondition(format!(
-                    "no host can take {}: {}",
-                    spec.name,
-                    if why.is_empty() {
-                        "no hosts".to_string()
-                    } else {
-                        why.join("; ")
-                    }
-                ))
-            })?
+            self.place_sized(size, &owner)
+                .await?
+                .host_or_refusal(&spec.name)?
         } else {
             req.host.clone()
         };
@@ -173,6 +164,109 @@ impl Coordinator {
                 })
                 .await?;
                 Ok::<_, CoordError>(serde_json::json!({ "base": vm.name, "host": host }))
+            };
+            run.await.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// Defines a VM from a spec on a host and prepares it as a base (admin).
+    pub async fn create_base(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::CreateBaseRequest,
+    ) -> Result<OpRecord> {
+        caller.require_admin()?;
+        let spec = req
+            .spec
+            .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
+        corral_proto::rules::domain_spec(&spec)?;
+        check_name("host", &req.host)?;
+        // A base may be created on several hosts (the same template on each); a VM's name
+        // is never taken.
+        let n = spec.name.clone();
+        if self.blocking(move |s| s.name_taken(&n)).await? == Some("VM") {
+            return Err(crate::names::taken("VM", &spec.name));
+        }
+        // A host just added answers within a heartbeat or two.
+        self.hosts
+            .wait_up(&req.host, Duration::from_secs(10))
+            .await?;
+        let submit = Submit {
+            kind: "create-base".into(),
+            vm: Some(spec.name.clone()),
+            host: Some(req.host.clone()),
+            user: Some(caller.name().into()),
+            idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()),
+            request: serde_json::json!({ "base": spec.name, "host": req.host }),
+        };
+        let me = Arc::clone(self);
+        let host = req.host.clone();
+        let w = work(move |ctx| async move {
+            let run = async {
+                let door = me.hosts.door(&host)?;
+                let name = spec.name.clone();
+                let (vcpus, memory) = crate::create::size_of(&spec);
+                let size = serde_json::json!({ "vcpus": vcpus, "memory": memory });
+                ctx.progress("defining", Some(10.0), None, &format!("on host {host}"))
+                    .await?;
+                door.define(spec).await?;
+                ctx.progress("preparing", Some(40.0), None, "read-only base files")
+                    .await?;
+                door.prepare_base(&name).await?;
+                let (n, h) = (name.clone(), host.clone());
+                me.blocking(move |s| {
+                    s.put_base(&n, None, &size)?;
+                    s.set_base_host(&n, &h, true)
+                })
+                .await?;
+                Ok::<_, CoordError>(serde_json::json!({ "base": name, "host": host }))
+            };
+            run.await.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    pub async fn remove_base(self: &Arc<Self>, caller: &Caller, name: &str) -> Result<OpRecord> {
+        caller.require_admin()?;
+        check_name("base", name)?;
+        let n = name.to_string();
+        let (bases, vms) = self.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
+        let hosts = bases
+            .into_iter()
+            .find(|(b, _)| b == &n)
+            .map(|(_, h)| h)
+            .ok_or_else(|| CoordError::NotFound(format!("base {name} not found")))?;
+        let clones: Vec<String> = vms
+            .into_iter()
+            .filter(|v| v.base.as_deref() == Some(name))
+            .map(|v| v.name)
+            .collect();
+        if !clones.is_empty() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "base {name} has {} clone(s) ({}): remove them first",
+                clones.len(),
+                clones.join(", ")
+            )));
+        }
+        let submit = Submit {
+            kind: "remove-base".into(),
+            vm: Some(name.into()),
+            user: Some(caller.name().into()),
+            request: serde_json::json!({ "base": name }),
+            ..Default::default()
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            let run = async {
+                for h in &hosts {
+                    ctx.progress("removing", None, None, &format!("on host {h}"))
+                        .await?;
+                    me.hosts.door(h)?.remove_domain(&n).await?;
+                }
+                let n2 = n.clone();
+                me.blocking(move |s| s.remove_base(&n2)).await?;
+                Ok::<_, CoordError>(serde_json::json!({ "base": n }))
             };
             run.await.map_err(OpError::from)
         });

@@ -6,6 +6,7 @@
 //! [`api`] (gRPC services).
 pub mod api;
 pub mod auth;
+pub mod clones;
 pub mod config;
 pub mod create;
 pub mod db;
@@ -18,13 +19,16 @@ mod fleet_tests;
 #[cfg(test)]
 mod fuzz;
 pub mod hosts;
-pub mod migrate;
+pub mod lifecycle;
+pub mod moves;
 pub mod names;
 pub mod observed;
 pub mod operations;
 pub mod placement;
+pub mod placing;
 pub mod reservations;
 pub mod server;
 pub mod snapshots;
 pub mod store;
+pub mod transfers;
 pub mod vms;

@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::op_to_pb;
 use crate::auth::caller;
-use crate::vms::{Action, Coordinator};
+use crate::lifecycle::Action;
+use crate::vms::Coordinator;
 
 #[derive(Debug, Clone)]
 pub struct VmApi(pub Arc<Coordinator>);
@@ -122,10 +123,11 @@ impl VmService for VmApi {
         if !r.name.is_empty() {
             crate::vms::check_name("VM", &r.name)?;
         }
-        let ((chosen, rejected, _), _) = self.0.place(&r.base, who.name(), r.keep_together).await?;
+        let (placed, _) = self.0.place(&r.base, who.name(), r.keep_together).await?;
         Ok(Response::new(pb::PlacementExplanation {
-            chosen: chosen.unwrap_or_default(),
-            rejected: rejected
+            chosen: placed.host.unwrap_or_default(),
+            rejected: placed
+                .rejected
                 .into_iter()
                 .map(|(host, reason)| pb::HostRejection { host, reason })
                 .collect(),

@@ -1,0 +1,235 @@
+//! Clones of bases through the coordinator: checked, placed, reserved, copied to the chosen
+//! host when it lacks the base, made by the agent, recorded; a clone that does not finish
+//! leaves nothing behind.
+
+use std::sync::Arc;
+
+use corral_client::proto as pb;
+
+use crate::auth::Caller;
+use crate::db::Db;
+use crate::error::{CoordError, Result};
+use crate::hosts::state_name;
+use crate::operations::{OpCtx, OpError, Submit};
+use crate::store::{OpRecord, VmRecord};
+use crate::vms::{work, Coordinator};
+use std::time::Duration;
+
+impl Coordinator {
+    pub async fn clone_vm(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: pb::CloneVmRequest,
+    ) -> Result<OpRecord> {
+        // The agent's own rules, before anything is submitted.
+        corral_proto::rules::clone_base(&pb::CloneBaseRequest {
+            base: req.base.clone(),
+            name: req.name.clone(),
+            labels: req.labels.clone(),
+            owner: req.owner.clone(),
+            ..Default::default()
+        })?;
+        let owner = if req.owner.is_empty() || req.owner == caller.name() {
+            caller.name().to_string()
+        } else {
+            caller.require_admin()?;
+            self.user_exists(&req.owner).await?;
+            req.owner.clone()
+        };
+        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
+        if key.is_none() {
+            self.name_free(&req.name).await?;
+        }
+        let (placed, holders) = self.place(&req.base, &owner, req.keep_together).await?;
+        let host = placed.host_or_refusal(&format!("a clone of {}", req.base))?;
+        let size = placed.size;
+        let submit = Submit {
+            kind: "clone".into(),
+            vm: Some(req.name.clone()),
+            host: Some(host.clone()),
+            user: Some(owner.clone()),
+            idempotency_key: key,
+            request: serde_json::json!({
+                "base": req.base, "name": req.name, "start": req.start, "labels": req.labels, "owner": owner,
+            }),
+        };
+        let reserved = self.reserve(&host, size);
+        let me = Arc::clone(self);
+        let copy = !holders.contains(&host);
+        let (h2, req2) = (host.clone(), req.clone());
+        let w = work(move |ctx| async move {
+            // Placement chose a host without the base: copy it there first.
+            let copied = if copy {
+                me.ensure_base(&ctx, &req2.base, &h2, 0).await.map(|_| ())
+            } else {
+                Ok(())
+            };
+            let r = match copied {
+                Ok(()) => me.do_clone(&ctx, &h2, &req2, &owner).await,
+                Err(e) => Err(e),
+            };
+            drop(reserved);
+            r.map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    pub(crate) async fn do_clone(
+        &self,
+        ctx: &OpCtx,
+        host: &str,
+        req: &pb::CloneVmRequest,
+        owner: &str,
+    ) -> Result<serde_json::Value> {
+        let door = self.hosts.door(host)?;
+        // The VM is recorded before it is made, so that a crash leaves a trace to clean up.
+        let vm = VmRecord {
+            name: req.name.clone(),
+            owner: owner.into(),
+            base: Some(req.base.clone()),
+            host: Some(host.into()),
+            desired_state: "shut-off".into(),
+            observed_state: "CREATING".into(),
+            spec: serde_json::json!({ "labels": req.labels }),
+        };
+        let v = vm.clone();
+        self.blocking(move |s| s.insert_vm(&v))
+            .await
+            .map_err(|e| match e {
+                CoordError::AlreadyExists(_) => crate::names::taken("VM or base", &req.name),
+                e => e,
+            })?;
+        // Cancelled (or failed on the way) while the agent may still be making it: cleaned.
+        let unmade = Unmade {
+            db: Arc::clone(&self.db),
+            door: Arc::clone(&door),
+            name: req.name.clone(),
+            owner: owner.into(),
+            base: req.base.clone(),
+            armed: true,
+        };
+        let what = if req.start {
+            "clone and start"
+        } else {
+            "clone"
+        };
+        ctx.progress(
+            "cloning",
+            Some(10.0),
+            None,
+            &format!("{what} of {} on host {host}", req.base),
+        )
+        .await?;
+        // One agent call does both (the agent records the start time and state itself).
+        let made = door
+            .clone_base(pb::CloneBaseRequest {
+                base: req.base.clone(),
+                name: req.name.clone(),
+                labels: req.labels.clone(),
+                owner: owner.into(),
+                start: req.start,
+                ..Default::default()
+            })
+            .await;
+        let domain = match made {
+            Ok(d) => d,
+            Err(e) => {
+                // The agent removes what it made when the clone fails; a start failure leaves
+                // a defined, shut-off clone, which the agent reports by its state. The record
+                // stays only for a domain this clone made: a name taken on the host (another
+                // domain, a base) leaves no record, so nothing can later remove that domain.
+                let ours = e.code() != tonic::Code::AlreadyExists
+                    && door.get_domain(&req.name).await.is_ok_and(|d| {
+                        d.owner == owner
+                            && d.base == req.base
+                            && d.kind == pb::DomainKind::Clone as i32
+                    });
+                if !ours {
+                    let n = req.name.clone();
+                    let _ = self.blocking(move |st| st.remove_vm(&n)).await;
+                }
+                unmade.keep();
+                return Err(e);
+            }
+        };
+        let mut vm = vm;
+        vm.observed_state = state_name(domain.state);
+        if req.start {
+            vm.desired_state = "running".into();
+        }
+        ctx.progress(
+            if req.start { "running" } else { "defined" },
+            Some(90.0),
+            None,
+            "",
+        )
+        .await?;
+        let v = vm.clone();
+        self.blocking(move |s| s.put_vm(&v)).await?;
+        unmade.keep();
+        Ok(serde_json::json!({ "vm": req.name, "host": host, "state": vm.observed_state }))
+    }
+}
+
+/// A clone being made. Dropped armed (its operation was cancelled, or failed before the
+/// agent answered), it removes the domain the agent may still be making, once it shows up
+/// as this clone's (never another's), then the VM's record.
+struct Unmade {
+    db: Arc<Db>,
+    door: Arc<dyn crate::door::AgentDoor>,
+    name: String,
+    owner: String,
+    base: String,
+    armed: bool,
+}
+
+impl Unmade {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unmade {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (db, door) = (Arc::clone(&self.db), Arc::clone(&self.door));
+        let (name, owner, base) = (self.name.clone(), self.owner.clone(), self.base.clone());
+        rt.spawn(async move {
+            let mut absent = 0;
+            // About a minute in all: long enough for an agent's clone (well under a second)
+            // to show up or end.
+            for _ in 0..300 {
+                match door.get_domain(&name).await {
+                    Ok(d)
+                        if d.owner == owner
+                            && d.base == base
+                            && d.kind == pb::DomainKind::Clone as i32 =>
+                    {
+                        // Busy while the agent still makes it: tried again.
+                        if door.remove_domain(&name).await.is_ok() {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.code() == tonic::Code::NotFound => {
+                        // Not made, or not yet: a clone takes the agent well under this.
+                        absent += 1;
+                        if absent >= 25 {
+                            break;
+                        }
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let n = name.clone();
+            let _ = db.call(move |s| s.remove_vm(&n)).await;
+            tracing::info!(vm = %name, "an unfinished clone was cleaned away");
+        });
+    }
+}

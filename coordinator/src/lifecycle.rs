@@ -1,0 +1,147 @@
+//! A VM's life after it is made: power actions, restore and removal as operations, and the
+//! resumers that clean up what a coordinator stopped mid-way left half made.
+
+use std::sync::Arc;
+
+use crate::auth::Caller;
+use crate::door::Power;
+use crate::error::{CoordError, Result};
+use crate::hosts::state_name;
+use crate::operations::Resumer;
+use crate::operations::{OpCtx, OpError, Submit};
+use crate::store::{OpRecord, VmRecord};
+use crate::vms::{work, Coordinator};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A VM action that becomes an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Shutdown,
+    PowerOff,
+    Hibernate,
+    Restore,
+    Remove,
+}
+
+impl Action {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Shutdown => "shutdown",
+            Self::PowerOff => "poweroff",
+            Self::Hibernate => "hibernate",
+            Self::Restore => "restore",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+impl Coordinator {
+    pub async fn vm_action(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        action: Action,
+    ) -> Result<OpRecord> {
+        let vm = self.vm_for(caller, name).await?;
+        let host = vm
+            .host
+            .clone()
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {name} has no host")))?;
+        let submit = Submit {
+            kind: action.kind().into(),
+            vm: Some(vm.name.clone()),
+            host: Some(host.clone()),
+            user: Some(caller.name().into()),
+            idempotency_key: None,
+            request: serde_json::json!({ "vm": vm.name }),
+        };
+        let me = Arc::clone(self);
+        let w = work(move |ctx| async move {
+            me.do_action(&ctx, &host, vm, action)
+                .await
+                .map_err(OpError::from)
+        });
+        Ok(self.ops.submit(submit, w).await?)
+    }
+
+    pub(crate) async fn do_action(
+        &self,
+        ctx: &OpCtx,
+        host: &str,
+        mut vm: VmRecord,
+        action: Action,
+    ) -> Result<serde_json::Value> {
+        let door = self.hosts.door(host)?;
+        let name = vm.name.clone();
+        ctx.progress(action.kind(), Some(10.0), None, &format!("on host {host}"))
+            .await?;
+        let shutdown = Power::Shutdown {
+            timeout: Duration::from_secs(60),
+        };
+        let domain = match action {
+            Action::Start => Some(door.power(&name, Power::Start).await?),
+            Action::Shutdown => Some(door.power(&name, shutdown).await?),
+            Action::PowerOff => Some(door.power(&name, Power::PowerOff).await?),
+            Action::Hibernate => Some(door.power(&name, Power::Hibernate).await?),
+            Action::Restore => Some(door.restore_clone(&name).await?),
+            Action::Remove => {
+                door.remove_domain(&name).await?;
+                self.blocking(move |s| s.remove_vm(&name)).await?;
+                None
+            }
+        };
+        if let Some(d) = domain {
+            vm.observed_state = state_name(d.state);
+            vm.desired_state = match action {
+                Action::Start => "running",
+                Action::Hibernate => "hibernated",
+                _ => "shut-off",
+            }
+            .into();
+            let v = vm.clone();
+            self.blocking(move |s| s.put_vm(&v)).await?;
+        }
+        Ok(serde_json::json!({ "vm": vm.name, "state": vm.observed_state }))
+    }
+
+    /// After a restart: a clone or VM that was being made is cleaned away (the VM and its files),
+    /// then the operation ends failed with that reason. Other kinds end failed as they are.
+    pub fn resumers(self: &Arc<Self>) -> HashMap<String, Resumer> {
+        let me = Arc::clone(self);
+        let cleanup: Resumer = Arc::new(move |op: &OpRecord| {
+            let (me, vm, host) = (Arc::clone(&me), op.vm.clone()?, op.host.clone()?);
+            let kind = op.kind.clone();
+            Some(work(move |ctx| async move {
+                ctx.progress(
+                    "cleaning",
+                    None,
+                    None,
+                    &format!("removing the half-made {vm} from {host}"),
+                )
+                .await?;
+                let door = me.hosts.wait_up(&host, Duration::from_secs(30)).await;
+                if let Ok(door) = door {
+                    if let Err(e) = door.remove_domain(&vm).await {
+                        return Err(OpError::Failed(format!("cleanup: {e}")));
+                    }
+                } else {
+                    return Err(OpError::Failed(format!(
+                        "the coordinator restarted during the {kind} and host {host} is down: {vm} may be left there"
+                    )));
+                }
+                let v = vm.clone();
+                let _ = me.blocking(move |s| s.remove_vm(&v)).await;
+                Err(OpError::Failed(format!(
+                    "the coordinator restarted during the {kind}; the half-made {vm} was removed from {host}"
+                )))
+            }))
+        });
+        HashMap::from([
+            ("clone".to_string(), Arc::clone(&cleanup)),
+            ("create".to_string(), cleanup),
+        ])
+    }
+}

@@ -1,0 +1,198 @@
+//! Where a VM goes: placement glue over the pure `placement` module (the fleet's last
+//! heartbeats, the bases and where they are, the caller's VMs per host, reservations), and
+//! the reservation that holds capacity for the VM being made.
+
+use std::collections::HashMap;
+
+use crate::error::{CoordError, Result};
+use crate::placement;
+use crate::vms::Coordinator;
+
+/// A placement: the chosen host, every rejected host with its reason, and the VM's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    pub host: Option<String>,
+    /// (host, why not), rendered with names.
+    pub rejected: Vec<(String, String)>,
+    /// (vCPUs, bytes of memory).
+    pub size: (u32, u64),
+}
+
+impl Placed {
+    /// The chosen host, or the refusal that says why no host can take `what`.
+    pub fn host_or_refusal(&self, what: &str) -> Result<String> {
+        self.host.clone().ok_or_else(|| {
+            let why: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(h, r)| format!("{h}: {r}"))
+                .collect();
+            CoordError::FailedPrecondition(format!(
+                "no host can take {what}: {}",
+                if why.is_empty() {
+                    "no hosts".to_string()
+                } else {
+                    why.join("; ")
+                }
+            ))
+        })
+    }
+}
+
+impl Coordinator {
+    /// The size of a base's VMs, asked once from a host that has it.
+    pub(crate) async fn base_size(&self, base: &str, hosts: &[String]) -> Result<(u32, u64)> {
+        if let Some(s) = self
+            .base_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(base).copied())
+        {
+            return Ok(s);
+        }
+        let b = base.to_string();
+        let spec = self.blocking(move |s| s.base_spec(&b)).await?;
+        let size = match (spec["vcpus"].as_u64(), spec["memory"].as_u64()) {
+            (Some(v), Some(m)) => Some((u32::try_from(v).unwrap_or(u32::MAX), m)),
+            _ => None,
+        };
+        let size = match size {
+            Some(s) => s,
+            None => self.ask_base_size(base, hosts).await?,
+        };
+        if let Ok(mut cache) = self.base_sizes.lock() {
+            cache.insert(base.into(), size);
+        }
+        Ok(size)
+    }
+
+    /// Asks a host that has the base (for bases recorded without their size).
+    pub(crate) async fn ask_base_size(&self, base: &str, hosts: &[String]) -> Result<(u32, u64)> {
+        for h in hosts {
+            let Ok(door) = self.hosts.door(h) else {
+                continue;
+            };
+            if let Ok(d) = door.get_domain(base).await {
+                return Ok((d.vcpus, d.memory_mib << 20));
+            }
+        }
+        Err(CoordError::Unavailable(format!(
+            "no host holding base {base} answers"
+        )))
+    }
+
+    /// Where a clone of `base` goes: (chosen host, every rejected host with its reason, the
+    /// clone's size), and the hosts that hold the base now.
+    pub async fn place(
+        &self,
+        base: &str,
+        owner: &str,
+        keep_together: bool,
+    ) -> Result<(Placed, Vec<String>)> {
+        let (mine, bases) = self.fleet_of(owner).await?;
+        let holders = bases
+            .iter()
+            .find(|(b, _)| b == base)
+            .map(|(_, h)| h.clone())
+            .ok_or_else(|| CoordError::NotFound(format!("base {base} not found")))?;
+        let size = self.base_size(base, &holders).await?;
+        let placed = self.decide(mine, &bases, Some(base), size, keep_together)?;
+        Ok((placed, holders))
+    }
+
+    /// Where a VM of `size` (vCPUs, bytes) goes.
+    pub async fn place_sized(&self, size: (u32, u64), owner: &str) -> Result<Placed> {
+        let (mine, bases) = self.fleet_of(owner).await?;
+        self.decide(mine, &bases, None, size, false)
+    }
+
+    /// What placement reads from the store: `owner`'s VM count per host, and the bases.
+    pub(crate) async fn fleet_of(
+        &self,
+        owner: &str,
+    ) -> Result<(Vec<(String, u32)>, Vec<(String, Vec<String>)>)> {
+        let who = owner.to_string();
+        self.blocking(move |s| Ok((s.vm_counts_of(&who)?, s.bases()?)))
+            .await
+    }
+
+    /// Places on the hosts' last heartbeats plus reservations; on a host holding `base` when
+    /// given.
+    pub(crate) fn decide(
+        &self,
+        mine: Vec<(String, u32)>,
+        bases: &[(String, Vec<String>)],
+        base: Option<&str>,
+        size: (u32, u64),
+        keep_together: bool,
+    ) -> Result<Placed> {
+        let base_ids: HashMap<String, u32> = bases
+            .iter()
+            .enumerate()
+            .map(|(i, (b, _))| (b.clone(), i as u32))
+            .collect();
+        // Reservations every heartbeat has since covered are dropped.
+        let oldest_info = self
+            .hosts
+            .statuses()?
+            .iter()
+            .map(|(_, st, _)| st.info_ms)
+            .min()
+            .unwrap_or(0);
+        let pending = self.reservations.counted(oldest_info)?;
+        // Placement sees only the requesting user's VMs (user 0): all keep-together needs.
+        let user = 0;
+        let mine: HashMap<String, u32> = mine.into_iter().collect();
+        let (views, names) = self.hosts.views(&mine, user, bases, &base_ids, &pending)?;
+        // Hosts without the base can take the clone when a host of their class holding it is
+        // up; the copy costs score in proportion to the base's size.
+        let copy = base
+            .and_then(|b| base_ids.get(b).map(|id| (b, id)))
+            .map(|(b, id)| {
+                let classes: std::collections::HashSet<String> = views
+                    .iter()
+                    .filter(|v| v.up && v.bases.contains(id))
+                    .map(|v| v.class.clone())
+                    .collect();
+                let bytes = self
+                    .base_bytes
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(b).copied())
+                    .unwrap_or(self.policy.copy_scale);
+                placement::Copy {
+                    classes,
+                    penalty: self.policy.copy_penalty(bytes),
+                }
+            });
+        let req = placement::Request {
+            copy: copy.filter(|c| !c.classes.is_empty()),
+            base: base.and_then(|b| base_ids.get(b).copied()),
+            vcpus: size.0,
+            memory: size.1,
+            disk: 0,
+            user,
+            keep_together,
+        };
+        let d = placement::place(&views, &req, &self.policy, true);
+        let name = |id: u32| names.get(id as usize).cloned().unwrap_or_default();
+        let rejected = d
+            .rejected
+            .iter()
+            .map(|(id, why)| {
+                let base_name = |b: u32| bases.get(b as usize).map(|(n, _)| n.clone());
+                (name(*id), why.render(base_name))
+            })
+            .collect();
+        Ok(Placed {
+            host: d.chosen.map(name),
+            rejected,
+            size,
+        })
+    }
+
+    /// Promises `size` on `host` to a VM being made, until the guard is dropped.
+    pub(crate) fn reserve(&self, host: &str, size: (u32, u64)) -> crate::reservations::Reserved {
+        self.reservations.reserve(host, size)
+    }
+}
