@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use corral_proto::v1 as pb;
 
 use crate::agent::{now_unix, Agent};
+use crate::convert::{role_from_pb, role_to_pb};
+use crate::domain_xml::Kind;
 use crate::domain_xml::{BaseFile, CorralMeta, DomainXml, MetaDisk, MetaLabel, PreparedBase};
 use crate::domains::{
-    disk_xml, is_base_role, random_mac, random_password, role_from_pb, role_to_pb, target_name,
-    ROLE_DATA, ROLE_SWAP,
+    disk_xml, is_base_role, random_mac, random_password, target_name, ROLE_DATA, ROLE_SWAP,
 };
 use crate::error::{AgentError, Result};
 use crate::hypervisor::DomState;
@@ -67,7 +68,7 @@ impl Drop for Undo {
 fn meta_of(xml: &DomainXml) -> CorralMeta {
     xml.meta()
         .cloned()
-        .unwrap_or_else(|| CorralMeta::new("plain"))
+        .unwrap_or_else(|| CorralMeta::new(Kind::Plain))
 }
 
 fn disk_path(xml: &DomainXml, target: &str) -> Option<PathBuf> {
@@ -92,7 +93,7 @@ impl Agent {
                 continue;
             };
             if let Some(m) = xml.meta() {
-                if m.kind == "clone" && m.base.as_deref() == Some(base) {
+                if m.kind == Kind::Clone && m.base.as_deref() == Some(base) {
                     out.push(name);
                 }
             }
@@ -132,9 +133,9 @@ impl Agent {
             )));
         }
         let mut meta = meta_of(&xml);
-        if meta.kind == "clone" {
+        if meta.kind == Kind::Clone {
             // A clone becomes a base of its own; its parent is remembered.
-            meta.kind = "plain".into();
+            meta.kind = Kind::Plain;
         }
         let volumes = self.volumes_of(&xml);
         if volumes.is_empty() {
@@ -204,7 +205,7 @@ impl Agent {
                 size,
             });
         }
-        meta.kind = "base".into();
+        meta.kind = Kind::Base;
         meta.locked = true;
         meta.prepared = Some(PreparedBase {
             at_unix: now_unix(),
@@ -223,8 +224,8 @@ impl Agent {
     pub fn base(&self, name: &str) -> Result<pb::Base> {
         let xml = self.read_definition(name)?;
         let meta = meta_of(&xml);
-        let prepared = match (&meta.kind[..], &meta.prepared) {
-            ("base", Some(p)) => p.clone(),
+        let prepared = match (meta.kind, &meta.prepared) {
+            (Kind::Base, Some(p)) => p.clone(),
             _ => {
                 return Err(AgentError::not_found(format!(
                     "domain {name:?} is not a base"
@@ -253,7 +254,7 @@ impl Agent {
     pub fn export_base(&self, name: &str) -> Result<pb::BaseExport> {
         let xml = self.read_definition(name)?;
         let meta = meta_of(&xml);
-        let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == "base") else {
+        let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == Kind::Base) else {
             return Err(AgentError::not_found(format!(
                 "domain {name:?} is not a base"
             )));
@@ -273,7 +274,7 @@ impl Agent {
         let name = def.name.clone();
         validate::name("domain", &name)?;
         let meta = meta_of(&def);
-        let Some(prepared) = meta.prepared.clone().filter(|_| meta.kind == "base") else {
+        let Some(prepared) = meta.prepared.clone().filter(|_| meta.kind == Kind::Base) else {
             return Err(AgentError::invalid(format!(
                 "the definition of {name:?} is not a prepared base"
             )));
@@ -324,7 +325,7 @@ impl Agent {
     /// The definition and volumes of a shut-off domain that moves to another host.
     pub fn export_domain(&self, name: &str) -> Result<pb::BaseExport> {
         let xml = self.read_definition(name)?;
-        if meta_of(&xml).kind == "base" {
+        if meta_of(&xml).kind == Kind::Base {
             return self.export_base(name);
         }
         let state = self.hv.state(name)?;
@@ -357,7 +358,7 @@ impl Agent {
         let mut def = DomainXml::parse_given(definition)?;
         let name = def.name.clone();
         validate::name("domain", &name)?;
-        if meta_of(&def).kind == "base" {
+        if meta_of(&def).kind == Kind::Base {
             self.import_base(definition)?;
             return self.view(&name);
         }
@@ -428,7 +429,7 @@ impl Agent {
         let _busy = self.busy(name)?;
         let xml = self.read_definition(name)?;
         let mut meta = meta_of(&xml);
-        let Some(prepared) = meta.prepared.take().filter(|_| meta.kind == "base") else {
+        let Some(prepared) = meta.prepared.take().filter(|_| meta.kind == Kind::Base) else {
             return Err(AgentError::not_found(format!(
                 "domain {name:?} is not a base"
             )));
@@ -441,7 +442,7 @@ impl Agent {
                 clones.join(", ")
             )));
         }
-        meta.kind = "plain".into();
+        meta.kind = Kind::Plain;
         meta.locked = false;
         self.write_meta(name, &meta)?;
         for f in prepared.files.iter().filter(|f| !f.file.is_empty()) {
@@ -473,7 +474,7 @@ impl Agent {
         let Some(prepared) = base_meta
             .prepared
             .clone()
-            .filter(|_| base_meta.kind == "base")
+            .filter(|_| base_meta.kind == Kind::Base)
         else {
             return Err(AgentError::precondition(format!(
                 "domain {:?} is not a base: prepare it first",
@@ -511,7 +512,7 @@ impl Agent {
                 &format!("corral.hostname={}", req.name),
             );
         }
-        let mut meta = CorralMeta::new("clone");
+        let mut meta = CorralMeta::new(Kind::Clone);
         meta.base = Some(req.base.clone());
         meta.owner = (!req.owner.is_empty())
             .then(|| req.owner.clone())
@@ -590,8 +591,8 @@ impl Agent {
     ) -> Result<(DomainXml, CorralMeta, PreparedBase)> {
         let xml = self.read_definition(name)?;
         let meta = meta_of(&xml);
-        let base = match (&meta.kind[..], &meta.base) {
-            ("clone", Some(b)) => b.clone(),
+        let base = match (meta.kind, &meta.base) {
+            (Kind::Clone, Some(b)) => b.clone(),
             _ => {
                 return Err(AgentError::precondition(format!(
                     "cannot {action} domain {name:?}: it is not a clone"
@@ -660,7 +661,7 @@ impl Agent {
             crate::fsx::rename(&tmp, &path)?;
             undo.disarm();
         }
-        meta.kind = "plain".into();
+        meta.kind = Kind::Plain;
         meta.base = None;
         self.write_meta(name, &meta)?;
         tracing::info!(domain = %name, "spun off");

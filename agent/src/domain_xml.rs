@@ -243,9 +243,8 @@ pub struct CorralMeta {
         skip_serializing_if = "Option::is_none"
     )]
     pub xmlns: Option<String>,
-    /// `plain`, `base` or `clone`.
     #[serde(rename = "@kind")]
-    pub kind: String,
+    pub kind: Kind,
     /// A clone's base, or the base a base was cloned from.
     #[serde(rename = "@base", default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
@@ -265,11 +264,24 @@ pub struct CorralMeta {
     pub prepared: Option<PreparedBase>,
 }
 
+/// What a domain is to Corral (stored as `plain`, `base` or `clone` in its metadata).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Defined by Corral from a spec (or not by Corral at all).
+    #[default]
+    Plain,
+    /// Prepared: read-only base files, locked.
+    Base,
+    /// A copy-on-write clone of a base.
+    Clone,
+}
+
 impl CorralMeta {
-    pub fn new(kind: &str) -> Self {
+    pub fn new(kind: Kind) -> Self {
         Self {
             xmlns: Some(NAMESPACE.into()),
-            kind: kind.into(),
+            kind,
             ..Self::default()
         }
     }
@@ -362,7 +374,7 @@ impl DomainXml {
         self.metadata
             .get_or_insert_with(Metadata::default)
             .corral
-            .get_or_insert_with(|| CorralMeta::new("plain"))
+            .get_or_insert_with(|| CorralMeta::new(Kind::Plain))
     }
 }
 
@@ -371,7 +383,7 @@ mod tests {
     use super::*;
 
     fn sample() -> DomainXml {
-        let mut meta = CorralMeta::new("clone");
+        let mut meta = CorralMeta::new(Kind::Clone);
         meta.base = Some("base1".into());
         meta.disks.push(MetaDisk {
             target: "vda".into(),
@@ -502,7 +514,7 @@ mod tests {
         assert_eq!(d.vcpu.count, 2);
         let meta = d.meta().unwrap();
         assert!(meta.locked);
-        assert_eq!(meta.kind, "base");
+        assert_eq!(meta.kind, Kind::Base);
         assert_eq!(meta.prepared.as_ref().unwrap().files[0].file, "b.qcow2");
         assert_eq!(d.devices.graphics[0].port, Some(5901));
         assert_eq!(d.devices.videos[0].model.kind, "qxl");

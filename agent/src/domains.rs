@@ -8,6 +8,8 @@ use corral_proto::v1 as pb;
 use rand::Rng;
 
 use crate::agent::{now_unix, Agent};
+use crate::convert::{display_type, role_from_pb, role_to_pb, state_to_pb};
+use crate::domain_xml::Kind;
 use crate::domain_xml::{
     CharDev, CorralMeta, Disk, DiskDriver, DiskSource, DiskTarget, DomainXml, Empty, Features,
     Graphics, Interface, MacAddress, MetaDisk, MetaLabel, Metadata, NetSource, Os, OsType,
@@ -28,41 +30,6 @@ pub const ROLE_DATA: &str = "data";
 /// Roles that come from a base and are reset by a restore.
 pub fn is_base_role(role: &str) -> bool {
     matches!(role, ROLE_SYSTEM | ROLE_TMP | ROLE_SWAP)
-}
-
-/// Reads a protobuf role; unspecified means `system`, unknown values are refused.
-pub fn role_from_pb(value: i32) -> Result<&'static str> {
-    match pb::VolumeRole::try_from(value) {
-        Ok(pb::VolumeRole::Unspecified | pb::VolumeRole::System) => Ok(ROLE_SYSTEM),
-        Ok(pb::VolumeRole::Tmp) => Ok(ROLE_TMP),
-        Ok(pb::VolumeRole::Swap) => Ok(ROLE_SWAP),
-        Ok(pb::VolumeRole::Data) => Ok(ROLE_DATA),
-        Err(_) => Err(AgentError::invalid(format!(
-            "unknown volume role {value}: use system, tmp, swap or data"
-        ))),
-    }
-}
-
-pub fn role_to_pb(role: &str) -> pb::VolumeRole {
-    match role {
-        ROLE_TMP => pb::VolumeRole::Tmp,
-        ROLE_SWAP => pb::VolumeRole::Swap,
-        ROLE_DATA => pb::VolumeRole::Data,
-        _ => pb::VolumeRole::System,
-    }
-}
-
-pub fn state_to_pb(s: DomState) -> pb::DomainState {
-    match s {
-        DomState::Running => pb::DomainState::Running,
-        DomState::Paused => pb::DomainState::Paused,
-        DomState::ShutOff => pb::DomainState::ShutOff,
-        DomState::Hibernated => pb::DomainState::Hibernated,
-        DomState::Crashed => pb::DomainState::Crashed,
-        DomState::ShuttingDown => pb::DomainState::ShuttingDown,
-        DomState::Blocked => pb::DomainState::Blocked,
-        DomState::PmSuspended => pb::DomainState::PmSuspended,
-    }
 }
 
 /// A random locally administered MAC in QEMU's 52:54:00 range.
@@ -180,7 +147,7 @@ impl Agent {
             return Ok(x);
         }
         let xml = DomainXml::parse(&self.hv.xml(name, true, true)?)?;
-        if xml.meta().is_some_and(|m| m.kind == "base") {
+        if xml.meta().is_some_and(|m| m.kind == Kind::Base) {
             self.cache_definition(name, &xml);
         }
         Ok(xml)
@@ -281,7 +248,7 @@ impl Agent {
             )));
         }
 
-        let mut meta = CorralMeta::new("plain");
+        let mut meta = CorralMeta::new(Kind::Plain);
         meta.owner = (!spec.owner.is_empty()).then(|| spec.owner.clone());
         meta.created_unix = now_unix();
         let mut labels: Vec<_> = spec.labels.iter().collect();
@@ -410,7 +377,7 @@ impl Agent {
         let meta = xml
             .meta()
             .cloned()
-            .unwrap_or_else(|| CorralMeta::new("plain"));
+            .unwrap_or_else(|| CorralMeta::new(Kind::Plain));
         let addresses: HashMap<String, Vec<String>> = if state.is_active() {
             let mut m: HashMap<String, Vec<String>> = HashMap::new();
             for (mac, ip) in self.hv.addresses(name).unwrap_or_default() {
@@ -475,11 +442,7 @@ impl Agent {
             },
             restricted_to: self.display_restriction(name).unwrap_or_default(),
         });
-        let kind = match meta.kind.as_str() {
-            "base" => pb::DomainKind::Base,
-            "clone" => pb::DomainKind::Clone,
-            _ => pb::DomainKind::Plain,
-        };
+        let kind = pb::DomainKind::from(meta.kind);
         Ok(pb::Domain {
             name: xml.name.clone(),
             uuid: xml.uuid.clone().unwrap_or_default(),
@@ -697,8 +660,8 @@ impl Agent {
         let meta = xml
             .meta()
             .cloned()
-            .unwrap_or_else(|| CorralMeta::new("plain"));
-        if meta.kind == "base" {
+            .unwrap_or_else(|| CorralMeta::new(Kind::Plain));
+        if meta.kind == Kind::Base {
             let clones = self.clones_of(name)?;
             if !clones.is_empty() {
                 return Err(AgentError::precondition(format!(
@@ -718,7 +681,7 @@ impl Agent {
         // The definition is gone: what other domains and bases still claim is kept.
         let claims = self.claims()?;
         let mut removed = Vec::new();
-        if let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == "base") {
+        if let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == Kind::Base) {
             for f in prepared.files.iter().filter(|f| !f.file.is_empty()) {
                 let Ok(p) = self.storage.path(&f.file) else {
                     continue;
@@ -781,14 +744,6 @@ impl Agent {
             }
         }
         Ok(removed)
-    }
-}
-
-pub fn display_type(kind: &str) -> pb::DisplayType {
-    match kind {
-        "spice" => pb::DisplayType::Spice,
-        "vnc" => pb::DisplayType::Vnc,
-        _ => pb::DisplayType::Unspecified,
     }
 }
 

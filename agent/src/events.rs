@@ -21,39 +21,82 @@ use crate::error::{AgentError, Result};
 pub struct RawEvent {
     pub domain: String,
     pub uuid: String,
-    /// libvirt's `virDomainEventType` (DEFINED = 0 ... CRASHED = 8).
+    /// libvirt's `virDomainEventType`; see [`RawEvent::lifecycle`].
     pub event: i32,
     pub detail: i32,
     pub at_unix_ms: i64,
 }
 
+/// libvirt's lifecycle event types (`virDomainEventType`, from `virt::sys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Defined,
+    Undefined,
+    Started,
+    Suspended,
+    Resumed,
+    Stopped,
+    Shutdown,
+    PmSuspended,
+    Crashed,
+    /// A type this agent does not know (a newer libvirt).
+    Other,
+}
+
+impl Lifecycle {
+    pub fn from_raw(event: i32) -> Self {
+        match u32::try_from(event).unwrap_or(u32::MAX) {
+            sys::VIR_DOMAIN_EVENT_DEFINED => Self::Defined,
+            sys::VIR_DOMAIN_EVENT_UNDEFINED => Self::Undefined,
+            sys::VIR_DOMAIN_EVENT_STARTED => Self::Started,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED => Self::Suspended,
+            sys::VIR_DOMAIN_EVENT_RESUMED => Self::Resumed,
+            sys::VIR_DOMAIN_EVENT_STOPPED => Self::Stopped,
+            sys::VIR_DOMAIN_EVENT_SHUTDOWN => Self::Shutdown,
+            sys::VIR_DOMAIN_EVENT_PMSUSPENDED => Self::PmSuspended,
+            sys::VIR_DOMAIN_EVENT_CRASHED => Self::Crashed,
+            _ => Self::Other,
+        }
+    }
+}
+
 impl RawEvent {
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle::from_raw(self.event)
+    }
+
+    /// libvirt's detail code (its meaning depends on the event type).
+    pub fn detail(&self) -> u32 {
+        u32::try_from(self.detail).unwrap_or(u32::MAX)
+    }
+
     /// A short text for libvirt's detail code.
     pub fn detail_text(&self) -> &'static str {
-        match (self.event, self.detail) {
-            (0, 0) => "added",
-            (0, 1) => "updated",
-            (1, _) => "removed",
-            (2, 0) => "booted",
-            (2, 1) => "migrated",
-            (2, 2) => "restored",
-            (2, 3) => "from snapshot",
-            (2, 4) => "wakeup",
-            (3, 0) => "paused",
-            (3, 4) => "paused for save",
-            (3, 5) => "paused for snapshot",
-            (4, 0) => "unpaused",
-            (4, 2) => "from snapshot",
-            (5, 0) => "shutdown",
-            (5, 1) => "destroyed",
-            (5, 2) => "crashed",
-            (5, 3) => "migrated",
-            (5, 4) => "saved",
-            (5, 5) => "failed",
-            (5, 6) => "from snapshot",
-            (6, _) => "guest shutdown",
-            (7, _) => "pm suspended",
-            (8, _) => "crashed",
+        use Lifecycle as L;
+        match (self.lifecycle(), self.detail()) {
+            (L::Defined, sys::VIR_DOMAIN_EVENT_DEFINED_ADDED) => "added",
+            (L::Defined, sys::VIR_DOMAIN_EVENT_DEFINED_UPDATED) => "updated",
+            (L::Undefined, _) => "removed",
+            (L::Started, sys::VIR_DOMAIN_EVENT_STARTED_BOOTED) => "booted",
+            (L::Started, sys::VIR_DOMAIN_EVENT_STARTED_MIGRATED) => "migrated",
+            (L::Started, sys::VIR_DOMAIN_EVENT_STARTED_RESTORED) => "restored",
+            (L::Started, sys::VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT) => "from snapshot",
+            (L::Started, sys::VIR_DOMAIN_EVENT_STARTED_WAKEUP) => "wakeup",
+            (L::Suspended, sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED) => "paused",
+            (L::Suspended, sys::VIR_DOMAIN_EVENT_SUSPENDED_RESTORED) => "paused for save",
+            (L::Suspended, sys::VIR_DOMAIN_EVENT_SUSPENDED_FROM_SNAPSHOT) => "paused for snapshot",
+            (L::Resumed, sys::VIR_DOMAIN_EVENT_RESUMED_UNPAUSED) => "unpaused",
+            (L::Resumed, sys::VIR_DOMAIN_EVENT_RESUMED_FROM_SNAPSHOT) => "from snapshot",
+            (L::Stopped, sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN) => "shutdown",
+            (L::Stopped, sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED) => "destroyed",
+            (L::Stopped, sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED) => "crashed",
+            (L::Stopped, sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED) => "migrated",
+            (L::Stopped, sys::VIR_DOMAIN_EVENT_STOPPED_SAVED) => "saved",
+            (L::Stopped, sys::VIR_DOMAIN_EVENT_STOPPED_FAILED) => "failed",
+            (L::Stopped, sys::VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT) => "from snapshot",
+            (L::Shutdown, _) => "guest shutdown",
+            (L::PmSuspended, _) => "pm suspended",
+            (L::Crashed, _) => "crashed",
             _ => "",
         }
     }

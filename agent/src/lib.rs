@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod bases;
 pub mod config;
+pub mod convert;
 pub mod domain_xml;
 pub mod domains;
 pub mod error;

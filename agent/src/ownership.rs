@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::agent::Agent;
+use crate::domain_xml::Kind;
 use crate::error::{AgentError, Result};
 
 /// What is about to happen to a volume.
@@ -93,7 +94,7 @@ impl Agent {
                 }
             }
             if let Some(p) = xml.meta().and_then(|m| m.prepared.as_ref()) {
-                if xml.meta().is_some_and(|m| m.kind == "base") {
+                if xml.meta().is_some_and(|m| m.kind == Kind::Base) {
                     for f in p.files.iter().filter(|f| !f.file.is_empty()) {
                         if let Ok(path) = self.storage.path(&f.file) {
                             c.base_files.insert(path, name.clone());

@@ -13,6 +13,7 @@ use corral_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{lock_err, Agent};
+use crate::domain_xml::Kind;
 use crate::error::{AgentError, Result};
 use crate::firewall::Rule;
 use crate::storage::write_atomic;
@@ -192,7 +193,7 @@ impl Agent {
         if self
             .read_definition(&req.domain)?
             .meta()
-            .is_some_and(|m| m.kind == "base")
+            .is_some_and(|m| m.kind == Kind::Base)
         {
             return Err(AgentError::precondition(format!(
                 "domain {:?} is a base and bases never run: expose ports on its clones",

@@ -12,6 +12,7 @@ use crate::agent::{now_unix, Agent};
 use crate::api;
 use crate::config::{Config, FirewallKind};
 use crate::error::{AgentError, Result};
+use crate::events::Lifecycle;
 use crate::firewall::{Firewall, Iptables, NoFirewall};
 use crate::hypervisor::Libvirt;
 use crate::images::QemuImg;
@@ -77,12 +78,12 @@ fn spawn_event_reactor(agent: &Arc<Agent>) {
             tracing::debug!("libvirt event");
             let name = e.domain.clone();
             // DEFINED or UNDEFINED: whatever changed it, a cached definition is stale.
-            if e.event == 0 || e.event == 1 {
+            let lifecycle = e.lifecycle();
+            if matches!(lifecycle, Lifecycle::Defined | Lifecycle::Undefined) {
                 agent.forget_definition(&name);
             }
-            match e.event {
-                // STARTED
-                2 => {
+            match lifecycle {
+                Lifecycle::Started => {
                     agent.note_started(&name, Some(now_unix()));
                     let a = Arc::clone(&agent);
                     tokio::spawn(async move {
@@ -97,13 +98,11 @@ fn spawn_event_reactor(agent: &Arc<Agent>) {
                         }
                     });
                 }
-                // STOPPED, CRASHED
-                5 | 8 => {
+                Lifecycle::Stopped | Lifecycle::Crashed => {
                     agent.note_started(&name, None);
                     let _ = agent.blocking(|a| a.apply_ports()).await;
                 }
-                // UNDEFINED
-                1 => {
+                Lifecycle::Undefined => {
                     let _ = agent.blocking(move |a| a.forget_ports(&name)).await;
                 }
                 _ => {}

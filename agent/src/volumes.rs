@@ -5,21 +5,11 @@ use std::path::Path;
 use corral_proto::v1 as pb;
 
 use crate::agent::Agent;
+use crate::convert::format_from_pb;
 use crate::error::{AgentError, Result};
 use crate::images::Format;
 use crate::ownership::{Actor, Change};
 use crate::validate;
-
-fn format_from_pb(v: i32) -> Result<Option<Format>> {
-    match pb::VolumeFormat::try_from(v) {
-        Ok(pb::VolumeFormat::Unspecified) => Ok(None),
-        Ok(pb::VolumeFormat::Qcow2) => Ok(Some(Format::Qcow2)),
-        Ok(pb::VolumeFormat::Raw) => Ok(Some(Format::Raw)),
-        Err(_) => Err(AgentError::invalid(format!(
-            "unknown volume format {v}: use qcow2 or raw"
-        ))),
-    }
-}
 
 impl Agent {
     pub fn volume_info(&self, name: &str) -> Result<pb::VolumeInfo> {

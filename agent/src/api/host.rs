@@ -15,25 +15,26 @@ pub struct HostApi(pub Arc<Agent>);
 
 /// Maps a libvirt lifecycle event to Corral's event.
 pub fn event_to_pb(e: &RawEvent) -> pb::DomainEvent {
+    use crate::events::Lifecycle as L;
     use pb::DomainEventKind as K;
     use pb::DomainState as S;
-    let kind = match e.event {
-        0 => K::Defined,
-        1 => K::Undefined,
-        2 => K::Started,
-        3 => K::Suspended,
-        4 => K::Resumed,
-        5 => K::Stopped,
-        6 => K::Shutdown,
-        7 => K::Pmsuspended,
-        8 => K::Crashed,
-        _ => K::Unspecified,
+    let kind = match e.lifecycle() {
+        L::Defined => K::Defined,
+        L::Undefined => K::Undefined,
+        L::Started => K::Started,
+        L::Suspended => K::Suspended,
+        L::Resumed => K::Resumed,
+        L::Stopped => K::Stopped,
+        L::Shutdown => K::Shutdown,
+        L::PmSuspended => K::Pmsuspended,
+        L::Crashed => K::Crashed,
+        L::Other => K::Unspecified,
     };
-    let state = match (kind, e.detail) {
+    let state = match (kind, e.detail()) {
         (K::Started | K::Resumed, _) => S::Running,
         (K::Suspended, _) => S::Paused,
-        (K::Stopped, 4) => S::Hibernated,
-        (K::Stopped, 2) | (K::Crashed, _) => S::Crashed,
+        (K::Stopped, virt::sys::VIR_DOMAIN_EVENT_STOPPED_SAVED) => S::Hibernated,
+        (K::Stopped, virt::sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED) | (K::Crashed, _) => S::Crashed,
         (K::Stopped, _) => S::ShutOff,
         (K::Shutdown, _) => S::ShuttingDown,
         (K::Pmsuspended, _) => S::PmSuspended,
