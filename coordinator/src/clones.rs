@@ -9,8 +9,8 @@ use corral_client::proto as pb;
 use crate::auth::Caller;
 use crate::db::Db;
 use crate::error::{CoordError, Result};
-use crate::hosts::state_name;
 use crate::operations::{OpCtx, OpError, Submit};
+use crate::states::{Desired, Observed};
 use crate::store::{OpRecord, VmRecord};
 use crate::vms::{work, Coordinator};
 use std::time::Duration;
@@ -88,8 +88,8 @@ impl Coordinator {
             owner: owner.into(),
             base: Some(req.base.clone()),
             host: Some(host.into()),
-            desired_state: "shut-off".into(),
-            observed_state: "CREATING".into(),
+            desired_state: Desired::ShutOff,
+            observed_state: Observed::Creating,
             spec: serde_json::json!({ "labels": req.labels }),
         };
         let v = vm.clone();
@@ -153,9 +153,9 @@ impl Coordinator {
             }
         };
         let mut vm = vm;
-        vm.observed_state = state_name(domain.state);
+        vm.observed_state = Observed::from_pb(domain.state);
         if req.start {
-            vm.desired_state = "running".into();
+            vm.desired_state = Desired::Running;
         }
         ctx.progress(
             if req.start { "running" } else { "defined" },
@@ -167,7 +167,7 @@ impl Coordinator {
         let v = vm.clone();
         self.blocking(move |s| s.put_vm(&v)).await?;
         unmade.keep();
-        Ok(serde_json::json!({ "vm": req.name, "host": host, "state": vm.observed_state }))
+        Ok(serde_json::json!({ "vm": req.name, "host": host, "state": vm.observed_state.as_str() }))
     }
 }
 

@@ -8,8 +8,8 @@ use corral_client::proto as pb;
 
 use crate::auth::Caller;
 use crate::error::{CoordError, Result};
-use crate::hosts::state_name;
 use crate::operations::{OpError, Submit};
+use crate::states::{Desired, Observed};
 use crate::store::{OpRecord, VmRecord};
 use crate::vms::{check_name, work, Coordinator};
 
@@ -94,8 +94,8 @@ impl Coordinator {
             owner: owner.into(),
             base: None,
             host: Some(host.into()),
-            desired_state: "shut-off".into(),
-            observed_state: "CREATING".into(),
+            desired_state: Desired::ShutOff,
+            observed_state: Observed::Creating,
             spec: serde_json::json!({ "labels": spec.labels, "vcpus": vcpus, "memory": memory }),
         };
         let v = vm.clone();
@@ -115,12 +115,12 @@ impl Coordinator {
         if start {
             ctx.progress("starting", Some(60.0), None, "").await?;
             domain = door.power(&name, crate::door::Power::Start).await?;
-            vm.desired_state = "running".into();
+            vm.desired_state = Desired::Running;
         }
-        vm.observed_state = state_name(domain.state);
+        vm.observed_state = Observed::from_pb(domain.state);
         let v = vm.clone();
         self.blocking(move |s| s.put_vm(&v)).await?;
-        Ok(serde_json::json!({ "vm": name, "host": host, "state": vm.observed_state }))
+        Ok(serde_json::json!({ "vm": name, "host": host, "state": vm.observed_state.as_str() }))
     }
 
     /// Turns a shut-off VM into a base (admin). Its record moves from the VMs to the bases;

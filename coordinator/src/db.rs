@@ -140,8 +140,10 @@ mod tests {
             owner: "alice".into(),
             base: None,
             host: Some("h1".into()),
-            desired_state: "running".into(),
-            observed_state: "running".into(),
+            desired_state: crate::states::Desired::Running,
+            observed_state: crate::states::Observed::Domain(
+                corral_client::proto::DomainState::Running,
+            ),
             spec: serde_json::json!({}),
         }
     }

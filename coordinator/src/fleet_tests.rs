@@ -216,8 +216,8 @@ async fn every_restart_resumer_cleans_what_was_half_made() {
             owner: "alice".into(),
             base: None,
             host: Some("h1".into()),
-            desired_state: "shut-off".into(),
-            observed_state: "CREATING".into(),
+            desired_state: crate::states::Desired::ShutOff,
+            observed_state: crate::states::Observed::Creating,
             spec: serde_json::json!({}),
         };
         kit.coord

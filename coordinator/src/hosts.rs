@@ -19,7 +19,6 @@ use tokio_stream::StreamExt;
 
 use crate::db::Db;
 use crate::error::{CoordError, Result};
-pub use crate::observed::state_name;
 use crate::observed::ObservedClock;
 use crate::store::{now_ms, HostRecord, Store};
 

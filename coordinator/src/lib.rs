@@ -29,6 +29,7 @@ pub mod placing;
 pub mod reservations;
 pub mod server;
 pub mod snapshots;
+pub mod states;
 pub mod store;
 pub mod transfers;
 pub mod vms;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use crate::auth::Caller;
 use crate::door::Power;
 use crate::error::{CoordError, Result};
-use crate::hosts::state_name;
 use crate::operations::Resumer;
 use crate::operations::{OpCtx, OpError, Submit};
+use crate::states::{Desired, Observed};
 use crate::store::{OpRecord, VmRecord};
 use crate::vms::{work, Coordinator};
 use std::collections::HashMap;
@@ -94,17 +94,16 @@ impl Coordinator {
             }
         };
         if let Some(d) = domain {
-            vm.observed_state = state_name(d.state);
+            vm.observed_state = Observed::from_pb(d.state);
             vm.desired_state = match action {
-                Action::Start => "running",
-                Action::Hibernate => "hibernated",
-                _ => "shut-off",
-            }
-            .into();
+                Action::Start => Desired::Running,
+                Action::Hibernate => Desired::Hibernated,
+                _ => Desired::ShutOff,
+            };
             let v = vm.clone();
             self.blocking(move |s| s.put_vm(&v)).await?;
         }
-        Ok(serde_json::json!({ "vm": vm.name, "state": vm.observed_state }))
+        Ok(serde_json::json!({ "vm": vm.name, "state": vm.observed_state.as_str() }))
     }
 
     /// After a restart: a clone or VM that was being made is cleaned away (the VM and its files),

@@ -173,7 +173,7 @@ impl Coordinator {
         made.keep();
         // It runs there now: record that first, then fix its persistent definition.
         vm.host = Some(target.into());
-        vm.observed_state = crate::observed::state_name(pb::DomainState::Running as i32);
+        vm.observed_state = crate::states::Observed::Domain(pb::DomainState::Running);
         self.blocking(move |s| s.put_vm(&vm)).await?;
         dst.finish_migration(name).await?;
         let ports = self.carry_ports(dst.as_ref(), &ports).await;
@@ -230,7 +230,7 @@ impl Coordinator {
         let d = dst.import_domain(export.definition_xml).await?;
         made.keep();
         vm.host = Some(target.into());
-        vm.observed_state = crate::observed::state_name(d.state);
+        vm.observed_state = crate::states::Observed::from_pb(d.state);
         let v = vm.clone();
         self.blocking(move |s| s.put_vm(&v)).await?;
         ctx.progress("removing", Some(98.0), None, &format!("from host {source}"))

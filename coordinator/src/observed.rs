@@ -5,17 +5,8 @@
 
 use std::collections::HashMap;
 
-use corral_client::proto as pb;
-
+use crate::states::Observed;
 use crate::store::{Result, Store};
-
-/// A domain state as stored in a VM record.
-pub fn state_name(s: i32) -> String {
-    pb::DomainState::try_from(s)
-        .unwrap_or(pb::DomainState::Unspecified)
-        .as_str_name()
-        .to_string()
-}
 
 /// Orders event writes against snapshot writes. Hold it (a mutex around it) across the store
 /// write so the order of writes is the order of `seq`.
@@ -45,7 +36,7 @@ impl ObservedClock {
             .insert((host.to_string(), domain.to_string()), self.seq);
         if let Ok(mut vm) = s.vm(domain) {
             if vm.host.as_deref() == Some(host) {
-                vm.observed_state = state_name(state);
+                vm.observed_state = Observed::from_pb(state);
                 s.put_vm(&vm)?;
             }
         }
@@ -74,8 +65,8 @@ impl ObservedClock {
             let observed = domains
                 .iter()
                 .find(|(name, _)| *name == vm.name)
-                .map(|(_, state)| state_name(*state))
-                .unwrap_or_else(|| "MISSING".into());
+                .map(|(_, state)| Observed::from_pb(*state))
+                .unwrap_or(Observed::Missing);
             if observed != vm.observed_state {
                 vm.observed_state = observed;
                 s.put_vm(&vm)?;
@@ -94,6 +85,7 @@ impl ObservedClock {
 mod tests {
     use super::*;
     use crate::store::{Sqlite, VmRecord};
+    use corral_client::proto as pb;
 
     fn store_with(vms: &[(&str, &str)]) -> (tempfile::TempDir, Sqlite) {
         let dir = tempfile::tempdir().unwrap();
@@ -104,8 +96,8 @@ mod tests {
                 owner: "alice".into(),
                 base: None,
                 host: Some(host.to_string()),
-                desired_state: state_name(RUNNING),
-                observed_state: state_name(RUNNING),
+                desired_state: crate::states::Desired::Running,
+                observed_state: Observed::from_pb(RUNNING),
                 spec: serde_json::json!({}),
             })
             .unwrap();
@@ -125,12 +117,21 @@ mod tests {
         // "a" stops after the list was read but before the list is written.
         clock.apply_event(&s, "h1", "a", SHUT_OFF).unwrap();
         assert_eq!(clock.apply_snapshot(&s, "h1", read_at, &list).unwrap(), 0);
-        assert_eq!(s.vm("a").unwrap().observed_state, state_name(SHUT_OFF));
-        assert_eq!(s.vm("b").unwrap().observed_state, state_name(RUNNING));
+        assert_eq!(
+            s.vm("a").unwrap().observed_state,
+            Observed::from_pb(SHUT_OFF)
+        );
+        assert_eq!(
+            s.vm("b").unwrap().observed_state,
+            Observed::from_pb(RUNNING)
+        );
         // The next snapshot orders nothing any more and is taken as it is.
         let read_at = clock.read_at();
         clock.apply_snapshot(&s, "h1", read_at, &list).unwrap();
-        assert_eq!(s.vm("a").unwrap().observed_state, state_name(RUNNING));
+        assert_eq!(
+            s.vm("a").unwrap().observed_state,
+            Observed::from_pb(RUNNING)
+        );
         assert!(clock.last_event.is_empty());
     }
 
@@ -142,11 +143,14 @@ mod tests {
         let read_at = clock.read_at();
         let list = vec![("a".to_string(), RUNNING)];
         assert_eq!(clock.apply_snapshot(&s, "h1", read_at, &list).unwrap(), 2);
-        assert_eq!(s.vm("a").unwrap().observed_state, state_name(RUNNING));
-        assert_eq!(s.vm("b").unwrap().observed_state, "MISSING");
+        assert_eq!(
+            s.vm("a").unwrap().observed_state,
+            Observed::from_pb(RUNNING)
+        );
+        assert_eq!(s.vm("b").unwrap().observed_state, Observed::Missing);
         assert_eq!(
             s.vm("c").unwrap().observed_state,
-            state_name(RUNNING),
+            Observed::from_pb(RUNNING),
             "other host"
         );
     }
@@ -156,6 +160,9 @@ mod tests {
         let (_d, s) = store_with(&[("a", "h1")]);
         let mut clock = ObservedClock::default();
         clock.apply_event(&s, "h2", "a", SHUT_OFF).unwrap();
-        assert_eq!(s.vm("a").unwrap().observed_state, state_name(RUNNING));
+        assert_eq!(
+            s.vm("a").unwrap().observed_state,
+            Observed::from_pb(RUNNING)
+        );
     }
 }

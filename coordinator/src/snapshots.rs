@@ -8,7 +8,6 @@ use corral_client::proto as pb;
 
 use crate::auth::Caller;
 use crate::error::{CoordError, Result};
-use crate::hosts::state_name;
 use crate::operations::{OpError, Submit};
 use crate::store::OpRecord;
 use crate::vms::{check_name, work, Coordinator};
@@ -127,7 +126,7 @@ impl Coordinator {
                 // Creating with halt and reverting change the VM's state.
                 let d = door.get_domain(&vm.name).await?;
                 let mut vm = vm;
-                vm.observed_state = state_name(d.state);
+                vm.observed_state = crate::states::Observed::from_pb(d.state);
                 me.blocking(move |s| s.put_vm(&vm)).await?;
                 Ok::<_, CoordError>(result)
             };

@@ -149,8 +149,8 @@ pub struct VmRecord {
     pub owner: String,
     pub base: Option<String>,
     pub host: Option<String>,
-    pub desired_state: String,
-    pub observed_state: String,
+    pub desired_state: crate::states::Desired,
+    pub observed_state: crate::states::Observed,
     /// Pools, volatile clones, run timeouts and the rest come as fields of this spec.
     pub spec: serde_json::Value,
 }
@@ -368,8 +368,8 @@ fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
             owner: r.get(1)?,
             base: r.get(2)?,
             host: r.get(3)?,
-            desired_state: r.get(4)?,
-            observed_state: r.get(5)?,
+            desired_state: crate::states::Desired::parse(&r.get::<_, String>(4)?),
+            observed_state: crate::states::Observed::parse(&r.get::<_, String>(5)?),
             spec: serde_json::Value::Null,
         },
         r.get(6)?,
@@ -760,7 +760,7 @@ impl Store for Sqlite {
         conn.exec(
             "INSERT INTO vms (name, owner, base, host, desired_state, observed_state, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(name) DO UPDATE SET owner = ?2, base = ?3, host = ?4, desired_state = ?5, observed_state = ?6, spec = ?7",
-            params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state, vm.observed_state, serde_json::to_string(&vm.spec)?],
+            params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state.as_str(), vm.observed_state.as_str(), serde_json::to_string(&vm.spec)?],
         )?;
         Ok(())
     }
@@ -772,7 +772,7 @@ impl Store for Sqlite {
         }
         conn.exec(
             "INSERT INTO vms (name, owner, base, host, desired_state, observed_state, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state, vm.observed_state, serde_json::to_string(&vm.spec)?],
+            params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state.as_str(), vm.observed_state.as_str(), serde_json::to_string(&vm.spec)?],
         )?;
         Ok(())
     }
@@ -1119,8 +1119,10 @@ mod tests {
             owner: "alice".into(),
             base: Some("b1".into()),
             host: Some("h1".into()),
-            desired_state: "running".into(),
-            observed_state: "running".into(),
+            desired_state: crate::states::Desired::Running,
+            observed_state: crate::states::Observed::Domain(
+                corral_client::proto::DomainState::Running,
+            ),
             spec: serde_json::json!({"volatile": true}),
         })
         .unwrap();
@@ -1218,8 +1220,8 @@ mod security_tests {
             owner: "alice".into(),
             base: None,
             host: None,
-            desired_state: "shut-off".into(),
-            observed_state: "CREATING".into(),
+            desired_state: crate::states::Desired::ShutOff,
+            observed_state: crate::states::Observed::Creating,
             spec: serde_json::json!({}),
         };
         let e = s.insert_vm(&vm).unwrap_err();

@@ -128,8 +128,7 @@ impl Coordinator {
             .map(|h| self.hosts.host_state(h))
             .unwrap_or(pb::HostState::Unspecified);
         let observed = if host_state == pb::HostState::Up {
-            pb::DomainState::from_str_name(&vm.observed_state)
-                .unwrap_or(pb::DomainState::Unspecified)
+            vm.observed_state.domain_state()
         } else {
             pb::DomainState::Unspecified
         };
@@ -138,7 +137,7 @@ impl Coordinator {
             owner: vm.owner.clone(),
             base: vm.base.clone().unwrap_or_default(),
             host: vm.host.clone().unwrap_or_default(),
-            desired_state: vm.desired_state.clone(),
+            desired_state: vm.desired_state.as_str().into(),
             observed_state: observed as i32,
             locked_by: self.ops.locked_by(&vm.name).unwrap_or_default(),
             host_state: host_state as i32,
