@@ -157,3 +157,70 @@ impl Coordinator {
         self.hosts.door(&host)
     }
 }
+
+/// Listings, each filtered to what the caller may see.
+impl Coordinator {
+    /// The VMs `caller` may touch.
+    pub async fn vms_of(&self, caller: &Caller) -> Result<Vec<VmRecord>> {
+        let vms = self.blocking(|s| s.vms()).await?;
+        Ok(vms
+            .into_iter()
+            .filter(|v| caller.may_touch(&v.owner))
+            .collect())
+    }
+
+    /// Every base with the hosts that hold it and its clone count.
+    pub async fn base_summaries(&self) -> Result<Vec<pb::BaseSummary>> {
+        let (bases, vms) = self.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
+        Ok(bases
+            .into_iter()
+            .map(|(name, hosts)| pb::BaseSummary {
+                clones: vms
+                    .iter()
+                    .filter(|v| v.base.as_deref() == Some(&name))
+                    .count() as u32,
+                name,
+                hosts,
+            })
+            .collect())
+    }
+
+    /// Every host with its state and VM count.
+    pub async fn host_list(&self) -> Result<Vec<pb::Host>> {
+        let vms = self.blocking(|s| s.vms()).await?;
+        Ok(self
+            .hosts
+            .statuses()?
+            .into_iter()
+            .map(|(name, st, state)| {
+                let n = vms
+                    .iter()
+                    .filter(|v| v.host.as_deref() == Some(&name))
+                    .count();
+                crate::convert::host_to_pb(name, &st, state, n as u32)
+            })
+            .collect())
+    }
+
+    /// The exposed ports of every VM `caller` may touch, asked host by host (a host that is
+    /// down is skipped).
+    pub async fn ports_of(&self, caller: &Caller) -> Result<Vec<pb::ExposedPort>> {
+        let mut by_host: std::collections::BTreeMap<String, std::collections::HashSet<String>> =
+            Default::default();
+        for v in self.vms_of(caller).await? {
+            if let Some(h) = v.host {
+                by_host.entry(h).or_default().insert(v.name);
+            }
+        }
+        let mut ports = Vec::new();
+        for (host, names) in by_host {
+            let Ok(door) = self.hosts.door(&host) else {
+                continue;
+            };
+            if let Ok(l) = door.list_ports("").await {
+                ports.extend(l.into_iter().filter(|p| names.contains(&p.domain)));
+            }
+        }
+        Ok(ports)
+    }
+}

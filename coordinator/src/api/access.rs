@@ -1,4 +1,3 @@
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use corral_client::proto as pb;
@@ -49,24 +48,7 @@ impl VmAccessService for VmAccessApi {
             )
             .await;
         }
-        let who = caller(&req)?;
-        // Every VM the caller may touch, asked host by host; a down host is skipped.
-        let vms = self.0.blocking(|s| s.vms()).await?;
-        let mut by_host: BTreeMap<String, HashSet<String>> = BTreeMap::new();
-        for v in vms.into_iter().filter(|v| who.may_touch(&v.owner)) {
-            if let Some(h) = v.host {
-                by_host.entry(h).or_default().insert(v.name);
-            }
-        }
-        let mut ports = Vec::new();
-        for (host, names) in by_host {
-            let Ok(door) = self.0.hosts.door(&host) else {
-                continue;
-            };
-            if let Ok(l) = door.list_ports("").await {
-                ports.extend(l.into_iter().filter(|p| names.contains(&p.domain)));
-            }
-        }
+        let ports = self.0.ports_of(&caller(&req)?).await?;
         Ok(Response::new(pb::ListPortsResponse { ports }))
     }
 

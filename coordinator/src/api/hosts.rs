@@ -20,30 +20,7 @@ impl HostAdminApi {
     }
 
     async fn list(&self) -> Result<Vec<pb::Host>, Status> {
-        let c = &self.0;
-        let vms = c.blocking(|s| s.vms()).await?;
-        Ok(c.hosts
-            .statuses()?
-            .into_iter()
-            .map(|(name, st, state)| pb::Host {
-                vms: vms
-                    .iter()
-                    .filter(|v| v.host.as_deref() == Some(&name))
-                    .count() as u32,
-                address: st
-                    .record
-                    .as_ref()
-                    .map(|r| r.address.clone())
-                    .unwrap_or_default(),
-                enabled: st.record.as_ref().is_some_and(|r| r.enabled),
-                state: state as i32,
-                last_seen_unix_ms: st.last_seen_ms,
-                info: st.info.clone(),
-                bases: st.bases.iter().cloned().collect(),
-                last_error: st.last_error.clone(),
-                name,
-            })
-            .collect())
+        Ok(self.0.host_list().await?)
     }
 }
 

@@ -4,11 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::door::AgentDoor;
-use corral_client::proto as pb;
 use tonic::{Request, Response, Status};
 
 use crate::auth::caller;
-use crate::store::{OpRecord, OpState};
 use crate::vms::Coordinator;
 
 mod access;
@@ -25,34 +23,7 @@ pub use snapshots::VmSnapshotApi;
 pub use users::UserApi;
 pub use vms::VmApi;
 
-pub fn op_state(s: OpState) -> pb::OperationState {
-    match s {
-        OpState::Queued => pb::OperationState::Queued,
-        OpState::Running => pb::OperationState::Running,
-        OpState::Succeeded => pb::OperationState::Succeeded,
-        OpState::Failed => pb::OperationState::Failed,
-        OpState::Cancelled => pb::OperationState::Cancelled,
-    }
-}
-
-pub fn op_to_pb(op: &OpRecord) -> pb::Operation {
-    pb::Operation {
-        id: op.id.clone(),
-        kind: op.kind.clone(),
-        vm: op.vm.clone().unwrap_or_default(),
-        host: op.host.clone().unwrap_or_default(),
-        user: op.user.clone().unwrap_or_default(),
-        state: op_state(op.state) as i32,
-        error: op.error.clone().unwrap_or_default(),
-        result: op
-            .result
-            .as_ref()
-            .map(|r| r.to_string())
-            .unwrap_or_default(),
-        created_unix_ms: op.created_ms,
-        updated_unix_ms: op.updated_ms,
-    }
-}
+pub use crate::convert::{op_state, op_to_pb};
 
 /// Passes a request naming a VM (`vm` reads the name) through the door of the agent
 /// holding it, when the caller may touch that VM (others' VMs look absent).

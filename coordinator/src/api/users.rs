@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use corral_client::proto as pb;
@@ -6,29 +5,11 @@ use pb::user_service_server::UserService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::caller;
-use crate::error::CoordError;
-use crate::store::UserRecord;
-use crate::vms::{check_name, Coordinator};
+use crate::convert::user_to_pb;
+use crate::vms::Coordinator;
 
 #[derive(Debug, Clone)]
 pub struct UserApi(pub Arc<Coordinator>);
-
-fn to_pb(u: &UserRecord) -> pb::User {
-    let attributes: HashMap<String, String> = u
-        .attributes
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    pb::User {
-        name: u.name.clone(),
-        role: u.role.clone(),
-        attributes,
-    }
-}
 
 #[tonic::async_trait]
 impl UserService for UserApi {
@@ -37,24 +18,13 @@ impl UserService for UserApi {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        caller(&req)?.require_admin()?;
+        let who = caller(&req)?;
         let r = req.into_inner();
-        check_name("user", &r.name)?;
-        corral_proto::rules::labels(&r.attributes).map_err(CoordError::from)?;
-        if r.role != "admin" && r.role != "user" {
-            return Err(
-                CoordError::Invalid(format!("role {:?} is not admin or user", r.role)).into(),
-            );
-        }
-        let user = UserRecord {
-            name: r.name,
-            role: r.role,
-            attributes: serde_json::json!(r.attributes),
-        };
-        let u = user.clone();
-        self.0.blocking(move |s| s.insert_user(&u)).await?;
-        self.0.auth.update_user(&user);
-        Ok(Response::new(to_pb(&user)))
+        let u = self
+            .0
+            .create_user(&who, &r.name, &r.role, &r.attributes)
+            .await?;
+        Ok(Response::new(user_to_pb(&u)))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "CreateToken"))]
@@ -62,27 +32,10 @@ impl UserService for UserApi {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
-        caller(&req)?.require_admin()?;
-        let name = req.into_inner().user;
-        check_name("user", &name)?;
-        let n = name.clone();
-        let user = self
-            .0
-            .blocking(move |s| s.users())
-            .await?
-            .into_iter()
-            .find(|u| u.name == n)
-            .ok_or_else(|| CoordError::NotFound(format!("user {name} not found")))?;
-        let token = crate::auth::new_token();
-        let h = crate::auth::hash(&token);
-        let (who, h2) = (user.name.clone(), h.clone());
-        self.0
-            .db
-            .call(move |s| s.add_token(&who, &h2))
-            .await
-            .map_err(CoordError::from)?;
-        self.0.auth.remember(h, user)?;
-        Ok(Response::new(pb::Token { user: name, token }))
+        let who = caller(&req)?;
+        let user = req.into_inner().user;
+        let token = self.0.create_token(&who, &user).await?;
+        Ok(Response::new(pb::Token { user, token }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListUsers"))]
@@ -90,10 +43,9 @@ impl UserService for UserApi {
         &self,
         req: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        caller(&req)?.require_admin()?;
-        let users = self.0.blocking(|s| s.users()).await?;
+        let users = self.0.users(&caller(&req)?).await?;
         Ok(Response::new(pb::ListUsersResponse {
-            users: users.iter().map(to_pb).collect(),
+            users: users.iter().map(user_to_pb).collect(),
         }))
     }
 
@@ -101,6 +53,6 @@ impl UserService for UserApi {
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        Ok(Response::new(to_pb(&caller(&req)?.0)))
+        Ok(Response::new(user_to_pb(&caller(&req)?.0)))
     }
 }

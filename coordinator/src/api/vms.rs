@@ -87,19 +87,8 @@ impl VmService for VmApi {
         req: Request<pb::ListBaseSummariesRequest>,
     ) -> R<pb::ListBaseSummariesResponse> {
         caller(&req)?;
-        let (bases, vms) = self.0.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
         Ok(Response::new(pb::ListBaseSummariesResponse {
-            bases: bases
-                .into_iter()
-                .map(|(name, hosts)| pb::BaseSummary {
-                    clones: vms
-                        .iter()
-                        .filter(|v| v.base.as_deref() == Some(&name))
-                        .count() as u32,
-                    name,
-                    hosts,
-                })
-                .collect(),
+            bases: self.0.base_summaries().await?,
         }))
     }
 
@@ -163,13 +152,9 @@ impl VmService for VmApi {
     #[tracing::instrument(skip_all, fields(rpc = "ListVms"))]
     async fn list_vms(&self, req: Request<pb::ListVmsRequest>) -> R<pb::ListVmsResponse> {
         let who = caller(&req)?;
-        let vms = self.0.blocking(|s| s.vms()).await?;
+        let vms = self.0.vms_of(&who).await?;
         Ok(Response::new(pb::ListVmsResponse {
-            vms: vms
-                .iter()
-                .filter(|v| who.may_touch(&v.owner))
-                .map(|v| self.0.vm_view(v))
-                .collect(),
+            vms: vms.iter().map(|v| self.0.vm_view(v)).collect(),
         }))
     }
 }
