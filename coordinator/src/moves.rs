@@ -17,6 +17,15 @@ use crate::store::OpRecord;
 use crate::transfers::TransferState;
 use crate::vms::{check_name, work, Coordinator};
 
+/// Where a VM goes: its name, from and to which host, at what bandwidth (0: no limit).
+#[derive(Debug, Clone, Copy)]
+struct Route<'a> {
+    name: &'a str,
+    source: &'a str,
+    target: &'a str,
+    limit: u64,
+}
+
 /// A move under way: the VM's record, the doors to its source and target, its ports.
 struct Moving {
     vm: crate::store::VmRecord,
@@ -58,14 +67,21 @@ impl Coordinator {
         };
         let me = Arc::clone(self);
         let w = work(move |ctx| async move {
-            let moved = if req.live {
-                me.do_live_move(&ctx, &req.name, &source, &req.host, req.bandwidth_limit)
-                    .await
-            } else {
-                me.do_move(&ctx, &req.name, &source, &req.host, req.bandwidth_limit)
-                    .await
+            let route = Route {
+                name: &req.name,
+                source: &source,
+                target: &req.host,
+                limit: req.bandwidth_limit,
             };
-            moved.map_err(OpError::from)
+            let moved = async {
+                let moving = me.move_start(&ctx, &route).await?;
+                if req.live {
+                    me.do_live_move(&ctx, &route, moving).await
+                } else {
+                    me.do_move(&ctx, &route, moving).await
+                }
+            };
+            moved.await.map_err(OpError::from)
         });
         Ok(self.ops.submit(submit, w).await?)
     }
@@ -104,14 +120,13 @@ impl Coordinator {
 
     /// What both kinds of move start with: the VM's record, its base on the target, clients
     /// for both hosts, and the VM's exposed ports on the source.
-    async fn move_start(
-        self: &Arc<Self>,
-        ctx: &OpCtx,
-        name: &str,
-        source: &str,
-        target: &str,
-        limit: u64,
-    ) -> Result<Moving> {
+    async fn move_start(self: &Arc<Self>, ctx: &OpCtx, r: &Route<'_>) -> Result<Moving> {
+        let Route {
+            name,
+            source,
+            target,
+            limit,
+        } = *r;
         let n = name.to_string();
         let vm = self.blocking(move |s| s.vm(&n)).await?;
         if let Some(base) = vm.base.clone() {
@@ -132,17 +147,11 @@ impl Coordinator {
     async fn do_live_move(
         self: &Arc<Self>,
         ctx: &OpCtx,
-        name: &str,
-        source: &str,
-        target: &str,
-        limit: u64,
+        r: &Route<'_>,
+        moving: Moving,
     ) -> Result<serde_json::Value> {
-        let Moving {
-            mut vm,
-            src,
-            dst,
-            ports,
-        } = self.move_start(ctx, name, source, target, limit).await?;
+        let (name, source, target, limit) = (r.name, r.source, r.target, r.limit);
+        let (mut vm, src, dst, ports) = (moving.vm, moving.src, moving.dst, moving.ports);
         let export = src.export_for_migration(name).await?;
         let incoming = dst
             .prepare_migration(pb::ImportBaseRequest {
@@ -185,17 +194,11 @@ impl Coordinator {
     async fn do_move(
         self: &Arc<Self>,
         ctx: &OpCtx,
-        name: &str,
-        source: &str,
-        target: &str,
-        limit: u64,
+        r: &Route<'_>,
+        moving: Moving,
     ) -> Result<serde_json::Value> {
-        let Moving {
-            mut vm,
-            src,
-            dst,
-            ports,
-        } = self.move_start(ctx, name, source, target, limit).await?;
+        let (name, source, target, limit) = (r.name, r.source, r.target, r.limit);
+        let (mut vm, src, dst, ports) = (moving.vm, moving.src, moving.dst, moving.ports);
         let export = src.export_domain(name).await?;
         ctx.progress(
             "syncing",
