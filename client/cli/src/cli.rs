@@ -727,9 +727,6 @@ pub async fn run_agent(
 ) -> Result<(), ClientError> {
     let mut c = AgentClient::connect_with(agent, tls).await?;
     let out = Out(output);
-    let dref = |name: &str| pb::DomainRef {
-        name: name.to_string(),
-    };
     match command {
         AgentCommand::Host(HostCmd::Info) => {
             let h = c
@@ -765,255 +762,10 @@ pub async fn run_agent(
             }
         }
         AgentCommand::Vm(cmd) => vm(&mut c, &out, cmd).await?,
-        AgentCommand::Base(cmd) => match cmd {
-            BaseCmd::Prepare { vm } => {
-                let b = c.bases.prepare_base(dref(&vm)).await?.into_inner();
-                out.show(&b, |b| {
-                    format!("base {} prepared ({} volumes)", b.name, b.volumes.len())
-                });
-            }
-            BaseCmd::Rm { base } => {
-                c.bases.remove_base(dref(&base)).await?;
-                out.show(&base, |b| format!("base {b} removed"));
-            }
-            BaseCmd::Show { base } => {
-                let b = c.bases.get_base(dref(&base)).await?.into_inner();
-                out.show(&b, |b| {
-                    let vols: Vec<String> = b
-                        .volumes
-                        .iter()
-                        .map(|v| format!("{}={}", v.target, v.base_volume))
-                        .collect();
-                    format!("{} clones={} {}", b.name, b.clones, vols.join(" "))
-                });
-            }
-            BaseCmd::List => {
-                let l = c
-                    .bases
-                    .list_bases(pb::ListBasesRequest {})
-                    .await?
-                    .into_inner();
-                out.show(&l, |l| {
-                    lines(&l.bases, |b| format!("{} clones={}", b.name, b.clones))
-                });
-            }
-            BaseCmd::Clone {
-                base,
-                name,
-                start,
-                copy_data,
-                owner,
-                labels: l,
-                memory,
-                vcpus,
-            } => {
-                let req = pb::CloneBaseRequest {
-                    base,
-                    name,
-                    data_volumes: if copy_data {
-                        pb::DataVolumeMode::Copy
-                    } else {
-                        pb::DataVolumeMode::Empty
-                    } as i32,
-                    start,
-                    labels: labels(&l)?,
-                    owner: owner.unwrap_or_default(),
-                    memory_mib: memory.map(|m| size(&m)).transpose()?.unwrap_or(0) >> 20,
-                    vcpus: vcpus.unwrap_or(0),
-                };
-                let d = c.bases.clone_base(req).await?.into_inner();
-                out.show(&d, domain_text);
-            }
-            BaseCmd::Clones { base } => {
-                let l = c.bases.list_clones(dref(&base)).await?.into_inner();
-                out.show(&l, |l| lines(&l.clones, domain_line));
-            }
-        },
-        AgentCommand::Volume(cmd) => match cmd {
-            VolumeCmd::Create {
-                name,
-                size: s,
-                format: f,
-            } => {
-                let v = c
-                    .volumes
-                    .create_volume(pb::CreateVolumeRequest {
-                        name,
-                        size_bytes: size(&s)?,
-                        format: format(&f) as i32,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&v, volume_line);
-            }
-            VolumeCmd::Overlay { name, backing } => {
-                let v = c
-                    .volumes
-                    .create_overlay(pb::CreateOverlayRequest { name, backing })
-                    .await?
-                    .into_inner();
-                out.show(&v, volume_line);
-            }
-            VolumeCmd::Info { name } => {
-                let v = c
-                    .volumes
-                    .get_volume_info(pb::VolumeRef { name })
-                    .await?
-                    .into_inner();
-                out.show(&v, volume_line);
-            }
-            VolumeCmd::List => {
-                let l = c
-                    .volumes
-                    .list_volumes(pb::ListVolumesRequest {})
-                    .await?
-                    .into_inner();
-                out.show(&l, |l| lines(&l.volumes, volume_line));
-            }
-            VolumeCmd::Copy {
-                source,
-                destination,
-                format: f,
-            } => {
-                let req = pb::CopyVolumeRequest {
-                    source,
-                    destination,
-                    format: f.map(|f| format(&f) as i32).unwrap_or(0),
-                    keep_backing: false,
-                };
-                let v = c.volumes.copy_volume(req).await?.into_inner();
-                out.show(&v, volume_line);
-            }
-            VolumeCmd::Rebase {
-                name,
-                backing,
-                r#unsafe,
-            } => {
-                let v = c
-                    .volumes
-                    .rebase_volume(pb::RebaseVolumeRequest {
-                        name,
-                        backing: backing.unwrap_or_default(),
-                        r#unsafe,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&v, volume_line);
-            }
-            VolumeCmd::Resize {
-                name,
-                size: s,
-                shrink,
-            } => {
-                let v = c
-                    .volumes
-                    .resize_volume(pb::ResizeVolumeRequest {
-                        name,
-                        size_bytes: size(&s)?,
-                        allow_shrink: shrink,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&v, volume_line);
-            }
-            VolumeCmd::Rm { name } => {
-                c.volumes
-                    .delete_volume(pb::VolumeRef { name: name.clone() })
-                    .await?;
-                out.show(&name, |n| format!("volume {n} deleted"));
-            }
-            VolumeCmd::Send {
-                name,
-                to,
-                limit,
-                replace,
-            } => {
-                let bandwidth_limit = match limit {
-                    Some(l) => corral_client::parse_size(&l).map_err(ClientError::Config)?,
-                    None => 0,
-                };
-                let mut stream = c
-                    .sync
-                    .send_volume(pb::SendVolumeRequest {
-                        volume: name,
-                        peer: to,
-                        bandwidth_limit,
-                        replace,
-                        peer_tls_name: String::new(),
-                    })
-                    .await?
-                    .into_inner();
-                let mut last = None;
-                while let Some(p) = stream.message().await? {
-                    if !p.done && out.is_text() {
-                        eprint!(
-                            "\r{}: {} of {} looked at, {} sent, {} already there   ",
-                            p.volume,
-                            human(p.scanned_bytes),
-                            human(p.total_bytes),
-                            human(p.sent_bytes),
-                            human(p.skipped_bytes)
-                        );
-                    }
-                    if p.done {
-                        last = Some(p);
-                    }
-                }
-                if out.is_text() {
-                    eprintln!();
-                }
-                let p = last.ok_or_else(|| {
-                    ClientError::Config("the agent ended the send without a result".into())
-                })?;
-                out.show(&p, |p| {
-                    format!(
-                        "{} sent in {} ms: {} data, {} already there, {} on the wire, checksum {}",
-                        p.volume,
-                        p.elapsed_ms,
-                        human(p.sent_bytes),
-                        human(p.skipped_bytes),
-                        human(p.wire_bytes),
-                        p.checksum
-                    )
-                });
-            }
-            VolumeCmd::Checksum { name } => {
-                let r = c
-                    .sync
-                    .volume_checksum(pb::VolumeChecksumRequest { volume: name })
-                    .await?
-                    .into_inner();
-                out.show(&r, |r| {
-                    format!(
-                        "{} size {} allocated {} blocks {}",
-                        r.checksum, r.size, r.allocated, r.data_blocks
-                    )
-                });
-            }
-        },
+        AgentCommand::Base(cmd) => agent_base(&mut c, &out, cmd).await?,
+        AgentCommand::Volume(cmd) => agent_volume(&mut c, &out, cmd).await?,
         AgentCommand::Snapshot(cmd) => snapshot(&mut c, &out, cmd).await?,
-        AgentCommand::Port(cmd) => match cmd.into_call() {
-            PortCall::Expose(r) => {
-                let p = c.ports.expose_port(r).await?.into_inner();
-                out.show(&p, port_line);
-            }
-            PortCall::List(r) => {
-                let l = c.ports.list_ports(r).await?.into_inner();
-                out.show(&l, |l| lines(&l.ports, port_line));
-            }
-            PortCall::Rm(r) => {
-                let r = c.ports.remove_port(r).await?.into_inner();
-                out.show(&r, removed_text);
-            }
-            PortCall::RmAll(r) => {
-                let r = c.ports.remove_all_ports(r).await?.into_inner();
-                out.show(&r, removed_text);
-            }
-            PortCall::RestrictDisplay(r) => {
-                c.ports.restrict_display(r.clone()).await?;
-                out.show(&r, restrict_text);
-            }
-        },
+        AgentCommand::Port(cmd) => crate::ports::port(&mut c, &out, cmd).await?,
     }
     Ok(())
 }
@@ -1083,32 +835,8 @@ async fn vm(c: &mut AgentClient, out: &Out, cmd: VmCmd) -> Result<(), ClientErro
             out.show(&x, |x| x.remote_viewer_file.clone());
             return Ok(());
         }
-        VmCmd::Screenshot { name, file } => {
-            let s = c.domains.get_screenshot(dref(&name)).await?.into_inner();
-            std::fs::write(&file, &s.png)
-                .map_err(|e| invalid(format!("cannot write {file}: {e}")))?;
-            out.show(&file, |f| {
-                format!("{}x{} screenshot written to {f}", s.width, s.height)
-            });
-            return Ok(());
-        }
-        VmCmd::Rm { name, volumes } => {
-            let r = c
-                .domains
-                .remove_domain(pb::RemoveDomainRequest {
-                    name: name.clone(),
-                    remove_volumes: volumes,
-                })
-                .await?
-                .into_inner();
-            out.show(&r, |r| {
-                format!(
-                    "{name} removed; volumes deleted: {}",
-                    r.removed_volumes.join(", ")
-                )
-            });
-            return Ok(());
-        }
+        VmCmd::Screenshot { name, file } => return vm_screenshot(c, out, name, file).await,
+        VmCmd::Rm { name, volumes } => return vm_rm(c, out, name, volumes).await,
     };
     out.show(&d.into_inner(), domain_text);
     Ok(())
@@ -1232,5 +960,335 @@ async fn snapshot(c: &mut AgentClient, out: &Out, cmd: SnapshotCmd) -> Result<()
             out.show(&r, |r| format!("deleted: {}", r.deleted.join(", ")));
         }
     }
+    Ok(())
+}
+
+async fn agent_base(c: &mut AgentClient, out: &Out, cmd: BaseCmd) -> Result<(), ClientError> {
+    let dref = |name: &str| pb::DomainRef {
+        name: name.to_string(),
+    };
+    match cmd {
+        BaseCmd::Prepare { vm } => {
+            let b = c.bases.prepare_base(dref(&vm)).await?.into_inner();
+            out.show(&b, |b| {
+                format!("base {} prepared ({} volumes)", b.name, b.volumes.len())
+            });
+        }
+        BaseCmd::Rm { base } => {
+            c.bases.remove_base(dref(&base)).await?;
+            out.show(&base, |b| format!("base {b} removed"));
+        }
+        BaseCmd::Show { base } => {
+            let b = c.bases.get_base(dref(&base)).await?.into_inner();
+            out.show(&b, |b| {
+                let vols: Vec<String> = b
+                    .volumes
+                    .iter()
+                    .map(|v| format!("{}={}", v.target, v.base_volume))
+                    .collect();
+                format!("{} clones={} {}", b.name, b.clones, vols.join(" "))
+            });
+        }
+        BaseCmd::List => {
+            let l = c
+                .bases
+                .list_bases(pb::ListBasesRequest {})
+                .await?
+                .into_inner();
+            out.show(&l, |l| {
+                lines(&l.bases, |b| format!("{} clones={}", b.name, b.clones))
+            });
+        }
+        BaseCmd::Clone {
+            base,
+            name,
+            start,
+            copy_data,
+            owner,
+            labels: l,
+            memory,
+            vcpus,
+        } => {
+            let req = pb::CloneBaseRequest {
+                base,
+                name,
+                data_volumes: if copy_data {
+                    pb::DataVolumeMode::Copy
+                } else {
+                    pb::DataVolumeMode::Empty
+                } as i32,
+                start,
+                labels: labels(&l)?,
+                owner: owner.unwrap_or_default(),
+                memory_mib: memory.map(|m| size(&m)).transpose()?.unwrap_or(0) >> 20,
+                vcpus: vcpus.unwrap_or(0),
+            };
+            let d = c.bases.clone_base(req).await?.into_inner();
+            out.show(&d, domain_text);
+        }
+        BaseCmd::Clones { base } => {
+            let l = c.bases.list_clones(dref(&base)).await?.into_inner();
+            out.show(&l, |l| lines(&l.clones, domain_line));
+        }
+    }
+    Ok(())
+}
+
+async fn agent_volume(c: &mut AgentClient, out: &Out, cmd: VolumeCmd) -> Result<(), ClientError> {
+    match cmd {
+        VolumeCmd::Create {
+            name,
+            size: s,
+            format: f,
+        } => volume_create(c, out, name, s, f).await?,
+        VolumeCmd::Overlay { name, backing } => {
+            let v = c
+                .volumes
+                .create_overlay(pb::CreateOverlayRequest { name, backing })
+                .await?
+                .into_inner();
+            out.show(&v, volume_line);
+        }
+        VolumeCmd::Info { name } => {
+            let v = c
+                .volumes
+                .get_volume_info(pb::VolumeRef { name })
+                .await?
+                .into_inner();
+            out.show(&v, volume_line);
+        }
+        VolumeCmd::List => {
+            let l = c
+                .volumes
+                .list_volumes(pb::ListVolumesRequest {})
+                .await?
+                .into_inner();
+            out.show(&l, |l| lines(&l.volumes, volume_line));
+        }
+        VolumeCmd::Copy {
+            source,
+            destination,
+            format: f,
+        } => volume_copy(c, out, source, destination, f).await?,
+        VolumeCmd::Rebase {
+            name,
+            backing,
+            r#unsafe,
+        } => volume_rebase(c, out, name, backing, r#unsafe).await?,
+        VolumeCmd::Resize {
+            name,
+            size: s,
+            shrink,
+        } => volume_resize(c, out, name, s, shrink).await?,
+        VolumeCmd::Rm { name } => {
+            c.volumes
+                .delete_volume(pb::VolumeRef { name: name.clone() })
+                .await?;
+            out.show(&name, |n| format!("volume {n} deleted"));
+        }
+        VolumeCmd::Send {
+            name,
+            to,
+            limit,
+            replace,
+        } => volume_send(c, out, name, to, limit, replace).await?,
+        VolumeCmd::Checksum { name } => {
+            let r = c
+                .sync
+                .volume_checksum(pb::VolumeChecksumRequest { volume: name })
+                .await?
+                .into_inner();
+            out.show(&r, |r| {
+                format!(
+                    "{} size {} allocated {} blocks {}",
+                    r.checksum, r.size, r.allocated, r.data_blocks
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `agent volume send`: agent to agent, progress on stderr.
+async fn volume_send(
+    c: &mut AgentClient,
+    out: &Out,
+    name: String,
+    to: String,
+    limit: Option<String>,
+    replace: bool,
+) -> Result<(), ClientError> {
+    let bandwidth_limit = match limit {
+        Some(l) => corral_client::parse_size(&l).map_err(ClientError::Config)?,
+        None => 0,
+    };
+    let mut stream = c
+        .sync
+        .send_volume(pb::SendVolumeRequest {
+            volume: name,
+            peer: to,
+            bandwidth_limit,
+            replace,
+            peer_tls_name: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = stream.message().await? {
+        if !p.done && out.is_text() {
+            eprint!(
+                "\r{}: {} of {} looked at, {} sent, {} already there   ",
+                p.volume,
+                human(p.scanned_bytes),
+                human(p.total_bytes),
+                human(p.sent_bytes),
+                human(p.skipped_bytes)
+            );
+        }
+        if p.done {
+            last = Some(p);
+        }
+    }
+    if out.is_text() {
+        eprintln!();
+    }
+    let p = last
+        .ok_or_else(|| ClientError::Config("the agent ended the send without a result".into()))?;
+    out.show(&p, |p| {
+        format!(
+            "{} sent in {} ms: {} data, {} already there, {} on the wire, checksum {}",
+            p.volume,
+            p.elapsed_ms,
+            human(p.sent_bytes),
+            human(p.skipped_bytes),
+            human(p.wire_bytes),
+            p.checksum
+        )
+    });
+    Ok(())
+}
+
+/// `agent volume rebase`.
+async fn volume_rebase(
+    c: &mut AgentClient,
+    out: &Out,
+    name: String,
+    backing: Option<String>,
+    r#unsafe: bool,
+) -> Result<(), ClientError> {
+    let v = c
+        .volumes
+        .rebase_volume(pb::RebaseVolumeRequest {
+            name,
+            backing: backing.unwrap_or_default(),
+            r#unsafe,
+        })
+        .await?
+        .into_inner();
+    out.show(&v, volume_line);
+    Ok(())
+}
+
+/// `agent volume resize`.
+async fn volume_resize(
+    c: &mut AgentClient,
+    out: &Out,
+    name: String,
+    s: String,
+    shrink: bool,
+) -> Result<(), ClientError> {
+    let v = c
+        .volumes
+        .resize_volume(pb::ResizeVolumeRequest {
+            name,
+            size_bytes: size(&s)?,
+            allow_shrink: shrink,
+        })
+        .await?
+        .into_inner();
+    out.show(&v, volume_line);
+    Ok(())
+}
+
+/// `agent volume create`.
+async fn volume_create(
+    c: &mut AgentClient,
+    out: &Out,
+    name: String,
+    s: String,
+    f: String,
+) -> Result<(), ClientError> {
+    let v = c
+        .volumes
+        .create_volume(pb::CreateVolumeRequest {
+            name,
+            size_bytes: size(&s)?,
+            format: format(&f) as i32,
+        })
+        .await?
+        .into_inner();
+    out.show(&v, volume_line);
+    Ok(())
+}
+
+/// `agent volume copy`.
+async fn volume_copy(
+    c: &mut AgentClient,
+    out: &Out,
+    source: String,
+    destination: String,
+    f: Option<String>,
+) -> Result<(), ClientError> {
+    let req = pb::CopyVolumeRequest {
+        source,
+        destination,
+        format: f.map(|f| format(&f) as i32).unwrap_or(0),
+        keep_backing: false,
+    };
+    let v = c.volumes.copy_volume(req).await?.into_inner();
+    out.show(&v, volume_line);
+    Ok(())
+}
+
+/// `agent vm screenshot`: a PNG of the screen, written to a file.
+async fn vm_screenshot(
+    c: &mut AgentClient,
+    out: &Out,
+    name: String,
+    file: String,
+) -> Result<(), ClientError> {
+    let s = c
+        .domains
+        .get_screenshot(pb::DomainRef { name: name.clone() })
+        .await?
+        .into_inner();
+    std::fs::write(&file, &s.png).map_err(|e| invalid(format!("cannot write {file}: {e}")))?;
+    out.show(&file, |f| {
+        format!("{}x{} screenshot written to {f}", s.width, s.height)
+    });
+    Ok(())
+}
+
+/// `agent vm rm`: the domain, and with --volumes the volumes it owns.
+async fn vm_rm(
+    c: &mut AgentClient,
+    out: &Out,
+    name: String,
+    volumes: bool,
+) -> Result<(), ClientError> {
+    let r = c
+        .domains
+        .remove_domain(pb::RemoveDomainRequest {
+            name: name.clone(),
+            remove_volumes: volumes,
+        })
+        .await?
+        .into_inner();
+    out.show(&r, |r| {
+        format!(
+            "{name} removed; volumes deleted: {}",
+            r.removed_volumes.join(", ")
+        )
+    });
     Ok(())
 }

@@ -7,8 +7,8 @@ use corral_proto::v1 as pb;
 use serde::Deserialize;
 
 use crate::cli::{
-    invalid, labels, lines, port_line, removed_text, restrict_text, snapshot_line, snapshot_text,
-    spec, Command, DefineArgs, Out, Output, PortCall, SnapshotCall,
+    invalid, labels, lines, snapshot_line, snapshot_text, spec, Command, DefineArgs, Out, Output,
+    SnapshotCall, SnapshotCmd,
 };
 use corral_client::{enum_name, state_name, ClientError, CoordinatorClient};
 
@@ -377,379 +377,14 @@ pub async fn run(
     )
     .await?;
     let out = Out(output);
-    let vref = |name: String| pb::VmRef { name };
     match command {
-        Command::Host(cmd) => match cmd {
-            HostCmd::Add { name, address } => {
-                let h = c
-                    .hosts
-                    .add_host(pb::AddHostRequest { name, address })
-                    .await?
-                    .into_inner();
-                out.show(&h, host_line);
-            }
-            HostCmd::Rm { name } => {
-                c.hosts
-                    .remove_host(pb::HostRef { name: name.clone() })
-                    .await?;
-                out.show(&name, |n| format!("host {n} removed"));
-            }
-            HostCmd::Enable { name } => {
-                let h = c
-                    .hosts
-                    .set_host_enabled(pb::SetHostEnabledRequest {
-                        name,
-                        enabled: true,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&h, host_line);
-            }
-            HostCmd::Disable { name } => {
-                let h = c
-                    .hosts
-                    .set_host_enabled(pb::SetHostEnabledRequest {
-                        name,
-                        enabled: false,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&h, host_line);
-            }
-            HostCmd::Ls => {
-                let l = c
-                    .hosts
-                    .list_hosts(pb::ListHostsRequest {})
-                    .await?
-                    .into_inner();
-                out.show(&l, |l| lines(&l.hosts, host_line));
-            }
-        },
-        Command::Base(cmd) => match cmd {
-            BaseCmd::Create { define, host } => {
-                let op = c
-                    .vms
-                    .create_base(pb::CreateBaseRequest {
-                        spec: Some(spec(&define)?),
-                        host,
-                        idempotency_key: String::new(),
-                    })
-                    .await?
-                    .into_inner();
-                follow(&mut c, &out, no_wait, op).await?;
-            }
-            BaseCmd::Prepare { vm } => {
-                let op = c.vms.prepare_base(vref(vm)).await?.into_inner();
-                follow(&mut c, &out, no_wait, op).await?;
-            }
-            BaseCmd::Rm { name, host: None } => {
-                let op = c.vms.remove_base(pb::BaseRef { name }).await?.into_inner();
-                follow(&mut c, &out, no_wait, op).await?;
-            }
-            BaseCmd::Rm {
-                name,
-                host: Some(host),
-            } => {
-                let op = c
-                    .vms
-                    .remove_base_from_host(pb::SyncBaseRequest {
-                        base: name,
-                        host,
-                        bandwidth_limit: 0,
-                    })
-                    .await?
-                    .into_inner();
-                follow(&mut c, &out, no_wait, op).await?;
-            }
-            BaseCmd::Sync { name, host, limit } => {
-                let op = c
-                    .vms
-                    .sync_base(pb::SyncBaseRequest {
-                        base: name,
-                        host,
-                        bandwidth_limit: limit_of(limit)?,
-                    })
-                    .await?
-                    .into_inner();
-                follow(&mut c, &out, no_wait, op).await?;
-            }
-            BaseCmd::Ls => {
-                let l = c
-                    .vms
-                    .list_bases(pb::ListBaseSummariesRequest {})
-                    .await?
-                    .into_inner();
-                out.show(&l, |l| {
-                    lines(&l.bases, |b| {
-                        format!(
-                            "{:<24} clones={} hosts={}",
-                            b.name,
-                            b.clones,
-                            b.hosts.join(",")
-                        )
-                    })
-                });
-            }
-        },
-        Command::Vm(cmd) => {
-            let op = match cmd {
-                VmCmd::Create {
-                    define,
-                    host,
-                    start,
-                } => {
-                    let spec = spec(&define)?;
-                    let owner = spec.owner.clone();
-                    c.vms
-                        .create_vm(pb::CreateVmRequest {
-                            spec: Some(spec),
-                            host: host.unwrap_or_default(),
-                            start,
-                            owner,
-                            idempotency_key: String::new(),
-                        })
-                        .await?
-                }
-                VmCmd::Clone {
-                    base,
-                    name,
-                    start,
-                    keep_together,
-                    labels: l,
-                    owner,
-                    idempotency_key,
-                } => {
-                    c.vms
-                        .clone_vm(pb::CloneVmRequest {
-                            base,
-                            name,
-                            start,
-                            labels: labels(&l)?,
-                            keep_together,
-                            idempotency_key: idempotency_key.unwrap_or_default(),
-                            owner: owner.unwrap_or_default(),
-                        })
-                        .await?
-                }
-                VmCmd::Explain {
-                    base,
-                    keep_together,
-                } => {
-                    let e = c
-                        .vms
-                        .explain_placement(pb::CloneVmRequest {
-                            base,
-                            keep_together,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner();
-                    out.show(&e, |e| {
-                        let mut s = format!(
-                            "chosen: {}",
-                            if e.chosen.is_empty() {
-                                "none"
-                            } else {
-                                &e.chosen
-                            }
-                        );
-                        for r in &e.rejected {
-                            s.push_str(&format!("\n  {}: {}", r.host, r.reason));
-                        }
-                        s
-                    });
-                    return Ok(());
-                }
-                VmCmd::Start { name } => c.vms.start_vm(vref(name)).await?,
-                VmCmd::Shutdown { name } => c.vms.shutdown_vm(vref(name)).await?,
-                VmCmd::Poweroff { name } => c.vms.power_off_vm(vref(name)).await?,
-                VmCmd::Hibernate { name } => c.vms.hibernate_vm(vref(name)).await?,
-                VmCmd::Restore { name } => c.vms.restore_vm(vref(name)).await?,
-                VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
-                VmCmd::Move {
-                    name,
-                    host,
-                    live,
-                    limit,
-                } => {
-                    c.vms
-                        .move_vm(pb::MoveVmRequest {
-                            name,
-                            host,
-                            live,
-                            bandwidth_limit: limit_of(limit)?,
-                        })
-                        .await?
-                }
-                VmCmd::Show { name } => {
-                    let v = c.vms.get_vm(vref(name)).await?.into_inner();
-                    out.show(&v, vm_line);
-                    return Ok(());
-                }
-                VmCmd::Ls => {
-                    let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();
-                    out.show(&l, |l| lines(&l.vms, vm_line));
-                    return Ok(());
-                }
-                VmCmd::Display { name, file } => {
-                    let d = c.access.get_vm_display(vref(name)).await?.into_inner();
-                    match file {
-                        Some(f) => {
-                            write_private(&f, d.remote_viewer_file.as_bytes())?;
-                            out.show(&d, |d| {
-                                format!(
-                                    "{}://{}:{} written to {}",
-                                    pb::DisplayType::try_from(d.r#type)
-                                        .map(|t| enum_name(t.as_str_name(), "DISPLAY_TYPE_"))
-                                        .unwrap_or_default(),
-                                    d.host,
-                                    d.port,
-                                    f.display()
-                                )
-                            });
-                        }
-                        None => out.show(&d, |d| d.remote_viewer_file.clone()),
-                    }
-                    return Ok(());
-                }
-                VmCmd::Screenshot { name, file } => {
-                    let s = c.access.get_vm_screenshot(vref(name)).await?.into_inner();
-                    std::fs::write(&file, &s.png)
-                        .map_err(|e| invalid(format!("cannot write {}: {e}", file.display())))?;
-                    out.show(&file, |f| {
-                        format!(
-                            "{}x{} screenshot written to {}",
-                            s.width,
-                            s.height,
-                            f.display()
-                        )
-                    });
-                    return Ok(());
-                }
-            };
-            follow(&mut c, &out, no_wait, op.into_inner()).await?;
-        }
-        Command::Snapshot(cmd) => {
-            let op = match cmd.into_call()? {
-                SnapshotCall::Create(r) => c.snapshots.create_vm_snapshot(r).await?,
-                SnapshotCall::Revert(r) => c.snapshots.revert_vm_snapshot(r).await?,
-                SnapshotCall::Rm(r) => c.snapshots.delete_vm_snapshot(r).await?,
-                SnapshotCall::List(r) => {
-                    let l = c.snapshots.list_vm_snapshots(r).await?.into_inner();
-                    out.show(&l, |l| lines(&l.snapshots, snapshot_line));
-                    return Ok(());
-                }
-                SnapshotCall::Show(r) => {
-                    let s = c.snapshots.get_vm_snapshot(r).await?.into_inner();
-                    out.show(&s, snapshot_text);
-                    return Ok(());
-                }
-                SnapshotCall::Children(r) => {
-                    let l = c.snapshots.list_vm_snapshot_children(r).await?.into_inner();
-                    out.show(&l, |l| lines(&l.snapshots, snapshot_line));
-                    return Ok(());
-                }
-            };
-            follow(&mut c, &out, no_wait, op.into_inner()).await?;
-        }
-        Command::Port(cmd) => match cmd.into_call() {
-            PortCall::Expose(r) => {
-                let p = c.access.expose_vm_port(r).await?.into_inner();
-                out.show(&p, port_line);
-            }
-            PortCall::List(r) => {
-                let l = c.access.list_vm_ports(r).await?.into_inner();
-                out.show(&l, |l| lines(&l.ports, port_line));
-            }
-            PortCall::Rm(r) => {
-                let r = c.access.remove_vm_port(r).await?.into_inner();
-                out.show(&r, removed_text);
-            }
-            PortCall::RmAll(r) => {
-                let r = c.access.remove_all_vm_ports(r).await?.into_inner();
-                out.show(&r, removed_text);
-            }
-            PortCall::RestrictDisplay(r) => {
-                c.access.restrict_vm_display(r.clone()).await?;
-                out.show(&r, restrict_text);
-            }
-        },
-        Command::Op(cmd) => match cmd {
-            OpCmd::Ls { unfinished } => {
-                let l = c
-                    .ops
-                    .list_operations(pb::ListOperationsRequest {
-                        unfinished_only: unfinished,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&l, |l| lines(&l.operations, op_line));
-            }
-            OpCmd::Show { id } => {
-                let o = c
-                    .ops
-                    .get_operation(pb::OperationRef { id })
-                    .await?
-                    .into_inner();
-                out.show(&o, op_line);
-            }
-            OpCmd::Watch { id } => {
-                let o = c
-                    .ops
-                    .get_operation(pb::OperationRef { id })
-                    .await?
-                    .into_inner();
-                follow(&mut c, &out, false, o).await?;
-            }
-            OpCmd::Cancel { id } => {
-                let o = c
-                    .ops
-                    .cancel_operation(pb::OperationRef { id })
-                    .await?
-                    .into_inner();
-                out.show(&o, op_line);
-            }
-        },
-        Command::User(cmd) => match cmd {
-            UserCmd::Add {
-                name,
-                role,
-                attributes,
-            } => {
-                let u = c
-                    .users
-                    .create_user(pb::CreateUserRequest {
-                        name,
-                        role,
-                        attributes: labels(&attributes)?,
-                    })
-                    .await?
-                    .into_inner();
-                out.show(&u, |u| format!("user {} ({})", u.name, u.role));
-            }
-            UserCmd::Token { user } => {
-                let t = c
-                    .users
-                    .create_token(pb::CreateTokenRequest { user })
-                    .await?
-                    .into_inner();
-                out.show(&t, |t| t.token.clone());
-            }
-            UserCmd::Ls => {
-                let l = c
-                    .users
-                    .list_users(pb::ListUsersRequest {})
-                    .await?
-                    .into_inner();
-                out.show(&l, |l| {
-                    lines(&l.users, |u| format!("{} ({})", u.name, u.role))
-                });
-            }
-            UserCmd::Whoami => {
-                let u = c.users.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
-                out.show(&u, |u| format!("{} ({})", u.name, u.role));
-            }
-        },
+        Command::Host(cmd) => host(&mut c, &out, cmd).await?,
+        Command::Base(cmd) => base(&mut c, &out, no_wait, cmd).await?,
+        Command::Vm(cmd) => vm(&mut c, &out, no_wait, cmd).await?,
+        Command::Snapshot(cmd) => snapshot(&mut c, &out, no_wait, cmd).await?,
+        Command::Port(cmd) => crate::ports::port(&mut c, &out, cmd).await?,
+        Command::Op(cmd) => op(&mut c, &out, cmd).await?,
+        Command::User(cmd) => user(&mut c, &out, cmd).await?,
         Command::Agent(_) | Command::Pki(_) | Command::Completions { .. } => {
             return Err(invalid("not a coordinator command".into()));
         }
@@ -773,4 +408,423 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), ClientError>
         .map_err(|e| invalid(format!("cannot restrict {}: {e}", path.display())))?;
     f.write_all(data)
         .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+async fn host(c: &mut CoordinatorClient, out: &Out, cmd: HostCmd) -> Result<(), ClientError> {
+    match cmd {
+        HostCmd::Add { name, address } => {
+            let h = c
+                .hosts
+                .add_host(pb::AddHostRequest { name, address })
+                .await?
+                .into_inner();
+            out.show(&h, host_line);
+        }
+        HostCmd::Rm { name } => {
+            c.hosts
+                .remove_host(pb::HostRef { name: name.clone() })
+                .await?;
+            out.show(&name, |n| format!("host {n} removed"));
+        }
+        HostCmd::Enable { name } => {
+            let h = c
+                .hosts
+                .set_host_enabled(pb::SetHostEnabledRequest {
+                    name,
+                    enabled: true,
+                })
+                .await?
+                .into_inner();
+            out.show(&h, host_line);
+        }
+        HostCmd::Disable { name } => {
+            let h = c
+                .hosts
+                .set_host_enabled(pb::SetHostEnabledRequest {
+                    name,
+                    enabled: false,
+                })
+                .await?
+                .into_inner();
+            out.show(&h, host_line);
+        }
+        HostCmd::Ls => {
+            let l = c
+                .hosts
+                .list_hosts(pb::ListHostsRequest {})
+                .await?
+                .into_inner();
+            out.show(&l, |l| lines(&l.hosts, host_line));
+        }
+    }
+    Ok(())
+}
+
+async fn base(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    no_wait: bool,
+    cmd: BaseCmd,
+) -> Result<(), ClientError> {
+    match cmd {
+        BaseCmd::Create { define, host } => {
+            let op = c
+                .vms
+                .create_base(pb::CreateBaseRequest {
+                    spec: Some(spec(&define)?),
+                    host,
+                    idempotency_key: String::new(),
+                })
+                .await?
+                .into_inner();
+            follow(c, out, no_wait, op).await?;
+        }
+        BaseCmd::Prepare { vm } => {
+            let op = c.vms.prepare_base(vref(vm)).await?.into_inner();
+            follow(c, out, no_wait, op).await?;
+        }
+        BaseCmd::Rm { name, host: None } => {
+            let op = c.vms.remove_base(pb::BaseRef { name }).await?.into_inner();
+            follow(c, out, no_wait, op).await?;
+        }
+        BaseCmd::Rm {
+            name,
+            host: Some(host),
+        } => {
+            let op = c
+                .vms
+                .remove_base_from_host(pb::SyncBaseRequest {
+                    base: name,
+                    host,
+                    bandwidth_limit: 0,
+                })
+                .await?
+                .into_inner();
+            follow(c, out, no_wait, op).await?;
+        }
+        BaseCmd::Sync { name, host, limit } => {
+            let op = c
+                .vms
+                .sync_base(pb::SyncBaseRequest {
+                    base: name,
+                    host,
+                    bandwidth_limit: limit_of(limit)?,
+                })
+                .await?
+                .into_inner();
+            follow(c, out, no_wait, op).await?;
+        }
+        BaseCmd::Ls => {
+            let l = c
+                .vms
+                .list_bases(pb::ListBaseSummariesRequest {})
+                .await?
+                .into_inner();
+            out.show(&l, |l| {
+                lines(&l.bases, |b| {
+                    format!(
+                        "{:<24} clones={} hosts={}",
+                        b.name,
+                        b.clones,
+                        b.hosts.join(",")
+                    )
+                })
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn op(c: &mut CoordinatorClient, out: &Out, cmd: OpCmd) -> Result<(), ClientError> {
+    match cmd {
+        OpCmd::Ls { unfinished } => {
+            let l = c
+                .ops
+                .list_operations(pb::ListOperationsRequest {
+                    unfinished_only: unfinished,
+                })
+                .await?
+                .into_inner();
+            out.show(&l, |l| lines(&l.operations, op_line));
+        }
+        OpCmd::Show { id } => {
+            let o = c
+                .ops
+                .get_operation(pb::OperationRef { id })
+                .await?
+                .into_inner();
+            out.show(&o, op_line);
+        }
+        OpCmd::Watch { id } => {
+            let o = c
+                .ops
+                .get_operation(pb::OperationRef { id })
+                .await?
+                .into_inner();
+            follow(c, out, false, o).await?;
+        }
+        OpCmd::Cancel { id } => {
+            let o = c
+                .ops
+                .cancel_operation(pb::OperationRef { id })
+                .await?
+                .into_inner();
+            out.show(&o, op_line);
+        }
+    }
+    Ok(())
+}
+
+async fn user(c: &mut CoordinatorClient, out: &Out, cmd: UserCmd) -> Result<(), ClientError> {
+    match cmd {
+        UserCmd::Add {
+            name,
+            role,
+            attributes,
+        } => {
+            let u = c
+                .users
+                .create_user(pb::CreateUserRequest {
+                    name,
+                    role,
+                    attributes: labels(&attributes)?,
+                })
+                .await?
+                .into_inner();
+            out.show(&u, |u| format!("user {} ({})", u.name, u.role));
+        }
+        UserCmd::Token { user } => {
+            let t = c
+                .users
+                .create_token(pb::CreateTokenRequest { user })
+                .await?
+                .into_inner();
+            out.show(&t, |t| t.token.clone());
+        }
+        UserCmd::Ls => {
+            let l = c
+                .users
+                .list_users(pb::ListUsersRequest {})
+                .await?
+                .into_inner();
+            out.show(&l, |l| {
+                lines(&l.users, |u| format!("{} ({})", u.name, u.role))
+            });
+        }
+        UserCmd::Whoami => {
+            let u = c.users.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+            out.show(&u, |u| format!("{} ({})", u.name, u.role));
+        }
+    }
+    Ok(())
+}
+
+fn vref(name: String) -> pb::VmRef {
+    pb::VmRef { name }
+}
+
+/// `vm ...`: changes become operations (followed unless --no-wait); reads answer at once.
+async fn vm(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    no_wait: bool,
+    cmd: VmCmd,
+) -> Result<(), ClientError> {
+    let op = match cmd {
+        VmCmd::Explain {
+            base,
+            keep_together,
+        } => return explain(c, out, base, keep_together).await,
+        VmCmd::Display { name, file } => return display(c, out, name, file).await,
+        VmCmd::Screenshot { name, file } => return screenshot(c, out, name, file).await,
+        VmCmd::Create {
+            define,
+            host,
+            start,
+        } => create(c, *define, host, start).await?,
+        VmCmd::Clone {
+            base,
+            name,
+            start,
+            keep_together,
+            labels: l,
+            owner,
+            idempotency_key,
+        } => {
+            c.vms
+                .clone_vm(pb::CloneVmRequest {
+                    base,
+                    name,
+                    start,
+                    labels: labels(&l)?,
+                    keep_together,
+                    idempotency_key: idempotency_key.unwrap_or_default(),
+                    owner: owner.unwrap_or_default(),
+                })
+                .await?
+        }
+        VmCmd::Start { name } => c.vms.start_vm(vref(name)).await?,
+        VmCmd::Shutdown { name } => c.vms.shutdown_vm(vref(name)).await?,
+        VmCmd::Poweroff { name } => c.vms.power_off_vm(vref(name)).await?,
+        VmCmd::Hibernate { name } => c.vms.hibernate_vm(vref(name)).await?,
+        VmCmd::Restore { name } => c.vms.restore_vm(vref(name)).await?,
+        VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
+        VmCmd::Move {
+            name,
+            host,
+            live,
+            limit,
+        } => {
+            c.vms
+                .move_vm(pb::MoveVmRequest {
+                    name,
+                    host,
+                    live,
+                    bandwidth_limit: limit_of(limit)?,
+                })
+                .await?
+        }
+        VmCmd::Show { name } => {
+            let v = c.vms.get_vm(vref(name)).await?.into_inner();
+            out.show(&v, vm_line);
+            return Ok(());
+        }
+        VmCmd::Ls => {
+            let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();
+            out.show(&l, |l| lines(&l.vms, vm_line));
+            return Ok(());
+        }
+    };
+    follow(c, out, no_wait, op.into_inner()).await
+}
+
+/// Where a clone of `base` would go, and why not elsewhere.
+async fn explain(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    base: String,
+    keep_together: bool,
+) -> Result<(), ClientError> {
+    let e = c
+        .vms
+        .explain_placement(pb::CloneVmRequest {
+            base,
+            keep_together,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    out.show(&e, |e| {
+        let mut s = format!(
+            "chosen: {}",
+            if e.chosen.is_empty() {
+                "none"
+            } else {
+                &e.chosen
+            }
+        );
+        for r in &e.rejected {
+            s.push_str(&format!("\n  {}: {}", r.host, r.reason));
+        }
+        s
+    });
+    Ok(())
+}
+
+async fn display(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    name: String,
+    file: Option<PathBuf>,
+) -> Result<(), ClientError> {
+    let d = c.access.get_vm_display(vref(name)).await?.into_inner();
+    match file {
+        Some(f) => {
+            write_private(&f, d.remote_viewer_file.as_bytes())?;
+            out.show(&d, |d| {
+                format!(
+                    "{}://{}:{} written to {}",
+                    pb::DisplayType::try_from(d.r#type)
+                        .map(|t| enum_name(t.as_str_name(), "DISPLAY_TYPE_"))
+                        .unwrap_or_default(),
+                    d.host,
+                    d.port,
+                    f.display()
+                )
+            });
+        }
+        None => out.show(&d, |d| d.remote_viewer_file.clone()),
+    }
+    Ok(())
+}
+
+async fn screenshot(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    name: String,
+    file: PathBuf,
+) -> Result<(), ClientError> {
+    let s = c.access.get_vm_screenshot(vref(name)).await?.into_inner();
+    std::fs::write(&file, &s.png)
+        .map_err(|e| invalid(format!("cannot write {}: {e}", file.display())))?;
+    out.show(&file, |f| {
+        format!(
+            "{}x{} screenshot written to {}",
+            s.width,
+            s.height,
+            f.display()
+        )
+    });
+    Ok(())
+}
+
+/// `snapshot ...` through the coordinator: changes are operations, reads answer at once.
+async fn snapshot(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    no_wait: bool,
+    cmd: SnapshotCmd,
+) -> Result<(), ClientError> {
+    let op = match cmd.into_call()? {
+        SnapshotCall::Create(r) => c.snapshots.create_vm_snapshot(r).await?,
+        SnapshotCall::Revert(r) => c.snapshots.revert_vm_snapshot(r).await?,
+        SnapshotCall::Rm(r) => c.snapshots.delete_vm_snapshot(r).await?,
+        SnapshotCall::List(r) => {
+            let l = c.snapshots.list_vm_snapshots(r).await?.into_inner();
+            out.show(&l, |l| lines(&l.snapshots, snapshot_line));
+            return Ok(());
+        }
+        SnapshotCall::Show(r) => {
+            let s = c.snapshots.get_vm_snapshot(r).await?.into_inner();
+            out.show(&s, snapshot_text);
+            return Ok(());
+        }
+        SnapshotCall::Children(r) => {
+            let l = c.snapshots.list_vm_snapshot_children(r).await?.into_inner();
+            out.show(&l, |l| lines(&l.snapshots, snapshot_line));
+            return Ok(());
+        }
+    };
+    follow(c, out, no_wait, op.into_inner()).await
+}
+
+/// `vm create`: a VM from a spec (admin), placed unless a host is given.
+async fn create(
+    c: &mut CoordinatorClient,
+    define: DefineArgs,
+    host: Option<String>,
+    start: bool,
+) -> Result<tonic::Response<pb::Operation>, ClientError> {
+    let spec = spec(&define)?;
+    let owner = spec.owner.clone();
+    c.vms
+        .create_vm(pb::CreateVmRequest {
+            spec: Some(spec),
+            host: host.unwrap_or_default(),
+            start,
+            owner,
+            idempotency_key: String::new(),
+        })
+        .await
+        .map_err(ClientError::from)
 }

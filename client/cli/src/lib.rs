@@ -7,3 +7,4 @@
 pub mod cli;
 pub mod coord_cli;
 pub mod pki;
+pub mod ports;
