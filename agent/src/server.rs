@@ -117,35 +117,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<pb::host_service_server::HostServiceServer<api::HostApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::domain_service_server::DomainServiceServer<api::DomainApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::volume_service_server::VolumeServiceServer<api::VolumeApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::base_service_server::BaseServiceServer<api::BaseApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::snapshot_service_server::SnapshotServiceServer<api::SnapshotApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::port_service_server::PortServiceServer<api::PortApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::volume_sync_service_server::VolumeSyncServiceServer<api::SyncApi>>()
-        .await;
-    let reflect = || corral_proto::reflection(corral_proto::AGENT_SERVICES);
-    let reflection = reflect()
-        .build_v1()
-        .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;
-    let reflection_alpha = reflect()
-        .build_v1alpha()
-        .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;
+    let (health, reflection, reflection_alpha) =
+        corral_proto::standard_services(corral_proto::AGENT_SERVICES)
+            .await
+            .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;
     let pinned = match &agent.cfg.tls_coordinator_cert {
         Some(p) => {
             let pem = std::fs::read_to_string(p)

@@ -59,33 +59,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<pb::vm_service_server::VmServiceServer<api::VmApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::operation_service_server::OperationServiceServer<api::OperationApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::host_admin_service_server::HostAdminServiceServer<api::HostAdminApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::user_service_server::UserServiceServer<api::UserApi>>()
-        .await;
-    reporter
-        .set_serving::<pb::vm_snapshot_service_server::VmSnapshotServiceServer<api::VmSnapshotApi>>(
-        )
-        .await;
-    reporter
-        .set_serving::<pb::vm_access_service_server::VmAccessServiceServer<api::VmAccessApi>>()
-        .await;
-    let reflect = || corral_proto::reflection(corral_proto::COORDINATOR_SERVICES);
-    let reflection = reflect()
-        .build_v1()
-        .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
-    let reflection_alpha = reflect()
-        .build_v1alpha()
-        .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
+    let (health, reflection, reflection_alpha) =
+        corral_proto::standard_services(corral_proto::COORDINATOR_SERVICES)
+            .await
+            .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
     let check = coord.auth.interceptor();
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = coord.cfg.api_tls()? {

@@ -44,3 +44,33 @@ pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'stati
         |b, s| b.with_service_name(s.to_string()),
     )
 }
+
+/// Health (every one of `services` serving) and reflection in both versions, for a server
+/// that serves `services`: what the agent and the coordinator both add beside their own.
+#[allow(clippy::type_complexity)]
+pub async fn standard_services(
+    services: &[&str],
+) -> Result<
+    (
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for s in services {
+        reporter
+            .set_service_status(*s, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    Ok((
+        health,
+        reflection(services).build_v1()?,
+        reflection(services).build_v1alpha()?,
+    ))
+}
