@@ -136,59 +136,33 @@ impl Config {
 
     /// Applies `CORRAL_AGENT_<FIELD>` overrides read through `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
-        let bad = |k: &str, v: &str| AgentError::invalid(format!("invalid {k}={v:?}"));
-        if let Some(v) = get("CORRAL_AGENT_LIBVIRT_URI") {
-            self.libvirt_uri = v;
-        }
-        if let Some(v) = get("CORRAL_AGENT_STORAGE_ROOT") {
-            self.storage_root = v.into();
-        }
-        if let Some(v) = get("CORRAL_AGENT_STATE_DIR") {
-            self.state_dir = v.into();
-        }
-        if let Some(v) = get("CORRAL_AGENT_DOMAIN_TYPE") {
+        let env = corral_proto::env::Env::new("CORRAL_AGENT", get);
+        env.set("LIBVIRT_URI", &mut self.libvirt_uri)?;
+        env.set("STORAGE_ROOT", &mut self.storage_root)?;
+        env.set("STATE_DIR", &mut self.state_dir)?;
+        if let Some(v) = env.raw("DOMAIN_TYPE") {
             self.domain_type = DomainType::parse(&v)?;
         }
-        if let Some(v) = get("CORRAL_AGENT_LISTEN") {
-            self.listen = v.parse().map_err(|_| bad("CORRAL_AGENT_LISTEN", &v))?;
-        }
-        if let Some(v) = get("CORRAL_AGENT_HOST_ADDRESS") {
-            self.host_address = v
-                .parse()
-                .map_err(|_| bad("CORRAL_AGENT_HOST_ADDRESS", &v))?;
-        }
-        if let Some(v) = get("CORRAL_AGENT_DEFAULT_NETWORK") {
-            self.default_network = v;
-        }
-        if let Some(v) = get("CORRAL_AGENT_FIREWALL") {
+        env.set("LISTEN", &mut self.listen)?;
+        env.set("HOST_ADDRESS", &mut self.host_address)?;
+        env.set("DEFAULT_NETWORK", &mut self.default_network)?;
+        if let Some(v) = env.raw("FIREWALL") {
             self.firewall = match v.as_str() {
                 "iptables" => FirewallKind::Iptables,
                 "none" => FirewallKind::None,
-                _ => return Err(bad("CORRAL_AGENT_FIREWALL", &v)),
+                _ => return Err(env.bad("FIREWALL", &v).into()),
             };
         }
-        if let Some(v) = get("CORRAL_AGENT_MIGRATION_URI") {
-            self.migration_uri = v;
-        }
-        if let Some(v) = get("CORRAL_AGENT_TLS_CERT") {
-            self.tls_cert = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_AGENT_TLS_KEY") {
-            self.tls_key = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_AGENT_TLS_CLIENT_CA") {
-            self.tls_client_ca = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_AGENT_TLS_COORDINATOR_CERT") {
-            self.tls_coordinator_cert = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_AGENT_PORT_RANGE") {
-            let (a, b) = v
+        env.set("MIGRATION_URI", &mut self.migration_uri)?;
+        env.set_some("TLS_CERT", &mut self.tls_cert)?;
+        env.set_some("TLS_KEY", &mut self.tls_key)?;
+        env.set_some("TLS_CLIENT_CA", &mut self.tls_client_ca)?;
+        env.set_some("TLS_COORDINATOR_CERT", &mut self.tls_coordinator_cert)?;
+        if let Some(v) = env.raw("PORT_RANGE") {
+            let range = v
                 .split_once('-')
-                .ok_or_else(|| bad("CORRAL_AGENT_PORT_RANGE", &v))?;
-            let a = a.parse().map_err(|_| bad("CORRAL_AGENT_PORT_RANGE", &v))?;
-            let b = b.parse().map_err(|_| bad("CORRAL_AGENT_PORT_RANGE", &v))?;
-            self.port_range = [a, b];
+                .and_then(|(a, b)| Some([a.parse().ok()?, b.parse().ok()?]));
+            self.port_range = range.ok_or_else(|| env.bad("PORT_RANGE", &v))?;
         }
         Ok(())
     }

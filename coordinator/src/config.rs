@@ -126,66 +126,22 @@ impl Config {
     }
 
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
-        let bad = |k: &str, v: &str| CoordError::Invalid(format!("invalid {k}={v:?}"));
-        if let Some(v) = get("CORRAL_COORD_LISTEN") {
-            self.listen = v.parse().map_err(|_| bad("CORRAL_COORD_LISTEN", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_DATABASE") {
-            self.database = v.into();
-        }
-        if let Some(v) = get("CORRAL_COORD_DATABASE_FULL_SYNC") {
-            self.database_full_sync = v
-                .parse()
-                .map_err(|_| bad("CORRAL_COORD_DATABASE_FULL_SYNC", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_HEARTBEAT_MS") {
-            self.heartbeat_ms = v
-                .parse()
-                .map_err(|_| bad("CORRAL_COORD_HEARTBEAT_MS", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_TRANSFER_STALL_MS") {
-            self.transfer_stall_ms = v
-                .parse()
-                .map_err(|_| bad("CORRAL_COORD_TRANSFER_STALL_MS", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_DOWN_AFTER_MS") {
-            self.down_after_ms = v
-                .parse()
-                .map_err(|_| bad("CORRAL_COORD_DOWN_AFTER_MS", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_PER_HOST_LIMIT") {
-            self.per_host_limit = v
-                .parse()
-                .map_err(|_| bad("CORRAL_COORD_PER_HOST_LIMIT", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_CPU_OVERCOMMIT") {
-            self.cpu_overcommit = v
-                .parse()
-                .map_err(|_| bad("CORRAL_COORD_CPU_OVERCOMMIT", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_MEMORY_OVERCOMMIT") {
-            self.memory_overcommit = v
-                .parse()
-                .map_err(|_| bad("CORRAL_COORD_MEMORY_OVERCOMMIT", &v))?;
-        }
-        if let Some(v) = get("CORRAL_COORD_AGENT_CA") {
-            self.agent_ca = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_COORD_CLIENT_CERT") {
-            self.client_cert = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_COORD_CLIENT_KEY") {
-            self.client_key = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_COORD_API_CERT") {
-            self.api_cert = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_COORD_API_KEY") {
-            self.api_key = Some(v.into());
-        }
-        if let Some(v) = get("CORRAL_COORD_BOOTSTRAP_TOKEN_FILE") {
-            self.bootstrap_token_file = v.into();
-        }
+        let env = corral_proto::env::Env::new("CORRAL_COORD", get);
+        env.set("LISTEN", &mut self.listen)?;
+        env.set("DATABASE", &mut self.database)?;
+        env.set("DATABASE_FULL_SYNC", &mut self.database_full_sync)?;
+        env.set("HEARTBEAT_MS", &mut self.heartbeat_ms)?;
+        env.set("TRANSFER_STALL_MS", &mut self.transfer_stall_ms)?;
+        env.set("DOWN_AFTER_MS", &mut self.down_after_ms)?;
+        env.set("PER_HOST_LIMIT", &mut self.per_host_limit)?;
+        env.set("CPU_OVERCOMMIT", &mut self.cpu_overcommit)?;
+        env.set("MEMORY_OVERCOMMIT", &mut self.memory_overcommit)?;
+        env.set_some("AGENT_CA", &mut self.agent_ca)?;
+        env.set_some("CLIENT_CERT", &mut self.client_cert)?;
+        env.set_some("CLIENT_KEY", &mut self.client_key)?;
+        env.set_some("API_CERT", &mut self.api_cert)?;
+        env.set_some("API_KEY", &mut self.api_key)?;
+        env.set("BOOTSTRAP_TOKEN_FILE", &mut self.bootstrap_token_file)?;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/corral_descriptor.bin"));
 
+pub mod env;
 pub mod rules;
 
 /// The gRPC services the agent serves (what its reflection advertises).
