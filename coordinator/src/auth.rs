@@ -174,15 +174,7 @@ pub fn bootstrap(store: &dyn Store, auth: &Auth, path: &std::path::Path) -> Resu
 
 /// Makes an existing file readable by its owner only (0600).
 pub fn narrow(path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CoordError::Internal(format!(
-            "cannot make {} private (0600): {e}",
-            path.display()
-        ))),
-    }
+    crate::store::private(path).map_err(|e| CoordError::Internal(e.to_string()))
 }
 
 #[cfg(test)]

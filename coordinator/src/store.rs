@@ -383,8 +383,8 @@ fn finish_vm((mut vm, spec): (VmRecord, String)) -> Result<VmRecord> {
 
 const OP_COLUMNS: &str = "id, kind, vm, host, user, state, idempotency_key, request, result, error, created_ms, updated_ms";
 
-/// Makes a file of the database owner-only (0600), if it exists.
-fn private(path: &Path) -> Result<()> {
+/// Makes a file owner-only (0600), if it exists (the database's files, token files).
+pub fn private(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
         Ok(()) => Ok(()),
