@@ -11,11 +11,9 @@ use corral_proto::v1 as pb;
 
 use crate::agent::{now_unix, Agent};
 use crate::convert::{role_from_pb, role_to_pb};
-use crate::domain_xml::Kind;
 use crate::domain_xml::{BaseFile, CorralMeta, DomainXml, MetaDisk, MetaLabel, PreparedBase};
-use crate::domains::{
-    disk_xml, is_base_role, random_mac, random_password, target_name, ROLE_DATA, ROLE_SWAP,
-};
+use crate::domain_xml::{Kind, Role};
+use crate::domains::{disk_xml, random_mac, random_password, target_name};
 use crate::error::{AgentError, Result};
 use crate::hypervisor::DomState;
 use crate::images::Format;
@@ -103,7 +101,7 @@ impl Agent {
 
     /// Volumes of a domain with their roles: (target, role, path), from its metadata,
     /// or every disk as `system` for domains Corral did not define.
-    pub(crate) fn volumes_of(&self, xml: &DomainXml) -> Vec<(String, String, PathBuf)> {
+    pub(crate) fn volumes_of(&self, xml: &DomainXml) -> Vec<(String, Role, PathBuf)> {
         let meta = meta_of(xml);
         xml.devices
             .disks
@@ -115,8 +113,8 @@ impl Agent {
                     .disks
                     .iter()
                     .find(|m| m.target == d.target.dev)
-                    .map(|m| m.role.clone())
-                    .unwrap_or_else(|| "system".into());
+                    .map(|m| m.role)
+                    .unwrap_or_default();
                 Some((d.target.dev.clone(), role, path))
             })
             .collect()
@@ -183,7 +181,7 @@ impl Agent {
                 .map(|i| i.virtual_size)
                 .unwrap_or(0);
             let mut file = String::new();
-            if is_base_role(role) {
+            if role.from_base() {
                 file = format!("{name}-{target}.base.qcow2");
                 let dest = self.storage.path(&file)?;
                 let tmp = self.storage.tmp_path(&file)?;
@@ -198,7 +196,7 @@ impl Agent {
             }
             files.push(BaseFile {
                 target: target.clone(),
-                role: role.clone(),
+                role: *role,
                 file,
                 source,
                 fingerprint: fingerprint(path)?,
@@ -239,7 +237,7 @@ impl Agent {
                 .iter()
                 .map(|f| pb::BaseVolume {
                     target: f.target.clone(),
-                    role: role_to_pb(&f.role) as i32,
+                    role: role_to_pb(f.role) as i32,
                     base_volume: f.file.clone(),
                     size_bytes: f.size,
                 })
@@ -537,7 +535,7 @@ impl Agent {
             let dest = self.storage.fresh(&vol)?;
             let tmp = self.storage.tmp_path(&vol)?;
             undo.0.push(tmp.clone());
-            if is_base_role(&f.role) {
+            if f.role.from_base() {
                 let backing = self.storage.existing(&f.file)?;
                 self.images.create_overlay(&tmp, &backing, Format::Qcow2)?;
             } else if copy_data {
@@ -552,7 +550,7 @@ impl Agent {
             disks.push(disk_xml(&dest, &f.target, "qcow2", false));
             meta.disks.push(MetaDisk {
                 target: f.target.clone(),
-                role: f.role.clone(),
+                role: f.role,
                 volume: vol,
             });
         }
@@ -624,7 +622,7 @@ impl Agent {
                 virt::sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY,
             );
         }
-        for d in meta.disks.iter().filter(|d| is_base_role(&d.role)) {
+        for d in meta.disks.iter().filter(|d| d.role.from_base()) {
             let Some(f) = prepared.files.iter().find(|f| f.target == d.target) else {
                 continue;
             };
@@ -672,7 +670,7 @@ impl Agent {
     pub fn add_volume(&self, req: &pb::AddVolumeRequest) -> Result<pb::Domain> {
         validate::name("domain", &req.domain)?;
         let role = role_from_pb(req.role)?;
-        if role != ROLE_SWAP && role != ROLE_DATA {
+        if role != Role::Swap && role != Role::Data {
             return Err(AgentError::invalid(format!(
                 "only swap and data volumes can be added, not {role}"
             )));
@@ -722,7 +720,7 @@ impl Agent {
         }
         meta.disks.push(MetaDisk {
             target,
-            role: role.into(),
+            role,
             volume: vol,
         });
         self.write_meta(&req.domain, &meta)?;

@@ -3,8 +3,7 @@
 
 use corral_proto::v1 as pb;
 
-use crate::domain_xml::Kind;
-use crate::domains::{ROLE_DATA, ROLE_SWAP, ROLE_SYSTEM, ROLE_TMP};
+use crate::domain_xml::{Kind, Role};
 use crate::error::{AgentError, Result};
 use crate::hypervisor::DomState;
 use crate::images::Format;
@@ -20,24 +19,24 @@ impl From<Kind> for pb::DomainKind {
 }
 
 /// Reads a protobuf role; unspecified means `system`, unknown values are refused.
-pub fn role_from_pb(value: i32) -> Result<&'static str> {
+pub fn role_from_pb(value: i32) -> Result<Role> {
     match pb::VolumeRole::try_from(value) {
-        Ok(pb::VolumeRole::Unspecified | pb::VolumeRole::System) => Ok(ROLE_SYSTEM),
-        Ok(pb::VolumeRole::Tmp) => Ok(ROLE_TMP),
-        Ok(pb::VolumeRole::Swap) => Ok(ROLE_SWAP),
-        Ok(pb::VolumeRole::Data) => Ok(ROLE_DATA),
+        Ok(pb::VolumeRole::Unspecified | pb::VolumeRole::System) => Ok(Role::System),
+        Ok(pb::VolumeRole::Tmp) => Ok(Role::Tmp),
+        Ok(pb::VolumeRole::Swap) => Ok(Role::Swap),
+        Ok(pb::VolumeRole::Data) => Ok(Role::Data),
         Err(_) => Err(AgentError::invalid(format!(
             "unknown volume role {value}: use system, tmp, swap or data"
         ))),
     }
 }
 
-pub fn role_to_pb(role: &str) -> pb::VolumeRole {
+pub fn role_to_pb(role: Role) -> pb::VolumeRole {
     match role {
-        ROLE_TMP => pb::VolumeRole::Tmp,
-        ROLE_SWAP => pb::VolumeRole::Swap,
-        ROLE_DATA => pb::VolumeRole::Data,
-        _ => pb::VolumeRole::System,
+        Role::System => pb::VolumeRole::System,
+        Role::Tmp => pb::VolumeRole::Tmp,
+        Role::Swap => pb::VolumeRole::Swap,
+        Role::Data => pb::VolumeRole::Data,
     }
 }
 

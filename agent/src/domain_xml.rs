@@ -264,6 +264,36 @@ pub struct CorralMeta {
     pub prepared: Option<PreparedBase>,
 }
 
+/// What a volume is to its domain (stored as `system`, `tmp`, `swap` or `data`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    System,
+    Tmp,
+    Swap,
+    /// The user's data: kept by a restore, made fresh or copied for a clone.
+    Data,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::System => "system",
+            Self::Tmp => "tmp",
+            Self::Swap => "swap",
+            Self::Data => "data",
+        })
+    }
+}
+
+impl Role {
+    /// Roles that come from a base and are reset by a restore.
+    pub fn from_base(self) -> bool {
+        !matches!(self, Self::Data)
+    }
+}
+
 /// What a domain is to Corral (stored as `plain`, `base` or `clone` in its metadata).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -291,9 +321,8 @@ impl CorralMeta {
 pub struct MetaDisk {
     #[serde(rename = "@target")]
     pub target: String,
-    /// `system`, `tmp`, `swap` or `data`.
     #[serde(rename = "@role")]
-    pub role: String,
+    pub role: Role,
     #[serde(rename = "@volume")]
     pub volume: String,
 }
@@ -321,7 +350,7 @@ pub struct BaseFile {
     #[serde(rename = "@target")]
     pub target: String,
     #[serde(rename = "@role")]
-    pub role: String,
+    pub role: Role,
     /// The base file (empty for data volumes, which clones get fresh or copied).
     #[serde(rename = "@file", default)]
     pub file: String,
@@ -387,7 +416,7 @@ mod tests {
         meta.base = Some("base1".into());
         meta.disks.push(MetaDisk {
             target: "vda".into(),
-            role: "system".into(),
+            role: Role::System,
             volume: "web1-vda.qcow2".into(),
         });
         meta.labels.push(MetaLabel {

@@ -21,17 +21,6 @@ use crate::images::Format;
 use crate::ownership::{Actor, Change, Claims};
 use crate::validate;
 
-/// Volume roles as stored in Corral's metadata.
-pub const ROLE_SYSTEM: &str = "system";
-pub const ROLE_TMP: &str = "tmp";
-pub const ROLE_SWAP: &str = "swap";
-pub const ROLE_DATA: &str = "data";
-
-/// Roles that come from a base and are reset by a restore.
-pub fn is_base_role(role: &str) -> bool {
-    matches!(role, ROLE_SYSTEM | ROLE_TMP | ROLE_SWAP)
-}
-
 /// A random locally administered MAC in QEMU's 52:54:00 range.
 pub fn random_mac() -> String {
     let mut r = rand::thread_rng();
@@ -286,7 +275,7 @@ impl Agent {
             disks.push(disk_xml(&path, &target, &format, d.readonly));
             meta.disks.push(MetaDisk {
                 target,
-                role: role.into(),
+                role,
                 volume: d.volume.clone(),
             });
         }
@@ -404,7 +393,7 @@ impl Agent {
                         .or_else(|| self.storage.name_of(Path::new(&path)))
                         .unwrap_or_default(),
                     path,
-                    role: role_to_pb(md.map(|m| m.role.as_str()).unwrap_or(ROLE_SYSTEM)) as i32,
+                    role: role_to_pb(md.map(|m| m.role).unwrap_or_default()) as i32,
                     target: d.target.dev.clone(),
                     readonly: d.readonly.is_some(),
                 }
@@ -753,8 +742,8 @@ mod tests {
 
     #[test]
     fn roles_and_targets() {
-        assert_eq!(role_from_pb(0).unwrap(), ROLE_SYSTEM);
-        assert_eq!(role_from_pb(4).unwrap(), ROLE_DATA);
+        assert_eq!(role_from_pb(0).unwrap(), crate::domain_xml::Role::System);
+        assert_eq!(role_from_pb(4).unwrap(), crate::domain_xml::Role::Data);
         assert!(role_from_pb(42)
             .unwrap_err()
             .to_string()
