@@ -78,6 +78,55 @@ fn received(host: &str, volume: &str) -> usize {
         .count()
 }
 
+/// A coordinator for the lab's agents with `hosts` added and up.
+fn lab_coordinator(lab: &Lab, dir: &Path, hosts: &[&str]) -> CoordProc {
+    let env = lab.coordinator_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let coord = CoordProc::start_with(&dir.join("coord"), 300, 3000, &env).unwrap();
+    let cli = Cli {
+        addr: &coord.addr,
+        token: &coord.admin_token,
+        ca: None,
+    };
+    for h in hosts {
+        cli.ok(&["host", "add", h, &lab.addr(h)]);
+    }
+    wait_up(&cli, hosts.len());
+    coord
+}
+
+/// A base `name` of the tiny guest on `host`.
+fn tiny_base(cli: &Cli, name: &str, host: &str) {
+    let g = Path::new(GUEST_DIR);
+    let (kernel, initrd) = (
+        g.join("vmlinux").display().to_string(),
+        g.join("initrd.gz").display().to_string(),
+    );
+    let (disk, cmdline) = (
+        format!("{name}-vda.qcow2:64M:system"),
+        format!("console=ttyS0 quiet corral.hostname={name}"),
+    );
+    cli.ok(&[
+        "base",
+        "create",
+        name,
+        "--host",
+        host,
+        "--memory",
+        "128M",
+        "--vcpus",
+        "1",
+        "--disk",
+        &disk,
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        &cmdline,
+    ]);
+}
+
 #[test]
 fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     if !lab_ready() {
@@ -86,42 +135,13 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::up(3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let env = lab.coordinator_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let coord = CoordProc::start_with(&dir.path().join("coord"), 300, 3000, &env).unwrap();
+    let coord = lab_coordinator(&lab, dir.path(), &["h1", "h2", "h3"]);
     let cli = Cli {
         addr: &coord.addr,
         token: &coord.admin_token,
         ca: None,
     };
-    for h in ["h1", "h2", "h3"] {
-        cli.ok(&["host", "add", h, &lab.addr(h)]);
-    }
-    wait_up(&cli, 3);
-    let g = Path::new(GUEST_DIR);
-    let (kernel, initrd) = (
-        g.join("vmlinux").display().to_string(),
-        g.join("initrd.gz").display().to_string(),
-    );
-    cli.ok(&[
-        "base",
-        "create",
-        "lab-web",
-        "--host",
-        "h1",
-        "--memory",
-        "128M",
-        "--vcpus",
-        "1",
-        "--disk",
-        "lab-web-vda.qcow2:64M:system",
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--cmdline",
-        "console=ttyS0 quiet corral.hostname=lab-web",
-    ]);
+    tiny_base(&cli, "lab-web", "h1");
 
     // Bad input: clear errors, nothing changes.
     for (args, want) in [
@@ -561,42 +581,13 @@ fn a_cancelled_live_move_leaves_the_guest_running_where_it_was() {
     let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::up(2).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let env = lab.coordinator_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let coord = CoordProc::start_with(&dir.path().join("coord"), 300, 3000, &env).unwrap();
+    let coord = lab_coordinator(&lab, dir.path(), &["h1", "h2"]);
     let cli = Cli {
         addr: &coord.addr,
         token: &coord.admin_token,
         ca: None,
     };
-    for h in ["h1", "h2"] {
-        cli.ok(&["host", "add", h, &lab.addr(h)]);
-    }
-    wait_up(&cli, 2);
-    let g = Path::new(GUEST_DIR);
-    let (kernel, initrd) = (
-        g.join("vmlinux").display().to_string(),
-        g.join("initrd.gz").display().to_string(),
-    );
-    cli.ok(&[
-        "base",
-        "create",
-        "labx-web",
-        "--host",
-        "h1",
-        "--memory",
-        "128M",
-        "--vcpus",
-        "1",
-        "--disk",
-        "labx-web-vda.qcow2:64M:system",
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--cmdline",
-        "console=ttyS0 quiet corral.hostname=labx-web",
-    ]);
+    tiny_base(&cli, "labx-web", "h1");
     cli.ok(&["base", "sync", "labx-web", "--host", "h2"]);
     let op = cli.json(&["vm", "clone", "labx-web", "labx-c1", "--start"]);
     assert_eq!(op["state"], 3, "{op}");

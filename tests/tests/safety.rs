@@ -134,29 +134,7 @@ async fn cancelling_a_move_leaves_nothing_on_the_target() {
         .await
         .unwrap()
         .into_inner();
-    let mut events = admin
-        .ops
-        .watch_operation(pb::OperationRef { id: op.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let e = events.message().await.unwrap().unwrap();
-        if e.bytes > 2 << 20 && !partials(&h2.storage()).is_empty() {
-            break;
-        }
-    }
-    admin
-        .ops
-        .cancel_operation(pb::OperationRef { id: op.id.clone() })
-        .await
-        .unwrap();
-    let ended = finish(&mut admin, op).await.unwrap();
-    assert_eq!(
-        ended.state,
-        pb::OperationState::Cancelled as i32,
-        "{ended:?}"
-    );
+    cancel_while_copying(&mut admin, op, &h2.storage()).await;
     wait_until("an empty target", Duration::from_secs(10), || {
         std::fs::read_dir(h2.storage()).unwrap().next().is_none()
     });
@@ -170,6 +148,35 @@ async fn cancelling_a_move_leaves_nothing_on_the_target() {
         .into_inner();
     assert_eq!(vm.host, "h1");
     assert!(h1.storage().join("mover-vda.qcow2").exists());
+}
+
+/// Follows `op` until data flows and the target holds a partial file, cancels it, and checks
+/// it ended cancelled.
+async fn cancel_while_copying(
+    admin: &mut corral_client::CoordinatorClient,
+    op: pb::Operation,
+    target_storage: &Path,
+) {
+    let mut events = admin
+        .ops
+        .watch_operation(pb::OperationRef { id: op.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let e = events.message().await.unwrap().unwrap();
+        if e.bytes > 2 << 20 && !partials(target_storage).is_empty() {
+            break;
+        }
+    }
+    let id = pb::OperationRef { id: op.id.clone() };
+    admin.ops.cancel_operation(id).await.unwrap();
+    let ended = finish(admin, op).await.unwrap();
+    assert_eq!(
+        ended.state,
+        pb::OperationState::Cancelled as i32,
+        "{ended:?}"
+    );
 }
 
 /// Item 10 on the agents: the caller of SendVolume goes away mid-transfer; the sender stops
@@ -242,29 +249,7 @@ async fn cancelling_a_base_sync_stops_the_transfer_on_both_agents() {
         .await
         .unwrap()
         .into_inner();
-    let mut events = admin
-        .ops
-        .watch_operation(pb::OperationRef { id: op.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let e = events.message().await.unwrap().unwrap();
-        if e.bytes > 2 << 20 && !partials(&h2.storage()).is_empty() {
-            break;
-        }
-    }
-    admin
-        .ops
-        .cancel_operation(pb::OperationRef { id: op.id.clone() })
-        .await
-        .unwrap();
-    let ended = finish(&mut admin, op).await.unwrap();
-    assert_eq!(
-        ended.state,
-        pb::OperationState::Cancelled as i32,
-        "{ended:?}"
-    );
+    cancel_while_copying(&mut admin, op, &h2.storage()).await;
     wait_until(
         "the target's partial file's removal",
         Duration::from_secs(10),
