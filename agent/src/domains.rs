@@ -667,8 +667,14 @@ impl Agent {
         self.hv.undefine(name)?;
         self.note_started(name, None);
         self.forget_ports(name)?;
-        // The definition is gone: what other domains and bases still claim is kept.
-        let claims = self.claims()?;
+        // The definition is gone: what other domains and bases still claim is kept. The
+        // claims are read only when a file may be deleted.
+        let deletes = remove_volumes || (meta.kind == Kind::Base && meta.prepared.is_some());
+        let claims = if deletes {
+            self.claims()?
+        } else {
+            Claims::default()
+        };
         let mut removed = Vec::new();
         if let Some(prepared) = meta.prepared.as_ref().filter(|_| meta.kind == Kind::Base) {
             for f in prepared.files.iter().filter(|f| !f.file.is_empty()) {
