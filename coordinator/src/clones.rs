@@ -10,33 +10,31 @@ use crate::auth::Caller;
 use crate::db::Db;
 use crate::error::{CoordError, Result};
 use crate::operations::{OpCtx, OpError, Submit};
+use crate::orders::CloneOrder;
 use crate::states::{Desired, Observed};
 use crate::store::{OpRecord, VmRecord};
 use crate::vms::{work, Coordinator};
 use std::time::Duration;
 
 impl Coordinator {
-    pub async fn clone_vm(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: pb::CloneVmRequest,
-    ) -> Result<OpRecord> {
+    pub async fn clone_vm(self: &Arc<Self>, caller: &Caller, req: CloneOrder) -> Result<OpRecord> {
         // The agent's own rules, before anything is submitted.
         corral_proto::rules::clone_base(&pb::CloneBaseRequest {
             base: req.base.clone(),
             name: req.name.clone(),
             labels: req.labels.clone(),
-            owner: req.owner.clone(),
+            owner: req.owner.clone().unwrap_or_default(),
             ..Default::default()
         })?;
-        let owner = if req.owner.is_empty() || req.owner == caller.name() {
-            caller.name().to_string()
-        } else {
-            caller.require_admin()?;
-            self.user_exists(&req.owner).await?;
-            req.owner.clone()
+        let owner = match &req.owner {
+            Some(o) if o != caller.name() => {
+                caller.require_admin()?;
+                self.user_exists(o).await?;
+                o.clone()
+            }
+            _ => caller.name().to_string(),
         };
-        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
+        let key = req.key.clone();
         if key.is_none() {
             self.name_free(&req.name).await?;
         }
@@ -78,7 +76,7 @@ impl Coordinator {
         &self,
         ctx: &OpCtx,
         host: &str,
-        req: &pb::CloneVmRequest,
+        req: &CloneOrder,
         owner: &str,
     ) -> Result<serde_json::Value> {
         let door = self.hosts.door(host)?;

@@ -5,8 +5,13 @@ use std::collections::HashMap;
 
 use corral_client::proto as pb;
 
-use crate::hosts::HostStatus;
-use crate::store::{OpRecord, OpState, UserRecord};
+use crate::error::CoordError;
+use crate::hosts::Liveness;
+use crate::orders::{BaseOnHost, BaseOrder, CloneOrder, CreateOrder, MoveOrder};
+use crate::placing::Placed;
+use crate::states::Observed;
+use crate::store::{OpEvent, OpRecord, OpState, UserRecord};
+use crate::views::{BaseSummary, HostSummary, VmView};
 
 pub fn op_state(s: OpState) -> pb::OperationState {
     match s {
@@ -37,6 +42,31 @@ pub fn op_to_pb(op: &OpRecord) -> pb::Operation {
     }
 }
 
+pub fn op_event_to_pb(e: OpEvent) -> pb::OperationEvent {
+    pb::OperationEvent {
+        operation: e.op_id,
+        seq: e.seq,
+        at_unix_ms: e.at_ms,
+        phase: e.phase,
+        percent: e.percent.unwrap_or(-1.0),
+        bytes: e.bytes.unwrap_or(0),
+        message: e.message,
+        state: e.state.map(|s| op_state(s) as i32).unwrap_or(0),
+    }
+}
+
+/// Where a clone would go, and why each other host would not take it.
+pub fn placed_to_pb(p: Placed) -> pb::PlacementExplanation {
+    pb::PlacementExplanation {
+        chosen: p.host.unwrap_or_default(),
+        rejected: p
+            .rejected
+            .into_iter()
+            .map(|(host, reason)| pb::HostRejection { host, reason })
+            .collect(),
+    }
+}
+
 pub fn user_to_pb(u: &UserRecord) -> pb::User {
     let attributes: HashMap<String, String> = u
         .attributes
@@ -54,21 +84,125 @@ pub fn user_to_pb(u: &UserRecord) -> pb::User {
     }
 }
 
+/// A host's liveness as the API shows it.
+pub fn liveness(l: Option<Liveness>) -> pb::HostState {
+    match l {
+        None => pb::HostState::Unspecified,
+        Some(Liveness::Unknown) => pb::HostState::Unknown,
+        Some(Liveness::Up) => pb::HostState::Up,
+        Some(Liveness::Down) => pb::HostState::Down,
+    }
+}
+
 /// A host as the API shows it: its record, last heartbeat and state, and its VM count.
-pub fn host_to_pb(name: String, st: &HostStatus, state: pb::HostState, vms: u32) -> pb::Host {
+pub fn host_to_pb(h: HostSummary) -> pb::Host {
+    let st = h.status;
     pb::Host {
-        vms,
+        vms: h.vms,
         address: st
             .record
             .as_ref()
             .map(|r| r.address.clone())
             .unwrap_or_default(),
         enabled: st.record.as_ref().is_some_and(|r| r.enabled),
-        state: state as i32,
+        state: liveness(Some(h.liveness)) as i32,
         last_seen_unix_ms: st.last_seen_ms,
-        info: st.info.clone(),
-        bases: st.bases.iter().cloned().collect(),
-        last_error: st.last_error.clone(),
-        name,
+        info: st.info,
+        bases: st.bases.into_iter().collect(),
+        last_error: st.last_error,
+        name: h.name,
+    }
+}
+
+pub fn vm_to_pb(v: VmView) -> pb::Vm {
+    let vm = v.vm;
+    pb::Vm {
+        name: vm.name,
+        owner: vm.owner,
+        base: vm.base.unwrap_or_default(),
+        host: vm.host.unwrap_or_default(),
+        desired_state: vm.desired_state.as_str().into(),
+        observed_state: v
+            .observed
+            .map_or(pb::DomainState::Unspecified, Observed::domain_state)
+            as i32,
+        locked_by: v.locked_by.unwrap_or_default(),
+        host_state: liveness(v.host) as i32,
+    }
+}
+
+pub fn base_summary_to_pb(b: BaseSummary) -> pb::BaseSummary {
+    pb::BaseSummary {
+        name: b.name,
+        hosts: b.hosts,
+        clones: b.clones,
+    }
+}
+
+/// An empty protobuf string is "not given".
+fn given(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn spec_of(spec: Option<pb::DomainSpec>) -> Result<pb::DomainSpec, CoordError> {
+    spec.ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))
+}
+
+impl From<pb::CloneVmRequest> for CloneOrder {
+    fn from(r: pb::CloneVmRequest) -> Self {
+        Self {
+            base: r.base,
+            name: r.name,
+            start: r.start,
+            labels: r.labels,
+            keep_together: r.keep_together,
+            key: given(r.idempotency_key),
+            owner: given(r.owner),
+        }
+    }
+}
+
+impl TryFrom<pb::CreateVmRequest> for CreateOrder {
+    type Error = CoordError;
+    fn try_from(r: pb::CreateVmRequest) -> Result<Self, CoordError> {
+        Ok(Self {
+            spec: spec_of(r.spec)?,
+            host: given(r.host),
+            start: r.start,
+            owner: given(r.owner),
+            key: given(r.idempotency_key),
+        })
+    }
+}
+
+impl TryFrom<pb::CreateBaseRequest> for BaseOrder {
+    type Error = CoordError;
+    fn try_from(r: pb::CreateBaseRequest) -> Result<Self, CoordError> {
+        Ok(Self {
+            spec: spec_of(r.spec)?,
+            host: r.host,
+            key: given(r.idempotency_key),
+        })
+    }
+}
+
+impl From<pb::SyncBaseRequest> for BaseOnHost {
+    fn from(r: pb::SyncBaseRequest) -> Self {
+        Self {
+            base: r.base,
+            host: r.host,
+            bandwidth_limit: r.bandwidth_limit,
+        }
+    }
+}
+
+impl From<pb::MoveVmRequest> for MoveOrder {
+    fn from(r: pb::MoveVmRequest) -> Self {
+        Self {
+            name: r.name,
+            host: r.host,
+            live: r.live,
+            bandwidth_limit: r.bandwidth_limit,
+        }
     }
 }

@@ -9,6 +9,7 @@ use corral_client::proto as pb;
 use crate::auth::Caller;
 use crate::error::{CoordError, Result};
 use crate::operations::{OpError, Submit};
+use crate::orders::{BaseOrder, CreateOrder};
 use crate::states::{Desired, Observed};
 use crate::store::{OpRecord, VmRecord};
 use crate::vms::{check_name, work, Coordinator};
@@ -28,36 +29,35 @@ impl Coordinator {
     pub async fn create_vm(
         self: &Arc<Self>,
         caller: &Caller,
-        req: pb::CreateVmRequest,
+        req: CreateOrder,
     ) -> Result<OpRecord> {
         caller.require_admin()?;
-        let mut spec = req
-            .spec
-            .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
+        let mut spec = req.spec;
         corral_proto::rules::domain_spec(&spec)?;
-        if !req.host.is_empty() {
-            check_name("host", &req.host)?;
-            self.hosts.door(&req.host)?;
+        if let Some(h) = &req.host {
+            check_name("host", h)?;
+            self.hosts.door(h)?;
         }
-        let owner = if req.owner.is_empty() {
-            caller.name().to_string()
-        } else {
-            check_name("user", &req.owner)?;
-            self.user_exists(&req.owner).await?;
-            req.owner.clone()
+        let owner = match &req.owner {
+            None => caller.name().to_string(),
+            Some(o) => {
+                check_name("user", o)?;
+                self.user_exists(o).await?;
+                o.clone()
+            }
         };
         spec.owner.clone_from(&owner);
-        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
+        let key = req.key;
         if key.is_none() {
             self.name_free(&spec.name).await?;
         }
         let size = size_of(&spec);
-        let host = if req.host.is_empty() {
-            self.place_sized(size, &owner)
+        let host = match req.host {
+            None => self
+                .place_sized(size, &owner)
                 .await?
-                .host_or_refusal(&spec.name)?
-        } else {
-            req.host.clone()
+                .host_or_refusal(&spec.name)?,
+            Some(h) => h,
         };
         let submit = Submit {
             kind: "create".into(),
@@ -174,12 +174,10 @@ impl Coordinator {
     pub async fn create_base(
         self: &Arc<Self>,
         caller: &Caller,
-        req: pb::CreateBaseRequest,
+        req: BaseOrder,
     ) -> Result<OpRecord> {
         caller.require_admin()?;
-        let spec = req
-            .spec
-            .ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))?;
+        let spec = req.spec;
         corral_proto::rules::domain_spec(&spec)?;
         check_name("host", &req.host)?;
         // A base may be created on several hosts (the same template on each); a VM's name
@@ -197,7 +195,7 @@ impl Coordinator {
             vm: Some(spec.name.clone()),
             host: Some(req.host.clone()),
             user: Some(caller.name().into()),
-            idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()),
+            idempotency_key: req.key,
             request: serde_json::json!({ "base": spec.name, "host": req.host }),
         };
         let me = Arc::clone(self);

@@ -6,13 +6,14 @@ use std::time::Duration;
 use corral_client::proto as pb;
 
 use crate::fake::Kit;
+use crate::orders::{BaseOnHost, CloneOrder, MoveOrder};
 use crate::store::{OpRecord, OpState};
 
-fn clone_req(base: &str, name: &str, key: &str) -> pb::CloneVmRequest {
-    pb::CloneVmRequest {
+fn clone_req(base: &str, name: &str, key: &str) -> CloneOrder {
+    CloneOrder {
         base: base.into(),
         name: name.into(),
-        idempotency_key: key.into(),
+        key: (!key.is_empty()).then(|| key.into()),
         ..Default::default()
     }
 }
@@ -126,7 +127,7 @@ async fn a_live_move_that_fails_rolls_back() {
         .unwrap();
     let target = if source == "h1" { "h2" } else { "h1" };
     kit.agent(&source).fail("migrate");
-    let req = pb::MoveVmRequest {
+    let req = MoveOrder {
         name: "c1".into(),
         host: target.into(),
         live: true,
@@ -154,7 +155,7 @@ async fn ensure_base_copies_parents_first() {
     let kit = Kit::new(2).await;
     kit.base("root", None, &["h1"]).await;
     kit.base("child", Some("root"), &["h1"]).await;
-    let req = pb::SyncBaseRequest {
+    let req = BaseOnHost {
         base: "child".into(),
         host: "h2".into(),
         bandwidth_limit: 0,

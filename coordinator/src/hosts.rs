@@ -39,6 +39,17 @@ pub struct HostStatus {
     pub info_ms: i64,
 }
 
+/// Whether a host answers, as computed from its silence when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Never heard from since the coordinator started.
+    Unknown,
+    /// Heard from within `down_after`.
+    Up,
+    /// Silent for longer than `down_after`.
+    Down,
+}
+
 /// Capacity promised to a clone; it counts until a heartbeat taken after its end arrives.
 #[derive(Debug, Clone)]
 pub struct Reservation {
@@ -216,17 +227,17 @@ impl Hosts {
     }
 
     /// The host's state computed from its silence.
-    pub fn state_of(&self, status: &HostStatus) -> pb::HostState {
+    pub fn state_of(&self, status: &HostStatus) -> Liveness {
         if status.last_seen_ms == 0 {
-            pb::HostState::Unknown
+            Liveness::Unknown
         } else if now_ms() - status.last_seen_ms > self.down_after.as_millis() as i64 {
-            pb::HostState::Down
+            Liveness::Down
         } else {
-            pb::HostState::Up
+            Liveness::Up
         }
     }
 
-    pub fn statuses(&self) -> Result<Vec<(String, HostStatus, pb::HostState)>> {
+    pub fn statuses(&self) -> Result<Vec<(String, HostStatus, Liveness)>> {
         let entries = self.entries.read().map_err(poisoned)?;
         let mut out: Vec<_> = entries
             .iter()
@@ -236,12 +247,12 @@ impl Hosts {
         Ok(out)
     }
 
-    pub fn host_state(&self, name: &str) -> pb::HostState {
+    /// A host's liveness; `None` for a host the coordinator does not know.
+    pub fn host_state(&self, name: &str) -> Option<Liveness> {
         self.entries
             .read()
             .ok()
             .and_then(|e| e.get(name).map(|e| self.state_of(&e.status)))
-            .unwrap_or(pb::HostState::Unspecified)
     }
 
     /// The address a host's agent was added with (how peers reach it too).
@@ -260,7 +271,7 @@ impl Hosts {
         let e = entries
             .get(name)
             .ok_or_else(|| CoordError::NotFound(format!("host {name} not found")))?;
-        if self.state_of(&e.status) != pb::HostState::Up {
+        if self.state_of(&e.status) != Liveness::Up {
             return Err(CoordError::Unavailable(format!("host {name} is down")));
         }
         e.door
@@ -373,7 +384,7 @@ impl Hosts {
                 match answer {
                     Ok(info) => {
                         // Decided when the answer arrives: a host back from silence reconciles.
-                        let was_up = self.host_state(&name) == pb::HostState::Up;
+                        let was_up = self.host_state(&name) == Some(Liveness::Up);
                         let info = info.into_inner();
                         self.update(&name, |e| {
                             e.status.info = Some(info);
@@ -533,7 +544,7 @@ impl Hosts {
                 .collect();
             views.push(crate::placement::HostView {
                 id: i as u32,
-                up: state == pb::HostState::Up,
+                up: state == Liveness::Up,
                 enabled: st.record.as_ref().is_some_and(|r| r.enabled),
                 vcpus_total: info.cpus,
                 vcpus_used: info.vcpus_running + pv,

@@ -39,7 +39,7 @@ impl Coordinator {
     pub async fn move_vm(
         self: &Arc<Self>,
         caller: &Caller,
-        req: pb::MoveVmRequest,
+        req: crate::orders::MoveOrder,
     ) -> Result<OpRecord> {
         check_name("VM", &req.name)?;
         check_name("host", &req.host)?;

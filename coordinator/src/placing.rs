@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
+use crate::auth::Caller;
 use crate::error::{CoordError, Result};
+use crate::names::check_name;
+use crate::orders::CloneOrder;
 use crate::placement;
 use crate::vms::Coordinator;
 
@@ -194,5 +197,20 @@ impl Coordinator {
     /// Promises `size` on `host` to a VM being made, until the guard is dropped.
     pub(crate) fn reserve(&self, host: &str, size: (u32, u64)) -> crate::reservations::Reserved {
         self.reservations.reserve(host, size)
+    }
+}
+
+impl Coordinator {
+    /// Where a clone of `order.base` for the caller would go now (nothing is reserved).
+    pub async fn explain_placement(&self, caller: &Caller, order: &CloneOrder) -> Result<Placed> {
+        check_name("base", &order.base)?;
+        // The clone's name is optional here; when given it must be one a clone could have.
+        if !order.name.is_empty() {
+            check_name("VM", &order.name)?;
+        }
+        let (placed, _) = self
+            .place(&order.base, caller.name(), order.keep_together)
+            .await?;
+        Ok(placed)
     }
 }

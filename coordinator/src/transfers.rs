@@ -246,7 +246,7 @@ impl Coordinator {
     pub async fn sync_base(
         self: &Arc<Self>,
         caller: &Caller,
-        req: pb::SyncBaseRequest,
+        req: crate::orders::BaseOnHost,
     ) -> Result<OpRecord> {
         caller.require_admin()?;
         check_name("base", &req.base)?;
@@ -276,7 +276,7 @@ impl Coordinator {
     pub async fn remove_base_from_host(
         self: &Arc<Self>,
         caller: &Caller,
-        req: pb::SyncBaseRequest,
+        req: crate::orders::BaseOnHost,
     ) -> Result<OpRecord> {
         caller.require_admin()?;
         check_name("base", &req.base)?;

@@ -5,13 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use corral_client::proto as pb;
-
 use crate::auth::{Auth, Caller};
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{CoordError, Result};
-use crate::hosts::Hosts;
+use crate::hosts::{Hosts, Liveness};
 use crate::operations::{OpCtx, OpError, Operations, Work, WorkFuture};
 use crate::placement::Policy;
 use crate::store::{Store, VmRecord};
@@ -19,6 +17,7 @@ use crate::store::{Store, VmRecord};
 pub use crate::hosts::AGENT_QUICK_CALL;
 
 pub use crate::names::check_name;
+pub use crate::views::{BaseSummary, HostSummary, VmView};
 
 pub struct Coordinator {
     pub cfg: Config,
@@ -121,26 +120,14 @@ impl Coordinator {
         Ok(vm)
     }
 
-    pub fn vm_view(&self, vm: &VmRecord) -> pb::Vm {
-        let host_state = vm
-            .host
-            .as_deref()
-            .map(|h| self.hosts.host_state(h))
-            .unwrap_or(pb::HostState::Unspecified);
-        let observed = if host_state == pb::HostState::Up {
-            vm.observed_state.domain_state()
-        } else {
-            pb::DomainState::Unspecified
-        };
-        pb::Vm {
-            name: vm.name.clone(),
-            owner: vm.owner.clone(),
-            base: vm.base.clone().unwrap_or_default(),
-            host: vm.host.clone().unwrap_or_default(),
-            desired_state: vm.desired_state.as_str().into(),
-            observed_state: observed as i32,
-            locked_by: self.ops.locked_by(&vm.name).unwrap_or_default(),
-            host_state: host_state as i32,
+    /// A VM as its owner sees it (what its host last said counts only while the host is up).
+    pub fn vm_view(&self, vm: &VmRecord) -> VmView {
+        let host = vm.host.as_deref().and_then(|h| self.hosts.host_state(h));
+        VmView {
+            observed: (host == Some(Liveness::Up)).then_some(vm.observed_state),
+            locked_by: self.ops.locked_by(&vm.name),
+            host,
+            vm: vm.clone(),
         }
     }
 
@@ -155,72 +142,5 @@ impl Coordinator {
             .host
             .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
         self.hosts.door(&host)
-    }
-}
-
-/// Listings, each filtered to what the caller may see.
-impl Coordinator {
-    /// The VMs `caller` may touch.
-    pub async fn vms_of(&self, caller: &Caller) -> Result<Vec<VmRecord>> {
-        let vms = self.blocking(|s| s.vms()).await?;
-        Ok(vms
-            .into_iter()
-            .filter(|v| caller.may_touch(&v.owner))
-            .collect())
-    }
-
-    /// Every base with the hosts that hold it and its clone count.
-    pub async fn base_summaries(&self) -> Result<Vec<pb::BaseSummary>> {
-        let (bases, vms) = self.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
-        Ok(bases
-            .into_iter()
-            .map(|(name, hosts)| pb::BaseSummary {
-                clones: vms
-                    .iter()
-                    .filter(|v| v.base.as_deref() == Some(&name))
-                    .count() as u32,
-                name,
-                hosts,
-            })
-            .collect())
-    }
-
-    /// Every host with its state and VM count.
-    pub async fn host_list(&self) -> Result<Vec<pb::Host>> {
-        let vms = self.blocking(|s| s.vms()).await?;
-        Ok(self
-            .hosts
-            .statuses()?
-            .into_iter()
-            .map(|(name, st, state)| {
-                let n = vms
-                    .iter()
-                    .filter(|v| v.host.as_deref() == Some(&name))
-                    .count();
-                crate::convert::host_to_pb(name, &st, state, n as u32)
-            })
-            .collect())
-    }
-
-    /// The exposed ports of every VM `caller` may touch, asked host by host (a host that is
-    /// down is skipped).
-    pub async fn ports_of(&self, caller: &Caller) -> Result<Vec<pb::ExposedPort>> {
-        let mut by_host: std::collections::BTreeMap<String, std::collections::HashSet<String>> =
-            Default::default();
-        for v in self.vms_of(caller).await? {
-            if let Some(h) = v.host {
-                by_host.entry(h).or_default().insert(v.name);
-            }
-        }
-        let mut ports = Vec::new();
-        for (host, names) in by_host {
-            let Ok(door) = self.hosts.door(&host) else {
-                continue;
-            };
-            if let Ok(l) = door.list_ports("").await {
-                ports.extend(l.into_iter().filter(|p| names.contains(&p.domain)));
-            }
-        }
-        Ok(ports)
     }
 }

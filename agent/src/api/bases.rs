@@ -10,141 +10,51 @@ use crate::agent::Agent;
 #[derive(Debug, Clone)]
 pub struct BaseApi(pub Arc<Agent>);
 
-type R<T> = Result<Response<T>, Status>;
+/// A base's name, checked (reads take a name no write would have accepted as not found).
+fn base_name(n: &str) -> crate::error::Result<&str> {
+    crate::validate::name("base", n)?;
+    Ok(n)
+}
 
-#[tonic::async_trait]
-impl BaseService for BaseApi {
-    async fn prepare_base(&self, req: Request<pb::DomainRef>) -> R<pb::Base> {
-        let n = req.into_inner().name;
-        run(&self.0, "PrepareBase", &n.clone(), move |a| {
-            a.prepare_base(&n)
-        })
-        .await
-    }
-    async fn remove_base(&self, req: Request<pb::DomainRef>) -> R<pb::RemoveBaseResponse> {
-        let n = req.into_inner().name;
-        run(&self.0, "RemoveBase", &n.clone(), move |a| {
-            a.remove_base(&n)?;
-            Ok(pb::RemoveBaseResponse {})
-        })
-        .await
-    }
-    async fn get_base(&self, req: Request<pb::DomainRef>) -> R<pb::Base> {
-        let n = req.into_inner().name;
-        run(&self.0, "GetBase", &n.clone(), move |a| {
-            crate::validate::name("base", &n)?;
-            a.base(&n)
-        })
-        .await
-    }
-    async fn list_bases(&self, _: Request<pb::ListBasesRequest>) -> R<pb::ListBasesResponse> {
-        run(&self.0, "ListBases", "", |a| {
-            Ok(pb::ListBasesResponse { bases: a.bases()? })
-        })
-        .await
-    }
-    async fn clone_base(&self, req: Request<pb::CloneBaseRequest>) -> R<pb::Domain> {
-        let r = req.into_inner();
-        run(&self.0, "CloneBase", &r.name.clone(), move |a| {
-            a.clone_base(&r)
-        })
-        .await
-    }
-    async fn list_clones(&self, req: Request<pb::DomainRef>) -> R<pb::ListClonesResponse> {
-        let n = req.into_inner().name;
-        run(&self.0, "ListClones", &n.clone(), move |a| {
-            crate::validate::name("base", &n)?;
-            Ok(pb::ListClonesResponse {
-                clones: a.list_clones(&n)?,
+rpcs! { BaseApi: BaseService, |a, r|;
+    prepare_base(pb::DomainRef) -> pb::Base = "PrepareBase" by r.name => a.prepare_base(&r.name);
+    remove_base(pb::DomainRef) -> pb::RemoveBaseResponse = "RemoveBase" by r.name
+        => a.remove_base(&r.name).map(|()| pb::RemoveBaseResponse {});
+    get_base(pb::DomainRef) -> pb::Base = "GetBase" by r.name => a.base(base_name(&r.name)?);
+    list_bases(pb::ListBasesRequest) -> pb::ListBasesResponse = "ListBases"
+        => Ok(pb::ListBasesResponse { bases: a.bases()? });
+    clone_base(pb::CloneBaseRequest) -> pb::Domain = "CloneBase" by r.name => a.clone_base(&r);
+    list_clones(pb::DomainRef) -> pb::ListClonesResponse = "ListClones" by r.name
+        => Ok(pb::ListClonesResponse { clones: a.list_clones(base_name(&r.name)?)? });
+    restore_clone(pb::DomainRef) -> pb::Domain = "RestoreClone" by r.name => a.restore_clone(&r.name);
+    spinoff_clone(pb::DomainRef) -> pb::Domain = "SpinoffClone" by r.name => a.spinoff(&r.name);
+    add_volume(pb::AddVolumeRequest) -> pb::Domain = "AddVolume" by r.domain => a.add_volume(&r);
+    export_base(pb::DomainRef) -> pb::BaseExport = "ExportBase" by r.name => a.export_base(&r.name);
+    import_base(pb::ImportBaseRequest) -> pb::Base = "ImportBase" => a.import_base(&r.definition_xml);
+    export_domain(pb::DomainRef) -> pb::BaseExport = "ExportDomain" by r.name => a.export_domain(&r.name);
+    import_domain(pb::ImportBaseRequest) -> pb::Domain = "ImportDomain" => a.import_domain(&r.definition_xml);
+    export_for_migration(pb::DomainRef) -> pb::BaseExport = "ExportForMigration" by r.name
+        => a.export_for_migration(&r.name);
+    prepare_migration(pb::ImportBaseRequest) -> pb::MigrationTarget = "PrepareMigration"
+        => a.prepare_migration(&r);
+    finish_migration(pb::DomainRef) -> pb::Domain = "FinishMigration" by r.name => a.finish_migration(&r.name);
+    @more {
+        async fn migrate_domain(
+            &self,
+            req: Request<pb::MigrateDomainRequest>,
+        ) -> Result<Response<pb::MigrateDomainResponse>, Status> {
+            let r = req.into_inner();
+            // A caller that goes away (a cancelled move) aborts libvirt's migration job: the
+            // guest keeps running here.
+            let abort = AbortOnDrop(Some((Arc::clone(&self.0), r.name.clone())));
+            let out = run(&self.0, "MigrateDomain", &r.name.clone(), move |a| {
+                a.migrate_domain(&r)?;
+                Ok(pb::MigrateDomainResponse {})
             })
-        })
-        .await
-    }
-    async fn restore_clone(&self, req: Request<pb::DomainRef>) -> R<pb::Domain> {
-        let n = req.into_inner().name;
-        run(&self.0, "RestoreClone", &n.clone(), move |a| {
-            a.restore_clone(&n)
-        })
-        .await
-    }
-    async fn spinoff_clone(&self, req: Request<pb::DomainRef>) -> R<pb::Domain> {
-        let n = req.into_inner().name;
-        run(&self.0, "SpinoffClone", &n.clone(), move |a| a.spinoff(&n)).await
-    }
-    async fn add_volume(&self, req: Request<pb::AddVolumeRequest>) -> R<pb::Domain> {
-        let r = req.into_inner();
-        run(&self.0, "AddVolume", &r.domain.clone(), move |a| {
-            a.add_volume(&r)
-        })
-        .await
-    }
-    async fn export_base(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
-        let n = req.into_inner().name;
-        run(&self.0, "ExportBase", &n.clone(), move |a| {
-            a.export_base(&n)
-        })
-        .await
-    }
-    async fn import_base(&self, req: Request<pb::ImportBaseRequest>) -> R<pb::Base> {
-        let r = req.into_inner();
-        run(&self.0, "ImportBase", "", move |a| {
-            a.import_base(&r.definition_xml)
-        })
-        .await
-    }
-    async fn export_domain(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
-        let n = req.into_inner().name;
-        run(&self.0, "ExportDomain", &n.clone(), move |a| {
-            a.export_domain(&n)
-        })
-        .await
-    }
-    async fn import_domain(&self, req: Request<pb::ImportBaseRequest>) -> R<pb::Domain> {
-        let r = req.into_inner();
-        run(&self.0, "ImportDomain", "", move |a| {
-            a.import_domain(&r.definition_xml)
-        })
-        .await
-    }
-    async fn export_for_migration(&self, req: Request<pb::DomainRef>) -> R<pb::BaseExport> {
-        let n = req.into_inner().name;
-        run(&self.0, "ExportForMigration", &n.clone(), move |a| {
-            a.export_for_migration(&n)
-        })
-        .await
-    }
-    async fn prepare_migration(
-        &self,
-        req: Request<pb::ImportBaseRequest>,
-    ) -> R<pb::MigrationTarget> {
-        let r = req.into_inner();
-        run(&self.0, "PrepareMigration", "", move |a| {
-            a.prepare_migration(&r)
-        })
-        .await
-    }
-    async fn migrate_domain(
-        &self,
-        req: Request<pb::MigrateDomainRequest>,
-    ) -> R<pb::MigrateDomainResponse> {
-        let r = req.into_inner();
-        // A caller that goes away (a cancelled move) aborts libvirt's migration job: the
-        // guest keeps running here.
-        let abort = AbortOnDrop(Some((Arc::clone(&self.0), r.name.clone())));
-        let out = run(&self.0, "MigrateDomain", &r.name.clone(), move |a| {
-            a.migrate_domain(&r)?;
-            Ok(pb::MigrateDomainResponse {})
-        })
-        .await;
-        abort.disarm();
-        out
-    }
-    async fn finish_migration(&self, req: Request<pb::DomainRef>) -> R<pb::Domain> {
-        let n = req.into_inner().name;
-        run(&self.0, "FinishMigration", &n.clone(), move |a| {
-            a.finish_migration(&n)
-        })
-        .await
+            .await;
+            abort.disarm();
+            out
+        }
     }
 }
 

@@ -9,6 +9,42 @@ use tracing::Instrument;
 
 use crate::agent::Agent;
 
+/// Writes a gRPC service's unary RPCs, one line each, in the one shape of [`run`]:
+///
+/// `method(Request) -> Response = "RpcName" [by target] => body;`
+///
+/// The header names the agent and the request as the bodies see them (`|a, r|`); `by` gives
+/// the span's target (read from the request before the body runs). Streaming and other hand-written
+/// methods follow `@more { ... }`.
+macro_rules! rpcs {
+    (
+        $api:ident: $service:path, |$a:ident, $r:ident|;
+        $( $method:ident($req:ty) -> $resp:ty = $label:literal $(by $target:expr)? => $body:expr; )*
+        $( @more { $($more:tt)* } )?
+    ) => {
+        #[tonic::async_trait]
+        impl $service for $api {
+            $(
+                async fn $method(
+                    &self,
+                    req: tonic::Request<$req>,
+                ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                    let $r = req.into_inner();
+                    let target: String = rpcs!(@target $($target)?);
+                    $crate::api::run(&self.0, $label, &target, move |$a| {
+                        let _ = &$r;
+                        $body
+                    })
+                    .await
+                }
+            )*
+            $( $($more)* )?
+        }
+    };
+    (@target) => { String::new() };
+    (@target $target:expr) => { $target.to_string() };
+}
+
 mod bases;
 mod domains;
 mod host;

@@ -1,13 +1,42 @@
 //! gRPC services of the coordinator; every call is authenticated by [`crate::auth`].
 
-use std::future::Future;
-use std::sync::Arc;
+//!
+//! Each RPC is one line of [`rpcs!`]: authenticate, convert the request, call the
+//! coordinator, convert the answer; errors map to a Status by `From<CoordError>`.
 
-use crate::door::AgentDoor;
-use tonic::{Request, Response, Status};
-
-use crate::auth::caller;
-use crate::vms::Coordinator;
+/// Writes a gRPC service's unary RPCs, one line each:
+///
+/// `method(Request) -> Response = "RpcName" => body;`
+///
+/// The header names what the bodies see (`|c, who, r|`): the coordinator, the authenticated
+/// caller and the request. A body is an expression of the response's type; it may `.await`
+/// and use `?`. Each RPC runs in a span named after it. Streaming and other hand-written
+/// methods follow `@more { ... }`.
+macro_rules! rpcs {
+    (
+        $api:ident: $service:path, |$c:ident, $who:ident, $r:ident|;
+        $( $method:ident($req:ty) -> $resp:ty = $label:literal => $body:expr; )*
+        $( @more { $($more:tt)* } )?
+    ) => {
+        #[tonic::async_trait]
+        impl $service for $api {
+            $(
+                #[tracing::instrument(skip_all, fields(rpc = $label))]
+                async fn $method(
+                    &self,
+                    req: tonic::Request<$req>,
+                ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                    let $who = $crate::auth::caller(&req)?;
+                    let $r = req.into_inner();
+                    let $c = &self.0;
+                    let _ = (&$c, &$who, &$r);
+                    Ok(tonic::Response::new($body))
+                }
+            )*
+            $( $($more)* )?
+        }
+    };
+}
 
 mod access;
 mod hosts;
@@ -24,20 +53,3 @@ pub use users::UserApi;
 pub use vms::VmApi;
 
 pub use crate::convert::{op_state, op_to_pb};
-
-/// Passes a request naming a VM (`vm` reads the name) through the door of the agent
-/// holding it, when the caller may touch that VM (others' VMs look absent).
-pub(crate) async fn pass<Req, T, Fut>(
-    coord: &Coordinator,
-    req: Request<Req>,
-    vm: fn(&Req) -> &str,
-    call: impl FnOnce(Arc<dyn AgentDoor>, Req) -> Fut,
-) -> Result<Response<T>, Status>
-where
-    Fut: Future<Output = crate::error::Result<T>>,
-{
-    let who = caller(&req)?;
-    let r = req.into_inner();
-    let door = coord.door_for(&who, vm(&r)).await?;
-    Ok(Response::new(call(door, r).await?))
-}

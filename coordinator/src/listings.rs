@@ -1,0 +1,116 @@
+//! What callers may see: listings filtered to the caller, and the operations they may
+//! watch or cancel (others' look absent).
+
+use corral_client::proto as pb;
+use tokio_stream::Stream;
+
+use crate::auth::Caller;
+use crate::error::{CoordError, Result};
+use crate::store::{OpEvent, OpRecord, VmRecord};
+use crate::views::{BaseSummary, HostSummary};
+use crate::vms::Coordinator;
+
+impl Coordinator {
+    /// An operation the caller may see.
+    pub async fn op_for(&self, caller: &Caller, id: &str) -> Result<OpRecord> {
+        let op = self.ops.get(id).await?;
+        if !caller.may_touch(op.user.as_deref().unwrap_or_default()) {
+            return Err(CoordError::NotFound(format!("operation {id} not found")));
+        }
+        Ok(op)
+    }
+
+    /// The operations the caller may see.
+    pub async fn ops_of(&self, caller: &Caller, unfinished_only: bool) -> Result<Vec<OpRecord>> {
+        let ops = self.ops.list(unfinished_only).await?;
+        Ok(ops
+            .into_iter()
+            .filter(|o| caller.may_touch(o.user.as_deref().unwrap_or_default()))
+            .collect())
+    }
+
+    /// Cancels an operation the caller may see; returns it as it is after.
+    pub async fn cancel_op(&self, caller: &Caller, id: &str) -> Result<OpRecord> {
+        self.op_for(caller, id).await?;
+        self.ops.cancel(id).await?;
+        Ok(self.ops.get(id).await?)
+    }
+
+    /// The events of an operation the caller may see: those so far, then live ones.
+    pub async fn watch_op(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<impl Stream<Item = OpEvent> + Send + 'static> {
+        self.op_for(caller, id).await?;
+        Ok(self.ops.watch(id).await?)
+    }
+}
+
+impl Coordinator {
+    /// The VMs `caller` may touch.
+    pub async fn vms_of(&self, caller: &Caller) -> Result<Vec<VmRecord>> {
+        let vms = self.blocking(|s| s.vms()).await?;
+        Ok(vms
+            .into_iter()
+            .filter(|v| caller.may_touch(&v.owner))
+            .collect())
+    }
+
+    /// Every base with the hosts that hold it and its clone count.
+    pub async fn base_summaries(&self) -> Result<Vec<BaseSummary>> {
+        let (bases, vms) = self.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
+        Ok(bases
+            .into_iter()
+            .map(|(name, hosts)| BaseSummary {
+                clones: vms
+                    .iter()
+                    .filter(|v| v.base.as_deref() == Some(&name))
+                    .count() as u32,
+                name,
+                hosts,
+            })
+            .collect())
+    }
+
+    /// Every host with its state and VM count.
+    pub async fn host_list(&self) -> Result<Vec<HostSummary>> {
+        let vms = self.blocking(|s| s.vms()).await?;
+        Ok(self
+            .hosts
+            .statuses()?
+            .into_iter()
+            .map(|(name, status, liveness)| HostSummary {
+                vms: vms
+                    .iter()
+                    .filter(|v| v.host.as_deref() == Some(&name))
+                    .count() as u32,
+                name,
+                status,
+                liveness,
+            })
+            .collect())
+    }
+
+    /// The exposed ports of every VM `caller` may touch, asked host by host (a host that is
+    /// down is skipped).
+    pub async fn ports_of(&self, caller: &Caller) -> Result<Vec<pb::ExposedPort>> {
+        let mut by_host: std::collections::BTreeMap<String, std::collections::HashSet<String>> =
+            Default::default();
+        for v in self.vms_of(caller).await? {
+            if let Some(h) = v.host {
+                by_host.entry(h).or_default().insert(v.name);
+            }
+        }
+        let mut ports = Vec::new();
+        for (host, names) in by_host {
+            let Ok(door) = self.hosts.door(&host) else {
+                continue;
+            };
+            if let Ok(l) = door.list_ports("").await {
+                ports.extend(l.into_iter().filter(|p| names.contains(&p.domain)));
+            }
+        }
+        Ok(ports)
+    }
+}

@@ -1,0 +1,63 @@
+//! What callers ask the coordinator to do, as domain types: the gRPC adapters convert the
+//! protobuf requests into these (`convert`), so the logic never reads a protobuf request.
+//! Empty protobuf strings become `None` here, once.
+//!
+//! A domain spec stays the agent's protobuf `DomainSpec`: the coordinator checks it with the
+//! agent's own rules and hands it on unchanged.
+
+use std::collections::HashMap;
+
+use corral_client::proto::DomainSpec;
+
+/// A clone of a base (`corral vm clone`).
+#[derive(Debug, Clone, Default)]
+pub struct CloneOrder {
+    pub base: String,
+    pub name: String,
+    pub start: bool,
+    pub labels: HashMap<String, String>,
+    /// Place it beside the owner's other VMs.
+    pub keep_together: bool,
+    /// Retrying with the same key returns the same operation.
+    pub key: Option<String>,
+    /// Another user's (admins only); the caller when `None`.
+    pub owner: Option<String>,
+}
+
+/// A VM defined from a spec (admins).
+#[derive(Debug, Clone)]
+pub struct CreateOrder {
+    pub spec: DomainSpec,
+    /// Placed by the scheduler when `None`.
+    pub host: Option<String>,
+    pub start: bool,
+    pub owner: Option<String>,
+    pub key: Option<String>,
+}
+
+/// A base defined from a spec on one host (admins).
+#[derive(Debug, Clone)]
+pub struct BaseOrder {
+    pub spec: DomainSpec,
+    pub host: String,
+    pub key: Option<String>,
+}
+
+/// A base's copy on one host: to make (sync) or to remove.
+#[derive(Debug, Clone, Default)]
+pub struct BaseOnHost {
+    pub base: String,
+    pub host: String,
+    /// Bytes per second between the agents; 0 for no limit.
+    pub bandwidth_limit: u64,
+}
+
+/// A VM moved to another host (admins).
+#[derive(Debug, Clone, Default)]
+pub struct MoveOrder {
+    pub name: String,
+    pub host: String,
+    /// Live (a running VM through libvirt's migration) rather than shut off.
+    pub live: bool,
+    pub bandwidth_limit: u64,
+}
