@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub use corral_proto::env::Settings;
 use serde::Deserialize;
 
 use crate::error::{AgentError, Result};
@@ -114,28 +115,39 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads the TOML file (when given), then applies environment overrides.
-    pub fn load(path: Option<&Path>) -> Result<Self> {
-        let mut cfg = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    AgentError::invalid(format!("cannot read config {}: {e}", p.display()))
-                })?;
-                Self::from_toml(&text)?
-            }
-            None => Self::default(),
-        };
-        cfg.apply_env(|k| std::env::var(k).ok())?;
-        cfg.check()?;
-        Ok(cfg)
+    /// The TLS files when all three are set.
+    pub fn tls(&self) -> Result<Option<(PathBuf, PathBuf, PathBuf)>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(c), Some(k), Some(ca)) => Ok(Some((c.clone(), k.clone(), ca.clone()))),
+            (None, None, None) => Ok(None),
+            _ => Err(AgentError::invalid(
+                "tls_cert, tls_key and tls_client_ca go together: set all three or none",
+            )),
+        }
     }
 
-    pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| AgentError::invalid(format!("invalid config: {e}")))
+    /// The contents of the TLS files (certificate, key, CA), when TLS is configured. Reads
+    /// files: call it off the async workers.
+    pub fn tls_pem(&self) -> Result<Option<TlsPem>> {
+        let Some((cert, key, ca)) = self.tls()? else {
+            return Ok(None);
+        };
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))
+        };
+        Ok(Some(TlsPem {
+            cert: read(&cert)?,
+            key: read(&key)?,
+            ca: read(&ca)?,
+        }))
     }
+}
+
+impl Settings for Config {
+    type Error = AgentError;
 
     /// Applies `CORRAL_AGENT_<FIELD>` overrides read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         let env = corral_proto::env::Env::new("CORRAL_AGENT", get);
         env.set("LIBVIRT_URI", &mut self.libvirt_uri)?;
         env.set("STORAGE_ROOT", &mut self.storage_root)?;
@@ -167,34 +179,7 @@ impl Config {
         Ok(())
     }
 
-    /// The TLS files when all three are set.
-    pub fn tls(&self) -> Result<Option<(PathBuf, PathBuf, PathBuf)>> {
-        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
-            (Some(c), Some(k), Some(ca)) => Ok(Some((c.clone(), k.clone(), ca.clone()))),
-            (None, None, None) => Ok(None),
-            _ => Err(AgentError::invalid(
-                "tls_cert, tls_key and tls_client_ca go together: set all three or none",
-            )),
-        }
-    }
-
-    /// The contents of the TLS files (certificate, key, CA), when TLS is configured. Reads
-    /// files: call it off the async workers.
-    pub fn tls_pem(&self) -> Result<Option<TlsPem>> {
-        let Some((cert, key, ca)) = self.tls()? else {
-            return Ok(None);
-        };
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| AgentError::invalid(format!("{}: {e}", p.display())))
-        };
-        Ok(Some(TlsPem {
-            cert: read(&cert)?,
-            key: read(&key)?,
-            ca: read(&ca)?,
-        }))
-    }
-
-    pub fn check(&self) -> Result<()> {
+    fn check(&self) -> Result<()> {
         if self.tls()?.is_none() && self.tls_coordinator_cert.is_some() {
             return Err(AgentError::invalid(
                 "tls_coordinator_cert needs tls_cert, tls_key and tls_client_ca",

@@ -79,11 +79,11 @@ pub struct Vcpu {
 pub struct Os {
     #[serde(rename = "type")]
     pub os_type: OsType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boot: Vec<Boot>,
@@ -106,10 +106,11 @@ pub struct Boot {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Features {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acpi: Option<Empty>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub apic: Option<Empty>,
 }
 
@@ -167,14 +168,15 @@ pub struct DiskTarget {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A network card (serde reads an absent optional element as `None`).
 pub struct Interface {
     #[serde(rename = "@type")]
     pub iface_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddress>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<NetSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<TypeAttr>,
 }
 

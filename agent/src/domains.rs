@@ -359,6 +359,26 @@ impl Agent {
         Ok(os)
     }
 
+    /// A disk as Corral shows it: its volume by Corral's record, else by its path.
+    fn disk_view(&self, d: &crate::domain_xml::Disk, meta: &CorralMeta) -> pb::Disk {
+        let path = d
+            .source
+            .as_ref()
+            .and_then(|s| s.file.clone())
+            .unwrap_or_default();
+        let md = meta.disks.iter().find(|m| m.target == d.target.dev);
+        pb::Disk {
+            volume: md
+                .map(|m| m.volume.clone())
+                .or_else(|| self.storage.name_of(Path::new(&path)))
+                .unwrap_or_default(),
+            path,
+            role: role_to_pb(md.map(|m| m.role).unwrap_or_default()) as i32,
+            target: d.target.dev.clone(),
+            readonly: d.readonly.is_some(),
+        }
+    }
+
     /// Everything Corral shows about a domain.
     pub fn view(&self, name: &str) -> Result<pb::Domain> {
         let xml = self.read_domain(name)?;
@@ -380,46 +400,13 @@ impl Agent {
             .devices
             .disks
             .iter()
-            .map(|d| {
-                let path = d
-                    .source
-                    .as_ref()
-                    .and_then(|s| s.file.clone())
-                    .unwrap_or_default();
-                let md = meta.disks.iter().find(|m| m.target == d.target.dev);
-                pb::Disk {
-                    volume: md
-                        .map(|m| m.volume.clone())
-                        .or_else(|| self.storage.name_of(Path::new(&path)))
-                        .unwrap_or_default(),
-                    path,
-                    role: role_to_pb(md.map(|m| m.role).unwrap_or_default()) as i32,
-                    target: d.target.dev.clone(),
-                    readonly: d.readonly.is_some(),
-                }
-            })
+            .map(|d| self.disk_view(d, &meta))
             .collect();
         let nics = xml
             .devices
             .interfaces
             .iter()
-            .map(|i| {
-                let mac = i
-                    .mac
-                    .as_ref()
-                    .map(|m| m.address.to_lowercase())
-                    .unwrap_or_default();
-                pb::Nic {
-                    network: i
-                        .source
-                        .as_ref()
-                        .and_then(|s| s.network.clone())
-                        .unwrap_or_default(),
-                    addresses: addresses.get(&mac).cloned().unwrap_or_default(),
-                    mac,
-                    model: i.model.as_ref().map(|m| m.kind.clone()).unwrap_or_default(),
-                }
-            })
+            .map(|i| nic_view(i, &addresses))
             .collect();
         let display = xml.devices.graphics.first().map(|g| pb::Display {
             r#type: display_type(&g.kind) as i32,
@@ -739,6 +726,25 @@ impl Agent {
             }
         }
         Ok(removed)
+    }
+}
+
+/// A network card as Corral shows it, with the addresses the guest holds (by MAC).
+fn nic_view(i: &crate::domain_xml::Interface, addresses: &HashMap<String, Vec<String>>) -> pb::Nic {
+    let mac = i
+        .mac
+        .as_ref()
+        .map(|m| m.address.to_lowercase())
+        .unwrap_or_default();
+    pb::Nic {
+        network: i
+            .source
+            .as_ref()
+            .and_then(|s| s.network.clone())
+            .unwrap_or_default(),
+        addresses: addresses.get(&mac).cloned().unwrap_or_default(),
+        mac,
+        model: i.model.as_ref().map(|m| m.kind.clone()).unwrap_or_default(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! CI runs a few hundred cases each; `CORRAL_FUZZ_CASES=100000 cargo test --release -p
 //! corral-agent fuzz_` (`deploy/fuzz.sh`) is the long run.
 
+use corral_proto::env::Settings;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -219,29 +220,19 @@ fn fuzz_screenshots() {
 
 #[test]
 fn fuzz_agent_config() {
-    let env = prop::collection::vec(
-        (
-            prop::sample::select(
-                &[
-                    "CORRAL_AGENT_LISTEN",
-                    "CORRAL_AGENT_HOST_ADDRESS",
-                    "CORRAL_AGENT_PORT_RANGE",
-                    "CORRAL_AGENT_DOMAIN_TYPE",
-                    "CORRAL_AGENT_FIREWALL",
-                    "CORRAL_AGENT_STORAGE_ROOT",
-                ][..],
-            ),
-            ".{0,24}",
-        ),
-        0..4,
-    );
+    let keys = [
+        "LISTEN",
+        "HOST_ADDRESS",
+        "PORT_RANGE",
+        "DOMAIN_TYPE",
+        "FIREWALL",
+        "STORAGE_ROOT",
+    ]
+    .map(|k| format!("CORRAL_AGENT_{k}"));
+    let env = prop::collection::vec((prop::sample::select(keys.to_vec()), ".{0,24}"), 0..4);
     let s = (prop_oneof![mutated(AGENT_TOML), any::<String>()], env);
     fuzz("agent configuration", s, |(text, env)| {
-        if let Ok(mut cfg) = crate::config::Config::from_toml(&text) {
-            let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-            if cfg.apply_env(get).is_ok() {
-                let _ = cfg.check();
-            }
-        }
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let _ = <crate::config::Config as Settings>::from_parts(&text, get);
     });
 }

@@ -117,10 +117,6 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (health, reflection, reflection_alpha) =
-        corral_proto::standard_services(corral_proto::AGENT_SERVICES)
-            .await
-            .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;
     let pinned = match &agent.cfg.tls_coordinator_cert {
         Some(p) => {
             let pem = std::fs::read_to_string(p)
@@ -144,55 +140,23 @@ pub async fn serve(
             .map_err(|e| AgentError::invalid(format!("TLS: {e}")))?;
         tracing::info!("mutual TLS: only clients with a certificate from the configured CA");
     }
-    builder
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(
-            pb::host_service_server::HostServiceServer::with_interceptor(
-                api::HostApi(agent.clone()),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::domain_service_server::DomainServiceServer::with_interceptor(
-                api::DomainApi(agent.clone()),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::volume_service_server::VolumeServiceServer::with_interceptor(
-                api::VolumeApi(agent.clone()),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::base_service_server::BaseServiceServer::with_interceptor(
-                api::BaseApi(agent.clone()),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::snapshot_service_server::SnapshotServiceServer::with_interceptor(
-                api::SnapshotApi(agent.clone()),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::port_service_server::PortServiceServer::with_interceptor(
-                api::PortApi(agent.clone()),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::volume_sync_service_server::VolumeSyncServiceServer::with_interceptor(
-                api::SyncApi(agent.clone()),
-                check.clone(),
-            ),
-        )
+    let standard = corral_proto::standard_router(builder, corral_proto::AGENT_SERVICES)
+        .await
+        .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;
+    let a = || Arc::clone(&agent);
+    let router = corral_proto::add_checked! { standard, check;
+        pb::host_service_server::HostServiceServer<_> => api::HostApi(a()),
+        pb::domain_service_server::DomainServiceServer<_> => api::DomainApi(a()),
+        pb::volume_service_server::VolumeServiceServer<_> => api::VolumeApi(a()),
+        pb::base_service_server::BaseServiceServer<_> => api::BaseApi(a()),
+        pb::snapshot_service_server::SnapshotServiceServer<_> => api::SnapshotApi(a()),
+        pb::port_service_server::PortServiceServer<_> => api::PortApi(a()),
+        pb::volume_sync_service_server::VolumeSyncServiceServer<_> => api::SyncApi(a()),
+    };
+    router
         // Peer agents, not only the coordinator: any certificate the agents' CA signed.
         .add_service(
-            pb::peer_transfer_service_server::PeerTransferServiceServer::new(api::PeerApi(agent))
+            pb::peer_transfer_service_server::PeerTransferServiceServer::new(api::PeerApi(a()))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )

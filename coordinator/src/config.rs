@@ -1,8 +1,9 @@
 //! The coordinator's configuration: a TOML file, then `CORRAL_COORD_*` environment overrides.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+pub use corral_proto::env::Settings;
 use serde::Deserialize;
 
 use crate::error::{CoordError, Result};
@@ -63,42 +64,6 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn load(path: Option<&Path>) -> Result<Self> {
-        let mut cfg = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    CoordError::Invalid(format!("cannot read config {}: {e}", p.display()))
-                })?;
-                Self::from_toml(&text)?
-            }
-            None => Self::default(),
-        };
-        cfg.apply_env(|k| std::env::var(k).ok())?;
-        cfg.check()?;
-        Ok(cfg)
-    }
-
-    pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| CoordError::Invalid(format!("invalid config: {e}")))
-    }
-
-    /// Settings that only make sense together.
-    pub fn check(&self) -> Result<()> {
-        self.agent_tls()?;
-        self.api_tls()?;
-        if self.transfer_stall_ms == 0 {
-            return Err(CoordError::Invalid(
-                "transfer_stall_ms must be greater than 0".into(),
-            ));
-        }
-        if self.heartbeat_ms == 0 || self.down_after_ms <= self.heartbeat_ms {
-            return Err(CoordError::Invalid(
-                "down_after_ms must be greater than heartbeat_ms > 0".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// TLS to the agents when all three files are set.
     pub fn agent_tls(&self) -> Result<Option<corral_client::TlsFiles>> {
         match (&self.agent_ca, &self.client_cert, &self.client_key) {
@@ -124,8 +89,12 @@ impl Config {
             )),
         }
     }
+}
 
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+impl Settings for Config {
+    type Error = CoordError;
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         let env = corral_proto::env::Env::new("CORRAL_COORD", get);
         env.set("LISTEN", &mut self.listen)?;
         env.set("DATABASE", &mut self.database)?;
@@ -142,6 +111,23 @@ impl Config {
         env.set_some("API_CERT", &mut self.api_cert)?;
         env.set_some("API_KEY", &mut self.api_key)?;
         env.set("BOOTSTRAP_TOKEN_FILE", &mut self.bootstrap_token_file)?;
+        Ok(())
+    }
+
+    /// Settings that only make sense together.
+    fn check(&self) -> Result<()> {
+        self.agent_tls()?;
+        self.api_tls()?;
+        if self.transfer_stall_ms == 0 {
+            return Err(CoordError::Invalid(
+                "transfer_stall_ms must be greater than 0".into(),
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.down_after_ms <= self.heartbeat_ms {
+            return Err(CoordError::Invalid(
+                "down_after_ms must be greater than heartbeat_ms > 0".into(),
+            ));
+        }
         Ok(())
     }
 }

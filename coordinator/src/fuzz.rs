@@ -2,6 +2,7 @@
 //! and the agent addresses admins register. `CORRAL_FUZZ_CASES` sets the cases (512 by
 //! default; `deploy/fuzz.sh` runs 100,000).
 
+use corral_proto::env::Settings;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as Runner, TestRunner};
 
@@ -51,31 +52,21 @@ fn toml_text() -> impl Strategy<Value = String> {
 
 #[test]
 fn fuzz_coordinator_config() {
-    let env = prop::collection::vec(
-        (
-            prop::sample::select(
-                &[
-                    "CORRAL_COORD_LISTEN",
-                    "CORRAL_COORD_HEARTBEAT_MS",
-                    "CORRAL_COORD_DOWN_AFTER_MS",
-                    "CORRAL_COORD_MEMORY_OVERCOMMIT",
-                    "CORRAL_COORD_PER_HOST_LIMIT",
-                ][..],
-            ),
-            ".{0,24}",
-        ),
-        0..4,
-    );
+    let keys = [
+        "LISTEN",
+        "HEARTBEAT_MS",
+        "DOWN_AFTER_MS",
+        "MEMORY_OVERCOMMIT",
+        "PER_HOST_LIMIT",
+    ]
+    .map(|k| format!("CORRAL_COORD_{k}"));
+    let env = prop::collection::vec((prop::sample::select(keys.to_vec()), ".{0,24}"), 0..4);
     run(
         "coordinator configuration",
         (prop_oneof![toml_text(), any::<String>()], env),
         |(text, env)| {
-            if let Ok(mut cfg) = crate::config::Config::from_toml(&text) {
-                let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-                if cfg.apply_env(get).is_ok() {
-                    let _ = cfg.check();
-                }
-            }
+            let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+            let _ = <crate::config::Config as Settings>::from_parts(&text, get);
         },
     );
 }

@@ -59,10 +59,6 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (health, reflection, reflection_alpha) =
-        corral_proto::standard_services(corral_proto::COORDINATOR_SERVICES)
-            .await
-            .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
     let check = coord.auth.interceptor();
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = coord.cfg.api_tls()? {
@@ -82,44 +78,19 @@ pub async fn serve(
             .map_err(|e| CoordError::Invalid(format!("API TLS: {e}")))?;
         tracing::info!("API served over TLS");
     }
-    builder
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(
-            pb::host_admin_service_server::HostAdminServiceServer::with_interceptor(
-                api::HostAdminApi(Arc::clone(&coord)),
-                check.clone(),
-            ),
-        )
-        .add_service(pb::vm_service_server::VmServiceServer::with_interceptor(
-            api::VmApi(Arc::clone(&coord)),
-            check.clone(),
-        ))
-        .add_service(
-            pb::operation_service_server::OperationServiceServer::with_interceptor(
-                api::OperationApi(Arc::clone(&coord)),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::vm_snapshot_service_server::VmSnapshotServiceServer::with_interceptor(
-                api::VmSnapshotApi(Arc::clone(&coord)),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::vm_access_service_server::VmAccessServiceServer::with_interceptor(
-                api::VmAccessApi(Arc::clone(&coord)),
-                check.clone(),
-            ),
-        )
-        .add_service(
-            pb::user_service_server::UserServiceServer::with_interceptor(
-                api::UserApi(coord),
-                check,
-            ),
-        )
+    let c = || Arc::clone(&coord);
+    let standard = corral_proto::standard_router(builder, corral_proto::COORDINATOR_SERVICES)
+        .await
+        .map_err(|e| CoordError::Internal(format!("reflection: {e}")))?;
+    let router = corral_proto::add_checked! { standard, check;
+        pb::host_admin_service_server::HostAdminServiceServer<_> => api::HostAdminApi(c()),
+        pb::vm_service_server::VmServiceServer<_> => api::VmApi(c()),
+        pb::operation_service_server::OperationServiceServer<_> => api::OperationApi(c()),
+        pb::vm_snapshot_service_server::VmSnapshotServiceServer<_> => api::VmSnapshotApi(c()),
+        pb::vm_access_service_server::VmAccessServiceServer<_> => api::VmAccessApi(c()),
+        pb::user_service_server::UserServiceServer<_> => api::UserApi(c()),
+    };
+    router
         .serve_with_incoming_shutdown(
             // Small messages (stream ends, progress events) must not wait for Nagle's delay.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

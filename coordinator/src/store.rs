@@ -413,6 +413,20 @@ pub fn now_ms() -> i64 {
 }
 
 impl Sqlite {
+    /// The one row `sql` finds for `key` (its only parameter); `what` names it when missing.
+    fn one<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        from_row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        what: &str,
+    ) -> Result<T> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.row(sql, [key], from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("{what} {key}")))
+    }
+
     /// Opens (creating if needed) the database and brings its schema up to date, with
     /// `synchronous = NORMAL`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -586,16 +600,8 @@ impl Store for Sqlite {
     }
 
     fn operation(&self, id: &str) -> Result<OpRecord> {
-        let conn = self.conn.lock().map_err(db)?;
-        let parts = conn
-            .row(
-                &format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"),
-                [id],
-                op_from_row,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("operation {id}")))?;
-        finish_op(parts)
+        let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1");
+        finish_op(self.one(&sql, id, op_from_row, "operation")?)
     }
 
     fn operations(&self, unfinished_only: bool) -> Result<Vec<OpRecord>> {
@@ -783,16 +789,8 @@ impl Store for Sqlite {
     }
 
     fn vm(&self, name: &str) -> Result<VmRecord> {
-        let conn = self.conn.lock().map_err(db)?;
-        let row = conn
-            .row(
-                &format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1"),
-                [name],
-                vm_from_row,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("VM {name}")))?;
-        finish_vm(row)
+        let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1");
+        finish_vm(self.one(&sql, name, vm_from_row, "VM")?)
     }
 
     fn vm_counts_of(&self, owner: &str) -> Result<Vec<(String, u32)>> {

@@ -1,9 +1,48 @@
 //! Environment overrides of a configuration (`PREFIX_KEY=value`), shared by the agent and
 //! the coordinator: each key parsed as its field's type, a bad value named in the error.
 
+use std::path::Path;
 use std::str::FromStr;
 
 use crate::rules::Invalid;
+
+/// A process's configuration: a TOML file (optional), then `PREFIX_KEY` environment
+/// overrides, then the checks of settings that only make sense together.
+pub trait Settings: Sized + Default + serde::de::DeserializeOwned {
+    type Error: From<Invalid>;
+
+    /// Applies the environment overrides read through `get`.
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Self::Error>;
+
+    /// Refuses settings that do not fit together.
+    fn check(&self) -> Result<(), Self::Error>;
+
+    fn from_toml(text: &str) -> Result<Self, Self::Error> {
+        toml::from_str(text).map_err(|e| Invalid(format!("invalid config: {e}")).into())
+    }
+
+    /// Reads the file (the defaults without one), applies the process environment, checks.
+    fn load(path: Option<&Path>) -> Result<Self, Self::Error> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| Invalid(format!("cannot read config {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        Self::from_parts(&text, |k| std::env::var(k).ok())
+    }
+
+    /// A configuration from its text and an environment (`get`), checked.
+    fn from_parts(text: &str, get: impl Fn(&str) -> Option<String>) -> Result<Self, Self::Error> {
+        let mut cfg = if text.is_empty() {
+            Self::default()
+        } else {
+            Self::from_toml(text)?
+        };
+        cfg.apply_env(get)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
 
 /// Reads `{prefix}_{KEY}` through `get` (the process environment, or a test's map).
 #[derive(Debug)]

@@ -11,6 +11,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/corral_descriptor.bin"));
 
 pub mod env;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod rules;
 
 /// The gRPC services the agent serves (what its reflection advertises).
@@ -46,32 +48,31 @@ pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'stati
     )
 }
 
-/// Health (every one of `services` serving) and reflection in both versions, for a server
-/// that serves `services`: what the agent and the coordinator both add beside their own.
-#[allow(clippy::type_complexity)]
-pub async fn standard_services(
+/// Health (every one of `services` serving) and reflection in both versions, added to a
+/// server that serves `services`: what the agent and the coordinator both serve beside
+/// their own services.
+pub async fn standard_router(
+    mut builder: tonic::transport::Server,
     services: &[&str],
-) -> Result<
-    (
-        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-        tonic_reflection::server::v1::ServerReflectionServer<
-            impl tonic_reflection::server::v1::ServerReflection,
-        >,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
-        >,
-    ),
-    tonic_reflection::server::Error,
-> {
+) -> Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for s in services {
         reporter
             .set_service_status(*s, tonic_health::ServingStatus::Serving)
             .await;
     }
-    Ok((
-        health,
-        reflection(services).build_v1()?,
-        reflection(services).build_v1alpha()?,
-    ))
+    Ok(builder
+        .add_service(health)
+        .add_service(reflection(services).build_v1()?)
+        .add_service(reflection(services).build_v1alpha()?))
+}
+
+/// Adds gRPC services to a tonic router, each behind a clone of one interceptor:
+///
+/// `add_checked! { router, check; Server<_> => api, ... }`
+#[macro_export]
+macro_rules! add_checked {
+    ($b:expr, $check:expr; $( $server:ty => $api:expr ),+ $(,)?) => {
+        $b $( .add_service(<$server>::with_interceptor($api, $check.clone())) )+
+    };
 }

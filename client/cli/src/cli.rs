@@ -1035,28 +1035,80 @@ async fn agent_base(c: &mut AgentClient, out: &Out, cmd: BaseCmd) -> Result<(), 
 }
 
 async fn agent_volume(c: &mut AgentClient, out: &Out, cmd: VolumeCmd) -> Result<(), ClientError> {
-    match cmd {
+    let vols = &mut c.volumes;
+    // The commands that answer with the volume they made or changed.
+    let v = match cmd {
         VolumeCmd::Create {
             name,
             size: s,
             format: f,
-        } => volume_create(c, out, name, s, f).await?,
+        } => {
+            let (size_bytes, format) = (size(&s)?, format(&f) as i32);
+            let req = pb::CreateVolumeRequest {
+                name,
+                size_bytes,
+                format,
+            };
+            vols.create_volume(req).await?
+        }
         VolumeCmd::Overlay { name, backing } => {
-            let v = c
-                .volumes
-                .create_overlay(pb::CreateOverlayRequest { name, backing })
+            vols.create_overlay(pb::CreateOverlayRequest { name, backing })
                 .await?
-                .into_inner();
-            out.show(&v, volume_line);
         }
-        VolumeCmd::Info { name } => {
-            let v = c
-                .volumes
-                .get_volume_info(pb::VolumeRef { name })
-                .await?
-                .into_inner();
-            out.show(&v, volume_line);
+        VolumeCmd::Info { name } => vols.get_volume_info(pb::VolumeRef { name }).await?,
+        VolumeCmd::Copy {
+            source,
+            destination,
+            format: f,
+        } => {
+            let format = f.map(|f| format(&f) as i32).unwrap_or(0);
+            let keep_backing = false;
+            let req = pb::CopyVolumeRequest {
+                source,
+                destination,
+                format,
+                keep_backing,
+            };
+            vols.copy_volume(req).await?
         }
+        VolumeCmd::Rebase {
+            name,
+            backing,
+            r#unsafe,
+        } => {
+            let backing = backing.unwrap_or_default();
+            let req = pb::RebaseVolumeRequest {
+                name,
+                backing,
+                r#unsafe,
+            };
+            vols.rebase_volume(req).await?
+        }
+        VolumeCmd::Resize {
+            name,
+            size: s,
+            shrink,
+        } => {
+            let req = pb::ResizeVolumeRequest {
+                name,
+                size_bytes: size(&s)?,
+                allow_shrink: shrink,
+            };
+            vols.resize_volume(req).await?
+        }
+        other => return agent_volume_other(c, out, other).await,
+    };
+    out.show(&v.into_inner(), volume_line);
+    Ok(())
+}
+
+/// The volume commands that answer with something else than a volume.
+async fn agent_volume_other(
+    c: &mut AgentClient,
+    out: &Out,
+    cmd: VolumeCmd,
+) -> Result<(), ClientError> {
+    match cmd {
         VolumeCmd::List => {
             let l = c
                 .volumes
@@ -1065,21 +1117,6 @@ async fn agent_volume(c: &mut AgentClient, out: &Out, cmd: VolumeCmd) -> Result<
                 .into_inner();
             out.show(&l, |l| lines(&l.volumes, volume_line));
         }
-        VolumeCmd::Copy {
-            source,
-            destination,
-            format: f,
-        } => volume_copy(c, out, source, destination, f).await?,
-        VolumeCmd::Rebase {
-            name,
-            backing,
-            r#unsafe,
-        } => volume_rebase(c, out, name, backing, r#unsafe).await?,
-        VolumeCmd::Resize {
-            name,
-            size: s,
-            shrink,
-        } => volume_resize(c, out, name, s, shrink).await?,
         VolumeCmd::Rm { name } => {
             c.volumes
                 .delete_volume(pb::VolumeRef { name: name.clone() })
@@ -1104,6 +1141,12 @@ async fn agent_volume(c: &mut AgentClient, out: &Out, cmd: VolumeCmd) -> Result<
                     r.checksum, r.size, r.allocated, r.data_blocks
                 )
             });
+        }
+        // Answered by `agent_volume` itself.
+        made => {
+            return Err(ClientError::Config(format!(
+                "{made:?} answers with a volume"
+            )))
         }
     }
     Ok(())
@@ -1165,88 +1208,6 @@ async fn volume_send(
             p.checksum
         )
     });
-    Ok(())
-}
-
-/// `agent volume rebase`.
-async fn volume_rebase(
-    c: &mut AgentClient,
-    out: &Out,
-    name: String,
-    backing: Option<String>,
-    r#unsafe: bool,
-) -> Result<(), ClientError> {
-    let v = c
-        .volumes
-        .rebase_volume(pb::RebaseVolumeRequest {
-            name,
-            backing: backing.unwrap_or_default(),
-            r#unsafe,
-        })
-        .await?
-        .into_inner();
-    out.show(&v, volume_line);
-    Ok(())
-}
-
-/// `agent volume resize`.
-async fn volume_resize(
-    c: &mut AgentClient,
-    out: &Out,
-    name: String,
-    s: String,
-    shrink: bool,
-) -> Result<(), ClientError> {
-    let v = c
-        .volumes
-        .resize_volume(pb::ResizeVolumeRequest {
-            name,
-            size_bytes: size(&s)?,
-            allow_shrink: shrink,
-        })
-        .await?
-        .into_inner();
-    out.show(&v, volume_line);
-    Ok(())
-}
-
-/// `agent volume create`.
-async fn volume_create(
-    c: &mut AgentClient,
-    out: &Out,
-    name: String,
-    s: String,
-    f: String,
-) -> Result<(), ClientError> {
-    let v = c
-        .volumes
-        .create_volume(pb::CreateVolumeRequest {
-            name,
-            size_bytes: size(&s)?,
-            format: format(&f) as i32,
-        })
-        .await?
-        .into_inner();
-    out.show(&v, volume_line);
-    Ok(())
-}
-
-/// `agent volume copy`.
-async fn volume_copy(
-    c: &mut AgentClient,
-    out: &Out,
-    source: String,
-    destination: String,
-    f: Option<String>,
-) -> Result<(), ClientError> {
-    let req = pb::CopyVolumeRequest {
-        source,
-        destination,
-        format: f.map(|f| format(&f) as i32).unwrap_or(0),
-        keep_backing: false,
-    };
-    let v = c.volumes.copy_volume(req).await?.into_inner();
-    out.show(&v, volume_line);
     Ok(())
 }
 

@@ -250,12 +250,17 @@ fn op_line(o: &pb::Operation) -> String {
         o.kind,
         o.vm,
         o.host,
-        if o.error.is_empty() {
-            String::new()
-        } else {
-            format!("  error: {}", o.error)
-        }
+        unless_empty("  error: ", &o.error)
     )
+}
+
+/// `label` and `value`, or nothing when `value` is empty.
+fn unless_empty(label: &str, value: &str) -> String {
+    if value.is_empty() {
+        String::new()
+    } else {
+        format!("{label}{value}")
+    }
 }
 
 fn vm_line(v: &pb::Vm) -> String {
@@ -274,11 +279,7 @@ fn vm_line(v: &pb::Vm) -> String {
         v.owner,
         v.base,
         v.host,
-        if v.locked_by.is_empty() {
-            String::new()
-        } else {
-            format!(" locked by {}", v.locked_by)
-        }
+        unless_empty(" locked by ", &v.locked_by)
     )
 }
 

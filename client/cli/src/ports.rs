@@ -7,74 +7,56 @@ use tonic::Status;
 
 use crate::cli::{lines, port_line, removed_text, restrict_text, Out, PortCall, PortCmd};
 
+/// What a port command answers.
+#[derive(Debug)]
+pub(crate) enum PortAnswer {
+    Port(pb::ExposedPort),
+    List(pb::ListPortsResponse),
+    Removed(pb::RemovePortResponse),
+    Restricted(pb::RestrictDisplayRequest),
+}
+
 /// Where port requests go: an agent's `PortService` or the coordinator's `VmAccessService`.
 #[tonic::async_trait]
-pub trait Ports: Send {
-    async fn expose(&mut self, r: pb::ExposePortRequest) -> Result<pb::ExposedPort, Status>;
-    async fn list(&mut self, r: pb::ListPortsRequest) -> Result<pb::ListPortsResponse, Status>;
-    async fn rm(&mut self, r: pb::RemovePortRequest) -> Result<pb::RemovePortResponse, Status>;
-    async fn rm_all(
-        &mut self,
-        r: pb::RemoveAllPortsRequest,
-    ) -> Result<pb::RemovePortResponse, Status>;
-    async fn restrict(&mut self, r: pb::RestrictDisplayRequest) -> Result<(), Status>;
+pub(crate) trait Ports: Send {
+    async fn call(&mut self, call: PortCall) -> Result<PortAnswer, Status>;
 }
 
-#[tonic::async_trait]
-impl Ports for AgentClient {
-    async fn expose(&mut self, r: pb::ExposePortRequest) -> Result<pb::ExposedPort, Status> {
-        Ok(self.ports.expose_port(r).await?.into_inner())
-    }
-    async fn list(&mut self, r: pb::ListPortsRequest) -> Result<pb::ListPortsResponse, Status> {
-        Ok(self.ports.list_ports(r).await?.into_inner())
-    }
-    async fn rm(&mut self, r: pb::RemovePortRequest) -> Result<pb::RemovePortResponse, Status> {
-        Ok(self.ports.remove_port(r).await?.into_inner())
-    }
-    async fn rm_all(
-        &mut self,
-        r: pb::RemoveAllPortsRequest,
-    ) -> Result<pb::RemovePortResponse, Status> {
-        Ok(self.ports.remove_all_ports(r).await?.into_inner())
-    }
-    async fn restrict(&mut self, r: pb::RestrictDisplayRequest) -> Result<(), Status> {
-        self.ports.restrict_display(r).await.map(|_| ())
-    }
+/// Implements [`Ports`] for a client by its service field and that service's five methods.
+macro_rules! ports_via {
+    ($client:ty, $svc:ident: $expose:ident, $list:ident, $rm:ident, $rm_all:ident, $restrict:ident) => {
+        #[tonic::async_trait]
+        impl Ports for $client {
+            async fn call(&mut self, call: PortCall) -> Result<PortAnswer, Status> {
+                let s = &mut self.$svc;
+                Ok(match call {
+                    PortCall::Expose(r) => PortAnswer::Port(s.$expose(r).await?.into_inner()),
+                    PortCall::List(r) => PortAnswer::List(s.$list(r).await?.into_inner()),
+                    PortCall::Rm(r) => PortAnswer::Removed(s.$rm(r).await?.into_inner()),
+                    PortCall::RmAll(r) => PortAnswer::Removed(s.$rm_all(r).await?.into_inner()),
+                    PortCall::RestrictDisplay(r) => {
+                        s.$restrict(r.clone()).await?;
+                        PortAnswer::Restricted(r)
+                    }
+                })
+            }
+        }
+    };
 }
 
-#[tonic::async_trait]
-impl Ports for CoordinatorClient {
-    async fn expose(&mut self, r: pb::ExposePortRequest) -> Result<pb::ExposedPort, Status> {
-        Ok(self.access.expose_vm_port(r).await?.into_inner())
-    }
-    async fn list(&mut self, r: pb::ListPortsRequest) -> Result<pb::ListPortsResponse, Status> {
-        Ok(self.access.list_vm_ports(r).await?.into_inner())
-    }
-    async fn rm(&mut self, r: pb::RemovePortRequest) -> Result<pb::RemovePortResponse, Status> {
-        Ok(self.access.remove_vm_port(r).await?.into_inner())
-    }
-    async fn rm_all(
-        &mut self,
-        r: pb::RemoveAllPortsRequest,
-    ) -> Result<pb::RemovePortResponse, Status> {
-        Ok(self.access.remove_all_vm_ports(r).await?.into_inner())
-    }
-    async fn restrict(&mut self, r: pb::RestrictDisplayRequest) -> Result<(), Status> {
-        self.access.restrict_vm_display(r).await.map(|_| ())
-    }
-}
+ports_via!(AgentClient, ports: expose_port, list_ports, remove_port, remove_all_ports, restrict_display);
+ports_via!(
+    CoordinatorClient,
+    access: expose_vm_port, list_vm_ports, remove_vm_port, remove_all_vm_ports, restrict_vm_display
+);
 
 /// Runs a `port` command against `c` and shows its answer.
 pub(crate) async fn port(c: &mut dyn Ports, out: &Out, cmd: PortCmd) -> Result<(), ClientError> {
-    match cmd.into_call() {
-        PortCall::Expose(r) => out.show(&c.expose(r).await?, port_line),
-        PortCall::List(r) => out.show(&c.list(r).await?, |l| lines(&l.ports, port_line)),
-        PortCall::Rm(r) => out.show(&c.rm(r).await?, removed_text),
-        PortCall::RmAll(r) => out.show(&c.rm_all(r).await?, removed_text),
-        PortCall::RestrictDisplay(r) => {
-            c.restrict(r.clone()).await?;
-            out.show(&r, restrict_text);
-        }
+    match c.call(cmd.into_call()).await? {
+        PortAnswer::Port(p) => out.show(&p, port_line),
+        PortAnswer::List(l) => out.show(&l, |l| lines(&l.ports, port_line)),
+        PortAnswer::Removed(r) => out.show(&r, removed_text),
+        PortAnswer::Restricted(r) => out.show(&r, restrict_text),
     }
     Ok(())
 }
