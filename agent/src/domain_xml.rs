@@ -168,13 +168,12 @@ pub struct DiskTarget {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-/// A network card (serde reads an absent optional element as `None`).
 pub struct Interface {
     #[serde(rename = "@type")]
     pub iface_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddress>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<NetSource>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<TypeAttr>,

@@ -30,6 +30,24 @@ pub struct Case<C> {
     pub call: Call<C>,
 }
 
+impl<C> Case<C> {
+    pub fn of(
+        rpc: &'static str,
+        input: String,
+        code: Code,
+        says: Vec<String>,
+        call: Call<C>,
+    ) -> Self {
+        Self {
+            rpc,
+            input,
+            code,
+            says,
+            call,
+        }
+    }
+}
+
 impl<C> std::fmt::Debug for Case<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} with {}", self.rpc, self.input)
@@ -58,6 +76,54 @@ where
             Box::pin(async move { fut.await.map(|_| ()) })
         }),
     }
+}
+
+/// One boxed [`Call`]: `call!(C, who, |c| [captured, ...] c.service.method(request))`.
+///
+/// `who` picks the client from what a run hands every case (`fn(C) -> Client`); each
+/// captured variable is cloned into the call.
+#[macro_export]
+macro_rules! call {
+    ($C:ty, $who:expr, |$c:ident| [$($cap:ident),*] $body:expr) => {{
+        $( let $cap = $cap.clone(); )*
+        let f: $crate::adversarial::Call<$C> = Box::new(move |cs: $C| {
+            #[allow(unused_mut, unused_variables)]
+            let mut $c = $who(cs);
+            Box::pin(async move {
+                // Captured for every call of a list, used by some.
+                let _ = ($(&$cap,)*);
+                $body.await.map(|_| ())
+            })
+        });
+        f
+    }};
+}
+
+/// Named calls, one per line: `calls! { C, who, |c| [captured]; "Rpc" => body; ... }`.
+#[macro_export]
+macro_rules! calls {
+    ($C:ty, $who:expr, |$c:ident| $caps:tt; $( $rpc:literal => $body:expr; )*) => {
+        vec![ $( ($rpc, $crate::call!($C, $who, |$c| $caps $body)) ),* ]
+    };
+}
+
+/// Cases, one per line, pushed to `out`:
+///
+/// `cases! { out, C, |c|; "Rpc", "input", Code, ["says", ...], who [captured] => body; }`
+#[macro_export]
+macro_rules! cases {
+    (
+        $out:ident, $C:ty, |$c:ident|;
+        $( $rpc:literal, $input:expr, $code:ident, [$($says:expr),*], $who:ident $caps:tt => $body:expr; )*
+    ) => {
+        $( $out.push($crate::adversarial::Case {
+            rpc: $rpc,
+            input: ($input).into(),
+            code: tonic::Code::$code,
+            says: vec![$(($says).to_string()),*],
+            call: $crate::call!($C, $who, |$c| $caps $body),
+        }); )*
+    };
 }
 
 /// Names a hostile user types: (what it is, the name).
@@ -240,6 +306,14 @@ pub struct AgentWorld {
     pub addr: String,
 }
 
+/// The first of `items`, or the error `missing`.
+fn first<T: Clone>(items: &[T], missing: &str) -> anyhow::Result<T> {
+    items
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{missing}"))
+}
+
 /// Makes the world: `spec` gives a domain spec for a name (test driver or tiny guest).
 pub async fn make_agent_world(
     c: &mut corral_client::AgentClient,
@@ -254,44 +328,21 @@ pub async fn make_agent_world(
             spec: Some(spec(&base)),
         })
         .await?;
-    let b = c
-        .bases
-        .prepare_base(pb::DomainRef { name: base.clone() })
-        .await?
-        .into_inner();
-    let base_file = b
-        .volumes
-        .first()
-        .map(|v| v.base_volume.clone())
-        .ok_or_else(|| anyhow::anyhow!("the base has no volume"))?;
+    let b = c.bases.prepare_base(pb::DomainRef { name: base.clone() });
+    let base_file = first(&b.await?.into_inner().volumes, "the base has no volume")?.base_volume;
     let clone = format!("{p}c1");
-    let d = c
-        .bases
-        .clone_base(pb::CloneBaseRequest {
-            base: base.clone(),
-            name: clone.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let clone_disk = d
-        .disks
-        .first()
-        .map(|d| d.volume.clone())
-        .ok_or_else(|| anyhow::anyhow!("the clone has no disk"))?;
+    let req = pb::CloneBaseRequest {
+        base: base.clone(),
+        name: clone.clone(),
+        ..Default::default()
+    };
+    let d = c.bases.clone_base(req).await?.into_inner();
+    let clone_disk = first(&d.disks, "the clone has no disk")?.volume;
     let other = format!("{p}other");
-    let o = c
-        .domains
-        .define_domain(pb::DefineDomainRequest {
-            spec: Some(spec(&other)),
-        })
-        .await?
-        .into_inner();
-    let other_disk = o
-        .disks
-        .first()
-        .map(|d| d.volume.clone())
-        .ok_or_else(|| anyhow::anyhow!("the domain has no disk"))?;
+    let o = c.domains.define_domain(pb::DefineDomainRequest {
+        spec: Some(spec(&other)),
+    });
+    let other_disk = first(&o.await?.into_inner().disks, "the domain has no disk")?.volume;
     let free = format!("{p}free.qcow2");
     c.volumes
         .create_volume(pb::CreateVolumeRequest {

@@ -5,7 +5,7 @@ use corral_client::proto as pb;
 use corral_client::AgentClient;
 use tonic::Code;
 
-use crate::adversarial::{bad_names, case, name_says, AgentWorld, Call, Case};
+use crate::adversarial::{bad_names, name_says, AgentWorld, Call, Case};
 
 type C = AgentClient;
 
@@ -28,240 +28,143 @@ fn spec_with_disk(name: &str, volume: &str, readonly: bool, create: u64) -> pb::
     }
 }
 
+/// The client itself: what every agent case calls.
+fn it(c: C) -> C {
+    c
+}
+
+/// A definition of `spec`.
+fn define(spec: pb::DomainSpec) -> pb::DefineDomainRequest {
+    pb::DefineDomainRequest { spec: Some(spec) }
+}
+
+/// A definition with one system disk `volume` (of `create` bytes when made, else existing).
+fn with_disk(name: &str, volume: &str, readonly: bool, create: u64) -> pb::DefineDomainRequest {
+    define(spec_with_disk(name, volume, readonly, create))
+}
+
+fn expose(domain: &str, guest_port: u32, host_port: u32) -> pb::ExposePortRequest {
+    pb::ExposePortRequest {
+        domain: domain.into(),
+        guest_port,
+        host_port,
+        wait_seconds: 1,
+        ..Default::default()
+    }
+}
+
+fn new_volume(name: &str, size_bytes: u64, format: i32) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name: name.into(),
+        size_bytes,
+        format,
+    }
+}
+
+fn import(definition_xml: &str) -> pb::ImportBaseRequest {
+    pb::ImportBaseRequest {
+        definition_xml: definition_xml.into(),
+        layouts: vec![],
+    }
+}
+
+fn rebase(name: &str, backing: &str) -> pb::RebaseVolumeRequest {
+    pb::RebaseVolumeRequest {
+        name: name.into(),
+        backing: backing.into(),
+        r#unsafe: true,
+    }
+}
+
+fn resize(name: &str, size_bytes: u64, allow_shrink: bool) -> pb::ResizeVolumeRequest {
+    pb::ResizeVolumeRequest {
+        name: name.into(),
+        size_bytes,
+        allow_shrink,
+    }
+}
+
+/// A snapshot request naming a domain's snapshot.
+macro_rules! snap {
+    ($t:ident, $domain:expr, $name:expr $(, $field:ident: $value:expr)*) => {
+        pb::$t { domain: $domain.into(), name: $name.into(), $($field: $value,)* ..Default::default() }
+    };
+}
+
+/// Sends a volume to `peer` and waits for the transfer's end.
+async fn send(c: &mut C, volume: String, peer: &str) -> Result<(), tonic::Status> {
+    let req = pb::SendVolumeRequest {
+        volume,
+        peer: peer.into(),
+        ..Default::default()
+    };
+    let mut s = c.sync.send_volume(req).await?.into_inner();
+    while s.message().await?.is_some() {}
+    Ok(())
+}
+
 /// Every RPC that takes a domain (or base) name, called with `n`.
 fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
     let n = n.to_string();
-    macro_rules! rpc {
-        ($name:literal, |$c:ident, $n:ident| $body:expr) => {{
-            let $n = n.clone();
-            let f: Call<C> =
-                Box::new(move |mut $c: C| Box::pin(async move { $body.await.map(|_| ()) }));
-            ($name, f)
-        }};
+    let data = pb::VolumeRole::Data as i32;
+    let dest_uri = "qemu+tcp://192.0.2.1/system".to_string();
+    crate::calls! { C, it, |c| [n, dest_uri];
+        "DefineDomain" => c.domains.define_domain(with_disk(&n, "adv-ok.qcow2", false, 16 << 20));
+        "StartDomain" => c.domains.start_domain(dref(&n));
+        "ShutdownDomain" => c.domains.shutdown_domain(pb::ShutdownDomainRequest { name: n, timeout_seconds: 1 });
+        "PowerOffDomain" => c.domains.power_off_domain(dref(&n));
+        "ResetDomain" => c.domains.reset_domain(dref(&n));
+        "SuspendDomain" => c.domains.suspend_domain(dref(&n));
+        "ResumeDomain" => c.domains.resume_domain(dref(&n));
+        "HibernateDomain" => c.domains.hibernate_domain(dref(&n));
+        "GetDomain" => c.domains.get_domain(dref(&n));
+        "GetScreenshot" => c.domains.get_screenshot(dref(&n));
+        "GetDisplay" => c.domains.get_display(dref(&n));
+        "GetDomainXml" => c.domains.get_domain_xml(dref(&n));
+        "RemoveDomain" => c.domains.remove_domain(pb::RemoveDomainRequest { name: n, remove_volumes: true });
+        "PrepareBase" => c.bases.prepare_base(dref(&n));
+        "RemoveBase" => c.bases.remove_base(dref(&n));
+        "GetBase" => c.bases.get_base(dref(&n));
+        "CloneBase(base)" => c.bases.clone_base(pb::CloneBaseRequest { base: n, name: "adv-new-clone".into(), ..Default::default() });
+        "ListClones" => c.bases.list_clones(dref(&n));
+        "RestoreClone" => c.bases.restore_clone(dref(&n));
+        "SpinoffClone" => c.bases.spinoff_clone(dref(&n));
+        "AddVolume" => c.bases.add_volume(pb::AddVolumeRequest { domain: n, role: data, size_bytes: 8 << 20, name: String::new() });
+        "ExportBase" => c.bases.export_base(dref(&n));
+        "ExportDomain" => c.bases.export_domain(dref(&n));
+        "ExportForMigration" => c.bases.export_for_migration(dref(&n));
+        "MigrateDomain" => c.bases.migrate_domain(pb::MigrateDomainRequest { name: n, dest_uri, dest_xml: String::new(), bandwidth_mib: 0 });
+        "FinishMigration" => c.bases.finish_migration(dref(&n));
+        "CreateSnapshot" => c.snapshots.create_snapshot(snap!(CreateSnapshotRequest, n, "s1"));
+        "ListSnapshots" => c.snapshots.list_snapshots(pb::ListSnapshotsRequest { domain: n, filters: vec![] });
+        "GetSnapshot" => c.snapshots.get_snapshot(pb::SnapshotRef { domain: n, name: "s1".into() });
+        "ListChildren" => c.snapshots.list_children(pb::ListChildrenRequest { domain: n, name: "s1".into(), recursive: false });
+        "RevertSnapshot" => c.snapshots.revert_snapshot(snap!(RevertSnapshotRequest, n, "s1"));
+        "DeleteSnapshot" => c.snapshots.delete_snapshot(snap!(DeleteSnapshotRequest, n, "s1"));
+        "ExposePort" => c.ports.expose_port(expose(&n, 80, 0));
+        "RemovePort" => c.ports.remove_port(pb::RemovePortRequest { domain: n, guest_port: 80 });
+        "RemoveAllPorts" => c.ports.remove_all_ports(pb::RemoveAllPortsRequest { domain: n });
+        "RestrictDisplay" => c.ports.restrict_display(pb::RestrictDisplayRequest { domain: n, client_ip: "192.0.2.7".into() });
     }
-    vec![
-        rpc!("DefineDomain", |c, n| c.domains.define_domain(
-            pb::DefineDomainRequest {
-                spec: Some(spec_with_disk(&n, "adv-ok.qcow2", false, 16 << 20))
-            }
-        )),
-        rpc!("StartDomain", |c, n| c.domains.start_domain(dref(&n))),
-        rpc!("ShutdownDomain", |c, n| c.domains.shutdown_domain(
-            pb::ShutdownDomainRequest {
-                name: n,
-                timeout_seconds: 1
-            }
-        )),
-        rpc!("PowerOffDomain", |c, n| c
-            .domains
-            .power_off_domain(dref(&n))),
-        rpc!("ResetDomain", |c, n| c.domains.reset_domain(dref(&n))),
-        rpc!("SuspendDomain", |c, n| c.domains.suspend_domain(dref(&n))),
-        rpc!("ResumeDomain", |c, n| c.domains.resume_domain(dref(&n))),
-        rpc!("HibernateDomain", |c, n| c
-            .domains
-            .hibernate_domain(dref(&n))),
-        rpc!("GetDomain", |c, n| c.domains.get_domain(dref(&n))),
-        rpc!("GetScreenshot", |c, n| c.domains.get_screenshot(dref(&n))),
-        rpc!("GetDisplay", |c, n| c.domains.get_display(dref(&n))),
-        rpc!("GetDomainXml", |c, n| c.domains.get_domain_xml(dref(&n))),
-        rpc!("RemoveDomain", |c, n| c.domains.remove_domain(
-            pb::RemoveDomainRequest {
-                name: n,
-                remove_volumes: true
-            }
-        )),
-        rpc!("PrepareBase", |c, n| c.bases.prepare_base(dref(&n))),
-        rpc!("RemoveBase", |c, n| c.bases.remove_base(dref(&n))),
-        rpc!("GetBase", |c, n| c.bases.get_base(dref(&n))),
-        rpc!("CloneBase(base)", |c, n| c.bases.clone_base(
-            pb::CloneBaseRequest {
-                base: n,
-                name: "adv-new-clone".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("ListClones", |c, n| c.bases.list_clones(dref(&n))),
-        rpc!("RestoreClone", |c, n| c.bases.restore_clone(dref(&n))),
-        rpc!("SpinoffClone", |c, n| c.bases.spinoff_clone(dref(&n))),
-        rpc!("AddVolume", |c, n| c.bases.add_volume(
-            pb::AddVolumeRequest {
-                domain: n,
-                role: pb::VolumeRole::Data as i32,
-                size_bytes: 8 << 20,
-                name: String::new()
-            }
-        )),
-        rpc!("ExportBase", |c, n| c.bases.export_base(dref(&n))),
-        rpc!("ExportDomain", |c, n| c.bases.export_domain(dref(&n))),
-        rpc!("ExportForMigration", |c, n| c
-            .bases
-            .export_for_migration(dref(&n))),
-        rpc!("MigrateDomain", |c, n| c.bases.migrate_domain(
-            pb::MigrateDomainRequest {
-                name: n,
-                dest_uri: "qemu+tcp://192.0.2.1/system".into(),
-                dest_xml: String::new(),
-                bandwidth_mib: 0
-            }
-        )),
-        rpc!("FinishMigration", |c, n| c.bases.finish_migration(dref(&n))),
-        rpc!("CreateSnapshot", |c, n| c.snapshots.create_snapshot(
-            pb::CreateSnapshotRequest {
-                domain: n,
-                name: "s1".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("ListSnapshots", |c, n| c.snapshots.list_snapshots(
-            pb::ListSnapshotsRequest {
-                domain: n,
-                filters: vec![]
-            }
-        )),
-        rpc!("GetSnapshot", |c, n| c.snapshots.get_snapshot(
-            pb::SnapshotRef {
-                domain: n,
-                name: "s1".into()
-            }
-        )),
-        rpc!("ListChildren", |c, n| c.snapshots.list_children(
-            pb::ListChildrenRequest {
-                domain: n,
-                name: "s1".into(),
-                recursive: false
-            }
-        )),
-        rpc!("RevertSnapshot", |c, n| c.snapshots.revert_snapshot(
-            pb::RevertSnapshotRequest {
-                domain: n,
-                name: "s1".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("DeleteSnapshot", |c, n| c.snapshots.delete_snapshot(
-            pb::DeleteSnapshotRequest {
-                domain: n,
-                name: "s1".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("ExposePort", |c, n| c.ports.expose_port(
-            pb::ExposePortRequest {
-                domain: n,
-                guest_port: 80,
-                wait_seconds: 1,
-                ..Default::default()
-            }
-        )),
-        rpc!("RemovePort", |c, n| c.ports.remove_port(
-            pb::RemovePortRequest {
-                domain: n,
-                guest_port: 80
-            }
-        )),
-        rpc!("RemoveAllPorts", |c, n| c
-            .ports
-            .remove_all_ports(pb::RemoveAllPortsRequest { domain: n })),
-        rpc!("RestrictDisplay", |c, n| c.ports.restrict_display(
-            pb::RestrictDisplayRequest {
-                domain: n,
-                client_ip: "192.0.2.7".into()
-            }
-        )),
-    ]
 }
 
 /// Every RPC that takes a volume name, called with `v`.
 fn volume_rpcs(v: &str, w: &AgentWorld) -> Vec<(&'static str, Call<C>)> {
-    let v = v.to_string();
-    let free = w.free.clone();
-    macro_rules! rpc {
-        ($name:literal, |$c:ident, $v:ident, $free:ident| $body:expr) => {{
-            let ($v, $free) = (v.clone(), free.clone());
-            let f: Call<C> = Box::new(move |mut $c: C| {
-                let _ = &$free;
-                Box::pin(async move { $body.await.map(|_| ()) })
-            });
-            ($name, f)
-        }};
+    let (v, free) = (v.to_string(), w.free.clone());
+    crate::calls! { C, it, |c| [v, free];
+        "CreateVolume" => c.volumes.create_volume(new_volume(&v, 8 << 20, 0));
+        "CreateOverlay(name)" => c.volumes.create_overlay(pb::CreateOverlayRequest { name: v, backing: free });
+        "CreateOverlay(backing)" => c.volumes.create_overlay(pb::CreateOverlayRequest { name: "adv-overlay.qcow2".into(), backing: v });
+        "GetVolumeInfo" => c.volumes.get_volume_info(pb::VolumeRef { name: v });
+        "CopyVolume(source)" => c.volumes.copy_volume(pb::CopyVolumeRequest { source: v, destination: "adv-copy.qcow2".into(), ..Default::default() });
+        "CopyVolume(destination)" => c.volumes.copy_volume(pb::CopyVolumeRequest { source: free, destination: v, ..Default::default() });
+        "RebaseVolume" => c.volumes.rebase_volume(rebase(&v, ""));
+        "ResizeVolume" => c.volumes.resize_volume(resize(&v, 64 << 20, false));
+        "DeleteVolume" => c.volumes.delete_volume(pb::VolumeRef { name: v });
+        "VolumeChecksum" => c.sync.volume_checksum(pb::VolumeChecksumRequest { volume: v });
+        "SendVolume" => send(&mut c, v, "127.0.0.1:9");
+        "DefineDomain(disk)" => c.domains.define_domain(with_disk("adv-new", &v, false, 16 << 20));
     }
-    vec![
-        rpc!("CreateVolume", |c, v, free| c.volumes.create_volume(
-            pb::CreateVolumeRequest {
-                name: v,
-                size_bytes: 8 << 20,
-                format: 0
-            }
-        )),
-        rpc!("CreateOverlay(name)", |c, v, free| c
-            .volumes
-            .create_overlay(pb::CreateOverlayRequest {
-                name: v,
-                backing: free
-            })),
-        rpc!("CreateOverlay(backing)", |c, v, free| c
-            .volumes
-            .create_overlay(pb::CreateOverlayRequest {
-                name: "adv-overlay.qcow2".into(),
-                backing: v
-            })),
-        rpc!("GetVolumeInfo", |c, v, free| c
-            .volumes
-            .get_volume_info(pb::VolumeRef { name: v })),
-        rpc!("CopyVolume(source)", |c, v, free| c.volumes.copy_volume(
-            pb::CopyVolumeRequest {
-                source: v,
-                destination: "adv-copy.qcow2".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("CopyVolume(destination)", |c, v, free| c
-            .volumes
-            .copy_volume(pb::CopyVolumeRequest {
-                source: free,
-                destination: v,
-                ..Default::default()
-            })),
-        rpc!("RebaseVolume", |c, v, free| c.volumes.rebase_volume(
-            pb::RebaseVolumeRequest {
-                name: v,
-                backing: String::new(),
-                r#unsafe: true
-            }
-        )),
-        rpc!("ResizeVolume", |c, v, free| c.volumes.resize_volume(
-            pb::ResizeVolumeRequest {
-                name: v,
-                size_bytes: 64 << 20,
-                allow_shrink: false
-            }
-        )),
-        rpc!("DeleteVolume", |c, v, free| c
-            .volumes
-            .delete_volume(pb::VolumeRef { name: v })),
-        rpc!("VolumeChecksum", |c, v, free| c
-            .sync
-            .volume_checksum(pb::VolumeChecksumRequest { volume: v })),
-        rpc!("SendVolume", |c, v, free| async move {
-            let mut s = c
-                .sync
-                .send_volume(pb::SendVolumeRequest {
-                    volume: v,
-                    peer: "127.0.0.1:9".into(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            while s.message().await?.is_some() {}
-            Ok::<_, tonic::Status>(())
-        }),
-        rpc!("DefineDomain(disk)", |c, v, free| c.domains.define_domain(
-            pb::DefineDomainRequest {
-                spec: Some(spec_with_disk("adv-new", &v, false, 16 << 20))
-            }
-        )),
-    ]
 }
 
 /// The whole table for one agent.
@@ -271,49 +174,38 @@ pub fn agent_cases(w: &AgentWorld) -> Vec<Case<C>> {
     for (what, n) in bad_names() {
         let says = name_says(&n);
         for (rpc, call) in domain_rpcs(&n).into_iter().chain(volume_rpcs(&n, w)) {
-            cases.push(Case {
+            cases.push(Case::of(
                 rpc,
-                input: format!("a name with {what}"),
-                code: Code::InvalidArgument,
-                says: says.iter().map(|s| s.to_string()).collect(),
+                format!("a name with {what}"),
+                Code::InvalidArgument,
+                says.iter().map(|s| s.to_string()).collect(),
                 call,
-            });
+            ));
         }
     }
-    // Unknown ids: well-formed names of nothing.
+    // Unknown ids: well-formed names of nothing (a new name is fine where things are made).
     let ghost = format!("{}ghost", w.p);
-    for (rpc, call) in domain_rpcs(&ghost) {
-        if rpc == "DefineDomain" {
-            continue; // a new name is fine there
-        }
-        cases.push(Case {
-            rpc,
-            input: "an unknown domain".into(),
-            code: Code::NotFound,
-            says: vec![ghost.clone()],
-            call,
-        });
-    }
     let ghost_vol = format!("{}ghost.qcow2", w.p);
-    for (rpc, call) in volume_rpcs(&ghost_vol, w) {
-        if matches!(
-            rpc,
-            "CreateVolume" | "CreateOverlay(name)" | "CopyVolume(destination)"
-        ) {
-            continue; // a new name is fine there
+    let unknown = domain_rpcs(&ghost)
+        .into_iter()
+        .map(|(rpc, call)| (rpc, call, "an unknown domain", &ghost))
+        .chain(
+            volume_rpcs(&ghost_vol, w)
+                .into_iter()
+                .map(|(rpc, call)| (rpc, call, "an unknown volume", &ghost_vol)),
+        );
+    for (rpc, call, input, name) in unknown {
+        let made_here = [
+            "DefineDomain",
+            "CreateVolume",
+            "CreateOverlay(name)",
+            "CopyVolume(destination)",
+            "DefineDomain(disk)",
+        ];
+        if !made_here.contains(&rpc) {
+            let says = vec![name.clone()];
+            cases.push(Case::of(rpc, input.into(), Code::NotFound, says, call));
         }
-        let code = if rpc == "DefineDomain(disk)" {
-            continue;
-        } else {
-            Code::NotFound
-        };
-        cases.push(Case {
-            rpc,
-            input: "an unknown volume".into(),
-            code,
-            says: vec![ghost_vol.clone()],
-            call,
-        });
     }
     cases.extend(number_cases(w));
     cases.extend(ownership_cases(w));
@@ -322,218 +214,184 @@ pub fn agent_cases(w: &AgentWorld) -> Vec<Case<C>> {
 
 /// Zero, negative (as a huge unsigned), out-of-range and enum values no one defined.
 fn number_cases(w: &AgentWorld) -> Vec<Case<C>> {
-    let p = w.p.clone();
     let mut out: Vec<Case<C>> = Vec::new();
+    let AgentWorld {
+        p,
+        base,
+        free,
+        clone: d,
+        ..
+    } = w.clone();
+    let (vol, n, clone) = (
+        format!("{p}num.qcow2"),
+        format!("{p}num"),
+        format!("{p}num-clone"),
+    );
+    let disk = format!("{n}-vda.qcow2");
+    let data = pb::VolumeRole::Data as i32;
     for (input, size, says) in [
         ("size 0", 0u64, "greater than zero"),
         ("size 1 byte", 1, "too small"),
         ("size -1 (u64::MAX)", u64::MAX, "too large"),
     ] {
-        let name = format!("{p}num.qcow2");
-        out.push(case(
-            "CreateVolume",
-            input,
-            Code::InvalidArgument,
-            &[says],
-            move |mut c: C| async move {
-                c.volumes
-                    .create_volume(pb::CreateVolumeRequest {
-                        name,
-                        size_bytes: size,
-                        format: 0,
-                    })
-                    .await
-            },
-        ));
-        let free = w.free.clone();
-        out.push(case(
-            "ResizeVolume",
-            input,
-            Code::InvalidArgument,
-            &[says],
-            move |mut c: C| async move {
-                c.volumes
-                    .resize_volume(pb::ResizeVolumeRequest {
-                        name: free,
-                        size_bytes: size,
-                        allow_shrink: true,
-                    })
-                    .await
-            },
-        ));
-        let n = format!("{p}num");
-        out.push(case(
-            "DefineDomain",
-            format!("disk {input}"),
-            Code::InvalidArgument,
-            &[says],
-            move |mut c: C| async move {
-                let mut s = spec_with_disk(&n, &format!("{n}-vda.qcow2"), false, size);
-                if size == 0 {
-                    s.disks[0].create_size_bytes = 1; // 0 means "exists"; 1 byte is too small
-                }
-                c.domains
-                    .define_domain(pb::DefineDomainRequest { spec: Some(s) })
-                    .await
-            },
-        ));
-        let (base, name) = (w.base.clone(), format!("{p}num-clone"));
-        out.push(case(
-            "AddVolume",
-            input,
-            Code::InvalidArgument,
-            &[says],
-            move |mut c: C| async move {
-                let _ = base;
-                c.bases
-                    .add_volume(pb::AddVolumeRequest {
-                        domain: format!("{name}x"),
-                        role: pb::VolumeRole::Data as i32,
-                        size_bytes: if size == 0 { 0 } else { size },
-                        name: String::new(),
-                    })
-                    .await
-            },
-        ));
-    }
-    // Fix up: the size-0 DefineDomain case above asks for 1 byte.
-    for c in out.iter_mut() {
-        if c.rpc == "DefineDomain" && c.input == "disk size 0" {
-            c.says = vec!["too small".into()];
+        // 0 means "exists" to a definition; 1 byte is too small.
+        let (disk_size, disk_says) = if size == 0 {
+            (1, "too small")
+        } else {
+            (size, says)
+        };
+        let volume = pb::AddVolumeRequest {
+            domain: format!("{clone}x"),
+            role: data,
+            size_bytes: size,
+            name: String::new(),
+        };
+        crate::cases! { out, C, |c|;
+            "CreateVolume", input, InvalidArgument, [says], it [vol] => c.volumes.create_volume(new_volume(&vol, size, 0));
+            "ResizeVolume", input, InvalidArgument, [says], it [free] => c.volumes.resize_volume(resize(&free, size, true));
+            "DefineDomain", format!("disk {input}"), InvalidArgument, [disk_says], it [n, disk] => c.domains.define_domain(with_disk(&n, &disk, false, disk_size));
+            "AddVolume", input, InvalidArgument, [says], it [volume] => c.bases.add_volume(volume);
         }
     }
-    let n = format!("{p}num");
-    let spec_case = |input: &str, says: &str, edit: fn(&mut pb::DomainSpec)| {
-        let n = n.clone();
-        case(
-            "DefineDomain",
-            input.to_string(),
-            Code::InvalidArgument,
-            &[says],
-            move |mut c: C| async move {
-                let mut s = spec_with_disk(&n, &format!("{n}-vda.qcow2"), false, 16 << 20);
-                edit(&mut s);
-                c.domains
-                    .define_domain(pb::DefineDomainRequest { spec: Some(s) })
-                    .await
-            },
-        )
+    let edited = |edit: fn(&mut pb::DomainSpec)| {
+        let mut s = spec_with_disk(&n, &disk, false, 16 << 20);
+        edit(&mut s);
+        define(s)
     };
-    out.push(spec_case("memory 1 MiB", "out of range", |s| {
-        s.memory_mib = 1
-    }));
-    out.push(spec_case("memory u64::MAX", "out of range", |s| {
-        s.memory_mib = u64::MAX
-    }));
-    out.push(spec_case("100000 vCPUs", "out of range", |s| {
-        s.vcpus = 100_000
-    }));
-    out.push(spec_case("role 99", "unknown volume role", |s| {
-        s.disks[0].role = 99
-    }));
-    out.push(spec_case("display type 42", "unknown display type", |s| {
-        s.display = Some(pb::DisplaySpec {
-            r#type: 42,
-            listen: String::new(),
-        })
-    }));
-    out.push(spec_case(
-        "display listen $(id)",
-        "not an ip address",
-        |s| {
-            s.display = Some(pb::DisplaySpec {
-                r#type: 1,
-                listen: "$(id)".into(),
-            })
-        },
-    ));
-    out.push(spec_case("a multicast MAC", "multicast", |s| {
-        s.nics = vec![pb::NicSpec {
-            mac: "01:00:5e:00:00:01".into(),
-            ..Default::default()
-        }]
-    }));
-    out.push(spec_case("NIC model 'evil'", "unknown nic model", |s| {
-        s.nics = vec![pb::NicSpec {
-            model: "evil".into(),
-            ..Default::default()
-        }]
-    }));
-    out.push(spec_case("video model 'x'", "unknown video model", |s| {
-        s.video_model = "x".into()
-    }));
-    out.push(spec_case(
-        "a relative kernel path",
-        "must be absolute",
-        |s| {
-            s.kernel_boot = Some(pb::KernelBoot {
-                kernel: "../../boot/vmlinuz".into(),
-                ..Default::default()
-            })
-        },
-    ));
-    out.push(spec_case(
-        "a label with a newline",
-        "control characters",
-        |s| {
-            s.labels.insert("course".into(), "a\nb".into());
-        },
-    ));
-    out.push(spec_case(
-        "a 300-character label key",
-        "keys are 1-63",
-        |s| {
-            s.labels.insert("k".repeat(300), "v".into());
-        },
-    ));
-    out.push(spec_case("27 disks", "at most 26 disks", |s| {
-        s.disks = (0..27)
-            .map(|i| pb::DiskSpec {
-                volume: format!("adv-d{i}.qcow2"),
-                create_size_bytes: 1 << 20,
-                ..Default::default()
-            })
-            .collect()
-    }));
-    out.push(spec_case("one volume twice", "given twice", |s| {
-        let d = s.disks[0].clone();
-        s.disks.push(d);
-    }));
-    let clone_case = |input: &str, says: &str, edit: fn(&mut pb::CloneBaseRequest)| {
-        let (base, name) = (w.base.clone(), format!("{p}num-clone"));
-        case(
-            "CloneBase",
-            input.to_string(),
-            Code::InvalidArgument,
-            &[says],
-            move |mut c: C| async move {
-                let mut r = pb::CloneBaseRequest {
-                    base,
-                    name,
+    let specs = [
+        ("memory 1 MiB", "out of range", edited(|s| s.memory_mib = 1)),
+        (
+            "memory u64::MAX",
+            "out of range",
+            edited(|s| s.memory_mib = u64::MAX),
+        ),
+        (
+            "100000 vCPUs",
+            "out of range",
+            edited(|s| s.vcpus = 100_000),
+        ),
+        (
+            "role 99",
+            "unknown volume role",
+            edited(|s| s.disks[0].role = 99),
+        ),
+        (
+            "display type 42",
+            "unknown display type",
+            edited(|s| {
+                s.display = Some(pb::DisplaySpec {
+                    r#type: 42,
+                    listen: String::new(),
+                })
+            }),
+        ),
+        (
+            "display listen $(id)",
+            "not an ip address",
+            edited(|s| {
+                s.display = Some(pb::DisplaySpec {
+                    r#type: 1,
+                    listen: "$(id)".into(),
+                })
+            }),
+        ),
+        (
+            "a multicast MAC",
+            "multicast",
+            edited(|s| {
+                s.nics = vec![pb::NicSpec {
+                    mac: "01:00:5e:00:00:01".into(),
                     ..Default::default()
-                };
-                edit(&mut r);
-                c.bases.clone_base(r).await
-            },
-        )
+                }]
+            }),
+        ),
+        (
+            "NIC model 'evil'",
+            "unknown nic model",
+            edited(|s| {
+                s.nics = vec![pb::NicSpec {
+                    model: "evil".into(),
+                    ..Default::default()
+                }]
+            }),
+        ),
+        (
+            "video model 'x'",
+            "unknown video model",
+            edited(|s| s.video_model = "x".into()),
+        ),
+        (
+            "a relative kernel path",
+            "must be absolute",
+            edited(|s| {
+                s.kernel_boot = Some(pb::KernelBoot {
+                    kernel: "../../boot/vmlinuz".into(),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "a label with a newline",
+            "control characters",
+            edited(|s| drop(s.labels.insert("course".into(), "a\nb".into()))),
+        ),
+        (
+            "a 300-character label key",
+            "keys are 1-63",
+            edited(|s| drop(s.labels.insert("k".repeat(300), "v".into()))),
+        ),
+        (
+            "27 disks",
+            "at most 26 disks",
+            edited(|s| {
+                s.disks = (0..27)
+                    .map(|i| pb::DiskSpec {
+                        volume: format!("adv-d{i}.qcow2"),
+                        create_size_bytes: 1 << 20,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+        ),
+        (
+            "one volume twice",
+            "given twice",
+            edited(|s| s.disks.push(s.disks[0].clone())),
+        ),
+    ];
+    for (input, says, r) in specs {
+        crate::cases! { out, C, |c|; "DefineDomain", input, InvalidArgument, [says], it [r] => c.domains.define_domain(r); }
+    }
+    let clone_req = |edit: fn(&mut pb::CloneBaseRequest)| {
+        let mut r = pb::CloneBaseRequest {
+            base: base.clone(),
+            name: clone.clone(),
+            ..Default::default()
+        };
+        edit(&mut r);
+        r
     };
-    out.push(clone_case("memory 1 MiB", "out of range", |r| {
-        r.memory_mib = 1
-    }));
-    out.push(clone_case("9999 vCPUs", "out of range", |r| r.vcpus = 9999));
-    out.push(clone_case(
-        "data volume mode 7",
-        "unknown data volume mode",
-        |r| r.data_volumes = 7,
-    ));
-    out.push(clone_case(
-        "a label with a direction override",
-        "control characters",
-        |r| {
-            r.labels.insert("k".into(), "\u{202E}x".into());
-        },
-    ));
-    let clone = w.clone.clone();
+    let clones = [
+        (
+            "memory 1 MiB",
+            "out of range",
+            clone_req(|r| r.memory_mib = 1),
+        ),
+        ("9999 vCPUs", "out of range", clone_req(|r| r.vcpus = 9999)),
+        (
+            "data volume mode 7",
+            "unknown data volume mode",
+            clone_req(|r| r.data_volumes = 7),
+        ),
+        (
+            "a label with a direction override",
+            "control characters",
+            clone_req(|r| drop(r.labels.insert("k".into(), "\u{202E}x".into()))),
+        ),
+    ];
+    for (input, says, r) in clones {
+        crate::cases! { out, C, |c|; "CloneBase", input, InvalidArgument, [says], it [r] => c.bases.clone_base(r); }
+    }
     for (input, guest, host, says) in [
         ("guest port 0", 0u32, 0u32, "out of range"),
         ("guest port 70000", 70000, 0, "out of range"),
@@ -545,479 +403,85 @@ fn number_cases(w: &AgentWorld) -> Vec<Case<C>> {
             "outside this host's port range",
         ),
     ] {
-        let d = clone.clone();
-        out.push(case(
-            "ExposePort",
-            input,
-            Code::InvalidArgument,
-            &[says],
-            move |mut c: C| async move {
-                c.ports
-                    .expose_port(pb::ExposePortRequest {
-                        domain: d,
-                        guest_port: guest,
-                        host_port: host,
-                        wait_seconds: 1,
-                        ..Default::default()
-                    })
-                    .await
-            },
-        ));
+        crate::cases! { out, C, |c|; "ExposePort", input, InvalidArgument, [says], it [d] => c.ports.expose_port(expose(&d, guest, host)); }
     }
-    let d = clone.clone();
-    out.push(case(
-        "RestrictDisplay",
-        "client 'nobody'",
-        Code::InvalidArgument,
-        &["client"],
-        move |mut c: C| async move {
-            c.ports
-                .restrict_display(pb::RestrictDisplayRequest {
-                    domain: d,
-                    client_ip: "nobody".into(),
-                })
-                .await
-        },
-    ));
-    let d = clone.clone();
-    out.push(case(
-        "CreateSnapshot",
-        "a 5000-character description",
-        Code::InvalidArgument,
-        &["description"],
-        move |mut c: C| async move {
-            c.snapshots
-                .create_snapshot(pb::CreateSnapshotRequest {
-                    domain: d,
-                    name: "s".into(),
-                    description: "x".repeat(5000),
-                    ..Default::default()
-                })
-                .await
-        },
-    ));
-    let d = clone.clone();
-    out.push(case(
-        "RevertSnapshot",
-        "mode 9",
-        Code::InvalidArgument,
-        &["mode"],
-        move |mut c: C| async move {
-            c.snapshots
-                .revert_snapshot(pb::RevertSnapshotRequest {
-                    domain: d,
-                    name: "s".into(),
-                    mode: 9,
-                    force: false,
-                })
-                .await
-        },
-    ));
-    let d = clone.clone();
-    out.push(case(
-        "DeleteSnapshot",
-        "mode 9",
-        Code::InvalidArgument,
-        &["mode"],
-        move |mut c: C| async move {
-            c.snapshots
-                .delete_snapshot(pb::DeleteSnapshotRequest {
-                    domain: d,
-                    name: "s".into(),
-                    mode: 9,
-                })
-                .await
-        },
-    ));
-    let free = w.free.clone();
-    out.push(case(
-        "CreateVolume",
-        "format 9",
-        Code::InvalidArgument,
-        &["format"],
-        move |mut c: C| async move {
-            let _ = free;
-            c.volumes
-                .create_volume(pb::CreateVolumeRequest {
-                    name: "adv-fmt.qcow2".into(),
-                    size_bytes: 8 << 20,
-                    format: 9,
-                })
-                .await
-        },
-    ));
-    out.push(case(
-        "ImportDomain",
-        "a definition that is not XML",
-        Code::InvalidArgument,
-        &["xml"],
-        move |mut c: C| async move {
-            c.bases
-                .import_domain(pb::ImportBaseRequest {
-                    definition_xml: "<domain".into(),
-                    layouts: vec![],
-                })
-                .await
-        },
-    ));
-    out.push(case(
-        "ImportBase",
-        "a definition that is not XML",
-        Code::InvalidArgument,
-        &["xml"],
-        move |mut c: C| async move {
-            c.bases
-                .import_base(pb::ImportBaseRequest {
-                    definition_xml: "not xml at all".into(),
-                    layouts: vec![],
-                })
-                .await
-        },
-    ));
-    out.push(case(
-        "SendVolume",
-        "no peer",
-        Code::InvalidArgument,
-        &["peer"],
-        {
-            let free = w.free.clone();
-            move |mut c: C| async move {
-                let mut s = c
-                    .sync
-                    .send_volume(pb::SendVolumeRequest {
-                        volume: free,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                while s.message().await?.is_some() {}
-                Ok::<_, tonic::Status>(())
-            }
-        },
-    ));
+    let nul: std::collections::HashMap<String, String> =
+        [("k".to_string(), "a\0b".to_string())].into();
+    crate::cases! { out, C, |c|;
+        "RestrictDisplay", "client 'nobody'", InvalidArgument, ["client"], it [d] => c.ports.restrict_display(pb::RestrictDisplayRequest { domain: d, client_ip: "nobody".into() });
+        "CreateSnapshot", "a 5000-character description", InvalidArgument, ["description"], it [d] => c.snapshots.create_snapshot(snap!(CreateSnapshotRequest, d, "s", description: "x".repeat(5000)));
+        "RevertSnapshot", "mode 9", InvalidArgument, ["mode"], it [d] => c.snapshots.revert_snapshot(snap!(RevertSnapshotRequest, d, "s", mode: 9));
+        "DeleteSnapshot", "mode 9", InvalidArgument, ["mode"], it [d] => c.snapshots.delete_snapshot(snap!(DeleteSnapshotRequest, d, "s", mode: 9));
+        "CreateVolume", "format 9", InvalidArgument, ["format"], it [] => c.volumes.create_volume(new_volume("adv-fmt.qcow2", 8 << 20, 9));
+        "ImportDomain", "a definition that is not XML", InvalidArgument, ["xml"], it [] => c.bases.import_domain(import("<domain"));
+        "ImportBase", "a definition that is not XML", InvalidArgument, ["xml"], it [] => c.bases.import_base(import("not xml at all"));
+        "SendVolume", "no peer", InvalidArgument, ["peer"], it [free] => send(&mut c, free, "");
+        "ListDomains", "a label filter with a NUL", InvalidArgument, ["label"], it [nul] => c.domains.list_domains(pb::ListDomainsRequest { labels: nul });
+    }
     out.extend(peer_and_stream_cases(w));
-    out.push(case(
-        "ListDomains",
-        "a label filter with a NUL",
-        Code::InvalidArgument,
-        &["label"],
-        move |mut c: C| async move {
-            c.domains
-                .list_domains(pb::ListDomainsRequest {
-                    labels: [("k".to_string(), "a\0b".to_string())].into(),
-                })
-                .await
-        },
-    ));
     out
 }
 
 /// What another domain or a base owns: a hostile request names it.
 fn ownership_cases(w: &AgentWorld) -> Vec<Case<C>> {
     let mut out: Vec<Case<C>> = Vec::new();
-    let p = w.p.clone();
-    // Another domain's disk, attached writable by a new domain.
-    let (disk, who) = (w.other_disk.clone(), w.other.clone());
-    out.push(case(
-        "DefineDomain",
-        "another domain's disk",
-        Code::FailedPrecondition,
-        &["belongs to domain", &who],
-        {
-            let n = format!("{p}thief");
-            move |mut c: C| async move {
-                c.domains
-                    .define_domain(pb::DefineDomainRequest {
-                        spec: Some(spec_with_disk(&n, &disk, false, 0)),
-                    })
-                    .await
-            }
-        },
-    ));
-    // Another domain's disk, attached read-only (it writes to it).
-    let disk = w.other_disk.clone();
-    out.push(case(
-        "DefineDomain",
-        "another domain's disk, read-only",
-        Code::FailedPrecondition,
-        &["write to it"],
-        {
-            let n = format!("{p}peek");
-            move |mut c: C| async move {
-                c.domains
-                    .define_domain(pb::DefineDomainRequest {
-                        spec: Some(spec_with_disk(&n, &disk, true, 0)),
-                    })
-                    .await
-            }
-        },
-    ));
-    // A base file, writable (item 3 of the issue).
-    let (bf, base) = (w.base_file.clone(), w.base.clone());
-    out.push(case(
-        "DefineDomain",
-        "a base file, writable",
-        Code::FailedPrecondition,
-        &["base file", &base],
-        {
-            let n = format!("{p}scribble");
-            move |mut c: C| async move {
-                c.domains
-                    .define_domain(pb::DefineDomainRequest {
-                        spec: Some(spec_with_disk(&n, &bf, false, 0)),
-                    })
-                    .await
-            }
-        },
-    ));
-    // A clone's overlay, which backs nothing but belongs to the clone.
-    let (cd, clone) = (w.clone_disk.clone(), w.clone.clone());
-    out.push(case(
-        "DefineDomain",
-        "a clone's overlay",
-        Code::FailedPrecondition,
-        &["belongs to domain", &clone],
-        {
-            let n = format!("{p}squat");
-            move |mut c: C| async move {
-                c.domains
-                    .define_domain(pb::DefineDomainRequest {
-                        spec: Some(spec_with_disk(&n, &cd, false, 0)),
-                    })
-                    .await
-            }
-        },
-    ));
-    // Base files: never resized, rebased or deleted while a clone uses them.
-    for (rpc, says) in [
-        ("ResizeVolume", "base file"),
-        ("RebaseVolume", "base file"),
-        ("DeleteVolume", "base file"),
-    ] {
-        let bf = w.base_file.clone();
-        out.push(case(
-            rpc,
-            "a base file with clones",
-            Code::FailedPrecondition,
-            &[says],
-            move |mut c: C| async move {
-                match rpc {
-                    "ResizeVolume" => c
-                        .volumes
-                        .resize_volume(pb::ResizeVolumeRequest {
-                            name: bf,
-                            size_bytes: 1 << 30,
-                            allow_shrink: false,
-                        })
-                        .await
-                        .map(|_| ()),
-                    "RebaseVolume" => c
-                        .volumes
-                        .rebase_volume(pb::RebaseVolumeRequest {
-                            name: bf,
-                            backing: String::new(),
-                            r#unsafe: true,
-                        })
-                        .await
-                        .map(|_| ()),
-                    _ => c
-                        .volumes
-                        .delete_volume(pb::VolumeRef { name: bf })
-                        .await
-                        .map(|_| ()),
-                }
-            },
-        ));
+    let AgentWorld {
+        p,
+        base,
+        base_file: bf,
+        clone,
+        clone_disk: cd,
+        other,
+        other_disk: od,
+        free,
+        storage,
+        ..
+    } = w.clone();
+    let (thief, peek, scribble, squat) = (
+        format!("{p}thief"),
+        format!("{p}peek"),
+        format!("{p}scribble"),
+        format!("{p}squat"),
+    );
+    let on_other = foreign_xml(
+        &format!("{p}import"),
+        &storage.join(&od).display().to_string(),
+    );
+    let shadow = foreign_xml_ro(
+        &format!("{p}import2"),
+        &storage.join(&free).display().to_string(),
+        "/etc/shadow",
+    );
+    crate::cases! { out, C, |c|;
+        // Another domain's disk, attached writable or read-only (it writes to it) by a new domain.
+        "DefineDomain", "another domain's disk", FailedPrecondition, ["belongs to domain", other], it [thief, od] => c.domains.define_domain(with_disk(&thief, &od, false, 0));
+        "DefineDomain", "another domain's disk, read-only", FailedPrecondition, ["write to it"], it [peek, od] => c.domains.define_domain(with_disk(&peek, &od, true, 0));
+        // A base file, writable (item 3 of issue 8).
+        "DefineDomain", "a base file, writable", FailedPrecondition, ["base file", base], it [scribble, bf] => c.domains.define_domain(with_disk(&scribble, &bf, false, 0));
+        // A clone's overlay, which backs nothing but belongs to the clone.
+        "DefineDomain", "a clone's overlay", FailedPrecondition, ["belongs to domain", clone], it [squat, cd] => c.domains.define_domain(with_disk(&squat, &cd, false, 0));
+        // Base files: never resized, rebased or deleted while a clone uses them.
+        "ResizeVolume", "a base file with clones", FailedPrecondition, ["base file"], it [bf] => c.volumes.resize_volume(resize(&bf, 1 << 30, false));
+        "RebaseVolume", "a base file with clones", FailedPrecondition, ["base file"], it [bf] => c.volumes.rebase_volume(rebase(&bf, ""));
+        "DeleteVolume", "a base file with clones", FailedPrecondition, ["base file"], it [bf] => c.volumes.delete_volume(pb::VolumeRef { name: bf });
+        "RebaseVolume", "a base file onto another domain's disk", FailedPrecondition, ["base file"], it [bf, od] => c.volumes.rebase_volume(rebase(&bf, &od));
+        // Another domain's disk: not deleted by the volume API.
+        "DeleteVolume", "another domain's disk", FailedPrecondition, ["belongs to domain"], it [od] => c.volumes.delete_volume(pb::VolumeRef { name: od });
+        // A base with clones is not removed, nor its base; bases never run: no start, no ports.
+        "RemoveDomain", "a base with clones", FailedPrecondition, ["clone"], it [base] => c.domains.remove_domain(pb::RemoveDomainRequest { name: base, remove_volumes: true });
+        "RemoveBase", "a base with clones", FailedPrecondition, ["clone"], it [base] => c.bases.remove_base(dref(&base));
+        "StartDomain", "a base", FailedPrecondition, ["base"], it [base] => c.domains.start_domain(dref(&base));
+        "ExposePort", "a base", FailedPrecondition, ["base"], it [base] => c.ports.expose_port(expose(&base, 80, 0));
+        // Importing a definition that points at another domain's disk, or outside the storage.
+        "ImportDomain", "a definition on another domain's disk", FailedPrecondition, ["belongs to domain", other], it [on_other] => c.bases.import_domain(import(&on_other));
+        "ImportDomain", "a definition attaching /etc/shadow read-only", InvalidArgument, ["outside the storage root"], it [shadow] => c.bases.import_domain(import(&shadow));
+        // Names taken.
+        "CloneBase", "the name of an existing domain", AlreadyExists, ["already exists"], it [base, other] => c.bases.clone_base(pb::CloneBaseRequest { base, name: other, ..Default::default() });
+        "DefineDomain", "the name of a base", AlreadyExists, ["already exists"], it [base] => c.domains.define_domain(with_disk(&base, "adv-fresh.qcow2", false, 16 << 20));
+        "CreateVolume", "the name of an existing volume", AlreadyExists, ["already exists"], it [free] => c.volumes.create_volume(new_volume(&free, 8 << 20, 0));
+        "SpinoffClone", "a domain that is no clone", FailedPrecondition, ["clone"], it [other] => c.bases.spinoff_clone(dref(&other));
+        "RestoreClone", "a domain that is no clone", FailedPrecondition, ["clone"], it [other] => c.bases.restore_clone(dref(&other));
     }
-    // An unsafe rebase of a base file onto another domain's disk.
-    let (bf, od) = (w.base_file.clone(), w.other_disk.clone());
-    out.push(case(
-        "RebaseVolume",
-        "a base file onto another domain's disk",
-        Code::FailedPrecondition,
-        &["base file"],
-        move |mut c: C| async move {
-            c.volumes
-                .rebase_volume(pb::RebaseVolumeRequest {
-                    name: bf,
-                    backing: od,
-                    r#unsafe: true,
-                })
-                .await
-        },
-    ));
-    // Another domain's disk: not deleted by the volume API.
-    let od = w.other_disk.clone();
-    out.push(case(
-        "DeleteVolume",
-        "another domain's disk",
-        Code::FailedPrecondition,
-        &["belongs to domain"],
-        move |mut c: C| async move { c.volumes.delete_volume(pb::VolumeRef { name: od }).await },
-    ));
-    // A base with clones is not removed, nor its base.
-    let base = w.base.clone();
-    out.push(case(
-        "RemoveDomain",
-        "a base with clones",
-        Code::FailedPrecondition,
-        &["clone"],
-        move |mut c: C| async move {
-            c.domains
-                .remove_domain(pb::RemoveDomainRequest {
-                    name: base,
-                    remove_volumes: true,
-                })
-                .await
-        },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "RemoveBase",
-        "a base with clones",
-        Code::FailedPrecondition,
-        &["clone"],
-        move |mut c: C| async move { c.bases.remove_base(dref(&base)).await },
-    ));
-    // Bases never run: no start, no ports.
-    let base = w.base.clone();
-    out.push(case(
-        "StartDomain",
-        "a base",
-        Code::FailedPrecondition,
-        &["base"],
-        move |mut c: C| async move { c.domains.start_domain(dref(&base)).await },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "ExposePort",
-        "a base",
-        Code::FailedPrecondition,
-        &["base"],
-        move |mut c: C| async move {
-            c.ports
-                .expose_port(pb::ExposePortRequest {
-                    domain: base,
-                    guest_port: 80,
-                    wait_seconds: 1,
-                    ..Default::default()
-                })
-                .await
-        },
-    ));
-    // Importing a definition that points at another domain's disk, or outside the storage.
-    let (od, who) = (w.other_disk.clone(), w.other.clone());
-    let storage = w.storage.clone();
-    out.push(case(
-        "ImportDomain",
-        "a definition on another domain's disk",
-        Code::FailedPrecondition,
-        &["belongs to domain", &who],
-        {
-            let xml = foreign_xml(
-                &format!("{p}import"),
-                &storage.join(&od).display().to_string(),
-            );
-            move |mut c: C| async move {
-                c.bases
-                    .import_domain(pb::ImportBaseRequest {
-                        definition_xml: xml,
-                        layouts: vec![],
-                    })
-                    .await
-            }
-        },
-    ));
-    out.push(case(
-        "ImportDomain",
-        "a definition attaching /etc/shadow read-only",
-        Code::InvalidArgument,
-        &["outside the storage root"],
-        {
-            let xml = foreign_xml_ro(
-                &format!("{p}import2"),
-                &w.storage.join(&w.free).display().to_string(),
-                "/etc/shadow",
-            );
-            move |mut c: C| async move {
-                c.bases
-                    .import_domain(pb::ImportBaseRequest {
-                        definition_xml: xml,
-                        layouts: vec![],
-                    })
-                    .await
-            }
-        },
-    ));
-    // Names taken.
-    let other = w.other.clone();
-    out.push(case(
-        "CloneBase",
-        "the name of an existing domain",
-        Code::AlreadyExists,
-        &["already exists"],
-        {
-            let base = w.base.clone();
-            move |mut c: C| async move {
-                c.bases
-                    .clone_base(pb::CloneBaseRequest {
-                        base,
-                        name: other,
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "DefineDomain",
-        "the name of a base",
-        Code::AlreadyExists,
-        &["already exists"],
-        move |mut c: C| async move {
-            c.domains
-                .define_domain(pb::DefineDomainRequest {
-                    spec: Some(spec_with_disk(&base, "adv-fresh.qcow2", false, 16 << 20)),
-                })
-                .await
-        },
-    ));
-    let free = w.free.clone();
-    out.push(case(
-        "CreateVolume",
-        "the name of an existing volume",
-        Code::AlreadyExists,
-        &["already exists"],
-        move |mut c: C| async move {
-            c.volumes
-                .create_volume(pb::CreateVolumeRequest {
-                    name: free,
-                    size_bytes: 8 << 20,
-                    format: 0,
-                })
-                .await
-        },
-    ));
-    let (clone, other) = (w.clone.clone(), w.other.clone());
-    out.push(case(
-        "SpinoffClone",
-        "a domain that is no clone",
-        Code::FailedPrecondition,
-        &["clone"],
-        move |mut c: C| async move {
-            let _ = clone;
-            c.bases.spinoff_clone(dref(&other)).await
-        },
-    ));
-    let other = w.other.clone();
-    out.push(case(
-        "RestoreClone",
-        "a domain that is no clone",
-        Code::FailedPrecondition,
-        &["clone"],
-        move |mut c: C| async move { c.bases.restore_clone(dref(&other)).await },
-    ));
     out
 }
 
@@ -1067,60 +531,34 @@ async fn receive(addr: String, volume: String, size: u64) -> Result<(), tonic::S
 /// The peers' ReceiveVolume, the event stream, and live migration's first step.
 fn peer_and_stream_cases(w: &AgentWorld) -> Vec<Case<C>> {
     let mut out: Vec<Case<C>> = Vec::new();
-    out.push(case(
-        "PrepareMigration",
-        "a host without migration_uri",
-        Code::Unimplemented,
-        &["migration_uri"],
-        move |mut c: C| async move {
-            c.bases
-                .prepare_migration(pb::ImportBaseRequest {
-                    definition_xml: "<domain/>".into(),
-                    layouts: vec![],
-                })
-                .await
-        },
-    ));
+    let AgentWorld {
+        other,
+        other_disk: od,
+        base_file: bf,
+        addr,
+        ..
+    } = w.clone();
+    crate::cases! { out, C, |c|;
+        "PrepareMigration", "a host without migration_uri", Unimplemented, ["migration_uri"], it [] => c.bases.prepare_migration(import("<domain/>"));
+        "ReceiveVolume", "replacing another domain's disk", FailedPrecondition, ["belongs to domain", other], it [addr, od] => receive(addr, od, 16 << 20);
+        "ReceiveVolume", "replacing a base file", FailedPrecondition, ["base file"], it [addr, bf] => receive(addr, bf, 16 << 20);
+    }
     for (what, n) in bad_names() {
         if !n.is_empty() {
-            let n2 = n.clone();
-            out.push(case(
-                "WatchDomainEvents",
-                format!("a name with {what}"),
-                Code::InvalidArgument,
-                &["invalid", "name"],
-                move |mut c: C| async move {
-                    c.host
-                        .watch_domain_events(pb::WatchDomainEventsRequest { domain: n2 })
-                        .await
-                },
-            ));
+            crate::cases! { out, C, |c|;
+                "WatchDomainEvents", format!("a name with {what}"), InvalidArgument, ["invalid", "name"], it [n] => c.host.watch_domain_events(pb::WatchDomainEventsRequest { domain: n });
+            }
         }
-        let addr = w.addr.clone();
-        let says = name_says(&n);
-        out.push(case(
+        let call = crate::call!(C, it, |c| [addr, n] receive(addr, n, 1 << 20));
+        let says = name_says(&n).iter().map(|s| s.to_string()).collect();
+        let input = format!("a header naming a volume with {what}");
+        out.push(Case::of(
             "ReceiveVolume",
-            format!("a header naming a volume with {what}"),
+            input,
             Code::InvalidArgument,
-            &says,
-            move |_c: C| receive(addr, n, 1 << 20),
+            says,
+            call,
         ));
     }
-    let (od, who, addr) = (w.other_disk.clone(), w.other.clone(), w.addr.clone());
-    out.push(case(
-        "ReceiveVolume",
-        "replacing another domain's disk",
-        Code::FailedPrecondition,
-        &["belongs to domain", &who],
-        move |_c: C| receive(addr, od, 16 << 20),
-    ));
-    let (bf, addr) = (w.base_file.clone(), w.addr.clone());
-    out.push(case(
-        "ReceiveVolume",
-        "replacing a base file",
-        Code::FailedPrecondition,
-        &["base file"],
-        move |_c: C| receive(addr, bf, 16 << 20),
-    ));
     out
 }

@@ -6,7 +6,7 @@ use corral_client::proto as pb;
 use corral_client::CoordinatorClient;
 use tonic::Code;
 
-use crate::adversarial::{bad_names, case, name_says, Case};
+use crate::adversarial::{bad_names, name_says, Case};
 
 /// The callers of one run.
 #[derive(Clone)]
@@ -31,6 +31,7 @@ pub struct CoordWorld {
 }
 
 type C = Callers;
+type Labels = std::collections::HashMap<String, String>;
 
 fn vref(n: &str) -> pb::VmRef {
     pb::VmRef { name: n.into() }
@@ -98,256 +99,176 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
     format!("hosts {hosts:?} vms {vms:?} bases {bases} users {users} operations {ops:?}")
 }
 
+fn admin(cs: C) -> CoordinatorClient {
+    cs.admin
+}
+fn alice(cs: C) -> CoordinatorClient {
+    cs.alice
+}
+fn nobody(cs: C) -> CoordinatorClient {
+    cs.nobody
+}
+
+/// A request naming a VM's snapshot.
+fn snap<T: Default + SnapshotTarget>(domain: String, name: &str) -> T {
+    let mut r = T::default();
+    r.set(domain, name);
+    r
+}
+
+/// Snapshot requests name a VM and a snapshot.
+trait SnapshotTarget {
+    fn set(&mut self, domain: String, name: &str);
+}
+
+macro_rules! snapshot_target {
+    ($($t:ty),*) => {$(
+        impl SnapshotTarget for $t {
+            fn set(&mut self, domain: String, name: &str) {
+                self.domain = domain;
+                self.name = name.into();
+            }
+        }
+    )*};
+}
+snapshot_target!(
+    pb::CreateSnapshotRequest,
+    pb::RevertSnapshotRequest,
+    pb::DeleteSnapshotRequest,
+    pb::SnapshotRef,
+    pb::ListChildrenRequest
+);
+
+fn clone_req(base: &str, name: &str) -> pb::CloneVmRequest {
+    pb::CloneVmRequest {
+        base: base.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn user_req(name: &str, role: &str) -> pb::CreateUserRequest {
+    pb::CreateUserRequest {
+        name: name.into(),
+        role: role.into(),
+        attributes: Default::default(),
+    }
+}
+
+fn host_req(name: &str, address: &str) -> pb::AddHostRequest {
+    pb::AddHostRequest {
+        name: name.into(),
+        address: address.into(),
+    }
+}
+
+fn on_host(base: &str, host: &str) -> pb::SyncBaseRequest {
+    pb::SyncBaseRequest {
+        base: base.into(),
+        host: host.into(),
+        bandwidth_limit: 0,
+    }
+}
+
+fn new_vm(spec: pb::DomainSpec, host: &str) -> pb::CreateVmRequest {
+    pb::CreateVmRequest {
+        spec: Some(spec),
+        host: host.into(),
+        ..Default::default()
+    }
+}
+
+fn new_base(spec: pb::DomainSpec, host: &str) -> pb::CreateBaseRequest {
+    pb::CreateBaseRequest {
+        spec: Some(spec),
+        host: host.into(),
+        idempotency_key: String::new(),
+    }
+}
+
+fn expose(vm: &str, guest_port: u32, host_port: u32) -> pb::ExposePortRequest {
+    pb::ExposePortRequest {
+        domain: vm.into(),
+        guest_port,
+        host_port,
+        wait_seconds: 1,
+        ..Default::default()
+    }
+}
+
+fn op_ref(id: &str) -> pb::OperationRef {
+    pb::OperationRef { id: id.into() }
+}
+
+/// Watches an operation to its end.
+async fn watch(c: &mut CoordinatorClient, id: &str) -> Result<(), tonic::Status> {
+    let mut s = c.ops.watch_operation(op_ref(id)).await?.into_inner();
+    while s.message().await?.is_some() {}
+    Ok(())
+}
+
 /// Every RPC that takes a VM name, as `who` (a closure picking the caller).
 fn vm_rpcs(
     n: &str,
     who: fn(C) -> CoordinatorClient,
 ) -> Vec<(&'static str, crate::adversarial::Call<C>)> {
     let n = n.to_string();
-    macro_rules! rpc {
-        ($name:literal, |$c:ident, $n:ident| $body:expr) => {{
-            let $n = n.clone();
-            let f: crate::adversarial::Call<C> = Box::new(move |cs: C| {
-                let mut $c = who(cs);
-                Box::pin(async move { $body.await.map(|_| ()) })
-            });
-            ($name, f)
-        }};
+    crate::calls! { C, who, |c| [n];
+        "StartVm" => c.vms.start_vm(vref(&n));
+        "ShutdownVm" => c.vms.shutdown_vm(vref(&n));
+        "PowerOffVm" => c.vms.power_off_vm(vref(&n));
+        "HibernateVm" => c.vms.hibernate_vm(vref(&n));
+        "RestoreVm" => c.vms.restore_vm(vref(&n));
+        "RemoveVm" => c.vms.remove_vm(vref(&n));
+        "GetVm" => c.vms.get_vm(vref(&n));
+        "PrepareBase" => c.vms.prepare_base(vref(&n));
+        "MoveVm" => c.vms.move_vm(pb::MoveVmRequest { name: n, host: "h1".into(), ..Default::default() });
+        "CreateVmSnapshot" => c.snapshots.create_vm_snapshot(snap::<pb::CreateSnapshotRequest>(n, "s1"));
+        "ListVmSnapshots" => c.snapshots.list_vm_snapshots(pb::ListSnapshotsRequest { domain: n, filters: vec![] });
+        "GetVmSnapshot" => c.snapshots.get_vm_snapshot(snap::<pb::SnapshotRef>(n, "s1"));
+        "ListVmSnapshotChildren" => c.snapshots.list_vm_snapshot_children(snap::<pb::ListChildrenRequest>(n, "s1"));
+        "RevertVmSnapshot" => c.snapshots.revert_vm_snapshot(snap::<pb::RevertSnapshotRequest>(n, "s1"));
+        "DeleteVmSnapshot" => c.snapshots.delete_vm_snapshot(snap::<pb::DeleteSnapshotRequest>(n, "s1"));
+        "ExposeVmPort" => c.access.expose_vm_port(expose(&n, 80, 0));
+        "ListVmPorts" => c.access.list_vm_ports(pb::ListPortsRequest { domain: n });
+        "RemoveVmPort" => c.access.remove_vm_port(pb::RemovePortRequest { domain: n, guest_port: 80 });
+        "RemoveAllVmPorts" => c.access.remove_all_vm_ports(pb::RemoveAllPortsRequest { domain: n });
+        "RestrictVmDisplay" => c.access.restrict_vm_display(pb::RestrictDisplayRequest { domain: n, client_ip: "192.0.2.7".into() });
+        "GetVmDisplay" => c.access.get_vm_display(vref(&n));
+        "GetVmScreenshot" => c.access.get_vm_screenshot(vref(&n));
     }
-    vec![
-        rpc!("StartVm", |c, n| c.vms.start_vm(vref(&n))),
-        rpc!("ShutdownVm", |c, n| c.vms.shutdown_vm(vref(&n))),
-        rpc!("PowerOffVm", |c, n| c.vms.power_off_vm(vref(&n))),
-        rpc!("HibernateVm", |c, n| c.vms.hibernate_vm(vref(&n))),
-        rpc!("RestoreVm", |c, n| c.vms.restore_vm(vref(&n))),
-        rpc!("RemoveVm", |c, n| c.vms.remove_vm(vref(&n))),
-        rpc!("GetVm", |c, n| c.vms.get_vm(vref(&n))),
-        rpc!("PrepareBase", |c, n| c.vms.prepare_base(vref(&n))),
-        rpc!("MoveVm", |c, n| c.vms.move_vm(pb::MoveVmRequest {
-            name: n,
-            host: "h1".into(),
-            ..Default::default()
-        })),
-        rpc!("CreateVmSnapshot", |c, n| c.snapshots.create_vm_snapshot(
-            pb::CreateSnapshotRequest {
-                domain: n,
-                name: "s1".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("ListVmSnapshots", |c, n| c.snapshots.list_vm_snapshots(
-            pb::ListSnapshotsRequest {
-                domain: n,
-                filters: vec![]
-            }
-        )),
-        rpc!("GetVmSnapshot", |c, n| c.snapshots.get_vm_snapshot(
-            pb::SnapshotRef {
-                domain: n,
-                name: "s1".into()
-            }
-        )),
-        rpc!("ListVmSnapshotChildren", |c, n| c
-            .snapshots
-            .list_vm_snapshot_children(pb::ListChildrenRequest {
-                domain: n,
-                name: "s1".into(),
-                recursive: false
-            })),
-        rpc!("RevertVmSnapshot", |c, n| c.snapshots.revert_vm_snapshot(
-            pb::RevertSnapshotRequest {
-                domain: n,
-                name: "s1".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("DeleteVmSnapshot", |c, n| c.snapshots.delete_vm_snapshot(
-            pb::DeleteSnapshotRequest {
-                domain: n,
-                name: "s1".into(),
-                ..Default::default()
-            }
-        )),
-        rpc!("ExposeVmPort", |c, n| c.access.expose_vm_port(
-            pb::ExposePortRequest {
-                domain: n,
-                guest_port: 80,
-                wait_seconds: 1,
-                ..Default::default()
-            }
-        )),
-        rpc!("ListVmPorts", |c, n| c
-            .access
-            .list_vm_ports(pb::ListPortsRequest { domain: n })),
-        rpc!("RemoveVmPort", |c, n| c.access.remove_vm_port(
-            pb::RemovePortRequest {
-                domain: n,
-                guest_port: 80
-            }
-        )),
-        rpc!("RemoveAllVmPorts", |c, n| c
-            .access
-            .remove_all_vm_ports(pb::RemoveAllPortsRequest { domain: n })),
-        rpc!("RestrictVmDisplay", |c, n| c.access.restrict_vm_display(
-            pb::RestrictDisplayRequest {
-                domain: n,
-                client_ip: "192.0.2.7".into()
-            }
-        )),
-        rpc!("GetVmDisplay", |c, n| c.access.get_vm_display(vref(&n))),
-        rpc!("GetVmScreenshot", |c, n| c
-            .access
-            .get_vm_screenshot(vref(&n))),
-    ]
 }
 
 /// Every admin RPC that takes a host, base or user name.
 fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial::Call<C>)> {
     let n = n.to_string();
-    let (base, host) = (w.base.clone(), w.host.clone());
-    macro_rules! rpc {
-        ($name:literal, |$c:ident, $n:ident, $base:ident, $host:ident| $body:expr) => {{
-            let ($n, $base, $host) = (n.clone(), base.clone(), host.clone());
-            let f: crate::adversarial::Call<C> = Box::new(move |cs: C| {
-                let mut $c = cs.admin;
-                let _ = (&$base, &$host);
-                Box::pin(async move { $body.await.map(|_| ()) })
-            });
-            ($name, f)
-        }};
+    let (base, host, vm) = (w.base.clone(), w.host.clone(), w.alice_vm.clone());
+    crate::calls! { C, admin, |c| [n, base, host, vm];
+        "AddHost" => c.hosts.add_host(host_req(&n, "127.0.0.1:1"));
+        "RemoveHost" => c.hosts.remove_host(pb::HostRef { name: n });
+        "SetHostEnabled" => c.hosts.set_host_enabled(pb::SetHostEnabledRequest { name: n, enabled: false });
+        "CreateBase(name)" => c.vms.create_base(new_base(spec(&n), &host));
+        "CreateBase(host)" => c.vms.create_base(new_base(spec("advc-newbase"), &n));
+        "RemoveBase" => c.vms.remove_base(pb::BaseRef { name: n });
+        "SyncBase(base)" => c.vms.sync_base(on_host(&n, &host));
+        "SyncBase(host)" => c.vms.sync_base(on_host(&base, &n));
+        "RemoveBaseFromHost" => c.vms.remove_base_from_host(on_host(&n, &host));
+        "CreateVm" => c.vms.create_vm(new_vm(spec(&n), &host));
+        "CreateVm(host)" => c.vms.create_vm(new_vm(spec("advc-newvm"), &n));
+        "CloneVm(owner)" => c.vms.clone_vm(pb::CloneVmRequest { owner: n, ..clone_req(&base, "advc-newclone") });
+        "CreateUser" => c.users.create_user(user_req(&n, "user"));
+        "CreateToken" => c.users.create_token(pb::CreateTokenRequest { user: n });
+        "MoveVm(host)" => c.vms.move_vm(pb::MoveVmRequest { name: vm, host: n, ..Default::default() });
     }
-    vec![
-        rpc!("AddHost", |c, n, base, host| c.hosts.add_host(
-            pb::AddHostRequest {
-                name: n,
-                address: "127.0.0.1:1".into()
-            }
-        )),
-        rpc!("RemoveHost", |c, n, base, host| c
-            .hosts
-            .remove_host(pb::HostRef { name: n })),
-        rpc!("SetHostEnabled", |c, n, base, host| c
-            .hosts
-            .set_host_enabled(pb::SetHostEnabledRequest {
-                name: n,
-                enabled: false
-            })),
-        rpc!("CreateBase(name)", |c, n, base, host| c.vms.create_base(
-            pb::CreateBaseRequest {
-                spec: Some(spec(&n)),
-                host,
-                idempotency_key: String::new()
-            }
-        )),
-        rpc!("CreateBase(host)", |c, n, base, host| c.vms.create_base(
-            pb::CreateBaseRequest {
-                spec: Some(spec("advc-newbase")),
-                host: n,
-                idempotency_key: String::new()
-            }
-        )),
-        rpc!("RemoveBase", |c, n, base, host| c
-            .vms
-            .remove_base(pb::BaseRef { name: n })),
-        rpc!("SyncBase(base)", |c, n, base, host| c.vms.sync_base(
-            pb::SyncBaseRequest {
-                base: n,
-                host,
-                bandwidth_limit: 0
-            }
-        )),
-        rpc!("SyncBase(host)", |c, n, base, host| c.vms.sync_base(
-            pb::SyncBaseRequest {
-                base,
-                host: n,
-                bandwidth_limit: 0
-            }
-        )),
-        rpc!("RemoveBaseFromHost", |c, n, base, host| c
-            .vms
-            .remove_base_from_host(pb::SyncBaseRequest {
-                base: n,
-                host,
-                bandwidth_limit: 0
-            })),
-        rpc!("CreateVm", |c, n, base, host| c.vms.create_vm(
-            pb::CreateVmRequest {
-                spec: Some(spec(&n)),
-                host,
-                ..Default::default()
-            }
-        )),
-        rpc!("CreateVm(host)", |c, n, base, host| c.vms.create_vm(
-            pb::CreateVmRequest {
-                spec: Some(spec("advc-newvm")),
-                host: n,
-                ..Default::default()
-            }
-        )),
-        rpc!("CloneVm(owner)", |c, n, base, host| c.vms.clone_vm(
-            pb::CloneVmRequest {
-                base,
-                name: "advc-newclone".into(),
-                owner: n,
-                ..Default::default()
-            }
-        )),
-        rpc!("CreateUser", |c, n, base, host| c.users.create_user(
-            pb::CreateUserRequest {
-                name: n,
-                role: "user".into(),
-                attributes: Default::default()
-            }
-        )),
-        rpc!("CreateToken", |c, n, base, host| c
-            .users
-            .create_token(pb::CreateTokenRequest { user: n })),
-        ("MoveVm(host)", {
-            let (vm, n) = (w.alice_vm.clone(), n.clone());
-            Box::new(move |cs: C| {
-                let mut c = cs.admin;
-                Box::pin(async move {
-                    c.vms
-                        .move_vm(pb::MoveVmRequest {
-                            name: vm,
-                            host: n,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                }) as crate::adversarial::Answer
-            })
-        }),
-    ]
 }
 
 /// A user's clone RPCs that take a base and a name.
 fn clone_rpcs(base: &str, name: &str) -> Vec<(&'static str, crate::adversarial::Call<C>)> {
-    let (b, n) = (base.to_string(), name.to_string());
-    let clone = |b: String, n: String| pb::CloneVmRequest {
-        base: b,
-        name: n,
-        ..Default::default()
-    };
-    let (b1, n1, b2, n2) = (b.clone(), n.clone(), b, n);
-    vec![
-        (
-            "CloneVm",
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move { c.vms.clone_vm(clone(b1, n1)).await.map(|_| ()) })
-                    as crate::adversarial::Answer
-            }) as crate::adversarial::Call<C>,
-        ),
-        (
-            "ExplainPlacement",
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move { c.vms.explain_placement(clone(b2, n2)).await.map(|_| ()) })
-                    as crate::adversarial::Answer
-            }),
-        ),
-    ]
+    let r = clone_req(base, name);
+    crate::calls! { C, alice, |c| [r];
+        "CloneVm" => c.vms.clone_vm(r);
+        "ExplainPlacement" => c.vms.explain_placement(r);
+    }
 }
 
 pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
@@ -370,13 +291,13 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
             {
                 continue;
             }
-            out.push(Case {
+            out.push(Case::of(
                 rpc,
-                input: format!("a name with {what}"),
-                code: Code::InvalidArgument,
-                says: says.clone(),
+                format!("a name with {what}"),
+                Code::InvalidArgument,
+                says.clone(),
                 call,
-            });
+            ));
         }
     }
     // Unknown VMs, and another user's VMs: both look absent.
@@ -396,13 +317,7 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
             } else {
                 vec!["admin".to_string()]
             };
-            out.push(Case {
-                rpc,
-                input: input.into(),
-                code,
-                says,
-                call,
-            });
+            out.push(Case::of(rpc, input.into(), code, says, call));
         }
     }
     // Unknown hosts, bases and users, as the admin.
@@ -414,13 +329,7 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
             "CreateBase(name)" | "CreateVm" | "CreateUser" => continue,
             _ => (Code::NotFound, vec![ghost.clone()]),
         };
-        out.push(Case {
-            rpc,
-            input: "an unknown name".into(),
-            code,
-            says,
-            call,
-        });
+        out.push(Case::of(rpc, "an unknown name".into(), code, says, call));
     }
     out.extend(ownership_cases(w));
     out.extend(number_cases(w));
@@ -430,465 +339,57 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
 /// What another user owns, what only admins may do, and names already taken.
 fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
     let mut out: Vec<Case<C>> = Vec::new();
-    // Issue 8, item 1: a user clones onto a base's name.
-    let base = w.base.clone();
-    out.push(case(
-        "CloneVm",
-        "a base's name as the clone's name",
-        Code::AlreadyExists,
-        &["already exists", "base"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.vms
-                    .clone_vm(pb::CloneVmRequest {
-                        base: base.clone(),
-                        name: base,
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let (base, bob_vm) = (w.base.clone(), w.bob_vm.clone());
-    out.push(case(
-        "CloneVm",
-        "another user's VM's name",
-        Code::AlreadyExists,
-        &["already exists"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.vms
-                    .clone_vm(pb::CloneVmRequest {
-                        base,
-                        name: bob_vm,
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "CloneVm",
-        "a clone for another user",
-        Code::PermissionDenied,
-        &["admin"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.vms
-                    .clone_vm(pb::CloneVmRequest {
-                        base,
-                        name: "advc-forbob".into(),
-                        owner: "bob".into(),
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "RemoveVm",
-        "a base, as a user",
-        Code::NotFound,
-        &["not found"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move { c.vms.remove_vm(vref(&base)).await }
-        },
-    ));
-    let op = w.bob_op.clone();
-    out.push(case(
-        "GetOperation",
-        "bob's operation",
-        Code::NotFound,
-        &["not found"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move { c.ops.get_operation(pb::OperationRef { id: op }).await }
-        },
-    ));
-    let op = w.bob_op.clone();
-    out.push(case(
-        "CancelOperation",
-        "bob's operation",
-        Code::NotFound,
-        &["not found"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move { c.ops.cancel_operation(pb::OperationRef { id: op }).await }
-        },
-    ));
-    let op = w.bob_op.clone();
-    out.push(case(
-        "WatchOperation",
-        "bob's operation",
-        Code::NotFound,
-        &["not found"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                let mut s = c
-                    .ops
-                    .watch_operation(pb::OperationRef { id: op })
-                    .await?
-                    .into_inner();
-                while s.message().await?.is_some() {}
-                Ok::<_, tonic::Status>(())
-            }
-        },
-    ));
-    // Issue 8, item 11: an illegal state change is no outage.
-    let op = w.bob_op.clone();
-    out.push(case(
-        "CancelOperation",
-        "an operation that ended",
-        Code::FailedPrecondition,
-        &["already ended"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move { c.ops.cancel_operation(pb::OperationRef { id: op }).await }
-        },
-    ));
-    for (rpc, id) in [
-        ("GetOperation", "no-such-op"),
-        ("CancelOperation", "../../x"),
-        ("GetOperation", ""),
-    ] {
-        let id = id.to_string();
-        out.push(case(
-            rpc,
-            format!("operation id {id:?}"),
-            Code::NotFound,
-            &["not found"],
-            move |cs: C| {
-                let mut c = cs.admin;
-                async move {
-                    if rpc == "GetOperation" {
-                        c.ops
-                            .get_operation(pb::OperationRef { id })
-                            .await
-                            .map(|_| ())
-                    } else {
-                        c.ops
-                            .cancel_operation(pb::OperationRef { id })
-                            .await
-                            .map(|_| ())
-                    }
-                }
-            },
-        ));
+    let CoordWorld {
+        base,
+        host,
+        host_address: addr,
+        alice_vm: vm,
+        bob_vm,
+        bob_op: op,
+        ..
+    } = w.clone();
+    let url = format!("https://{addr}/");
+    // Issue 8, item 1: a user clones onto a base's name; item 4: CreateUser on an existing name.
+    crate::cases! { out, C, |c|;
+        "CloneVm", "a base's name as the clone's name", AlreadyExists, ["already exists", "base"], alice [base] => c.vms.clone_vm(clone_req(&base, &base));
+        "CloneVm", "another user's VM's name", AlreadyExists, ["already exists"], alice [base, bob_vm] => c.vms.clone_vm(clone_req(&base, &bob_vm));
+        "CloneVm", "a clone for another user", PermissionDenied, ["admin"], alice [base] => c.vms.clone_vm(pb::CloneVmRequest { owner: "bob".into(), ..clone_req(&base, "advc-forbob") });
+        "RemoveVm", "a base, as a user", NotFound, ["not found"], alice [base] => c.vms.remove_vm(vref(&base));
+        "GetOperation", "bob's operation", NotFound, ["not found"], alice [op] => c.ops.get_operation(op_ref(&op));
+        "CancelOperation", "bob's operation", NotFound, ["not found"], alice [op] => c.ops.cancel_operation(op_ref(&op));
+        "WatchOperation", "bob's operation", NotFound, ["not found"], alice [op] => watch(&mut c, &op);
+        // Issue 8, item 11: an illegal state change is no outage.
+        "CancelOperation", "an operation that ended", FailedPrecondition, ["already ended"], admin [op] => c.ops.cancel_operation(op_ref(&op));
+        "GetOperation", "operation id \"no-such-op\"", NotFound, ["not found"], admin [] => c.ops.get_operation(op_ref("no-such-op"));
+        "CancelOperation", "operation id \"../../x\"", NotFound, ["not found"], admin [] => c.ops.cancel_operation(op_ref("../../x"));
+        "GetOperation", "operation id \"\"", NotFound, ["not found"], admin [] => c.ops.get_operation(op_ref(""));
+        // Admin-only RPCs, as a user.
+        "AddHost", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.hosts.add_host(host_req("advc-h9", "127.0.0.1:9"));
+        "RemoveHost", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [host] => c.hosts.remove_host(pb::HostRef { name: host });
+        "SetHostEnabled", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [host] => c.hosts.set_host_enabled(pb::SetHostEnabledRequest { name: host, enabled: false });
+        "CreateBase", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [host] => c.vms.create_base(new_base(spec("advc-mine"), &host));
+        "RemoveBase", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.remove_base(pb::BaseRef { name: base });
+        "SyncBase", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base, host] => c.vms.sync_base(on_host(&base, &host));
+        "RemoveBaseFromHost", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base, host] => c.vms.remove_base_from_host(on_host(&base, &host));
+        "CreateVm", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.vms.create_vm(new_vm(spec("advc-own"), ""));
+        "CreateUser", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.create_user(user_req("mallory", "admin"));
+        "CreateToken", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.create_token(pb::CreateTokenRequest { user: "bob".into() });
+        "ListUsers", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.list_users(pb::ListUsersRequest::default());
+        "ExposeVmPort(host port)", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [vm] => c.access.expose_vm_port(expose(&vm, 80, 20022));
+        // No valid token.
+        "ListVms", "a made-up token", Unauthenticated, ["token"], nobody [] => c.vms.list_vms(pb::ListVmsRequest::default());
+        "CreateUser", "an existing user's name", AlreadyExists, ["user alice already exists"], admin [] => c.users.create_user(user_req("alice", "admin"));
+        "CreateUser", "role 'root'", InvalidArgument, ["role"], admin [] => c.users.create_user(user_req("carol", "root"));
+        "CreateUser", "an attribute with a newline", InvalidArgument, ["label"], admin [] => c.users.create_user(pb::CreateUserRequest { attributes: [("course".into(), "a\nb".into())].into(), ..user_req("carol", "user") });
+        // Issue 8, item 5: host registration.
+        "AddHost", "the same name again", AlreadyExists, ["already exists"], admin [host] => c.hosts.add_host(host_req(&host, "127.0.0.1:2"));
+        "AddHost", "an address already registered", AlreadyExists, ["already exists", "host"], admin [addr] => c.hosts.add_host(host_req("advc-h2", &addr));
+        "AddHost", "a URL of an address already registered", AlreadyExists, ["already exists", "host"], admin [url] => c.hosts.add_host(host_req("advc-h3", &url));
+        "RemoveHost", "a host with VMs", FailedPrecondition, ["still has"], admin [host] => c.hosts.remove_host(pb::HostRef { name: host });
+        "RemoveBase", "a base with clones", FailedPrecondition, ["clone"], admin [base] => c.vms.remove_base(pb::BaseRef { name: base });
+        "CreateVm", "a base's name", AlreadyExists, ["already exists"], admin [base, host] => c.vms.create_vm(new_vm(spec(&base), &host));
+        "CreateBase", "a VM's name", AlreadyExists, ["already exists"], admin [vm, host] => c.vms.create_base(new_base(spec(&vm), &host));
     }
-    // Admin-only RPCs, as a user.
-    let base = w.base.clone();
-    let host = w.host.clone();
-    let admin_only: Vec<(&'static str, crate::adversarial::Call<C>)> = vec![
-        (
-            "AddHost",
-            Box::new(|cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.hosts
-                        .add_host(pb::AddHostRequest {
-                            name: "advc-h9".into(),
-                            address: "127.0.0.1:9".into(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            }),
-        ),
-        ("RemoveHost", {
-            let h = host.clone();
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.hosts
-                        .remove_host(pb::HostRef { name: h })
-                        .await
-                        .map(|_| ())
-                })
-            })
-        }),
-        ("SetHostEnabled", {
-            let h = host.clone();
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.hosts
-                        .set_host_enabled(pb::SetHostEnabledRequest {
-                            name: h,
-                            enabled: false,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            })
-        }),
-        ("CreateBase", {
-            let h = host.clone();
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.vms
-                        .create_base(pb::CreateBaseRequest {
-                            spec: Some(spec("advc-mine")),
-                            host: h,
-                            idempotency_key: String::new(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            })
-        }),
-        ("RemoveBase", {
-            let b = base.clone();
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(
-                    async move { c.vms.remove_base(pb::BaseRef { name: b }).await.map(|_| ()) },
-                )
-            })
-        }),
-        ("SyncBase", {
-            let (b, h) = (base.clone(), host.clone());
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.vms
-                        .sync_base(pb::SyncBaseRequest {
-                            base: b,
-                            host: h,
-                            bandwidth_limit: 0,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            })
-        }),
-        ("RemoveBaseFromHost", {
-            let (b, h) = (base.clone(), host.clone());
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.vms
-                        .remove_base_from_host(pb::SyncBaseRequest {
-                            base: b,
-                            host: h,
-                            bandwidth_limit: 0,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            })
-        }),
-        (
-            "CreateVm",
-            Box::new(|cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.vms
-                        .create_vm(pb::CreateVmRequest {
-                            spec: Some(spec("advc-own")),
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            }),
-        ),
-        (
-            "CreateUser",
-            Box::new(|cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.users
-                        .create_user(pb::CreateUserRequest {
-                            name: "mallory".into(),
-                            role: "admin".into(),
-                            attributes: Default::default(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            }),
-        ),
-        (
-            "CreateToken",
-            Box::new(|cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.users
-                        .create_token(pb::CreateTokenRequest { user: "bob".into() })
-                        .await
-                        .map(|_| ())
-                })
-            }),
-        ),
-        (
-            "ListUsers",
-            Box::new(|cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.users
-                        .list_users(pb::ListUsersRequest::default())
-                        .await
-                        .map(|_| ())
-                })
-            }),
-        ),
-        ("ExposeVmPort(host port)", {
-            let v = w.alice_vm.clone();
-            Box::new(move |cs: C| {
-                let mut c = cs.alice;
-                Box::pin(async move {
-                    c.access
-                        .expose_vm_port(pb::ExposePortRequest {
-                            domain: v,
-                            guest_port: 80,
-                            host_port: 20022,
-                            wait_seconds: 1,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            })
-        }),
-    ];
-    for (rpc, call) in admin_only {
-        out.push(Case {
-            rpc,
-            input: "a user calling an admin RPC".into(),
-            code: Code::PermissionDenied,
-            says: vec!["admin".into()],
-            call,
-        });
-    }
-    // No valid token.
-    out.push(case(
-        "ListVms",
-        "a made-up token",
-        Code::Unauthenticated,
-        &["token"],
-        |cs: C| {
-            let mut c = cs.nobody;
-            async move { c.vms.list_vms(pb::ListVmsRequest::default()).await }
-        },
-    ));
-    // Issue 8, item 4: CreateUser on an existing name.
-    out.push(case(
-        "CreateUser",
-        "an existing user's name",
-        Code::AlreadyExists,
-        &["user alice already exists"],
-        |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.users
-                    .create_user(pb::CreateUserRequest {
-                        name: "alice".into(),
-                        role: "admin".into(),
-                        attributes: Default::default(),
-                    })
-                    .await
-            }
-        },
-    ));
-    out.push(case(
-        "CreateUser",
-        "role 'root'",
-        Code::InvalidArgument,
-        &["role"],
-        |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.users
-                    .create_user(pb::CreateUserRequest {
-                        name: "carol".into(),
-                        role: "root".into(),
-                        attributes: Default::default(),
-                    })
-                    .await
-            }
-        },
-    ));
-    out.push(case(
-        "CreateUser",
-        "an attribute with a newline",
-        Code::InvalidArgument,
-        &["label"],
-        |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.users
-                    .create_user(pb::CreateUserRequest {
-                        name: "carol".into(),
-                        role: "user".into(),
-                        attributes: [("course".to_string(), "a\nb".to_string())].into(),
-                    })
-                    .await
-            }
-        },
-    ));
-    // Issue 8, item 5: host registration.
-    let (host, addr) = (w.host.clone(), w.host_address.clone());
-    out.push(case(
-        "AddHost",
-        "the same name again",
-        Code::AlreadyExists,
-        &["already exists"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.hosts
-                    .add_host(pb::AddHostRequest {
-                        name: host,
-                        address: "127.0.0.1:2".into(),
-                    })
-                    .await
-            }
-        },
-    ));
-    let a = addr.clone();
-    out.push(case(
-        "AddHost",
-        "an address already registered",
-        Code::AlreadyExists,
-        &["already exists", "host"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.hosts
-                    .add_host(pb::AddHostRequest {
-                        name: "advc-h2".into(),
-                        address: a,
-                    })
-                    .await
-            }
-        },
-    ));
-    let a = format!("https://{addr}/");
-    out.push(case(
-        "AddHost",
-        "a URL of an address already registered",
-        Code::AlreadyExists,
-        &["already exists", "host"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.hosts
-                    .add_host(pb::AddHostRequest {
-                        name: "advc-h3".into(),
-                        address: a,
-                    })
-                    .await
-            }
-        },
-    ));
     for (input, address, says) in [
         ("port 0", "127.0.0.1:0", "out of range"),
         ("port 99999", "127.0.0.1:99999", "out of range"),
@@ -906,85 +407,10 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         ),
         ("an empty address", "", "required"),
     ] {
-        let address = address.to_string();
-        out.push(case(
-            "AddHost",
-            input,
-            Code::InvalidArgument,
-            &[says],
-            move |cs: C| {
-                let mut c = cs.admin;
-                async move {
-                    c.hosts
-                        .add_host(pb::AddHostRequest {
-                            name: "advc-h4".into(),
-                            address,
-                        })
-                        .await
-                }
-            },
-        ));
+        crate::cases! { out, C, |c|;
+            "AddHost", input, InvalidArgument, [says], admin [] => c.hosts.add_host(host_req("advc-h4", address));
+        }
     }
-    let host = w.host.clone();
-    out.push(case(
-        "RemoveHost",
-        "a host with VMs",
-        Code::FailedPrecondition,
-        &["still has"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move { c.hosts.remove_host(pb::HostRef { name: host }).await }
-        },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "RemoveBase",
-        "a base with clones",
-        Code::FailedPrecondition,
-        &["clone"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move { c.vms.remove_base(pb::BaseRef { name: base }).await }
-        },
-    ));
-    let (base, host) = (w.base.clone(), w.host.clone());
-    out.push(case(
-        "CreateVm",
-        "a base's name",
-        Code::AlreadyExists,
-        &["already exists"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.vms
-                    .create_vm(pb::CreateVmRequest {
-                        spec: Some(spec(&base)),
-                        host,
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let (vm, host) = (w.alice_vm.clone(), w.host.clone());
-    out.push(case(
-        "CreateBase",
-        "a VM's name",
-        Code::AlreadyExists,
-        &["already exists"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            async move {
-                c.vms
-                    .create_base(pb::CreateBaseRequest {
-                        spec: Some(spec(&vm)),
-                        host,
-                        idempotency_key: String::new(),
-                    })
-                    .await
-            }
-        },
-    ));
     out
 }
 
@@ -992,217 +418,71 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
 /// (issue 8, item 7).
 fn number_cases(w: &CoordWorld) -> Vec<Case<C>> {
     let mut out: Vec<Case<C>> = Vec::new();
-    let host = w.host.clone();
-    let create = |input: &str, says: &str, edit: fn(&mut pb::DomainSpec)| {
-        let host = host.clone();
-        case(
-            "CreateVm",
-            input.to_string(),
-            Code::InvalidArgument,
-            &[says],
-            move |cs: C| {
-                let mut c = cs.admin;
-                let mut s = spec("advc-numvm");
-                edit(&mut s);
-                async move {
-                    c.vms
-                        .create_vm(pb::CreateVmRequest {
-                            spec: Some(s),
-                            host,
-                            ..Default::default()
-                        })
-                        .await
-                }
-            },
-        )
+    let CoordWorld {
+        base,
+        host,
+        alice_vm: vm,
+        ..
+    } = w.clone();
+    let edited = |edit: fn(&mut pb::DomainSpec)| {
+        let mut s = spec("advc-numvm");
+        edit(&mut s);
+        s
     };
-    out.push(create("a disk named ../x", "'/'", |s| {
-        s.disks[0].volume = "../x".into()
-    }));
-    out.push(create("a disk of u64::MAX bytes", "too large", |s| {
-        s.disks[0].create_size_bytes = u64::MAX
-    }));
-    out.push(create("memory 1 MiB", "out of range", |s| s.memory_mib = 1));
-    out.push(create("100000 vCPUs", "out of range", |s| {
-        s.vcpus = 100_000
-    }));
-    out.push(create(
-        "a label with a newline",
-        "control characters",
-        |s| {
-            s.labels.insert("k".into(), "a\nb".into());
-        },
-    ));
-    out.push(create("a multicast MAC", "multicast", |s| {
-        s.nics = vec![pb::NicSpec {
-            mac: "01:00:5e:00:00:01".into(),
-            ..Default::default()
-        }]
-    }));
-    out.push(create("no spec's disks twice", "given twice", |s| {
-        let d = s.disks[0].clone();
-        s.disks.push(d);
-    }));
-    let host = w.host.clone();
-    out.push(case(
-        "CreateBase",
-        "a disk of u64::MAX bytes",
-        Code::InvalidArgument,
-        &["too large"],
-        move |cs: C| {
-            let mut c = cs.admin;
-            let mut s = spec("advc-numbase");
-            s.disks[0].create_size_bytes = u64::MAX;
-            async move {
-                c.vms
-                    .create_base(pb::CreateBaseRequest {
-                        spec: Some(s),
-                        host,
-                        idempotency_key: String::new(),
-                    })
-                    .await
-            }
-        },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "CloneVm",
-        "a label with a direction override",
-        Code::InvalidArgument,
-        &["control characters"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.vms
-                    .clone_vm(pb::CloneVmRequest {
-                        base,
-                        name: "advc-numclone".into(),
-                        labels: [("k".to_string(), "\u{202E}x".to_string())].into(),
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let base = w.base.clone();
-    out.push(case(
-        "CloneVm",
-        "a 300-character label key",
-        Code::InvalidArgument,
-        &["keys are 1-63"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.vms
-                    .clone_vm(pb::CloneVmRequest {
-                        base,
-                        name: "advc-numclone".into(),
-                        labels: [("k".repeat(300), "v".to_string())].into(),
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let vm = w.alice_vm.clone();
-    out.push(case(
-        "RevertVmSnapshot",
-        "an unknown snapshot",
-        Code::NotFound,
-        &["snap-none"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.snapshots
-                    .revert_vm_snapshot(pb::RevertSnapshotRequest {
-                        domain: vm,
-                        name: "snap-none".into(),
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let vm = w.alice_vm.clone();
-    out.push(case(
-        "DeleteVmSnapshot",
-        "an unknown snapshot",
-        Code::NotFound,
-        &["snap-none"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.snapshots
-                    .delete_vm_snapshot(pb::DeleteSnapshotRequest {
-                        domain: vm,
-                        name: "snap-none".into(),
-                        mode: 0,
-                    })
-                    .await
-            }
-        },
-    ));
-    let vm = w.alice_vm.clone();
-    out.push(case(
-        "CreateVmSnapshot",
-        "a 5000-character description",
-        Code::InvalidArgument,
-        &["description"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.snapshots
-                    .create_vm_snapshot(pb::CreateSnapshotRequest {
-                        domain: vm,
-                        name: "s2".into(),
-                        description: "x".repeat(5000),
-                        ..Default::default()
-                    })
-                    .await
-            }
-        },
-    ));
-    let vm = w.alice_vm.clone();
-    out.push(case(
-        "RevertVmSnapshot",
-        "mode 9",
-        Code::InvalidArgument,
-        &["mode"],
-        move |cs: C| {
-            let mut c = cs.alice;
-            async move {
-                c.snapshots
-                    .revert_vm_snapshot(pb::RevertSnapshotRequest {
-                        domain: vm,
-                        name: "s1".into(),
-                        mode: 9,
-                        force: false,
-                    })
-                    .await
-            }
-        },
-    ));
-    for (input, guest) in [("guest port 0", 0u32), ("guest port 70000", 70000)] {
-        let vm = w.alice_vm.clone();
-        out.push(case(
-            "ExposeVmPort",
-            input,
-            Code::InvalidArgument,
-            &["out of range"],
-            move |cs: C| {
-                let mut c = cs.alice;
-                async move {
-                    c.access
-                        .expose_vm_port(pb::ExposePortRequest {
-                            domain: vm,
-                            guest_port: guest,
-                            wait_seconds: 1,
-                            ..Default::default()
-                        })
-                        .await
-                }
-            },
-        ));
+    let too_large = edited(|s| s.disks[0].create_size_bytes = u64::MAX);
+    let rtl: Labels = [("k".to_string(), "\u{202E}x".to_string())].into();
+    let long_key: Labels = [("k".repeat(300), "v".to_string())].into();
+    let specs = [
+        (
+            "a disk named ../x",
+            "'/'",
+            edited(|s| s.disks[0].volume = "../x".into()),
+        ),
+        ("a disk of u64::MAX bytes", "too large", too_large.clone()),
+        ("memory 1 MiB", "out of range", edited(|s| s.memory_mib = 1)),
+        (
+            "100000 vCPUs",
+            "out of range",
+            edited(|s| s.vcpus = 100_000),
+        ),
+        (
+            "a label with a newline",
+            "control characters",
+            edited(|s| {
+                s.labels.insert("k".into(), "a\nb".into());
+            }),
+        ),
+        (
+            "a multicast MAC",
+            "multicast",
+            edited(|s| {
+                s.nics = vec![pb::NicSpec {
+                    mac: "01:00:5e:00:00:01".into(),
+                    ..Default::default()
+                }]
+            }),
+        ),
+        (
+            "no spec's disks twice",
+            "given twice",
+            edited(|s| s.disks.push(s.disks[0].clone())),
+        ),
+    ];
+    for (input, says, s) in specs {
+        crate::cases! { out, C, |c|;
+            "CreateVm", input, InvalidArgument, [says], admin [s, host] => c.vms.create_vm(new_vm(s, &host));
+        }
+    }
+    crate::cases! { out, C, |c|;
+        "CreateBase", "a disk of u64::MAX bytes", InvalidArgument, ["too large"], admin [too_large, host] => c.vms.create_base(new_base(too_large, &host));
+        "CloneVm", "a label with a direction override", InvalidArgument, ["control characters"], alice [base, rtl] => c.vms.clone_vm(pb::CloneVmRequest { labels: rtl, ..clone_req(&base, "advc-numclone") });
+        "CloneVm", "a 300-character label key", InvalidArgument, ["keys are 1-63"], alice [base, long_key] => c.vms.clone_vm(pb::CloneVmRequest { labels: long_key, ..clone_req(&base, "advc-numclone") });
+        "RevertVmSnapshot", "an unknown snapshot", NotFound, ["snap-none"], alice [vm] => c.snapshots.revert_vm_snapshot(snap::<pb::RevertSnapshotRequest>(vm, "snap-none"));
+        "DeleteVmSnapshot", "an unknown snapshot", NotFound, ["snap-none"], alice [vm] => c.snapshots.delete_vm_snapshot(snap::<pb::DeleteSnapshotRequest>(vm, "snap-none"));
+        "CreateVmSnapshot", "a 5000-character description", InvalidArgument, ["description"], alice [vm] => c.snapshots.create_vm_snapshot(pb::CreateSnapshotRequest { description: "x".repeat(5000), ..snap(vm, "s2") });
+        "RevertVmSnapshot", "mode 9", InvalidArgument, ["mode"], alice [vm] => c.snapshots.revert_vm_snapshot(pb::RevertSnapshotRequest { mode: 9, ..snap(vm, "s1") });
+        "ExposeVmPort", "guest port 0", InvalidArgument, ["out of range"], alice [vm] => c.access.expose_vm_port(expose(&vm, 0, 0));
+        "ExposeVmPort", "guest port 70000", InvalidArgument, ["out of range"], alice [vm] => c.access.expose_vm_port(expose(&vm, 70000, 0));
     }
     out
 }
