@@ -87,7 +87,12 @@ fn resize(name: &str, size_bytes: u64, allow_shrink: bool) -> pb::ResizeVolumeRe
 /// A snapshot request naming a domain's snapshot.
 macro_rules! snap {
     ($t:ident, $domain:expr, $name:expr $(, $field:ident: $value:expr)*) => {
-        pb::$t { domain: $domain.into(), name: $name.into(), $($field: $value,)* ..Default::default() }
+        {
+            // Some requests have no field beyond those given.
+            #[allow(clippy::needless_update)]
+            let r = pb::$t { domain: $domain.into(), name: $name.into(), $($field: $value,)* ..Default::default() };
+            r
+        }
     };
 }
 
