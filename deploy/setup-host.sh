@@ -16,6 +16,7 @@ PKGS=(
   curl ca-certificates                            # demo fetches a page through an exposed port
   cpio xz-utils kmod                              # building the tiny test guest image
   rsync openssh-server openssh-client             # the lab benchmark compares volume sync with rsync (daemon and over ssh)
+  slapd ldap-utils                                # the coordinator reads users' attributes from LDAP (tests run their own slapd)
 )
 
 missing=()

@@ -34,6 +34,7 @@ impl Coordinator {
             }
             _ => caller.name().to_string(),
         };
+        self.may_clone(caller, &req.base).await?;
         let key = req.key.clone();
         if key.is_none() {
             self.name_free(&req.name).await?;

@@ -38,6 +38,36 @@ pub struct Config {
     /// none; clients then need the CA that signed it (`ca` in their config).
     pub api_cert: Option<PathBuf>,
     pub api_key: Option<PathBuf>,
+    /// An LDAP directory whose entries add to users' attributes for access rules.
+    pub ldap: Option<LdapConfig>,
+}
+
+/// Where users' directory entries are, and how to read them (`[ldap]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// `ldap://host:389` (plain LDAP; TLS to the directory is not built in yet).
+    pub url: String,
+    /// Whom to bind as to search; anonymous when absent.
+    pub bind_dn: Option<String>,
+    /// A file holding the bind password (kept out of the configuration).
+    pub bind_password_file: Option<PathBuf>,
+    /// Where users' entries are searched (subtree).
+    pub base_dn: String,
+    /// The search filter; `{user}` is replaced by the escaped user name.
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    /// How long a user's entry is reused before it is read again.
+    #[serde(default = "default_cache_seconds")]
+    pub cache_seconds: u64,
+}
+
+fn default_user_filter() -> String {
+    "(uid={user})".into()
+}
+
+fn default_cache_seconds() -> u64 {
+    60
 }
 
 impl Default for Config {
@@ -59,6 +89,7 @@ impl Default for Config {
             client_key: None,
             api_cert: None,
             api_key: None,
+            ldap: None,
         }
     }
 }
@@ -127,6 +158,24 @@ impl Settings for Config {
             return Err(CoordError::Invalid(
                 "down_after_ms must be greater than heartbeat_ms > 0".into(),
             ));
+        }
+        if let Some(l) = &self.ldap {
+            if !l.url.starts_with("ldap://") {
+                return Err(CoordError::Invalid(format!(
+                    "ldap.url {:?} must start with ldap:// (ldaps is not built in yet)",
+                    l.url
+                )));
+            }
+            if !l.user_filter.contains("{user}") || l.base_dn.is_empty() {
+                return Err(CoordError::Invalid(
+                    "ldap needs a base_dn and a user_filter with {user}".into(),
+                ));
+            }
+            if l.bind_dn.is_some() != l.bind_password_file.is_some() {
+                return Err(CoordError::Invalid(
+                    "ldap.bind_dn and ldap.bind_password_file go together".into(),
+                ));
+            }
         }
         Ok(())
     }

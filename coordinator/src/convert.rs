@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use corral_client::proto as pb;
 
+use crate::access::Rule;
+use crate::base_access::AccessView;
 use crate::error::CoordError;
 use crate::hosts::Liveness;
 use crate::orders::{BaseOnHost, BaseOrder, CloneOrder, CreateOrder, MoveOrder};
@@ -136,6 +138,7 @@ pub fn base_summary_to_pb(b: BaseSummary) -> pb::BaseSummary {
         name: b.name,
         hosts: b.hosts,
         clones: b.clones,
+        public: b.public,
     }
 }
 
@@ -204,5 +207,38 @@ impl From<pb::MoveVmRequest> for MoveOrder {
             live: r.live,
             bandwidth_limit: r.bandwidth_limit,
         }
+    }
+}
+
+/// A rule from the API (required).
+pub fn rule_of(r: Option<pb::AccessRule>) -> Result<Rule, CoordError> {
+    let r = r.ok_or_else(|| CoordError::Invalid("a rule is required".into()))?;
+    Ok(Rule {
+        attribute: r.attribute,
+        value: r.value,
+        allowed: r.allowed,
+        last: r.last,
+    })
+}
+
+pub fn access_to_pb(v: AccessView) -> pb::BaseAccess {
+    let explanation = v.explanation();
+    pb::BaseAccess {
+        base: v.base,
+        public: v.access.public,
+        rules: v
+            .access
+            .rules
+            .into_iter()
+            .map(|r| pb::AccessRule {
+                attribute: r.attribute,
+                value: r.value,
+                allowed: r.allowed,
+                last: r.last,
+            })
+            .collect(),
+        user: v.user,
+        allowed: v.decision.allowed,
+        explanation,
     }
 }

@@ -437,7 +437,7 @@ impl Kit {
                 .unwrap();
             agents.insert(name, agent);
         }
-        let coord = Coordinator::new(cfg, db, ops, fleet, auth);
+        let coord = Coordinator::new(cfg, db, ops, fleet, auth, None);
         let user = |name: &str, role: &str| {
             Caller(UserRecord {
                 name: name.into(),
@@ -474,7 +474,12 @@ impl Kit {
                 for h in &hs {
                     s.set_base_host(&n, h, true)?;
                 }
-                Ok(())
+                // Published, as an admin does before handing out clones.
+                let open = crate::access::BaseAccess {
+                    public: true,
+                    rules: vec![],
+                };
+                s.set_base_access(&n, &open)
             })
             .await
             .unwrap();

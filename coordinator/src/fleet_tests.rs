@@ -248,3 +248,88 @@ async fn every_restart_resumer_cleans_what_was_half_made() {
         .unwrap_or_default()
         .contains("submitted again"));
 }
+
+#[tokio::test]
+async fn access_rules_decide_who_clones_and_sees_a_base() {
+    use crate::access::Rule;
+    use crate::auth::Caller;
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    let mut students = Vec::new();
+    for course in ["math", "art"] {
+        let attrs = [("course".to_string(), course.to_string())].into();
+        let name = format!("s-{course}");
+        let u = kit.coord.create_user(&kit.admin, &name, "user", &attrs);
+        students.push(Caller(u.await.unwrap()));
+    }
+    let (math, art) = (students[0].clone(), students[1].clone());
+    let listed = |who: &Caller| {
+        let (c, who) = (kit.coord.clone(), who.clone());
+        async move {
+            let bases = c.base_summaries(&who).await.unwrap();
+            bases.into_iter().map(|b| b.name).collect::<Vec<_>>()
+        }
+    };
+    // Public, no rules: every user.
+    assert_eq!(listed(&art).await, ["web"]);
+    // Only math students, by the user's own attributes.
+    let rule = Rule {
+        attribute: "course".into(),
+        value: "math".into(),
+        allowed: true,
+        last: false,
+    };
+    let v = kit
+        .coord
+        .add_access_rule(&kit.admin, "web", rule, 0)
+        .await
+        .unwrap();
+    assert_eq!(v.access.rules.len(), 1);
+    assert_eq!(listed(&math).await, ["web"]);
+    assert!(listed(&art).await.is_empty());
+    let e = kit
+        .coord
+        .clone_vm(&art, clone_req("web", "c-art", ""))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("you may not clone base web"), "{e}");
+    let op = kit
+        .coord
+        .clone_vm(&math, clone_req("web", "c-math", ""))
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    // The admin asks why; a user may not ask for another user, nor change rules.
+    let why = kit
+        .coord
+        .base_access(&kit.admin, "web", Some("s-art"))
+        .await
+        .unwrap();
+    assert!(!why.decision.allowed);
+    assert!(
+        why.explanation().contains("only allow"),
+        "{}",
+        why.explanation()
+    );
+    assert!(kit
+        .coord
+        .base_access(&art, "web", Some("s-math"))
+        .await
+        .is_err());
+    assert!(kit.coord.set_base_public(&art, "web", false).await.is_err());
+    // A refused change changes nothing; private closes the base to every user.
+    assert!(kit
+        .coord
+        .remove_access_rule(&kit.admin, "web", 5)
+        .await
+        .is_err());
+    kit.coord
+        .set_base_public(&kit.admin, "web", false)
+        .await
+        .unwrap();
+    assert!(listed(&math).await.is_empty());
+    assert_eq!(listed(&kit.admin).await, ["web"]);
+    let mine = kit.coord.base_access(&math, "web", None).await.unwrap();
+    assert!(mine.access.rules.is_empty(), "users do not see the rules");
+    assert!(!mine.decision.allowed);
+}

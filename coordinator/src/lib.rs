@@ -4,13 +4,16 @@
 //! (durable long operations with streamed events), [`hosts`] (agent connections, heartbeats,
 //! down detection), [`auth`] (tokens and roles), [`vms`] (the work of each operation) and
 //! [`api`] (gRPC services).
+pub mod access;
 pub mod api;
 pub mod auth;
+pub mod base_access;
 pub mod clones;
 pub mod config;
 pub mod convert;
 pub mod create;
 pub mod db;
+pub mod directory;
 pub mod door;
 pub mod error;
 #[cfg(test)]

@@ -57,16 +57,22 @@ impl Coordinator {
             .collect())
     }
 
-    /// Every base with the hosts that hold it and its clone count.
-    pub async fn base_summaries(&self) -> Result<Vec<BaseSummary>> {
-        let (bases, vms) = self.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
+    /// The bases the caller may clone (admins: every base) with the hosts that hold them
+    /// and their clone counts.
+    pub async fn base_summaries(&self, caller: &Caller) -> Result<Vec<BaseSummary>> {
+        let (bases, vms, accesses) = self
+            .blocking(|s| Ok((s.bases()?, s.vms()?, s.base_accesses()?)))
+            .await?;
+        let visible = self.clonable_by(caller, &accesses).await?;
         Ok(bases
             .into_iter()
+            .filter(|(name, _)| visible.contains(name))
             .map(|(name, hosts)| BaseSummary {
                 clones: vms
                     .iter()
                     .filter(|v| v.base.as_deref() == Some(&name))
                     .count() as u32,
+                public: accesses.get(&name).is_some_and(|a| a.public),
                 name,
                 hosts,
             })

@@ -208,6 +208,7 @@ impl Coordinator {
         if !order.name.is_empty() {
             check_name("VM", &order.name)?;
         }
+        self.may_clone(caller, &order.base).await?;
         let (placed, _) = self
             .place(&order.base, caller.name(), order.keep_together)
             .await?;

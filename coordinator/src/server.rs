@@ -46,7 +46,12 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
         cfg.agent_tls()?,
     );
     hosts.load().await?;
-    let coord = Coordinator::new(cfg, db, Arc::clone(&ops), hosts, auth);
+    let directory = cfg
+        .ldap
+        .clone()
+        .map(crate::directory::Directory::new)
+        .transpose()?;
+    let coord = Coordinator::new(cfg, db, Arc::clone(&ops), hosts, auth, directory);
     let (resumed, failed) = ops.recover(&coord.resumers()).await?;
     if !resumed.is_empty() || !failed.is_empty() {
         tracing::info!(?resumed, ?failed, "unfinished operations after restart");

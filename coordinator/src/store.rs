@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use crate::access::BaseAccess;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -213,6 +214,11 @@ pub trait Store: Send + Sync {
     fn set_base_host(&self, base: &str, host: &str, present: bool) -> Result<()>;
     /// Every base with the hosts that hold it.
     fn bases(&self) -> Result<Vec<(String, Vec<String>)>>;
+    /// Who may clone a base.
+    fn base_access(&self, name: &str) -> Result<BaseAccess>;
+    fn set_base_access(&self, name: &str, access: &BaseAccess) -> Result<()>;
+    /// Every base's access, by name.
+    fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>>;
 
     fn put_user(&self, user: &UserRecord) -> Result<()>;
     /// Stores a new user: AlreadyExists when the name is taken (never overwrites).
@@ -310,7 +316,13 @@ pub const MIGRATIONS: &[&str] = &[
      );",
     // 2: placement counts a user's VMs per host without reading every VM.
     "CREATE INDEX vms_owner ON vms(owner, host);",
+    // 3: who may clone a base (`access::BaseAccess` as JSON). Bases made before access
+    // rules existed stay open to every user, as they were; new ones start private.
+    "ALTER TABLE bases ADD COLUMN access TEXT NOT NULL DEFAULT '{\"public\":true,\"rules\":[]}';",
 ];
+
+/// What a base records for access when it is first made: private, no rules.
+const PRIVATE: &str = r#"{"public":false,"rules":[]}"#;
 
 /// The embedded store.
 pub struct Sqlite {
@@ -821,9 +833,9 @@ impl Store for Sqlite {
     fn put_base(&self, name: &str, parent: Option<&str>, spec: &serde_json::Value) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
         conn.exec(
-            "INSERT INTO bases (name, parent, spec) VALUES (?1, ?2, ?3)
+            "INSERT INTO bases (name, parent, spec, access) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET parent = ?2, spec = ?3",
-            params![name, parent, serde_json::to_string(spec)?],
+            params![name, parent, serde_json::to_string(spec)?, PRIVATE],
         )?;
         Ok(())
     }
@@ -890,6 +902,41 @@ impl Store for Sqlite {
             if let (Some(h), Some(last)) = (host, out.last_mut()) {
                 last.1.push(h);
             }
+        }
+        Ok(out)
+    }
+
+    fn base_access(&self, name: &str) -> Result<BaseAccess> {
+        let text = self.one(
+            "SELECT access FROM bases WHERE name = ?1",
+            name,
+            |r| r.get::<_, String>(0),
+            "base",
+        )?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn set_base_access(&self, name: &str, access: &BaseAccess) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let text = serde_json::to_string(access)?;
+        if conn.exec(
+            "UPDATE bases SET access = ?2 WHERE name = ?1",
+            params![name, text],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        Ok(())
+    }
+
+    fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached("SELECT name, access FROM bases")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (name, text) = row?;
+            out.insert(name, serde_json::from_str(&text)?);
         }
         Ok(out)
     }

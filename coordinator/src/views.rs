@@ -23,6 +23,7 @@ pub struct BaseSummary {
     pub name: String,
     pub hosts: Vec<String>,
     pub clones: u32,
+    pub public: bool,
 }
 
 /// A host with what the coordinator knows of it and its VM count.

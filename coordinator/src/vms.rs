@@ -34,6 +34,8 @@ pub struct Coordinator {
     pub(crate) transfers: crate::transfers::Transfers,
     /// Bytes of each base's files, learnt from its transfers (the cost of the next copy).
     pub(crate) base_bytes: Mutex<HashMap<String, u64>>,
+    /// Where users' attributes also come from, when configured.
+    pub(crate) directory: Option<crate::directory::Directory>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -59,6 +61,7 @@ impl Coordinator {
         ops: Arc<Operations>,
         hosts: Arc<Hosts>,
         auth: Arc<Auth>,
+        directory: Option<crate::directory::Directory>,
     ) -> Arc<Self> {
         let policy = Policy {
             cpu_overcommit: cfg.cpu_overcommit,
@@ -77,6 +80,7 @@ impl Coordinator {
             base_sizes: Mutex::new(HashMap::new()),
             transfers: Default::default(),
             base_bytes: Mutex::new(HashMap::new()),
+            directory,
         })
     }
 

@@ -226,6 +226,7 @@ async fn throughput() -> Result<()> {
             .into_inner();
         finish(&mut admin, op).await?;
     }
+    publish(&mut admin, "tput").await?;
     // Many clients at once, as a fleet of users would: submit, then follow, concurrently.
     let total: usize = std::env::var("CORRAL_BENCH_CLONES")
         .ok()

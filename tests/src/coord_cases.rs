@@ -72,12 +72,26 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let bases = admin
+    let summaries = admin
         .vms
         .list_bases(pb::ListBaseSummariesRequest::default())
         .await
-        .map(|r| format!("{:?}", r.into_inner().bases))
+        .map(|r| r.into_inner().bases)
         .unwrap_or_default();
+    let mut bases = format!("{summaries:?}");
+    for b in &summaries {
+        let req = pb::BaseAccessRequest {
+            base: b.name.clone(),
+            user: String::new(),
+        };
+        if let Ok(a) = admin.vms.get_base_access(req).await {
+            bases.push_str(&format!(
+                " {:?} {:?}",
+                a.get_ref().public,
+                a.get_ref().rules
+            ));
+        }
+    }
     let users = admin
         .users
         .list_users(pb::ListUsersRequest::default())
@@ -196,6 +210,23 @@ fn expose(vm: &str, guest_port: u32, host_port: u32) -> pb::ExposePortRequest {
     }
 }
 
+fn rule(attribute: &str, value: &str) -> Option<pb::AccessRule> {
+    Some(pb::AccessRule {
+        attribute: attribute.into(),
+        value: value.into(),
+        allowed: true,
+        last: false,
+    })
+}
+
+fn add_rule(base: &str, rule: Option<pb::AccessRule>, position: u32) -> pb::AddAccessRuleRequest {
+    pb::AddAccessRuleRequest {
+        base: base.into(),
+        rule,
+        position,
+    }
+}
+
 fn op_ref(id: &str) -> pb::OperationRef {
     pb::OperationRef { id: id.into() }
 }
@@ -259,6 +290,11 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "CreateUser" => c.users.create_user(user_req(&n, "user"));
         "CreateToken" => c.users.create_token(pb::CreateTokenRequest { user: n });
         "MoveVm(host)" => c.vms.move_vm(pb::MoveVmRequest { name: vm, host: n, ..Default::default() });
+        "SetBasePublic" => c.vms.set_base_public(pb::SetBasePublicRequest { base: n, public: true });
+        "AddAccessRule" => c.vms.add_access_rule(add_rule(&n, rule("course", "math"), 0));
+        "RemoveAccessRule" => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base: n, position: 1 });
+        "GetBaseAccess" => c.vms.get_base_access(pb::BaseAccessRequest { base: n, user: String::new() });
+        "GetBaseAccess(user)" => c.vms.get_base_access(pb::BaseAccessRequest { base, user: n });
     }
 }
 
@@ -286,7 +322,11 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
             if n.is_empty()
                 && matches!(
                     rpc,
-                    "ExplainPlacement" | "CreateVm(host)" | "CloneVm(owner)" | "ListVmPorts"
+                    "ExplainPlacement"
+                        | "CreateVm(host)"
+                        | "CloneVm(owner)"
+                        | "ListVmPorts"
+                        | "GetBaseAccess(user)"
                 )
             {
                 continue;
@@ -376,6 +416,18 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "CreateToken", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.create_token(pb::CreateTokenRequest { user: "bob".into() });
         "ListUsers", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.list_users(pb::ListUsersRequest::default());
         "ExposeVmPort(host port)", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [vm] => c.access.expose_vm_port(expose(&vm, 80, 20022));
+        "SetBasePublic", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_public(pb::SetBasePublicRequest { base, public: false });
+        "AddAccessRule", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.add_access_rule(add_rule(&base, rule("course", "*"), 1));
+        "RemoveAccessRule", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base, position: 1 });
+        "GetBaseAccess(user)", "a user asking for another user", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_access(pb::BaseAccessRequest { base, user: "bob".into() });
+        // Rules an admin gets wrong.
+        "AddAccessRule", "an attribute with a space", InvalidArgument, ["invalid attribute"], admin [base] => c.vms.add_access_rule(add_rule(&base, rule("a b", "x"), 0));
+        "AddAccessRule", "an empty value", InvalidArgument, ["needs a value"], admin [base] => c.vms.add_access_rule(add_rule(&base, rule("course", ""), 0));
+        "AddAccessRule", "a value with a newline", InvalidArgument, ["control characters"], admin [base] => c.vms.add_access_rule(add_rule(&base, rule("course", "a\nb"), 0));
+        "AddAccessRule", "position 5 of 0 rules", InvalidArgument, ["past the end"], admin [base] => c.vms.add_access_rule(add_rule(&base, rule("course", "math"), 5));
+        "AddAccessRule", "no rule", InvalidArgument, ["rule is required"], admin [base] => c.vms.add_access_rule(add_rule(&base, None, 0));
+        "RemoveAccessRule", "position 0", InvalidArgument, ["no rule 0"], admin [base] => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base, position: 0 });
+        "RemoveAccessRule", "a rule the base does not have", InvalidArgument, ["no rule 1"], admin [base] => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base, position: 1 });
         // No valid token.
         "ListVms", "a made-up token", Unauthenticated, ["token"], nobody [] => c.vms.list_vms(pb::ListVmsRequest::default());
         "CreateUser", "an existing user's name", AlreadyExists, ["user alice already exists"], admin [] => c.users.create_user(user_req("alice", "admin"));

@@ -17,6 +17,7 @@ pub mod adversarial;
 pub mod agent_cases;
 pub mod coord_cases;
 pub mod lab;
+pub mod ldap;
 
 /// Where `deploy/build-guest-image.sh` puts the tiny guest.
 pub const GUEST_DIR: &str = "/var/lib/corral/guest";
@@ -349,6 +350,16 @@ pub fn test_spec(name: &str) -> pb::DomainSpec {
 }
 
 /// Follows an operation to its end and returns it.
+/// Opens a base to users (bases start private; admins publish them).
+pub async fn publish(c: &mut corral_client::CoordinatorClient, base: &str) -> Result<()> {
+    let req = pb::SetBasePublicRequest {
+        base: base.into(),
+        public: true,
+    };
+    c.vms.set_base_public(req).await?;
+    Ok(())
+}
+
 pub async fn finish(
     c: &mut corral_client::CoordinatorClient,
     op: pb::Operation,

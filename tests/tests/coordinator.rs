@@ -97,6 +97,7 @@ async fn create_base(c: &mut CoordinatorClient, name: &str, host: &str) {
         .into_inner();
     let done = finish(c, op).await.unwrap();
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    publish(c, name).await.unwrap();
 }
 
 async fn clone(c: &mut CoordinatorClient, base: &str, name: &str) -> pb::Operation {
@@ -846,6 +847,7 @@ async fn the_cli_drives_the_coordinator_and_fails_in_one_line() {
     assert!(made.contains("create win-golden succeeded"), "{made}");
     ok(&["vm", "poweroff", "win-golden"]);
     let prepared = ok(&["base", "prepare", "win-golden"]);
+    ok(&["base", "publish", "win-golden"]);
     assert!(
         prepared.contains("prepare-base win-golden succeeded"),
         "{prepared}"
@@ -1054,6 +1056,7 @@ async fn a_vm_created_from_a_spec_becomes_the_base_of_clones() {
         .into_inner();
     let end = finish(&mut f.admin, op).await.unwrap();
     assert_eq!(end.state, pb::OperationState::Succeeded as i32, "{end:?}");
+    publish(&mut f.admin, "golden").await.unwrap();
     let bases = f
         .admin
         .vms
@@ -1167,6 +1170,7 @@ async fn a_base_made_from_a_clone_is_synced_after_its_parent() {
         .unwrap()
         .into_inner();
     op_ok(&mut f.admin, op).await;
+    publish(&mut f.admin, "kid").await.unwrap();
     // Syncing the child to h3 brings the parent first.
     let sync = |base: &str, host: &str| pb::SyncBaseRequest {
         base: base.into(),

@@ -70,6 +70,7 @@ async fn suite(agent: AgentProc, real: bool) {
         .into_inner();
     let done = finish(&mut admin, op).await.unwrap();
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    publish(&mut admin, base).await.unwrap();
     let (ta, tb) = (
         token(&mut admin, "alice").await,
         token(&mut admin, "bob").await,

@@ -125,6 +125,7 @@ fn tiny_base(cli: &Cli, name: &str, host: &str) {
         "--cmdline",
         &cmdline,
     ]);
+    cli.ok(&["base", "publish", name]);
 }
 
 #[test]

@@ -109,6 +109,7 @@ fn a_real_host_and_test_hosts_driven_by_the_cli_over_tls() {
         "--cmdline",
         "console=ttyS0 quiet corral.hostname=e2e-f-base",
     ]);
+    cli.ok(&["base", "publish", "e2e-f-base"]);
     // Only the real host holds the base: the test hosts are rejected, and say why.
     let why = cli.json(&["vm", "explain", "e2e-f-base"]);
     assert_eq!(why["chosen"], "real", "{why}");

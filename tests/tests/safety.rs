@@ -112,6 +112,7 @@ async fn two_hosts_with(
         let op = admin.vms.prepare_base(vm).await.unwrap().into_inner();
         let done = finish(&mut admin, op).await.unwrap();
         assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+        publish(&mut admin, name).await.unwrap();
     }
     (h1, h2, coord, admin)
 }
@@ -564,6 +565,7 @@ async fn a_clone_onto_a_name_the_host_holds_leaves_no_record() {
         finish(&mut admin, op).await.unwrap().state,
         pb::OperationState::Succeeded as i32
     );
+    publish(&mut admin, "web").await.unwrap();
     // Someone made "web2" on the host directly.
     let mut ac = agent.client().await.unwrap();
     ac.domains

@@ -52,8 +52,43 @@ pub enum BaseCmd {
         #[arg(long)]
         limit: Option<String>,
     },
-    /// Bases with the hosts that hold them and their clones.
+    /// Bases with the hosts that hold them and their clones (users: the bases they may clone).
     Ls,
+    /// Open the base to users (as its access rules decide).
+    Publish { name: String },
+    /// Close the base to users (admins still clone it).
+    Unpublish { name: String },
+    /// Who may clone the base: public or not, its rules, and the decision for a user.
+    Access {
+        name: String,
+        /// Explain the decision for this user (admins); yourself by default.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Access rules, read in order: users whose attribute has the value are allowed or denied.
+    #[command(subcommand)]
+    Rule(RuleCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RuleCmd {
+    /// Insert a rule (last unless --at): ATTRIBUTE VALUE, VALUE '*' for every user.
+    Add {
+        base: String,
+        attribute: String,
+        value: String,
+        /// Deny instead of allow.
+        #[arg(long)]
+        deny: bool,
+        /// Stop reading the rules when this one matches.
+        #[arg(long)]
+        last: bool,
+        /// Its place, 1 for the first.
+        #[arg(long)]
+        at: Option<u32>,
+    },
+    /// Remove the rule at a place (1 for the first).
+    Rm { base: String, position: u32 },
 }
 
 fn limit_of(l: Option<String>) -> Result<u64, ClientError> {
@@ -523,17 +558,106 @@ async fn base(
                 .into_inner();
             out.show(&l, |l| {
                 lines(&l.bases, |b| {
+                    let public = if b.public { "public" } else { "private" };
+                    let hosts = b.hosts.join(",");
                     format!(
-                        "{:<24} clones={} hosts={}",
-                        b.name,
-                        b.clones,
-                        b.hosts.join(",")
+                        "{:<24} {public:<8} clones={} hosts={hosts}",
+                        b.name, b.clones
                     )
                 })
             });
         }
+        other => base_access(c, out, other).await?,
     }
     Ok(())
+}
+
+/// `base publish|unpublish|access|rule`.
+async fn base_access(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    cmd: BaseCmd,
+) -> Result<(), ClientError> {
+    let vms = &mut c.vms;
+    let a = match cmd {
+        BaseCmd::Publish { name } => {
+            vms.set_base_public(pb::SetBasePublicRequest {
+                base: name,
+                public: true,
+            })
+            .await?
+        }
+        BaseCmd::Unpublish { name } => {
+            vms.set_base_public(pb::SetBasePublicRequest {
+                base: name,
+                public: false,
+            })
+            .await?
+        }
+        BaseCmd::Access { name, user } => {
+            let user = user.unwrap_or_default();
+            vms.get_base_access(pb::BaseAccessRequest { base: name, user })
+                .await?
+        }
+        BaseCmd::Rule(RuleCmd::Add {
+            base,
+            attribute,
+            value,
+            deny,
+            last,
+            at,
+        }) => {
+            let rule = Some(pb::AccessRule {
+                attribute,
+                value,
+                allowed: !deny,
+                last,
+            });
+            let position = at.unwrap_or(0);
+            vms.add_access_rule(pb::AddAccessRuleRequest {
+                base,
+                rule,
+                position,
+            })
+            .await?
+        }
+        BaseCmd::Rule(RuleCmd::Rm { base, position }) => {
+            vms.remove_access_rule(pb::RemoveAccessRuleRequest { base, position })
+                .await?
+        }
+        other => {
+            return Err(ClientError::Config(format!(
+                "{other:?} is no access command"
+            )))
+        }
+    };
+    out.show(&a.into_inner(), access_text);
+    Ok(())
+}
+
+/// A base's access: public or not, its rules numbered, and the decision for one user.
+fn access_text(a: &pb::BaseAccess) -> String {
+    let mut s = format!(
+        "base {}: {}\n",
+        a.base,
+        if a.public {
+            "public"
+        } else {
+            "private (admins only)"
+        }
+    );
+    for (i, r) in a.rules.iter().enumerate() {
+        let verdict = if r.allowed { "allow" } else { "deny" };
+        let last = if r.last { " last" } else { "" };
+        s.push_str(&format!(
+            "  {}. {}={} {verdict}{last}\n",
+            i + 1,
+            r.attribute,
+            r.value
+        ));
+    }
+    s.push_str(&format!("{}: {}", a.user, a.explanation));
+    s
 }
 
 async fn op(c: &mut CoordinatorClient, out: &Out, cmd: OpCmd) -> Result<(), ClientError> {

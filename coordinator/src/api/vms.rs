@@ -3,7 +3,7 @@ use std::sync::Arc;
 use corral_client::proto as pb;
 use pb::vm_service_server::VmService;
 
-use crate::convert::{base_summary_to_pb, op_to_pb, placed_to_pb, vm_to_pb};
+use crate::convert::{access_to_pb, base_summary_to_pb, op_to_pb, placed_to_pb, rule_of, vm_to_pb};
 use crate::lifecycle::Action;
 use crate::vms::Coordinator;
 
@@ -22,7 +22,7 @@ rpcs! { VmApi: VmService, |c, who, r|;
     move_vm(pb::MoveVmRequest) -> pb::Operation = "MoveVm" => op_to_pb(&c.move_vm(&who, r.into()).await?);
     list_bases(pb::ListBaseSummariesRequest) -> pb::ListBaseSummariesResponse = "ListBases"
         => pb::ListBaseSummariesResponse {
-            bases: c.base_summaries().await?.into_iter().map(base_summary_to_pb).collect(),
+            bases: c.base_summaries(&who).await?.into_iter().map(base_summary_to_pb).collect(),
         };
     clone_vm(pb::CloneVmRequest) -> pb::Operation = "CloneVm" => op_to_pb(&c.clone_vm(&who, r.into()).await?);
     explain_placement(pb::CloneVmRequest) -> pb::PlacementExplanation = "ExplainPlacement"
@@ -37,6 +37,14 @@ rpcs! { VmApi: VmService, |c, who, r|;
     restore_vm(pb::VmRef) -> pb::Operation = "RestoreVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Restore).await?);
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
     get_vm(pb::VmRef) -> pb::Vm = "GetVm" => vm_to_pb(c.vm_view(&c.vm_for(&who, &r.name).await?));
+    get_base_access(pb::BaseAccessRequest) -> pb::BaseAccess = "GetBaseAccess"
+        => access_to_pb(c.base_access(&who, &r.base, Some(r.user.as_str()).filter(|u| !u.is_empty())).await?);
+    set_base_public(pb::SetBasePublicRequest) -> pb::BaseAccess = "SetBasePublic"
+        => access_to_pb(c.set_base_public(&who, &r.base, r.public).await?);
+    add_access_rule(pb::AddAccessRuleRequest) -> pb::BaseAccess = "AddAccessRule"
+        => access_to_pb(c.add_access_rule(&who, &r.base, rule_of(r.rule)?, r.position).await?);
+    remove_access_rule(pb::RemoveAccessRuleRequest) -> pb::BaseAccess = "RemoveAccessRule"
+        => access_to_pb(c.remove_access_rule(&who, &r.base, r.position).await?);
     list_vms(pb::ListVmsRequest) -> pb::ListVmsResponse = "ListVms"
         => pb::ListVmsResponse { vms: c.vms_of(&who).await?.iter().map(|v| vm_to_pb(c.vm_view(v))).collect() };
 }

@@ -1,0 +1,210 @@
+//! Who may clone a base, end to end: the coordinator's binary with a real `slapd` as its
+//! directory, a test-driver agent, and the `corral` CLI for the admin's and the users' side.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use corral_client::proto as pb;
+use corral_tests::ldap::{Slapd, ADMIN_DN, ADMIN_PASSWORD, PEOPLE};
+use corral_tests::*;
+use tonic::Code;
+
+fn ready() -> bool {
+    let ok = bin("corral-coordinator").is_file()
+        && bin("corral-agent").is_file()
+        && bin("corral").is_file()
+        && corral_tests::ldap::available();
+    if !ok {
+        assert!(
+            std::env::var("CORRAL_E2E_REQUIRED").as_deref() != Ok("1"),
+            "binaries are not built or slapd is not installed (deploy/setup-host.sh)"
+        );
+        eprintln!("skipping: build the binaries and run deploy/setup-host.sh first");
+    }
+    ok
+}
+
+fn cli(addr: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = corral_cli(addr, token, args).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn user_token(admin: &mut corral_client::CoordinatorClient, name: &str) -> String {
+    admin
+        .users
+        .create_user(pb::CreateUserRequest {
+            name: name.into(),
+            role: "user".into(),
+            attributes: Default::default(),
+        })
+        .await
+        .unwrap();
+    admin
+        .users
+        .create_token(pb::CreateTokenRequest { user: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn directory_attributes_decide_who_may_clone_a_base() {
+    if !ready() {
+        return;
+    }
+    let mut slapd = Slapd::start(&[
+        (
+            "amy",
+            &[("departmentNumber", "math"), ("employeeType", "student")],
+        ),
+        (
+            "ben",
+            &[("departmentNumber", "art"), ("employeeType", "student")],
+        ),
+    ])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("ldap.secret");
+    std::fs::write(&secret, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ldap]\nurl = \"{}\"\nbind_dn = \"{ADMIN_DN}\"\nbind_password_file = \"{}\"\n\
+             base_dn = \"{PEOPLE}\"\ncache_seconds = 1\n",
+            slapd.url,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let coord = CoordProc::start_with(
+        &dir.path().join("coord"),
+        200,
+        2000,
+        &[("CORRAL_COORD_CONFIG", config.to_str().unwrap())],
+    )
+    .unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
+    admin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "h1".into(),
+            address: agent.addr.clone(),
+        })
+        .await
+        .unwrap();
+    let (amy, ben) = (
+        user_token(&mut admin, "amy").await,
+        user_token(&mut admin, "ben").await,
+    );
+    let op = admin
+        .vms
+        .create_base(pb::CreateBaseRequest {
+            spec: Some(test_spec("course")),
+            host: "h1".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finish(&mut admin, op).await.unwrap().state,
+        pb::OperationState::Succeeded as i32
+    );
+    let a = coord.addr.clone();
+    let root = coord.admin_token.clone();
+
+    // A new base is private: users neither see nor clone it.
+    let (_, out, _) = cli(&a, &amy, &["base", "ls"]);
+    assert!(!out.contains("course"), "{out}");
+    let (ok, _, err) = cli(&a, &amy, &["vm", "clone", "course", "amy-1"]);
+    assert!(!ok && err.contains("not public"), "{err}");
+
+    // Published, for the math department only (the directory says who is in it).
+    assert!(cli(&a, &root, &["base", "publish", "course"]).0);
+    let (ok, out, err) = cli(
+        &a,
+        &root,
+        &["base", "rule", "add", "course", "departmentNumber", "math"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("1. departmentNumber=math allow"), "{out}");
+    let (_, why, _) = cli(&a, &root, &["base", "access", "course", "--user", "ben"]);
+    assert!(
+        why.contains("denied") && why.contains("only allow"),
+        "{why}"
+    );
+    let (_, why, _) = cli(&a, &root, &["base", "access", "course", "--user", "amy"]);
+    assert!(why.contains("allowed") && why.contains("rule 1"), "{why}");
+
+    let (_, out, _) = cli(&a, &amy, &["base", "ls"]);
+    assert!(out.contains("course") && out.contains("public"), "{out}");
+    let (_, out, _) = cli(&a, &ben, &["base", "ls"]);
+    assert!(!out.contains("course"), "{out}");
+    let (ok, out, err) = cli(&a, &amy, &["vm", "clone", "course", "amy-1"]);
+    assert!(ok && out.contains("succeeded"), "{out}{err}");
+    let (ok, _, err) = cli(&a, &ben, &["vm", "clone", "course", "ben-1"]);
+    assert!(
+        !ok && err.contains("access rules do not allow you"),
+        "{err}"
+    );
+    // A user sees their own decision, not the rules, and may not ask for others.
+    let (_, mine, _) = cli(&a, &ben, &["base", "access", "course"]);
+    assert!(
+        mine.contains("ben: denied") && !mine.contains("departmentNumber"),
+        "{mine}"
+    );
+    let mut bc = coord.client(&ben).await.unwrap();
+    let e = bc
+        .vms
+        .get_base_access(pb::BaseAccessRequest {
+            base: "course".into(),
+            user: "amy".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // An art rule first and marked last: ben in, amy still in by the math rule.
+    let (ok, _, err) = cli(
+        &a,
+        &root,
+        &[
+            "base",
+            "rule",
+            "add",
+            "course",
+            "departmentNumber",
+            "art",
+            "--last",
+            "--at",
+            "1",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&a, &ben, &["vm", "clone", "course", "ben-1"]);
+    assert!(ok, "{err}");
+    assert!(cli(&a, &root, &["base", "rule", "rm", "course", "1"]).0);
+
+    // The directory gone: access that needs it fails closed and says why.
+    slapd.stop();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (ok, _, err) = cli(&a, &amy, &["vm", "clone", "course", "amy-2"]);
+    assert!(!ok && err.contains("LDAP directory"), "{err}");
+    let vms = admin
+        .vms
+        .list_vms(pb::ListVmsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .vms;
+    let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["amy-1", "ben-1"]);
+}
