@@ -94,6 +94,7 @@ G=/var/lib/corral/guest
 corral base create demo-base --host local --memory 128M --vcpus 1 \
   --disk demo-base-vda.qcow2:64M:system --disk demo-base-vdb.qcow2:16M:data \
   --kernel "$G/vmlinux" --initrd "$G/initrd.gz" --cmdline "console=ttyS0 quiet corral.hostname=demo-base"
+corral base publish demo-base   # bases start private: only admins clone them until published
 
 say "Where would a clone go?"
 corral vm explain demo-base
