@@ -54,9 +54,20 @@ pub fn new_token() -> String {
     )
 }
 
+/// A cached token: its user, and when it stops working (ms since the epoch).
+#[derive(Debug, Clone)]
+struct Known {
+    user: UserRecord,
+    expires_ms: Option<i64>,
+}
+
 #[derive(Debug, Default)]
 pub struct Auth {
-    by_hash: RwLock<HashMap<String, UserRecord>>,
+    by_hash: RwLock<HashMap<String, Known>>,
+}
+
+fn poisoned<T>(_: T) -> CoordError {
+    CoordError::Internal("auth cache poisoned".into())
 }
 
 impl Auth {
@@ -68,9 +79,13 @@ impl Auth {
             .map(|u| (u.name.clone(), u))
             .collect();
         let mut by_hash = HashMap::new();
-        for (h, user) in store.tokens()? {
-            if let Some(u) = users.get(&user) {
-                by_hash.insert(h, u.clone());
+        for t in store.tokens()? {
+            if let Some(u) = users.get(&t.user) {
+                let known = Known {
+                    user: u.clone(),
+                    expires_ms: t.expires_ms,
+                };
+                by_hash.insert(t.hash, known);
             }
         }
         Ok(Arc::new(Self {
@@ -82,31 +97,56 @@ impl Auth {
     pub fn issue(&self, store: &dyn Store, user: &UserRecord) -> Result<String> {
         let token = new_token();
         let h = hash(&token);
-        store.add_token(&user.name, &h)?;
-        self.remember(h, user.clone())?;
+        store.add_token(&user.name, &h, None)?;
+        self.remember(h, user.clone(), None)?;
         Ok(token)
     }
 
-    /// Caches a stored token hash for its user.
-    pub fn remember(&self, token_hash: String, user: UserRecord) -> Result<()> {
+    /// Caches a stored token hash for its user, with its expiry.
+    pub fn remember(
+        &self,
+        token_hash: String,
+        user: UserRecord,
+        expires_ms: Option<i64>,
+    ) -> Result<()> {
+        let known = Known { user, expires_ms };
         self.by_hash
             .write()
-            .map_err(|_| CoordError::Internal("auth cache poisoned".into()))?
-            .insert(token_hash, user);
+            .map_err(poisoned)?
+            .insert(token_hash, known);
         Ok(())
     }
 
     /// Refreshes the cached record of a user (role or attributes changed).
     pub fn update_user(&self, user: &UserRecord) {
         if let Ok(mut m) = self.by_hash.write() {
-            for u in m.values_mut().filter(|u| u.name == user.name) {
-                *u = user.clone();
+            for k in m.values_mut().filter(|k| k.user.name == user.name) {
+                k.user = user.clone();
             }
         }
     }
 
+    /// Forgets every token of a removed user.
+    pub fn forget_user(&self, name: &str) -> Result<()> {
+        self.by_hash
+            .write()
+            .map_err(poisoned)?
+            .retain(|_, k| k.user.name != name);
+        Ok(())
+    }
+
+    /// Forgets a revoked token.
+    pub fn forget_token(&self, token_hash: &str) -> Result<()> {
+        self.by_hash.write().map_err(poisoned)?.remove(token_hash);
+        Ok(())
+    }
+
+    /// The user of a token that exists and has not expired.
     pub fn check(&self, token: &str) -> Option<UserRecord> {
-        self.by_hash.read().ok()?.get(&hash(token)).cloned()
+        let m = self.by_hash.read().ok()?;
+        let k = m.get(&hash(token))?;
+        let live = k.expires_ms.is_none_or(|t| crate::store::now_ms() < t);
+        live.then(|| k.user.clone())
     }
 
     /// A tonic interceptor: `authorization: Bearer <token>` → [`Caller`] in the extensions.
@@ -125,7 +165,7 @@ impl Auth {
                 })?;
             let user = me
                 .check(token)
-                .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+                .ok_or_else(|| Status::unauthenticated("unknown, revoked or expired token"))?;
             req.extensions_mut().insert(Caller(user));
             Ok(req)
         }
@@ -208,7 +248,7 @@ mod tests {
             .tokens()
             .unwrap()
             .iter()
-            .all(|(h, _)| h != &token && h.len() == 64));
+            .all(|t| t.hash != token && t.hash.len() == 64));
         assert_eq!(
             Auth::load(&store).unwrap().check(&token).unwrap().name,
             "admin"

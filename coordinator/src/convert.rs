@@ -12,7 +12,7 @@ use crate::hosts::Liveness;
 use crate::orders::{BaseOnHost, BaseOrder, CloneOrder, CreateOrder, MoveOrder};
 use crate::placing::Placed;
 use crate::states::Observed;
-use crate::store::{OpEvent, OpRecord, OpState, UserRecord};
+use crate::store::{OpEvent, OpRecord, OpState, TokenRecord, UserRecord};
 use crate::views::{BaseSummary, HostSummary, VmView};
 
 pub fn op_state(s: OpState) -> pb::OperationState {
@@ -66,6 +66,16 @@ pub fn placed_to_pb(p: Placed) -> pb::PlacementExplanation {
             .into_iter()
             .map(|(host, reason)| pb::HostRejection { host, reason })
             .collect(),
+    }
+}
+
+/// A token as listed: its id and times, never the secret nor its hash.
+pub fn token_to_pb(t: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id().into(),
+        user: t.user.clone(),
+        created_unix_ms: t.created_ms,
+        expires_unix_ms: t.expires_ms.unwrap_or(0),
     }
 }
 

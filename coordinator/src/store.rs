@@ -156,6 +156,23 @@ pub struct VmRecord {
     pub spec: serde_json::Value,
 }
 
+/// An API token as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// SHA-256 of the token (the token itself is never stored).
+    pub hash: String,
+    pub user: String,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+}
+
+impl TokenRecord {
+    /// How a token is named when listed or revoked: the start of its hash (not a secret).
+    pub fn id(&self) -> &str {
+        &self.hash[..self.hash.len().min(12)]
+    }
+}
+
 /// A user and their role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserRecord {
@@ -225,9 +242,13 @@ pub trait Store: Send + Sync {
     fn insert_user(&self, user: &UserRecord) -> Result<()>;
     fn users(&self) -> Result<Vec<UserRecord>>;
     /// Every token hash with its user (to fill the authentication cache).
-    fn tokens(&self) -> Result<Vec<(String, String)>>;
-    /// Stores the hash of a new API token for a user.
-    fn add_token(&self, user: &str, token_hash: &str) -> Result<()>;
+    fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Stores the hash of a new API token for a user, with its expiry (ms since the epoch).
+    fn add_token(&self, user: &str, token_hash: &str, expires_ms: Option<i64>) -> Result<()>;
+    /// Removes a token by its hash.
+    fn remove_token(&self, token_hash: &str) -> Result<()>;
+    /// Removes a user and (by the foreign key) their tokens.
+    fn remove_user(&self, name: &str) -> Result<()>;
     fn user_by_token(&self, token_hash: &str) -> Result<UserRecord>;
 
     /// Group commit (see [`crate::db`]): a batch is one transaction, each call in it a
@@ -319,6 +340,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: who may clone a base (`access::BaseAccess` as JSON). Bases made before access
     // rules existed stay open to every user, as they were; new ones start private.
     "ALTER TABLE bases ADD COLUMN access TEXT NOT NULL DEFAULT '{\"public\":true,\"rules\":[]}';",
+    // 4: tokens that expire (NULL: never).
+    "ALTER TABLE tokens ADD COLUMN expires_ms INTEGER;",
 ];
 
 /// What a base records for access when it is first made: private, no rules.
@@ -337,6 +360,16 @@ impl std::fmt::Debug for Sqlite {
 
 fn db<T>(_: T) -> StoreError {
     StoreError::Database("store lock poisoned".into())
+}
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let (hash, user, created_ms, expires_ms) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    Ok(TokenRecord {
+        hash,
+        user,
+        created_ms,
+        expires_ms,
+    })
 }
 
 fn op_from_row(
@@ -963,11 +996,28 @@ impl Store for Sqlite {
         .collect()
     }
 
-    fn tokens(&self) -> Result<Vec<(String, String)>> {
+    fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        let sql = "SELECT hash, user, created_ms, expires_ms FROM tokens ORDER BY created_ms";
         let conn = self.conn.lock().map_err(db)?;
-        let mut stmt = conn.prepare_cached("SELECT hash, user FROM tokens")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([], token_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn remove_token(&self, token_hash: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.exec("DELETE FROM tokens WHERE hash = ?1", [token_hash])? == 0 {
+            return Err(StoreError::NotFound("token".into()));
+        }
+        Ok(())
+    }
+
+    fn remove_user(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.exec("DELETE FROM users WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NotFound(format!("user {name}")));
+        }
+        Ok(())
     }
 
     fn put_user(&self, u: &UserRecord) -> Result<()> {
@@ -992,11 +1042,11 @@ impl Store for Sqlite {
         Ok(())
     }
 
-    fn add_token(&self, user: &str, token_hash: &str) -> Result<()> {
+    fn add_token(&self, user: &str, token_hash: &str, expires_ms: Option<i64>) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
         conn.exec(
-            "INSERT INTO tokens (hash, user, created_ms) VALUES (?1, ?2, ?3)",
-            params![token_hash, user, now_ms()],
+            "INSERT INTO tokens (hash, user, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, user, now_ms(), expires_ms],
         )?;
         Ok(())
     }
@@ -1185,7 +1235,7 @@ mod tests {
                 attributes: serde_json::json!({})
             })
             .is_err());
-        s.add_token("alice", "hash1").unwrap();
+        s.add_token("alice", "hash1", None).unwrap();
         assert_eq!(
             s.user_by_token("hash1").unwrap().attributes["course"],
             "net101"
@@ -1208,11 +1258,23 @@ mod tests {
                 ("b2".to_string(), vec![])
             ]
         );
+        let tokens = s.tokens().unwrap();
+        assert_eq!(tokens.len(), 1);
         assert_eq!(
-            s.tokens().unwrap(),
-            vec![("hash1".to_string(), "alice".to_string())]
+            (tokens[0].hash.as_str(), tokens[0].user.as_str()),
+            ("hash1", "alice")
         );
+        assert_eq!(tokens[0].expires_ms, None);
         assert_eq!(s.users().unwrap().len(), 1);
+        // A removed user's tokens go with them; a revoked token goes alone.
+        s.add_token("alice", "hash2", Some(now_ms() + 1000))
+            .unwrap();
+        s.remove_token("hash2").unwrap();
+        assert!(matches!(
+            s.remove_token("hash2"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(s.tokens().unwrap().len(), 1);
         s.remove_vm("vm1").unwrap();
         s.remove_host("h1").unwrap();
         assert_eq!(

@@ -78,26 +78,32 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
         .await
         .map(|r| r.into_inner().bases)
         .unwrap_or_default();
+    // Each base's access and each user's tokens, which the listings do not show.
     let mut bases = format!("{summaries:?}");
     for b in &summaries {
-        let req = pb::BaseAccessRequest {
-            base: b.name.clone(),
+        let base = b.name.clone();
+        let access = admin.vms.get_base_access(pb::BaseAccessRequest {
+            base,
             user: String::new(),
-        };
-        if let Ok(a) = admin.vms.get_base_access(req).await {
-            bases.push_str(&format!(
-                " {:?} {:?}",
-                a.get_ref().public,
-                a.get_ref().rules
-            ));
+        });
+        if let Ok(a) = access.await.map(|a| a.into_inner()) {
+            bases.push_str(&format!(" {} {:?}", a.public, a.rules));
         }
     }
-    let users = admin
+    let user_list = admin
         .users
         .list_users(pb::ListUsersRequest::default())
-        .await
-        .map(|r| format!("{:?}", r.into_inner().users))
-        .unwrap_or_default();
+        .await;
+    let user_list = user_list.map(|r| r.into_inner().users).unwrap_or_default();
+    let mut users = format!("{user_list:?}");
+    for u in &user_list {
+        let tokens = admin.users.list_tokens(pb::ListTokensRequest {
+            user: u.name.clone(),
+        });
+        if let Ok(t) = tokens.await {
+            users.push_str(&format!(" {:?}", t.into_inner().tokens));
+        }
+    }
     let ops: Vec<String> = admin
         .ops
         .list_operations(pb::ListOperationsRequest::default())
@@ -288,7 +294,10 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "CreateVm(host)" => c.vms.create_vm(new_vm(spec("advc-newvm"), &n));
         "CloneVm(owner)" => c.vms.clone_vm(pb::CloneVmRequest { owner: n, ..clone_req(&base, "advc-newclone") });
         "CreateUser" => c.users.create_user(user_req(&n, "user"));
-        "CreateToken" => c.users.create_token(pb::CreateTokenRequest { user: n });
+        "CreateToken" => c.users.create_token(pb::CreateTokenRequest { user: n, expires_in_seconds: 0 });
+        "UpdateUser" => c.users.update_user(pb::UpdateUserRequest { name: n, role: "user".into(), ..Default::default() });
+        "RemoveUser" => c.users.remove_user(pb::RemoveUserRequest { name: n, remove_vms: false });
+        "ListTokens" => c.users.list_tokens(pb::ListTokensRequest { user: n });
         "MoveVm(host)" => c.vms.move_vm(pb::MoveVmRequest { name: vm, host: n, ..Default::default() });
         "SetBasePublic" => c.vms.set_base_public(pb::SetBasePublicRequest { base: n, public: true });
         "AddAccessRule" => c.vms.add_access_rule(add_rule(&n, rule("course", "math"), 0));
@@ -413,7 +422,19 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "RemoveBaseFromHost", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base, host] => c.vms.remove_base_from_host(on_host(&base, &host));
         "CreateVm", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.vms.create_vm(new_vm(spec("advc-own"), ""));
         "CreateUser", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.create_user(user_req("mallory", "admin"));
-        "CreateToken", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.create_token(pb::CreateTokenRequest { user: "bob".into() });
+        "CreateToken", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.create_token(pb::CreateTokenRequest { user: "bob".into(), expires_in_seconds: 0 });
+        "UpdateUser", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.update_user(pb::UpdateUserRequest { name: "alice".into(), role: "admin".into(), ..Default::default() });
+        "RemoveUser", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.remove_user(pb::RemoveUserRequest { name: "bob".into(), remove_vms: true });
+        "ListTokens", "a user asking for another user's tokens", PermissionDenied, ["admin"], alice [] => c.users.list_tokens(pb::ListTokensRequest { user: "bob".into() });
+        // Users and tokens an admin gets wrong.
+        "RemoveUser", "the caller itself", FailedPrecondition, ["yourself"], admin [] => c.users.remove_user(pb::RemoveUserRequest { name: "admin".into(), remove_vms: true });
+        "RemoveUser", "a user who owns VMs", FailedPrecondition, ["owns", "--remove-vms"], admin [] => c.users.remove_user(pb::RemoveUserRequest { name: "bob".into(), remove_vms: false });
+        "UpdateUser", "the last admin made a user", FailedPrecondition, ["last admin"], admin [] => c.users.update_user(pb::UpdateUserRequest { name: "admin".into(), role: "user".into(), ..Default::default() });
+        "UpdateUser", "role 'root'", InvalidArgument, ["role"], admin [] => c.users.update_user(pb::UpdateUserRequest { name: "bob".into(), role: "root".into(), ..Default::default() });
+        "UpdateUser", "an attribute with a newline", InvalidArgument, ["control characters"], admin [] => c.users.update_user(pb::UpdateUserRequest { name: "bob".into(), attributes: [("k".into(), "a\nb".into())].into(), ..Default::default() });
+        "CreateToken", "a token for ten years", InvalidArgument, ["at most"], admin [] => c.users.create_token(pb::CreateTokenRequest { user: "bob".into(), expires_in_seconds: 10 * 366 * 86_400 });
+        "RevokeToken", "a malformed id", InvalidArgument, ["invalid token id"], alice [] => c.users.revoke_token(pb::RevokeTokenRequest { id: "../x".into() });
+        "RevokeToken", "an unknown id", NotFound, ["not found"], admin [] => c.users.revoke_token(pb::RevokeTokenRequest { id: "000000000000".into() });
         "ListUsers", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.list_users(pb::ListUsersRequest::default());
         "ExposeVmPort(host port)", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [vm] => c.access.expose_vm_port(expose(&vm, 80, 20022));
         "SetBasePublic", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_public(pb::SetBasePublicRequest { base, public: false });

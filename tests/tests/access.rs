@@ -46,7 +46,10 @@ async fn user_token(admin: &mut corral_client::CoordinatorClient, name: &str) ->
         .unwrap();
     admin
         .users
-        .create_token(pb::CreateTokenRequest { user: name.into() })
+        .create_token(pb::CreateTokenRequest {
+            user: name.into(),
+            expires_in_seconds: 0,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -207,4 +210,129 @@ async fn directory_attributes_decide_who_may_clone_a_base() {
         .vms;
     let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["amy-1", "ben-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_and_tokens_change_and_end_at_once() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordProc::start(&dir.path().join("coord"), 200, 2000).unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
+    admin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "h1".into(),
+            address: agent.addr.clone(),
+        })
+        .await
+        .unwrap();
+    let op = admin
+        .vms
+        .create_base(pb::CreateBaseRequest {
+            spec: Some(test_spec("class")),
+            host: "h1".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    finish(&mut admin, op).await.unwrap();
+    publish(&mut admin, "class").await.unwrap();
+    let (a, root) = (coord.addr.clone(), coord.admin_token.clone());
+    let t1 = user_token(&mut admin, "dora").await;
+    let (ok, t2, err) = cli(&a, &root, &["user", "token", "dora", "--expires", "2s"]);
+    assert!(ok, "{err}");
+    let t2 = t2.trim().to_string();
+    let (_, listed, _) = cli(&a, &t1, &["user", "tokens", "dora"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        !listed.contains(&t1) && !listed.contains(&t2),
+        "no secrets listed"
+    );
+    let (ok, _, err) = cli(&a, &t1, &["vm", "clone", "class", "d1"]);
+    assert!(ok, "{err}");
+
+    // A role change counts at once for the user's tokens, both ways.
+    assert!(cli(&a, &t1, &["host", "ls"]).2.contains("not an admin"));
+    assert!(
+        cli(
+            &a,
+            &root,
+            &[
+                "user",
+                "set",
+                "dora",
+                "--role",
+                "admin",
+                "--attr",
+                "course=net101"
+            ]
+        )
+        .0
+    );
+    let (ok, _, err) = cli(&a, &t1, &["host", "ls"]);
+    assert!(ok, "{err}");
+    assert!(
+        cli(
+            &a,
+            &root,
+            &["user", "set", "dora", "--role", "user", "--attr", "course="]
+        )
+        .0
+    );
+    let (_, users, _) = cli(&a, &root, &["-o", "json", "user", "ls"]);
+    assert!(!users.contains("net101"), "an empty value removes: {users}");
+    assert!(!cli(&a, &t1, &["host", "ls"]).0);
+    // The last admin stays one.
+    let (ok, _, err) = cli(&a, &root, &["user", "set", "admin", "--role", "user"]);
+    assert!(!ok && err.contains("last admin"), "{err}");
+
+    // An expiring token works, then does not.
+    assert!(cli(&a, &t2, &["user", "whoami"]).0);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (ok, _, err) = cli(&a, &t2, &["user", "whoami"]);
+    assert!(!ok && err.contains("expired"), "{err}");
+    // A user revokes their own token by its id.
+    let id = listed.split_whitespace().next().unwrap().to_string();
+    let (ok, _, err) = cli(&a, &t1, &["user", "revoke", &id]);
+    assert!(ok, "{err}");
+    let which = if cli(&a, &t1, &["user", "whoami"]).0 {
+        &t2
+    } else {
+        &t1
+    };
+    assert!(!cli(&a, which, &["user", "whoami"]).0);
+
+    // Removing a user says what happens to their VMs.
+    let (ok, _, err) = cli(&a, &root, &["user", "rm", "dora"]);
+    assert!(!ok && err.contains("owns 1 VM(s): d1"), "{err}");
+    let (ok, out, err) = cli(&a, &root, &["user", "rm", "dora", "--remove-vms"]);
+    assert!(ok && out.contains("d1"), "{out}{err}");
+    for _ in 0..100 {
+        let vms = admin
+            .vms
+            .list_vms(pb::ListVmsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .vms;
+        if vms.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, users, _) = cli(&a, &root, &["user", "ls"]);
+    assert!(!users.contains("dora"), "{users}");
+    let vms = admin
+        .vms
+        .list_vms(pb::ListVmsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(vms.vms.is_empty(), "{vms:?}");
+    let (ok, _, err) = cli(&a, &t1, &["user", "whoami"]);
+    assert!(!ok && err.contains("token"), "{err}");
 }

@@ -310,7 +310,10 @@ async fn users_cannot_see_or_touch_each_others_vms() {
                 .await
                 .unwrap();
             c.users
-                .create_token(pb::CreateTokenRequest { user: name })
+                .create_token(pb::CreateTokenRequest {
+                    user: name,
+                    expires_in_seconds: 0,
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -1103,6 +1106,7 @@ async fn a_vm_created_from_a_spec_becomes_the_base_of_clones() {
         .users
         .create_token(pb::CreateTokenRequest {
             user: "carol".into(),
+            expires_in_seconds: 0,
         })
         .await
         .unwrap()

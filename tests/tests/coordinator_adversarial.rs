@@ -22,7 +22,10 @@ async fn token(admin: &mut corral_client::CoordinatorClient, user: &str) -> Stri
         .unwrap();
     admin
         .users
-        .create_token(pb::CreateTokenRequest { user: user.into() })
+        .create_token(pb::CreateTokenRequest {
+            user: user.into(),
+            expires_in_seconds: 0,
+        })
         .await
         .unwrap()
         .into_inner()

@@ -202,12 +202,71 @@ pub enum UserCmd {
         #[arg(long = "attr")]
         attributes: Vec<String>,
     },
-    /// A new token for a user (shown once).
-    Token { user: String },
+    /// A new token for a user (shown once), for ever or for a while (--expires 30d).
+    Token {
+        user: String,
+        /// How long it works: seconds, or with a suffix m, h or d.
+        #[arg(long)]
+        expires: Option<String>,
+    },
     /// Users with their roles and attributes.
     Ls,
     /// Who the token belongs to.
     Whoami,
+    /// Change a user's role or attributes (--attr k=v; k= removes k); their tokens follow at once.
+    Set {
+        name: String,
+        #[arg(long, value_parser = ["admin", "user"])]
+        role: Option<String>,
+        /// KEY=VALUE attributes to set (KEY= removes one).
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+        /// Replace every attribute with the given ones.
+        #[arg(long)]
+        replace_attrs: bool,
+    },
+    /// Remove a user and their tokens; refused while they own VMs, unless --remove-vms.
+    Rm {
+        name: String,
+        /// Remove the user's VMs too.
+        #[arg(long)]
+        remove_vms: bool,
+    },
+    /// A user's tokens: id, created, expires (never the secret).
+    Tokens { user: String },
+    /// Revoke a token by the id `user tokens` shows.
+    Revoke { id: String },
+}
+
+/// A lifetime: seconds, or a number with s, m, h or d.
+fn lifetime(s: &str) -> Result<u64, ClientError> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match n.parse::<u64>() {
+        Ok(v) if v > 0 && mult > 0 => v
+            .checked_mul(mult)
+            .ok_or_else(|| ClientError::Config(format!("lifetime {s:?} is too long"))),
+        _ => Err(ClientError::Config(format!(
+            "invalid lifetime {s:?}: a positive number with s, m, h or d (30d)"
+        ))),
+    }
+}
+
+fn when(ms: i64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let secs = ms / 1000;
+    format!("{secs} (unix seconds)")
 }
 
 /// `~/.config/corral/config.toml`.
@@ -718,12 +777,13 @@ async fn user(c: &mut CoordinatorClient, out: &Out, cmd: UserCmd) -> Result<(), 
                 .into_inner();
             out.show(&u, |u| format!("user {} ({})", u.name, u.role));
         }
-        UserCmd::Token { user } => {
-            let t = c
-                .users
-                .create_token(pb::CreateTokenRequest { user })
-                .await?
-                .into_inner();
+        UserCmd::Token { user, expires } => {
+            let expires_in_seconds = expires.as_deref().map(lifetime).transpose()?.unwrap_or(0);
+            let req = pb::CreateTokenRequest {
+                user,
+                expires_in_seconds,
+            };
+            let t = c.users.create_token(req).await?.into_inner();
             out.show(&t, |t| t.token.clone());
         }
         UserCmd::Ls => {
@@ -740,6 +800,93 @@ async fn user(c: &mut CoordinatorClient, out: &Out, cmd: UserCmd) -> Result<(), 
             let u = c.users.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
             out.show(&u, |u| format!("{} ({})", u.name, u.role));
         }
+        other => user_change(c, out, other).await?,
+    }
+    Ok(())
+}
+
+/// `user set|rm|tokens|revoke`.
+async fn user_change(
+    c: &mut CoordinatorClient,
+    out: &Out,
+    cmd: UserCmd,
+) -> Result<(), ClientError> {
+    let users = &mut c.users;
+    match cmd {
+        UserCmd::Set {
+            name,
+            role,
+            attributes,
+            replace_attrs,
+        } => {
+            let attributes = attributes
+                .iter()
+                .map(|a| match a.split_once('=') {
+                    Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                    None => Err(ClientError::Config(format!(
+                        "invalid attribute {a:?}: KEY=VALUE"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?;
+            let role = role.unwrap_or_default();
+            let req = pb::UpdateUserRequest {
+                name,
+                role,
+                attributes,
+                replace_attributes: replace_attrs,
+            };
+            let u = users.update_user(req).await?.into_inner();
+            out.show(&u, |u| {
+                format!("user {} ({}) {:?}", u.name, u.role, u.attributes)
+            });
+        }
+        UserCmd::Rm { name, remove_vms } => {
+            let r = users
+                .remove_user(pb::RemoveUserRequest { name, remove_vms })
+                .await?
+                .into_inner();
+            out.show(&r, |r| {
+                let ops: Vec<String> = r
+                    .vm_removals
+                    .iter()
+                    .map(|o| format!("{} ({})", o.vm, o.id))
+                    .collect();
+                format!(
+                    "user {} removed; VMs being removed: {}",
+                    r.name,
+                    if ops.is_empty() {
+                        "none".into()
+                    } else {
+                        ops.join(", ")
+                    }
+                )
+            });
+        }
+        UserCmd::Tokens { user } => {
+            let l = users
+                .list_tokens(pb::ListTokensRequest { user })
+                .await?
+                .into_inner();
+            out.show(&l, |l| {
+                lines(&l.tokens, |t| {
+                    format!(
+                        "{}  {}  created {}  expires {}",
+                        t.id,
+                        t.user,
+                        when(t.created_unix_ms),
+                        when(t.expires_unix_ms)
+                    )
+                })
+            });
+        }
+        UserCmd::Revoke { id } => {
+            let t = users
+                .revoke_token(pb::RevokeTokenRequest { id })
+                .await?
+                .into_inner();
+            out.show(&t, |t| format!("token {} of {} revoked", t.id, t.user));
+        }
+        other => return Err(ClientError::Config(format!("{other:?} is no change"))),
     }
     Ok(())
 }
