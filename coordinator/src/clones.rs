@@ -16,8 +16,38 @@ use crate::store::{OpRecord, VmRecord};
 use crate::vms::{work, Coordinator};
 use std::time::Duration;
 
+/// What a clone's record keeps of its order: labels, and volatility with its end.
+fn clone_spec(req: &CloneOrder) -> serde_json::Value {
+    let mut spec = serde_json::json!({ "labels": req.labels });
+    if req.volatile {
+        spec["volatile"] = true.into();
+        if let Some(l) = req.lifetime {
+            spec["expires_ms"] = (crate::store::now_ms() + l.as_millis() as i64).into();
+        }
+    }
+    spec
+}
+
 impl Coordinator {
-    pub async fn clone_vm(self: &Arc<Self>, caller: &Caller, req: CloneOrder) -> Result<OpRecord> {
+    pub async fn clone_vm(
+        self: &Arc<Self>,
+        caller: &Caller,
+        mut req: CloneOrder,
+    ) -> Result<OpRecord> {
+        if let Some(l) = req.lifetime {
+            if !req.volatile {
+                return Err(CoordError::Invalid(
+                    "a lifetime is for volatile clones (--volatile)".into(),
+                ));
+            }
+            if l > crate::volatile::MAX_LIFETIME {
+                return Err(CoordError::Invalid(
+                    "a volatile clone lives at most 366 days".into(),
+                ));
+            }
+        }
+        // A volatile clone is made to be used now: it starts with its clone.
+        req.start |= req.volatile;
         // The agent's own rules, before anything is submitted.
         corral_proto::rules::clone_base(&pb::CloneBaseRequest {
             base: req.base.clone(),
@@ -89,7 +119,7 @@ impl Coordinator {
             host: Some(host.into()),
             desired_state: Desired::ShutOff,
             observed_state: Observed::Creating,
-            spec: serde_json::json!({ "labels": req.labels }),
+            spec: clone_spec(req),
         };
         let v = vm.clone();
         self.blocking(move |s| s.insert_vm(&v))

@@ -127,6 +127,7 @@ pub fn host_to_pb(h: HostSummary) -> pb::Host {
 }
 
 pub fn vm_to_pb(v: VmView) -> pb::Vm {
+    let volatility = crate::volatile::Volatility::of(&v.vm);
     let vm = v.vm;
     pb::Vm {
         name: vm.name,
@@ -140,6 +141,8 @@ pub fn vm_to_pb(v: VmView) -> pb::Vm {
             as i32,
         locked_by: v.locked_by.unwrap_or_default(),
         host_state: liveness(v.host) as i32,
+        volatile: volatility.is_some(),
+        expires_unix_ms: volatility.and_then(|v| v.expires_ms).unwrap_or(0),
     }
 }
 
@@ -171,6 +174,9 @@ impl From<pb::CloneVmRequest> for CloneOrder {
             keep_together: r.keep_together,
             key: given(r.idempotency_key),
             owner: given(r.owner),
+            volatile: r.volatile,
+            lifetime: (r.lifetime_seconds > 0)
+                .then(|| std::time::Duration::from_secs(r.lifetime_seconds)),
         }
     }
 }

@@ -129,6 +129,7 @@ impl Coordinator {
         check_name("VM", name)?;
         caller.require_admin()?;
         let vm = self.vm_for(caller, name).await?;
+        crate::volatile::refuse_keeping(&vm, "made a base")?;
         let host = vm
             .host
             .clone()

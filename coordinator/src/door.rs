@@ -27,6 +27,11 @@ pub enum Power {
     },
     PowerOff,
     Hibernate,
+    /// Paused in memory (libvirt's suspend).
+    Suspend,
+    Resume,
+    /// A hard reset of a running guest.
+    Reset,
 }
 
 /// What the coordinator asks of one agent.
@@ -178,6 +183,9 @@ impl AgentDoor for GrpcDoor {
             }
             Power::PowerOff => self.long(c.domains.power_off_domain(dref(name))).await,
             Power::Hibernate => self.long(c.domains.hibernate_domain(dref(name))).await,
+            Power::Suspend => self.long(c.domains.suspend_domain(dref(name))).await,
+            Power::Resume => self.long(c.domains.resume_domain(dref(name))).await,
+            Power::Reset => self.long(c.domains.reset_domain(dref(name))).await,
         }
     }
 

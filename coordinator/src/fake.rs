@@ -184,7 +184,8 @@ impl AgentDoor for FakeAgent {
             .get_mut(name)
             .ok_or_else(|| self.missing(&format!("domain {name:?}")))?;
         d.state = match action {
-            Power::Start => pb::DomainState::Running,
+            Power::Start | Power::Resume | Power::Reset => pb::DomainState::Running,
+            Power::Suspend => pb::DomainState::Paused,
             Power::Hibernate => pb::DomainState::Hibernated,
             _ => pb::DomainState::ShutOff,
         } as i32;

@@ -333,3 +333,105 @@ async fn access_rules_decide_who_clones_and_sees_a_base() {
     assert!(mine.access.rules.is_empty(), "users do not see the rules");
     assert!(!mine.decision.allowed);
 }
+
+#[tokio::test]
+async fn a_volatile_clone_goes_when_it_shuts_down_or_its_time_is_up() {
+    use crate::states::Observed;
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    for (name, lifetime) in [("v1", None), ("v2", Some(Duration::from_secs(3600)))] {
+        let order = CloneOrder {
+            volatile: true,
+            lifetime,
+            ..clone_req("web", name, "")
+        };
+        let op = kit.coord.clone_vm(&kit.alice, order).await.unwrap();
+        assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    }
+    // Started with its clone; nothing is due while both run.
+    let v1 = kit.coord.vm_for(&kit.alice, "v1").await.unwrap();
+    assert_eq!(v1.desired_state, crate::states::Desired::Running);
+    assert!(kit.coord.reap_volatile().await.unwrap().is_empty());
+    // Not kept: no move, no base made of it.
+    let mv = crate::orders::MoveOrder {
+        name: "v1".into(),
+        host: "h1".into(),
+        ..Default::default()
+    };
+    let e = kit.coord.move_vm(&kit.admin, mv).await.unwrap_err();
+    assert!(e.to_string().contains("volatile"), "{e}");
+    // v1 shuts down (as its host's event says); v2's time is up.
+    kit.coord
+        .db
+        .call(|s| {
+            let mut v1 = s.vm("v1")?;
+            v1.observed_state = Observed::Domain(pb::DomainState::ShutOff);
+            s.put_vm(&v1)?;
+            let mut v2 = s.vm("v2")?;
+            v2.spec["expires_ms"] = 1.into();
+            s.put_vm(&v2)
+        })
+        .await
+        .unwrap();
+    let mut reaped = kit.coord.reap_volatile().await.unwrap();
+    reaped.sort();
+    assert_eq!(reaped, ["v1", "v2"]);
+    eventually("both removed", async || {
+        !vm_exists(&kit, "v1").await && !vm_exists(&kit, "v2").await
+    })
+    .await;
+    for name in ["v1", "v2"] {
+        assert!(kit
+            .calls()
+            .iter()
+            .any(|c| c.contains("remove_domain") && c.contains(name)));
+    }
+    // A lifetime is for volatile clones only.
+    let order = CloneOrder {
+        lifetime: Some(Duration::from_secs(60)),
+        ..clone_req("web", "k1", "")
+    };
+    assert!(kit.coord.clone_vm(&kit.alice, order).await.is_err());
+}
+
+#[tokio::test]
+async fn day_two_power_actions_pause_resume_and_reset() {
+    use crate::lifecycle::Action;
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    let op = kit
+        .coord
+        .clone_vm(
+            &kit.alice,
+            CloneOrder {
+                start: true,
+                ..clone_req("web", "c1", "")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    for (action, state) in [
+        (Action::Suspend, pb::DomainState::Paused),
+        (Action::Resume, pb::DomainState::Running),
+        (Action::Reset, pb::DomainState::Running),
+    ] {
+        let op = kit.coord.vm_action(&kit.alice, "c1", action).await.unwrap();
+        assert_eq!(
+            kit.end(&op.id).await.state,
+            OpState::Succeeded,
+            "{action:?}"
+        );
+        let vm = kit.coord.vm_for(&kit.alice, "c1").await.unwrap();
+        assert_eq!(
+            vm.observed_state,
+            crate::states::Observed::Domain(state),
+            "{action:?}"
+        );
+        assert_eq!(
+            vm.desired_state,
+            crate::states::Desired::Running,
+            "{action:?}"
+        );
+    }
+}

@@ -41,3 +41,4 @@ pub mod transfers;
 pub mod users;
 pub mod views;
 pub mod vms;
+pub mod volatile;

@@ -23,6 +23,9 @@ pub enum Action {
     Hibernate,
     Restore,
     Remove,
+    Suspend,
+    Resume,
+    Reset,
 }
 
 impl Action {
@@ -34,6 +37,9 @@ impl Action {
             Self::Hibernate => "hibernate",
             Self::Restore => "restore",
             Self::Remove => "remove",
+            Self::Suspend => "suspend",
+            Self::Resume => "resume",
+            Self::Reset => "reset",
         }
     }
 }
@@ -86,6 +92,9 @@ impl Coordinator {
             Action::Shutdown => Some(door.power(&name, shutdown).await?),
             Action::PowerOff => Some(door.power(&name, Power::PowerOff).await?),
             Action::Hibernate => Some(door.power(&name, Power::Hibernate).await?),
+            Action::Suspend => Some(door.power(&name, Power::Suspend).await?),
+            Action::Resume => Some(door.power(&name, Power::Resume).await?),
+            Action::Reset => Some(door.power(&name, Power::Reset).await?),
             Action::Restore => Some(door.restore_clone(&name).await?),
             Action::Remove => {
                 door.remove_domain(&name).await?;
@@ -96,7 +105,10 @@ impl Coordinator {
         if let Some(d) = domain {
             vm.observed_state = Observed::from_pb(d.state);
             vm.desired_state = match action {
-                Action::Start => Desired::Running,
+                // A paused guest is still meant to run; it is resumed, not restarted.
+                Action::Start | Action::Suspend | Action::Resume | Action::Reset => {
+                    Desired::Running
+                }
                 Action::Hibernate => Desired::Hibernated,
                 _ => Desired::ShutOff,
             };

@@ -46,6 +46,7 @@ impl Coordinator {
         // Users do not choose hosts: moving is the admins' (as choosing a host port is).
         caller.require_admin()?;
         let vm = self.vm_for(caller, &req.name).await?;
+        crate::volatile::refuse_keeping(&vm, "moved")?;
         let source = vm
             .host
             .clone()

@@ -22,6 +22,9 @@ pub struct CloneOrder {
     pub key: Option<String>,
     /// Another user's (admins only); the caller when `None`.
     pub owner: Option<String>,
+    /// Removed when it shuts down or `lifetime` ends (volatile clones start at once).
+    pub volatile: bool,
+    pub lifetime: Option<std::time::Duration>,
 }
 
 /// A VM defined from a spec (admins).

@@ -56,6 +56,8 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
     if !resumed.is_empty() || !failed.is_empty() {
         tracing::info!(?resumed, ?failed, "unfinished operations after restart");
     }
+    // Ends with the coordinator (it holds a weak reference).
+    drop(coord.spawn_reaper());
     Ok(coord)
 }
 

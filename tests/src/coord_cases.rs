@@ -257,6 +257,9 @@ fn vm_rpcs(
         "HibernateVm" => c.vms.hibernate_vm(vref(&n));
         "RestoreVm" => c.vms.restore_vm(vref(&n));
         "RemoveVm" => c.vms.remove_vm(vref(&n));
+        "SuspendVm" => c.vms.suspend_vm(vref(&n));
+        "ResumeVm" => c.vms.resume_vm(vref(&n));
+        "ResetVm" => c.vms.reset_vm(vref(&n));
         "GetVm" => c.vms.get_vm(vref(&n));
         "PrepareBase" => c.vms.prepare_base(vref(&n));
         "MoveVm" => c.vms.move_vm(pb::MoveVmRequest { name: n, host: "h1".into(), ..Default::default() });

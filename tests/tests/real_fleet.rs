@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use corral_tests::*;
 
@@ -136,6 +136,15 @@ fn a_real_host_and_test_hosts_driven_by_the_cli_over_tls() {
     let ports = cli.json(&["port", "list"]);
     assert_eq!(ports["ports"].as_array().unwrap().len(), 1, "{ports}");
 
+    // Day-2 power actions through the coordinator: paused, resumed, reset; each as libvirt
+    // reports it.
+    for (action, state) in [("suspend", 2), ("resume", 1), ("reset", 1)] {
+        let op = cli.json(&["vm", action, "e2e-f-c1"]);
+        assert_eq!(op["state"], 3, "{action}: {op}");
+        let v = cli.json(&["vm", "show", "e2e-f-c1"]);
+        assert_eq!(v["observed_state"], state, "{action}: {v}");
+    }
+
     // Snapshots and the display, through the coordinator.
     cli.ok(&[
         "snapshot",
@@ -170,6 +179,33 @@ fn a_real_host_and_test_hosts_driven_by_the_cli_over_tls() {
     assert!(
         text.contains("[virt-viewer]") && text.contains("password="),
         "{text}"
+    );
+
+    // A volatile clone: started at once; powered off, it goes with its volumes.
+    let op = cli.json(&["vm", "clone", "e2e-f-base", "e2e-f-v1", "--volatile"]);
+    assert_eq!(op["state"], 3, "{op}");
+    let v = cli.json(&["vm", "show", "e2e-f-v1"]);
+    assert_eq!(v["volatile"], true, "{v}");
+    assert_eq!(v["observed_state"], 1, "running: {v}");
+    let owns_files = || {
+        std::fs::read_dir(real.storage())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("e2e-f-v1"))
+    };
+    assert!(owns_files());
+    cli.ok(&["vm", "poweroff", "e2e-f-v1"]);
+    let gone = Instant::now();
+    while cli.json(&["vm", "ls"]).to_string().contains("e2e-f-v1") || owns_files() {
+        assert!(
+            gone.elapsed() < Duration::from_secs(30),
+            "the volatile clone stays"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "volatile clone removed {} ms after power-off",
+        gone.elapsed().as_millis()
     );
 
     cli.ok(&["vm", "rm", "e2e-f-c1"]);

@@ -126,6 +126,12 @@ pub enum VmCmd {
         /// Retrying with the same key returns the same operation.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Volatile: started now, removed with its volumes when it shuts down.
+        #[arg(long)]
+        volatile: bool,
+        /// A volatile clone's lifetime (seconds, or with m, h or d): removed when it ends.
+        #[arg(long, requires = "volatile")]
+        lifetime: Option<String>,
     },
     /// Where a clone of BASE would go and why not elsewhere.
     Explain {
@@ -143,6 +149,12 @@ pub enum VmCmd {
     Hibernate { name: String },
     /// Put a clone's system, tmp and swap disks back to its base's (data disks are kept).
     Restore { name: String },
+    /// Pause a running VM in memory.
+    Suspend { name: String },
+    /// Resume a paused VM.
+    Resume { name: String },
+    /// Hard-reset a running VM (no clean shutdown).
+    Reset { name: String },
     /// Remove a VM and its volumes.
     Rm { name: String },
     /// Move a VM to another host (admin): its base first, then its volumes, verified.
@@ -374,7 +386,7 @@ fn vm_line(v: &pb::Vm) -> String {
         v.base,
         v.host,
         unless_empty(" locked by ", &v.locked_by)
-    )
+    ) + if v.volatile { " volatile" } else { "" }
 }
 
 fn host_line(h: &pb::Host) -> String {
@@ -922,6 +934,8 @@ async fn vm(
             labels: l,
             owner,
             idempotency_key,
+            volatile,
+            lifetime: life,
         } => {
             c.vms
                 .clone_vm(pb::CloneVmRequest {
@@ -932,6 +946,8 @@ async fn vm(
                     keep_together,
                     idempotency_key: idempotency_key.unwrap_or_default(),
                     owner: owner.unwrap_or_default(),
+                    volatile,
+                    lifetime_seconds: life.as_deref().map(lifetime).transpose()?.unwrap_or(0),
                 })
                 .await?
         }
@@ -940,6 +956,9 @@ async fn vm(
         VmCmd::Poweroff { name } => c.vms.power_off_vm(vref(name)).await?,
         VmCmd::Hibernate { name } => c.vms.hibernate_vm(vref(name)).await?,
         VmCmd::Restore { name } => c.vms.restore_vm(vref(name)).await?,
+        VmCmd::Suspend { name } => c.vms.suspend_vm(vref(name)).await?,
+        VmCmd::Resume { name } => c.vms.resume_vm(vref(name)).await?,
+        VmCmd::Reset { name } => c.vms.reset_vm(vref(name)).await?,
         VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
         VmCmd::Move {
             name,

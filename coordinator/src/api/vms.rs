@@ -35,6 +35,9 @@ rpcs! { VmApi: VmService, |c, who, r|;
     hibernate_vm(pb::VmRef) -> pb::Operation = "HibernateVm"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::Hibernate).await?);
     restore_vm(pb::VmRef) -> pb::Operation = "RestoreVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Restore).await?);
+    suspend_vm(pb::VmRef) -> pb::Operation = "SuspendVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Suspend).await?);
+    resume_vm(pb::VmRef) -> pb::Operation = "ResumeVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Resume).await?);
+    reset_vm(pb::VmRef) -> pb::Operation = "ResetVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Reset).await?);
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
     get_vm(pb::VmRef) -> pb::Vm = "GetVm" => vm_to_pb(c.vm_view(&c.vm_for(&who, &r.name).await?));
     get_base_access(pb::BaseAccessRequest) -> pb::BaseAccess = "GetBaseAccess"
