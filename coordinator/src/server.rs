@@ -46,11 +46,15 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
         cfg.agent_tls()?,
     );
     hosts.load().await?;
-    let directory = cfg
-        .ldap
-        .clone()
-        .map(crate::directory::Directory::new)
-        .transpose()?;
+    // The bind password is read off the async workers.
+    let directory = match cfg.ldap.clone() {
+        Some(l) => Some(
+            tokio::task::spawn_blocking(move || crate::directory::Directory::new(l))
+                .await
+                .map_err(|e| CoordError::Internal(format!("reading the LDAP settings: {e}")))??,
+        ),
+        None => None,
+    };
     let coord = Coordinator::new(cfg, db, Arc::clone(&ops), hosts, auth, directory);
     let (resumed, failed) = ops.recover(&coord.resumers()).await?;
     if !resumed.is_empty() || !failed.is_empty() {

@@ -94,6 +94,10 @@ impl Coordinator {
                     tracing::info!(vm = %vm.name, ?why, op = %op.id, "volatile VM removed");
                     reaped.push(vm.name);
                 }
+                // A host that is down is asked again each round; only news is a warning.
+                Err(CoordError::Unavailable(e)) => {
+                    tracing::debug!(vm = %vm.name, error = %e, "volatile VM waits for its host")
+                }
                 Err(e) => tracing::warn!(vm = %vm.name, error = %e, "volatile VM not removed yet"),
             }
         }
