@@ -51,6 +51,8 @@ pub trait AgentDoor: Send + Sync {
     async fn prepare_base(&self, name: &str) -> Result<pb::Base>;
     async fn clone_base(&self, req: pb::CloneBaseRequest) -> Result<pb::Domain>;
     async fn restore_clone(&self, name: &str) -> Result<pb::Domain>;
+    /// Makes a clone's volumes independent of its base (a plain domain after).
+    async fn spinoff_clone(&self, name: &str) -> Result<pb::Domain>;
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>>;
     async fn export_base(&self, name: &str) -> Result<pb::BaseExport>;
     async fn import_base(&self, definition_xml: String) -> Result<pb::Base>;
@@ -227,6 +229,11 @@ impl AgentDoor for GrpcDoor {
     async fn restore_clone(&self, name: &str) -> Result<pb::Domain> {
         let mut c = self.client.clone();
         self.long(c.bases.restore_clone(dref(name))).await
+    }
+
+    async fn spinoff_clone(&self, name: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        self.long(c.bases.spinoff_clone(dref(name))).await
     }
 
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>> {

@@ -243,6 +243,11 @@ impl AgentDoor for FakeAgent {
         self.domain(name)
     }
 
+    async fn spinoff_clone(&self, name: &str) -> Result<pb::Domain> {
+        self.enter("spinoff_clone", name).await?;
+        self.domain(name)
+    }
+
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>> {
         Ok(self
             .state

@@ -18,6 +18,12 @@ fn clone_req(base: &str, name: &str, key: &str) -> CloneOrder {
     }
 }
 
+/// A clone by alice that must succeed.
+async fn cloned(kit: &Kit, order: CloneOrder) {
+    let op = kit.coord.clone_vm(&kit.alice, order).await.unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+}
+
 async fn vm_exists(kit: &Kit, name: &str) -> bool {
     let n = name.to_string();
     kit.coord
@@ -399,18 +405,11 @@ async fn day_two_power_actions_pause_resume_and_reset() {
     use crate::lifecycle::Action;
     let kit = Kit::new(1).await;
     kit.base("web", None, &["h1"]).await;
-    let op = kit
-        .coord
-        .clone_vm(
-            &kit.alice,
-            CloneOrder {
-                start: true,
-                ..clone_req("web", "c1", "")
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    let started = CloneOrder {
+        start: true,
+        ..clone_req("web", "c1", "")
+    };
+    cloned(&kit, started).await;
     for (action, state) in [
         (Action::Suspend, pb::DomainState::Paused),
         (Action::Resume, pb::DomainState::Running),
@@ -434,4 +433,35 @@ async fn day_two_power_actions_pause_resume_and_reset() {
             "{action:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_spun_off_clone_leaves_its_base_free_to_go() {
+    use crate::lifecycle::Action;
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    cloned(&kit, clone_req("web", "c1", "")).await;
+    let clones = |kit: &Kit| {
+        let c = kit.coord.clone();
+        let admin = kit.admin.clone();
+        async move { c.base_summaries(&admin).await.unwrap()[0].clones }
+    };
+    assert_eq!(clones(&kit).await, 1);
+    let op = kit
+        .coord
+        .vm_action(&kit.alice, "c1", Action::Spinoff)
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    let vm = kit.coord.vm_for(&kit.alice, "c1").await.unwrap();
+    assert_eq!(vm.base, None);
+    assert_eq!(clones(&kit).await, 0);
+    assert!(kit.calls().iter().any(|c| c == "h1 spinoff_clone c1"));
+    // A VM that is no clone has nothing to spin off from.
+    let e = kit
+        .coord
+        .vm_action(&kit.alice, "c1", Action::Spinoff)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no clone"), "{e}");
 }

@@ -26,6 +26,8 @@ pub enum Action {
     Suspend,
     Resume,
     Reset,
+    /// A clone's volumes made independent of its base; the VM keeps no base after.
+    Spinoff,
 }
 
 impl Action {
@@ -40,6 +42,7 @@ impl Action {
             Self::Suspend => "suspend",
             Self::Resume => "resume",
             Self::Reset => "reset",
+            Self::Spinoff => "spinoff",
         }
     }
 }
@@ -52,6 +55,11 @@ impl Coordinator {
         action: Action,
     ) -> Result<OpRecord> {
         let vm = self.vm_for(caller, name).await?;
+        if action == Action::Spinoff && vm.base.is_none() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "VM {name} is no clone: it has no base to spin off from"
+            )));
+        }
         let host = vm
             .host
             .clone()
@@ -95,6 +103,12 @@ impl Coordinator {
             Action::Suspend => Some(door.power(&name, Power::Suspend).await?),
             Action::Resume => Some(door.power(&name, Power::Resume).await?),
             Action::Reset => Some(door.power(&name, Power::Reset).await?),
+            Action::Spinoff => {
+                let d = door.spinoff_clone(&name).await?;
+                // The record follows the agent: no base any more, so the base may go.
+                vm.base = None;
+                Some(d)
+            }
             Action::Restore => Some(door.restore_clone(&name).await?),
             Action::Remove => {
                 door.remove_domain(&name).await?;
@@ -110,6 +124,7 @@ impl Coordinator {
                     Desired::Running
                 }
                 Action::Hibernate => Desired::Hibernated,
+                Action::Spinoff => vm.desired_state,
                 _ => Desired::ShutOff,
             };
             let v = vm.clone();

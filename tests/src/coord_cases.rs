@@ -260,6 +260,7 @@ fn vm_rpcs(
         "SuspendVm" => c.vms.suspend_vm(vref(&n));
         "ResumeVm" => c.vms.resume_vm(vref(&n));
         "ResetVm" => c.vms.reset_vm(vref(&n));
+        "SpinoffVm" => c.vms.spinoff_vm(vref(&n));
         "GetVm" => c.vms.get_vm(vref(&n));
         "PrepareBase" => c.vms.prepare_base(vref(&n));
         "MoveVm" => c.vms.move_vm(pb::MoveVmRequest { name: n, host: "h1".into(), ..Default::default() });

@@ -208,8 +208,16 @@ fn a_real_host_and_test_hosts_driven_by_the_cli_over_tls() {
         gone.elapsed().as_millis()
     );
 
-    cli.ok(&["vm", "rm", "e2e-f-c1"]);
+    // Spun off, the clone outlives its base: the base goes, the clone boots without it.
+    cli.ok(&["vm", "poweroff", "e2e-f-c1"]);
+    let op = cli.json(&["vm", "spinoff", "e2e-f-c1"]);
+    assert_eq!(op["state"], 3, "{op}");
+    assert_eq!(cli.json(&["vm", "show", "e2e-f-c1"])["base"], "");
     cli.ok(&["base", "rm", "e2e-f-base"]);
+    let op = cli.json(&["vm", "start", "e2e-f-c1"]);
+    assert_eq!(op["state"], 3, "{op}");
+    assert_eq!(cli.json(&["vm", "show", "e2e-f-c1"])["observed_state"], 1);
+    cli.ok(&["vm", "rm", "e2e-f-c1"]);
     assert!(cli.json(&["port", "list"])["ports"]
         .as_array()
         .is_none_or(Vec::is_empty));

@@ -155,6 +155,8 @@ pub enum VmCmd {
     Resume { name: String },
     /// Hard-reset a running VM (no clean shutdown).
     Reset { name: String },
+    /// Make a shut-off clone independent of its base (copies what it reads from the base).
+    Spinoff { name: String },
     /// Remove a VM and its volumes.
     Rm { name: String },
     /// Move a VM to another host (admin): its base first, then its volumes, verified.
@@ -918,7 +920,14 @@ async fn vm(
         VmCmd::Explain {
             base,
             keep_together,
-        } => return explain(c, out, base, keep_together).await,
+        } => {
+            let req = pb::CloneVmRequest {
+                base,
+                keep_together,
+                ..Default::default()
+            };
+            return explain(c, out, req).await;
+        }
         VmCmd::Display { name, file } => return display(c, out, name, file).await,
         VmCmd::Screenshot { name, file } => return screenshot(c, out, name, file).await,
         VmCmd::Create {
@@ -959,6 +968,7 @@ async fn vm(
         VmCmd::Suspend { name } => c.vms.suspend_vm(vref(name)).await?,
         VmCmd::Resume { name } => c.vms.resume_vm(vref(name)).await?,
         VmCmd::Reset { name } => c.vms.reset_vm(vref(name)).await?,
+        VmCmd::Spinoff { name } => c.vms.spinoff_vm(vref(name)).await?,
         VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
         VmCmd::Move {
             name,
@@ -975,36 +985,30 @@ async fn vm(
                 })
                 .await?
         }
-        VmCmd::Show { name } => {
-            let v = c.vms.get_vm(vref(name)).await?.into_inner();
-            out.show(&v, vm_line);
-            return Ok(());
-        }
-        VmCmd::Ls => {
-            let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();
-            out.show(&l, |l| lines(&l.vms, vm_line));
-            return Ok(());
-        }
+        read @ (VmCmd::Show { .. } | VmCmd::Ls) => return vm_read(c, out, read).await,
     };
     follow(c, out, no_wait, op.into_inner()).await
 }
 
-/// Where a clone of `base` would go, and why not elsewhere.
+/// `vm show` and `vm ls`: answered at once.
+async fn vm_read(c: &mut CoordinatorClient, out: &Out, cmd: VmCmd) -> Result<(), ClientError> {
+    if let VmCmd::Show { name } = cmd {
+        let v = c.vms.get_vm(vref(name)).await?.into_inner();
+        out.show(&v, vm_line);
+    } else {
+        let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();
+        out.show(&l, |l| lines(&l.vms, vm_line));
+    }
+    Ok(())
+}
+
+/// Where a clone would go, and why not elsewhere.
 async fn explain(
     c: &mut CoordinatorClient,
     out: &Out,
-    base: String,
-    keep_together: bool,
+    req: pb::CloneVmRequest,
 ) -> Result<(), ClientError> {
-    let e = c
-        .vms
-        .explain_placement(pb::CloneVmRequest {
-            base,
-            keep_together,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let e = c.vms.explain_placement(req).await?.into_inner();
     out.show(&e, |e| {
         let mut s = format!(
             "chosen: {}",

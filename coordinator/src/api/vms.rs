@@ -38,6 +38,7 @@ rpcs! { VmApi: VmService, |c, who, r|;
     suspend_vm(pb::VmRef) -> pb::Operation = "SuspendVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Suspend).await?);
     resume_vm(pb::VmRef) -> pb::Operation = "ResumeVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Resume).await?);
     reset_vm(pb::VmRef) -> pb::Operation = "ResetVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Reset).await?);
+    spinoff_vm(pb::VmRef) -> pb::Operation = "SpinoffVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Spinoff).await?);
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
     get_vm(pb::VmRef) -> pb::Vm = "GetVm" => vm_to_pb(c.vm_view(&c.vm_for(&who, &r.name).await?));
     get_base_access(pb::BaseAccessRequest) -> pb::BaseAccess = "GetBaseAccess"
