@@ -350,6 +350,54 @@ pub fn test_spec(name: &str) -> pb::DomainSpec {
 }
 
 /// Follows an operation to its end and returns it.
+/// A new user (role `user`) and a token for them, made by an admin.
+pub async fn user_token(c: &mut corral_client::CoordinatorClient, name: &str) -> Result<String> {
+    let user = pb::CreateUserRequest {
+        name: name.into(),
+        role: "user".into(),
+        attributes: Default::default(),
+    };
+    c.users.create_user(user).await?;
+    let req = pb::CreateTokenRequest {
+        user: name.into(),
+        expires_in_seconds: 0,
+    };
+    Ok(c.users.create_token(req).await?.into_inner().token)
+}
+
+/// Adds an agent to the coordinator as host `name`.
+pub async fn add_host(
+    c: &mut corral_client::CoordinatorClient,
+    name: &str,
+    addr: &str,
+) -> Result<()> {
+    let req = pb::AddHostRequest {
+        name: name.into(),
+        address: addr.into(),
+    };
+    c.hosts.add_host(req).await?;
+    Ok(())
+}
+
+/// A base of [`test_spec`] made on `host` (the operation must succeed), not yet published.
+pub async fn test_base(
+    c: &mut corral_client::CoordinatorClient,
+    name: &str,
+    host: &str,
+) -> Result<()> {
+    let req = pb::CreateBaseRequest {
+        spec: Some(test_spec(name)),
+        host: host.into(),
+        idempotency_key: String::new(),
+    };
+    let op = c.vms.create_base(req).await?.into_inner();
+    let done = finish(c, op).await?;
+    if done.state != pb::OperationState::Succeeded as i32 {
+        anyhow::bail!("base {name} not made: {done:?}");
+    }
+    Ok(())
+}
+
 /// Opens a base to users (bases start private; admins publish them).
 pub async fn publish(c: &mut corral_client::CoordinatorClient, base: &str) -> Result<()> {
     let req = pb::SetBasePublicRequest {

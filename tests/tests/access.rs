@@ -34,28 +34,6 @@ fn cli(addr: &str, token: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-async fn user_token(admin: &mut corral_client::CoordinatorClient, name: &str) -> String {
-    admin
-        .users
-        .create_user(pb::CreateUserRequest {
-            name: name.into(),
-            role: "user".into(),
-            attributes: Default::default(),
-        })
-        .await
-        .unwrap();
-    admin
-        .users
-        .create_token(pb::CreateTokenRequest {
-            user: name.into(),
-            expires_in_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn directory_attributes_decide_who_may_clone_a_base() {
     if !ready() {
@@ -95,32 +73,12 @@ async fn directory_attributes_decide_who_may_clone_a_base() {
     .unwrap();
     let mut admin = coord.client(&coord.admin_token).await.unwrap();
     let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
-    admin
-        .hosts
-        .add_host(pb::AddHostRequest {
-            name: "h1".into(),
-            address: agent.addr.clone(),
-        })
-        .await
-        .unwrap();
+    add_host(&mut admin, "h1", &agent.addr).await.unwrap();
     let (amy, ben) = (
-        user_token(&mut admin, "amy").await,
-        user_token(&mut admin, "ben").await,
+        user_token(&mut admin, "amy").await.unwrap(),
+        user_token(&mut admin, "ben").await.unwrap(),
     );
-    let op = admin
-        .vms
-        .create_base(pb::CreateBaseRequest {
-            spec: Some(test_spec("course")),
-            host: "h1".into(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        finish(&mut admin, op).await.unwrap().state,
-        pb::OperationState::Succeeded as i32
-    );
+    test_base(&mut admin, "course", "h1").await.unwrap();
     let a = coord.addr.clone();
     let root = coord.admin_token.clone();
 
@@ -221,28 +179,11 @@ async fn users_and_tokens_change_and_end_at_once() {
     let coord = CoordProc::start(&dir.path().join("coord"), 200, 2000).unwrap();
     let mut admin = coord.client(&coord.admin_token).await.unwrap();
     let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
-    admin
-        .hosts
-        .add_host(pb::AddHostRequest {
-            name: "h1".into(),
-            address: agent.addr.clone(),
-        })
-        .await
-        .unwrap();
-    let op = admin
-        .vms
-        .create_base(pb::CreateBaseRequest {
-            spec: Some(test_spec("class")),
-            host: "h1".into(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    finish(&mut admin, op).await.unwrap();
+    add_host(&mut admin, "h1", &agent.addr).await.unwrap();
+    test_base(&mut admin, "class", "h1").await.unwrap();
     publish(&mut admin, "class").await.unwrap();
     let (a, root) = (coord.addr.clone(), coord.admin_token.clone());
-    let t1 = user_token(&mut admin, "dora").await;
+    let t1 = user_token(&mut admin, "dora").await.unwrap();
     let (ok, t2, err) = cli(&a, &root, &["user", "token", "dora", "--expires", "2s"]);
     assert!(ok, "{err}");
     let t2 = t2.trim().to_string();

@@ -85,18 +85,7 @@ async fn wait_hosts(c: &mut CoordinatorClient, n: usize, state: pb::HostState) {
 }
 
 async fn create_base(c: &mut CoordinatorClient, name: &str, host: &str) {
-    let op = c
-        .vms
-        .create_base(pb::CreateBaseRequest {
-            spec: Some(test_spec(name)),
-            host: host.into(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let done = finish(c, op).await.unwrap();
-    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+    test_base(c, name, host).await.unwrap();
     publish(c, name).await.unwrap();
 }
 

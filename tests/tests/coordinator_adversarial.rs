@@ -10,28 +10,6 @@ use corral_tests::adversarial::{host_snapshot, run_cases};
 use corral_tests::coord_cases::{coord_cases, store_snapshot, Callers, CoordWorld};
 use corral_tests::*;
 
-async fn token(admin: &mut corral_client::CoordinatorClient, user: &str) -> String {
-    admin
-        .users
-        .create_user(pb::CreateUserRequest {
-            name: user.into(),
-            role: "user".into(),
-            attributes: Default::default(),
-        })
-        .await
-        .unwrap();
-    admin
-        .users
-        .create_token(pb::CreateTokenRequest {
-            user: user.into(),
-            expires_in_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
 async fn clone_as(c: &mut corral_client::CoordinatorClient, base: &str, name: &str) -> String {
     let op = c
         .vms
@@ -75,8 +53,8 @@ async fn suite(agent: AgentProc, real: bool) {
     assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
     publish(&mut admin, base).await.unwrap();
     let (ta, tb) = (
-        token(&mut admin, "alice").await,
-        token(&mut admin, "bob").await,
+        user_token(&mut admin, "alice").await.unwrap(),
+        user_token(&mut admin, "bob").await.unwrap(),
     );
     let mut alice = coord.client(&ta).await.unwrap();
     let mut bob = coord.client(&tb).await.unwrap();

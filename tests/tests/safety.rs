@@ -543,28 +543,8 @@ async fn a_clone_onto_a_name_the_host_holds_leaves_no_record() {
     let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
     let coord = CoordProc::start(&dir.path().join("coord"), 100, 1500).unwrap();
     let mut admin = coord.client(&coord.admin_token).await.unwrap();
-    admin
-        .hosts
-        .add_host(pb::AddHostRequest {
-            name: "h1".into(),
-            address: agent.addr.clone(),
-        })
-        .await
-        .unwrap();
-    let op = admin
-        .vms
-        .create_base(pb::CreateBaseRequest {
-            spec: Some(test_spec("web")),
-            host: "h1".into(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        finish(&mut admin, op).await.unwrap().state,
-        pb::OperationState::Succeeded as i32
-    );
+    add_host(&mut admin, "h1", &agent.addr).await.unwrap();
+    test_base(&mut admin, "web", "h1").await.unwrap();
     publish(&mut admin, "web").await.unwrap();
     // Someone made "web2" on the host directly.
     let mut ac = agent.client().await.unwrap();
