@@ -81,7 +81,7 @@ fn reaper() -> Caller {
 impl Coordinator {
     /// Submits the removal of every volatile VM that is due; returns their names.
     pub async fn reap_volatile(self: &Arc<Self>) -> Result<Vec<String>> {
-        let vms = self.blocking(|s| s.vms()).await?;
+        let vms = self.blocking(|s| s.volatile_vms()).await?;
         let now = now_ms();
         let mut reaped = Vec::new();
         for vm in vms {
