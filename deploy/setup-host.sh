@@ -41,16 +41,20 @@ fi
 # libvirt QEMU driver: run guests as root (here /dev/kvm is root-only) without a security driver.
 QEMU_CONF=/etc/libvirt/qemu.conf
 changed=0
-set_conf() { # key value
-  local key=$1 value=$2
-  if grep -qE "^${key} = ${value}\$" "$QEMU_CONF"; then return; fi
-  sed -i -E "/^#?\s*${key}\s*=/d" "$QEMU_CONF"
-  printf '%s = %s\n' "$key" "$value" >>"$QEMU_CONF"
+set_conf() { # key value [file]
+  local key=$1 value=$2 file=${3:-$QEMU_CONF}
+  if grep -qE "^${key} = ${value}\$" "$file"; then return; fi
+  sed -i -E "/^#?\s*${key}\s*=/d" "$file"
+  printf '%s = %s\n' "$key" "$value" >>"$file"
   changed=1
 }
 set_conf user '"root"'
 set_conf group '"root"'
 set_conf security_driver '"none"'
+# The agent keeps one connection to libvirtd, which by default serves only 5 of its calls at
+# once: a class's boot storm (20 clone+starts) would queue there. Workers follow.
+set_conf max_client_requests 32 /etc/libvirt/libvirtd.conf
+set_conf max_workers 40 /etc/libvirt/libvirtd.conf
 
 have_systemd() { [ -d /run/systemd/system ]; }
 

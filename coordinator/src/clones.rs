@@ -149,6 +149,12 @@ impl Coordinator {
             &format!("{what} of {} on host {host}", req.base),
         )
         .await?;
+        // A start takes one of the host's start slots (boot storms queue here).
+        let slot = if req.start {
+            Some(self.start_slot(ctx, host).await?)
+        } else {
+            None
+        };
         // One agent call does both (the agent records the start time and state itself).
         let made = door
             .clone_base(pb::CloneBaseRequest {
@@ -160,6 +166,7 @@ impl Coordinator {
                 ..Default::default()
             })
             .await;
+        drop(slot);
         let domain = match made {
             Ok(d) => d,
             Err(e) => {

@@ -22,6 +22,8 @@ pub struct Config {
     pub down_after_ms: u64,
     /// Operations running at once on one host.
     pub per_host_limit: usize,
+    /// Guests starting at once on one host (boot storms queue behind this).
+    pub starts_per_host: usize,
     /// A transfer between agents whose source reports no progress for this long is stopped.
     pub transfer_stall_ms: u64,
     /// When no user exists yet, an admin is created and its token written here (mode 0600).
@@ -78,7 +80,8 @@ impl Default for Config {
             database_full_sync: false,
             heartbeat_ms: 2000,
             down_after_ms: 6000,
-            per_host_limit: 8,
+            per_host_limit: 32,
+            starts_per_host: 20,
             transfer_stall_ms: 60_000,
             bootstrap_token_file: "/var/lib/corral/coordinator/admin.token".into(),
             cpu_overcommit: 4.0,
@@ -134,6 +137,7 @@ impl Settings for Config {
         env.set("TRANSFER_STALL_MS", &mut self.transfer_stall_ms)?;
         env.set("DOWN_AFTER_MS", &mut self.down_after_ms)?;
         env.set("PER_HOST_LIMIT", &mut self.per_host_limit)?;
+        env.set("STARTS_PER_HOST", &mut self.starts_per_host)?;
         env.set("CPU_OVERCOMMIT", &mut self.cpu_overcommit)?;
         env.set("MEMORY_OVERCOMMIT", &mut self.memory_overcommit)?;
         env.set_some("AGENT_CA", &mut self.agent_ca)?;
@@ -152,6 +156,11 @@ impl Settings for Config {
         if self.transfer_stall_ms == 0 {
             return Err(CoordError::Invalid(
                 "transfer_stall_ms must be greater than 0".into(),
+            ));
+        }
+        if self.per_host_limit == 0 || self.starts_per_host == 0 {
+            return Err(CoordError::Invalid(
+                "per_host_limit and starts_per_host must be at least 1".into(),
             ));
         }
         if self.heartbeat_ms == 0 || self.down_after_ms <= self.heartbeat_ms {

@@ -403,14 +403,20 @@ pub struct Kit {
 impl Kit {
     /// `hosts` fake hosts h1..hN, each with 8 vCPUs and 16 GiB.
     pub async fn new(hosts: usize) -> Self {
+        Self::with(hosts, |_| {}).await
+    }
+
+    /// The same, with the coordinator's configuration changed by `tune`.
+    pub async fn with(hosts: usize, tune: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(Sqlite::open(&dir.path().join("corral.db")).unwrap());
         let auth = Auth::load(store.as_ref()).unwrap();
         let db = Db::start(store).unwrap();
-        let cfg = Config {
+        let mut cfg = Config {
             down_after_ms: 3_600_000,
             ..Config::default()
         };
+        tune(&mut cfg);
         let ops = Operations::new(Arc::clone(&db), 4);
         let fleet = Hosts::new(
             Arc::clone(&db),

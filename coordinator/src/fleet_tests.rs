@@ -465,3 +465,48 @@ async fn a_spun_off_clone_leaves_its_base_free_to_go() {
         .unwrap_err();
     assert!(e.to_string().contains("no clone"), "{e}");
 }
+
+#[tokio::test]
+async fn a_boot_storm_starts_a_few_at_a_time_and_queues_the_rest() {
+    let kit = Kit::with(1, |c| c.starts_per_host = 2).await;
+    kit.base("web", None, &["h1"]).await;
+    kit.agent("h1").hold("clone_base");
+    let mut ops = Vec::new();
+    for i in 0..3 {
+        let order = CloneOrder {
+            start: true,
+            ..clone_req("web", &format!("s{i}"), "")
+        };
+        ops.push(kit.coord.clone_vm(&kit.alice, order).await.unwrap().id);
+    }
+    let started = || {
+        kit.calls()
+            .iter()
+            .filter(|c| c.contains("clone_base"))
+            .count()
+    };
+    // Four operations may run on the host, but only two starts.
+    eventually("two starts", async || started() == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(started(), 2);
+    assert_eq!(kit.coord.starts.running("h1"), 2);
+    let mut queued = 0;
+    for id in &ops {
+        let i = id.clone();
+        let events = kit.coord.db.call(move |s| s.events(&i, 0)).await.unwrap();
+        queued += events.iter().filter(|e| e.phase == "queued-start").count();
+    }
+    assert_eq!(queued, 1, "the waiting start says so");
+    // Released one by one, every start ends running.
+    for _ in 0..200 {
+        kit.agent("h1").gate.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if kit.coord.starts.running("h1") == 0 && started() == 3 {
+            break;
+        }
+    }
+    for id in &ops {
+        assert_eq!(kit.end(id).await.state, OpState::Succeeded);
+    }
+    assert_eq!(kit.coord.starts.running("h1"), 0);
+}

@@ -35,6 +35,7 @@ pub mod placing;
 pub mod reservations;
 pub mod server;
 pub mod snapshots;
+pub mod starts;
 pub mod states;
 pub mod store;
 pub mod transfers;

@@ -96,7 +96,10 @@ impl Coordinator {
             timeout: Duration::from_secs(60),
         };
         let domain = match action {
-            Action::Start => Some(door.power(&name, Power::Start).await?),
+            Action::Start => {
+                let _slot = self.start_slot(ctx, host).await?;
+                Some(door.power(&name, Power::Start).await?)
+            }
             Action::Shutdown => Some(door.power(&name, shutdown).await?),
             Action::PowerOff => Some(door.power(&name, Power::PowerOff).await?),
             Action::Hibernate => Some(door.power(&name, Power::Hibernate).await?),

@@ -36,6 +36,8 @@ pub struct Coordinator {
     pub(crate) base_bytes: Mutex<HashMap<String, u64>>,
     /// Where users' attributes also come from, when configured.
     pub(crate) directory: Option<crate::directory::Directory>,
+    /// Start slots per host (boot storms wait here).
+    pub starts: crate::starts::StartGate,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -69,7 +71,9 @@ impl Coordinator {
             disk_reserve: cfg.disk_reserve_bytes,
             ..Policy::default()
         };
+        let starts = crate::starts::StartGate::new(cfg.starts_per_host);
         Arc::new(Self {
+            starts,
             cfg,
             db,
             ops,
@@ -82,6 +86,20 @@ impl Coordinator {
             base_bytes: Mutex::new(HashMap::new()),
             directory,
         })
+    }
+
+    /// A start slot on `host`, saying in the operation's progress when it has to wait.
+    pub(crate) async fn start_slot(
+        &self,
+        ctx: &OpCtx,
+        host: &str,
+    ) -> Result<crate::starts::StartSlot> {
+        self.starts
+            .enter(host, async |ahead| {
+                let msg = format!("waiting for a start slot on host {host} ({ahead} ahead)");
+                Ok(ctx.progress("queued-start", None, None, &msg).await?)
+            })
+            .await
     }
 
     pub async fn blocking<T: Send + 'static>(
