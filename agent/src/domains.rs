@@ -150,6 +150,46 @@ impl Agent {
         }
     }
 
+    /// Gives a domain to `owner`: recorded in its metadata, and a new display password in
+    /// the running guest and in the definition (the old one no longer lets anyone in).
+    pub fn assign(&self, name: &str, owner: &str) -> Result<pb::Domain> {
+        validate::name("domain", name)?;
+        corral_proto::rules::name("owner", owner)?;
+        let _busy = self.busy(name)?;
+        let definition = self.read_definition(name)?;
+        let mut meta = definition
+            .meta()
+            .cloned()
+            .ok_or_else(|| AgentError::precondition(format!("domain {name:?} is not Corral's")))?;
+        if meta.kind == Kind::Base {
+            return Err(AgentError::precondition(format!(
+                "domain {name:?} is a base: bases have no owner to change"
+            )));
+        }
+        let password = random_password();
+        let with_password = |g: &Graphics| -> Result<String> {
+            let g = Graphics {
+                passwd: Some(password.clone()),
+                ..g.clone()
+            };
+            quick_xml::se::to_string_with_root("graphics", &g)
+                .map_err(|e| AgentError::internal(format!("cannot write graphics: {e}")))
+        };
+        if self.hv.state(name)?.is_active() {
+            let live = DomainXml::parse(&self.hv.xml(name, true, false)?)?;
+            for g in &live.devices.graphics {
+                self.hv.update_device(name, &with_password(g)?, true)?;
+            }
+        }
+        for g in &definition.devices.graphics {
+            self.hv.update_device(name, &with_password(g)?, false)?;
+        }
+        meta.owner = Some(owner.to_string());
+        self.write_meta(name, &meta)?;
+        tracing::info!(domain = %name, %owner, "assigned");
+        self.view(name)
+    }
+
     /// Replaces Corral's metadata of a domain.
     pub fn write_meta(&self, name: &str, meta: &CorralMeta) -> Result<()> {
         let meta = CorralMeta {

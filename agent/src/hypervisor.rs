@@ -114,6 +114,8 @@ pub trait Hypervisor: Send + Sync {
     fn set_meta(&self, name: &str, element_xml: &str) -> Result<()>;
     /// Adds a device to the persistent definition.
     fn attach_device(&self, name: &str, device_xml: &str) -> Result<()>;
+    /// Changes a device in place: in the running guest (`live`) or in the definition.
+    fn update_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()>;
     /// (MIME type, bytes) of the first screen.
     fn screenshot(&self, name: &str) -> Result<(String, Vec<u8>)>;
     /// IPv4 addresses by MAC, from the network's DHCP leases.
@@ -443,6 +445,17 @@ impl Hypervisor for Libvirt {
         self.act(name, "attach a device to", |d| {
             d.attach_device_flags(device_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)
                 .map(|_| ())
+        })
+    }
+
+    fn update_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()> {
+        let flags = if live {
+            sys::VIR_DOMAIN_AFFECT_LIVE
+        } else {
+            sys::VIR_DOMAIN_AFFECT_CONFIG
+        };
+        self.act(name, "update a device of", |d| {
+            d.update_device_flags(device_xml, flags).map(|_| ())
         })
     }
 

@@ -17,8 +17,11 @@ use crate::vms::{work, Coordinator};
 use std::time::Duration;
 
 /// What a clone's record keeps of its order: labels, and volatility with its end.
-fn clone_spec(req: &CloneOrder) -> serde_json::Value {
+pub(crate) fn clone_spec(req: &CloneOrder) -> serde_json::Value {
     let mut spec = serde_json::json!({ "labels": req.labels });
+    if req.pool {
+        spec["pool"] = true.into();
+    }
     if req.volatile {
         spec["volatile"] = true.into();
         if let Some(l) = req.lifetime {
@@ -56,6 +59,7 @@ impl Coordinator {
             owner: req.owner.clone().unwrap_or_default(),
             ..Default::default()
         })?;
+        crate::names::not_reserved(&req.name)?;
         let owner = match &req.owner {
             Some(o) if o != caller.name() => {
                 caller.require_admin()?;
@@ -68,6 +72,13 @@ impl Coordinator {
         let key = req.key.clone();
         if key.is_none() {
             self.name_free(&req.name).await?;
+        }
+        // A free pool clone is handed out at once (not for volatile clones, which go when
+        // they stop, nor for requests that must land beside the owner's VMs or be retried).
+        if !req.volatile && !req.keep_together && key.is_none() {
+            if let Some(op) = self.hand_out(&req, &owner).await? {
+                return Ok(op);
+            }
         }
         let (placed, holders) = self.place(&req.base, &owner, req.keep_together).await?;
         let host = placed.host_or_refusal(&format!("a clone of {}", req.base))?;
@@ -122,12 +133,15 @@ impl Coordinator {
             spec: clone_spec(req),
         };
         let v = vm.clone();
-        self.blocking(move |s| s.insert_vm(&v))
-            .await
-            .map_err(|e| match e {
-                CoordError::AlreadyExists(_) => crate::names::taken("VM or base", &req.name),
-                e => e,
-            })?;
+        // A pool clone's record was made with its order (the pool counts it from then on).
+        if !req.pool {
+            self.blocking(move |s| s.insert_vm(&v))
+                .await
+                .map_err(|e| match e {
+                    CoordError::AlreadyExists(_) => crate::names::taken("VM or base", &req.name),
+                    e => e,
+                })?;
+        }
         // Cancelled (or failed on the way) while the agent may still be making it: cleaned.
         let unmade = Unmade {
             db: Arc::clone(&self.db),

@@ -129,7 +129,10 @@ pub fn host_to_pb(h: HostSummary) -> pb::Host {
 pub fn vm_to_pb(v: VmView) -> pb::Vm {
     let volatility = crate::volatile::Volatility::of(&v.vm);
     let vm = v.vm;
+    let (domain, pool) = (vm.domain().to_string(), vm.is_pool());
     pb::Vm {
+        domain,
+        pool,
         name: vm.name,
         owner: vm.owner,
         base: vm.base.unwrap_or_default(),
@@ -177,6 +180,7 @@ impl From<pb::CloneVmRequest> for CloneOrder {
             volatile: r.volatile,
             lifetime: (r.lifetime_seconds > 0)
                 .then(|| std::time::Duration::from_secs(r.lifetime_seconds)),
+            pool: false,
         }
     }
 }
@@ -256,5 +260,16 @@ pub fn access_to_pb(v: AccessView) -> pb::BaseAccess {
         user: v.user,
         allowed: v.decision.allowed,
         explanation,
+    }
+}
+
+pub fn pool_to_pb(p: crate::pools::PoolStatus) -> pb::BasePool {
+    pb::BasePool {
+        base: p.base,
+        clones: p.size.clones,
+        start: p.size.start,
+        made: p.made,
+        running: p.running,
+        making: p.making,
     }
 }

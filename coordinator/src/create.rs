@@ -34,6 +34,7 @@ impl Coordinator {
         caller.require_admin()?;
         let mut spec = req.spec;
         corral_proto::rules::domain_spec(&spec)?;
+        crate::names::not_reserved(&spec.name)?;
         if let Some(h) = &req.host {
             check_name("host", h)?;
             self.hosts.door(h)?;

@@ -53,6 +53,8 @@ pub trait AgentDoor: Send + Sync {
     async fn restore_clone(&self, name: &str) -> Result<pb::Domain>;
     /// Makes a clone's volumes independent of its base (a plain domain after).
     async fn spinoff_clone(&self, name: &str) -> Result<pb::Domain>;
+    /// Gives a domain to a new owner with a new display password (pool hand-outs).
+    async fn assign(&self, name: &str, owner: &str) -> Result<pb::Domain>;
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>>;
     async fn export_base(&self, name: &str) -> Result<pb::BaseExport>;
     async fn import_base(&self, definition_xml: String) -> Result<pb::Base>;
@@ -234,6 +236,16 @@ impl AgentDoor for GrpcDoor {
     async fn spinoff_clone(&self, name: &str) -> Result<pb::Domain> {
         let mut c = self.client.clone();
         self.long(c.bases.spinoff_clone(dref(name))).await
+    }
+
+    async fn assign(&self, name: &str, owner: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::AssignDomainRequest {
+            name: name.into(),
+            owner: owner.into(),
+        };
+        self.quick(AGENT_QUICK_CALL, c.domains.assign_domain(req))
+            .await
     }
 
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>> {

@@ -248,6 +248,17 @@ impl AgentDoor for FakeAgent {
         self.domain(name)
     }
 
+    async fn assign(&self, name: &str, owner: &str) -> Result<pb::Domain> {
+        self.enter("assign", name).await?;
+        let mut st = self.state.lock().unwrap();
+        let d = st
+            .domains
+            .get_mut(name)
+            .ok_or_else(|| self.missing(&format!("domain {name:?}")))?;
+        d.owner = owner.into();
+        Ok(d.clone())
+    }
+
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>> {
         Ok(self
             .state

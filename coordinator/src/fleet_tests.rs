@@ -510,3 +510,104 @@ async fn a_boot_storm_starts_a_few_at_a_time_and_queues_the_rest() {
     }
     assert_eq!(kit.coord.starts.running("h1"), 0);
 }
+
+/// Waits for every operation of the pool manager's round to end.
+async fn round(kit: &Kit) -> usize {
+    let steps = kit.coord.manage_pools().await.unwrap();
+    for op in kit.coord.ops.list(true).await.unwrap() {
+        kit.end(&op.id).await;
+    }
+    steps.len()
+}
+
+#[tokio::test]
+async fn a_pool_is_kept_full_and_hands_out_a_running_clone_without_remaking_it() {
+    use crate::store::PoolSize;
+    let kit = Kit::new(2).await;
+    kit.base("web", None, &["h1", "h2"]).await;
+    let size = PoolSize {
+        clones: 3,
+        start: 2,
+    };
+    // Only admins size pools, and a pool starts no more than it keeps.
+    let refused = kit.coord.set_base_pool(&kit.alice, "web", size).await;
+    assert!(matches!(
+        refused,
+        Err(crate::error::CoordError::PermissionDenied(_))
+    ));
+    let too_many = PoolSize {
+        clones: 1,
+        start: 2,
+    };
+    let refused = kit.coord.set_base_pool(&kit.admin, "web", too_many).await;
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("cannot start more"));
+    kit.coord
+        .set_base_pool(&kit.admin, "web", size)
+        .await
+        .unwrap();
+    assert_eq!(round(&kit).await, 3);
+    let status = kit.coord.pool_status(&kit.admin, "web").await.unwrap();
+    assert_eq!((status.made, status.running, status.making), (3, 2, 0));
+    assert_eq!(round(&kit).await, 0, "a full pool takes no step");
+    // Users do not see pool clones.
+    assert!(kit.coord.vms_of(&kit.alice).await.unwrap().is_empty());
+
+    let before = kit.calls().len();
+    let order = CloneOrder {
+        start: true,
+        ..clone_req("web", "mine", "")
+    };
+    let op = kit.coord.clone_vm(&kit.alice, order).await.unwrap();
+    assert_eq!(op.kind, "handout");
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    let calls = kit.calls()[before..].to_vec();
+    assert_eq!(
+        calls.len(),
+        1,
+        "one call: the owner and password: {calls:?}"
+    );
+    assert!(calls[0].contains(" assign pool-web-"), "{calls:?}");
+    let mine = kit.coord.vm_for(&kit.alice, "mine").await.unwrap();
+    assert!(mine.domain().starts_with("pool-web-"));
+    assert_eq!(mine.observed_state.as_str(), "DOMAIN_STATE_RUNNING");
+    let host = mine.host.clone().unwrap();
+    assert!(kit.agent(&host).has_domain(mine.domain()));
+    assert!(!kit.agent(&host).has_domain("mine"));
+
+    // The manager refills the pool with a started clone.
+    assert_eq!(round(&kit).await, 1);
+    let status = kit.coord.pool_status(&kit.admin, "web").await.unwrap();
+    assert_eq!((status.made, status.running), (3, 2));
+    // The VM's actions reach its domain.
+    let op = kit
+        .coord
+        .vm_action(&kit.alice, "mine", crate::lifecycle::Action::PowerOff)
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    assert!(kit
+        .calls()
+        .iter()
+        .any(|c| c.ends_with(&format!("power {}", mine.domain()))));
+    // A name kept for pool clones is refused to users.
+    let err = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "pool-web-mine", ""))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("kept for pool clones"));
+
+    // An emptied pool removes its clones; the handed-out VM stays.
+    let empty = PoolSize::default();
+    kit.coord
+        .set_base_pool(&kit.admin, "web", empty)
+        .await
+        .unwrap();
+    assert_eq!(round(&kit).await, 3);
+    let status = kit.coord.pool_status(&kit.admin, "web").await.unwrap();
+    assert_eq!(status.made, 0);
+    assert!(vm_exists(&kit, "mine").await);
+}

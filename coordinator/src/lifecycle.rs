@@ -89,7 +89,8 @@ impl Coordinator {
         action: Action,
     ) -> Result<serde_json::Value> {
         let door = self.hosts.door(host)?;
-        let name = vm.name.clone();
+        // The agent knows the VM by its domain's name (a pool clone's, once handed out).
+        let name = vm.domain().to_string();
         ctx.progress(action.kind(), Some(10.0), None, &format!("on host {host}"))
             .await?;
         let shutdown = Power::Shutdown {
@@ -115,7 +116,8 @@ impl Coordinator {
             Action::Restore => Some(door.restore_clone(&name).await?),
             Action::Remove => {
                 door.remove_domain(&name).await?;
-                self.blocking(move |s| s.remove_vm(&name)).await?;
+                let n = vm.name.clone();
+                self.blocking(move |s| s.remove_vm(&n)).await?;
                 None
             }
         };

@@ -101,11 +101,17 @@ impl Coordinator {
     /// The exposed ports of every VM `caller` may touch, asked host by host (a host that is
     /// down is skipped).
     pub async fn ports_of(&self, caller: &Caller) -> Result<Vec<pb::ExposedPort>> {
-        let mut by_host: std::collections::BTreeMap<String, std::collections::HashSet<String>> =
-            Default::default();
+        // Host -> (domain -> VM): a VM handed out from a pool has its pool clone's domain.
+        let mut by_host: std::collections::BTreeMap<
+            String,
+            std::collections::HashMap<String, String>,
+        > = Default::default();
         for v in self.vms_of(caller).await? {
-            if let Some(h) = v.host {
-                by_host.entry(h).or_default().insert(v.name);
+            if let Some(h) = &v.host {
+                by_host
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(v.domain().to_string(), v.name.clone());
             }
         }
         let mut ports = Vec::new();
@@ -114,7 +120,10 @@ impl Coordinator {
                 continue;
             };
             if let Ok(l) = door.list_ports("").await {
-                ports.extend(l.into_iter().filter(|p| names.contains(&p.domain)));
+                ports.extend(l.into_iter().filter_map(|mut p| {
+                    p.domain = names.get(&p.domain)?.clone();
+                    Some(p)
+                }));
             }
         }
         Ok(ports)

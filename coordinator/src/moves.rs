@@ -20,7 +20,9 @@ use crate::vms::{check_name, work, Coordinator};
 /// Where a VM goes: its name, from and to which host, at what bandwidth (0: no limit).
 #[derive(Debug, Clone, Copy)]
 struct Route<'a> {
+    /// The VM's name (its record), and its domain's on the hosts.
     name: &'a str,
+    domain: &'a str,
     source: &'a str,
     target: &'a str,
     limit: u64,
@@ -67,9 +69,11 @@ impl Coordinator {
             ..Default::default()
         };
         let me = Arc::clone(self);
+        let domain = vm.domain().to_string();
         let w = work(move |ctx| async move {
             let route = Route {
                 name: &req.name,
+                domain: &domain,
                 source: &source,
                 target: &req.host,
                 limit: req.bandwidth_limit,
@@ -127,6 +131,7 @@ impl Coordinator {
             source,
             target,
             limit,
+            ..
         } = *r;
         let n = name.to_string();
         let vm = self.blocking(move |s| s.vm(&n)).await?;
@@ -134,7 +139,7 @@ impl Coordinator {
             self.ensure_base(ctx, &base, target, limit).await?;
         }
         let src = self.hosts.door(source)?;
-        let ports = src.list_ports(name).await?;
+        let ports = src.list_ports(r.domain).await?;
         Ok(Moving {
             vm,
             src,
@@ -151,7 +156,7 @@ impl Coordinator {
         r: &Route<'_>,
         moving: Moving,
     ) -> Result<serde_json::Value> {
-        let (name, source, target, limit) = (r.name, r.source, r.target, r.limit);
+        let (name, source, target, limit) = (r.domain, r.source, r.target, r.limit);
         let (mut vm, src, dst, ports) = (moving.vm, moving.src, moving.dst, moving.ports);
         let export = src.export_for_migration(name).await?;
         let incoming = dst
@@ -188,7 +193,7 @@ impl Coordinator {
         dst.finish_migration(name).await?;
         let ports = self.carry_ports(dst.as_ref(), &ports).await;
         Ok(
-            serde_json::json!({ "vm": name, "from": source, "to": target, "live": true, "ports": ports }),
+            serde_json::json!({ "vm": r.name, "from": source, "to": target, "live": true, "ports": ports }),
         )
     }
 
@@ -198,7 +203,7 @@ impl Coordinator {
         r: &Route<'_>,
         moving: Moving,
     ) -> Result<serde_json::Value> {
-        let (name, source, target, limit) = (r.name, r.source, r.target, r.limit);
+        let (name, source, target, limit) = (r.domain, r.source, r.target, r.limit);
         let (mut vm, src, dst, ports) = (moving.vm, moving.src, moving.dst, moving.ports);
         let export = src.export_domain(name).await?;
         ctx.progress(
@@ -242,7 +247,7 @@ impl Coordinator {
         src.remove_domain(name).await?;
         let ports = self.carry_ports(dst.as_ref(), &ports).await;
         Ok(serde_json::json!({
-            "vm": name, "from": source, "to": target, "ports": ports,
+            "vm": r.name, "from": source, "to": target, "ports": ports,
             "bytes_sent": sent.iter().map(|p| p.sent_bytes).sum::<u64>(),
             "checksums": sent.iter().map(|p| p.checksum.clone()).collect::<Vec<_>>(),
         }))

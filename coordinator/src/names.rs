@@ -16,6 +16,20 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(rules::name(what, name)?)
 }
 
+/// How pool clones' names start; no other VM or base may take such a name (a VM handed out
+/// from a pool keeps its pool clone's domain on the host).
+pub const POOL_PREFIX: &str = "pool-";
+
+/// Refuses a name kept for pool clones.
+pub fn not_reserved(name: &str) -> Result<()> {
+    if name.starts_with(POOL_PREFIX) {
+        return Err(CoordError::Invalid(format!(
+            "{name}: names starting with {POOL_PREFIX} are kept for pool clones"
+        )));
+    }
+    Ok(())
+}
+
 /// The answer when a VM or base name is taken (by `what`: "VM" or "base").
 pub fn taken(what: &str, name: &str) -> CoordError {
     CoordError::AlreadyExists(format!(

@@ -34,8 +34,16 @@ impl ObservedClock {
         self.seq += 1;
         self.last_event
             .insert((host.to_string(), domain.to_string()), self.seq);
-        if let Ok(mut vm) = s.vm(domain) {
-            if vm.host.as_deref() == Some(host) {
+        let mut vm = s.vm(domain).ok();
+        // A pool clone handed out is the VM of another name: found by its domain.
+        if vm.is_none() && domain.starts_with(crate::names::POOL_PREFIX) {
+            vm = s
+                .vms()?
+                .into_iter()
+                .find(|v| v.domain() == domain && v.host.as_deref() == Some(host));
+        }
+        if let Some(mut vm) = vm {
+            if vm.host.as_deref() == Some(host) && vm.domain() == domain {
                 vm.observed_state = Observed::from_pb(state);
                 s.put_vm(&vm)?;
             }
@@ -58,13 +66,13 @@ impl ObservedClock {
             .into_iter()
             .filter(|v| v.host.as_deref() == Some(host))
         {
-            let key = (host.to_string(), vm.name.clone());
+            let key = (host.to_string(), vm.domain().to_string());
             if self.last_event.get(&key).is_some_and(|&seq| seq > read_at) {
                 continue;
             }
             let observed = domains
                 .iter()
-                .find(|(name, _)| *name == vm.name)
+                .find(|(name, _)| name == vm.domain())
                 .map(|(_, state)| Observed::from_pb(*state))
                 .unwrap_or(Observed::Missing);
             if observed != vm.observed_state {

@@ -25,6 +25,8 @@ pub struct CloneOrder {
     /// Removed when it shuts down or `lifetime` ends (volatile clones start at once).
     pub volatile: bool,
     pub lifetime: Option<std::time::Duration>,
+    /// A pool clone, made by the pool manager (its record exists before the operation).
+    pub pool: bool,
 }
 
 /// A VM defined from a spec (admins).

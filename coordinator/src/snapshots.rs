@@ -29,6 +29,16 @@ impl SnapshotChange {
         }
     }
 
+    /// The same change, addressed to the VM's domain on its host.
+    fn on(self, domain: &str) -> Self {
+        let d = domain.to_string();
+        match self {
+            Self::Create(r) => Self::Create(pb::CreateSnapshotRequest { domain: d, ..r }),
+            Self::Revert(r) => Self::Revert(pb::RevertSnapshotRequest { domain: d, ..r }),
+            Self::Delete(r) => Self::Delete(pb::DeleteSnapshotRequest { domain: d, ..r }),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Create(_) => "snapshot-create",
@@ -83,11 +93,13 @@ impl Coordinator {
     ) -> Result<OpRecord> {
         change.check()?;
         let (vm_name, snap) = change.target();
+        let snap = snap.to_string();
         let vm = self.vm_for(caller, vm_name).await?;
         let host = vm
             .host
             .clone()
             .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
+        let change = change.on(vm.domain());
         self.check_snapshot_target(&host, &change).await?;
         let kind = change.kind();
         let submit = Submit {
@@ -103,12 +115,12 @@ impl Coordinator {
         let w = work(move |ctx| async move {
             let run = async {
                 let door = me.hosts.door(&host)?;
-                let (vm_name, snap) = change.target();
+                let (_, snap) = change.target();
                 ctx.progress(
                     kind,
                     Some(10.0),
                     None,
-                    &format!("{snap} of {vm_name} on host {host}"),
+                    &format!("{snap} of {} on host {host}", vm.name),
                 )
                 .await?;
                 let mut result = result;
@@ -124,7 +136,7 @@ impl Coordinator {
                     }
                 }
                 // Creating with halt and reverting change the VM's state.
-                let d = door.get_domain(&vm.name).await?;
+                let d = door.get_domain(vm.domain()).await?;
                 let mut vm = vm;
                 vm.observed_state = crate::states::Observed::from_pb(d.state);
                 me.blocking(move |s| s.put_vm(&vm)).await?;

@@ -156,6 +156,29 @@ pub struct VmRecord {
     pub spec: serde_json::Value,
 }
 
+impl VmRecord {
+    /// The libvirt domain on its host: the VM's own name, or, for a VM handed out from a
+    /// pool, the pool clone's (a running domain cannot be renamed).
+    pub fn domain(&self) -> &str {
+        self.spec
+            .get("domain")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(&self.name)
+    }
+
+    /// A pool clone waiting to be handed out.
+    pub fn is_pool(&self) -> bool {
+        self.spec.get("pool").and_then(serde_json::Value::as_bool) == Some(true)
+    }
+}
+
+/// How many ready clones a base keeps (`pool_clones`), and how many of them run (`pool_start`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSize {
+    pub clones: u32,
+    pub start: u32,
+}
+
 /// An API token as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -219,6 +242,12 @@ pub trait Store: Send + Sync {
     fn vms(&self) -> Result<Vec<VmRecord>>;
     /// The volatile VMs only (what the reaper reads every second).
     fn volatile_vms(&self) -> Result<Vec<VmRecord>>;
+    /// The pool clones (not handed out yet) of every base.
+    fn pool_vms(&self) -> Result<Vec<VmRecord>>;
+    /// Hands pool clone `pool_vm` out as `vm` in one step: the pool clone's record goes, the
+    /// user's comes. NotFound when it is no longer a pool clone (another took it),
+    /// AlreadyExists when `vm`'s name is taken; then nothing changed.
+    fn hand_out(&self, pool_vm: &str, vm: &VmRecord) -> Result<()>;
     /// How many VMs `owner` has on each host.
     fn vm_counts_of(&self, owner: &str) -> Result<Vec<(String, u32)>>;
     fn remove_vm(&self, name: &str) -> Result<()>;
@@ -236,6 +265,9 @@ pub trait Store: Send + Sync {
     /// Who may clone a base.
     fn base_access(&self, name: &str) -> Result<BaseAccess>;
     fn set_base_access(&self, name: &str, access: &BaseAccess) -> Result<()>;
+    /// Every base's pool size, by name (bases without a pool are left out).
+    fn base_pools(&self) -> Result<std::collections::HashMap<String, PoolSize>>;
+    fn set_base_pool(&self, name: &str, pool: &PoolSize) -> Result<()>;
     /// Every base's access, by name.
     fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>>;
 
@@ -346,6 +378,9 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tokens ADD COLUMN expires_ms INTEGER;",
     // 5: the volatile reaper reads only volatile VMs, through an index.
     "CREATE INDEX vms_volatile ON vms(json_extract(spec, '$.volatile'));",
+    // 6: pools of ready clones: each base's sizes, and an index to find pool clones.
+    "ALTER TABLE bases ADD COLUMN pool TEXT;
+     CREATE INDEX vms_pool ON vms(json_extract(spec, '$.pool'));",
 ];
 
 /// What a base records for access when it is first made: private, no rules.
@@ -869,6 +904,32 @@ impl Store for Sqlite {
         self.vms_where("json_extract(spec, '$.volatile') = 1")
     }
 
+    fn pool_vms(&self) -> Result<Vec<VmRecord>> {
+        // The same expression as the index of migration 6.
+        self.vms_where("json_extract(spec, '$.pool') = 1")
+    }
+
+    fn hand_out(&self, pool_vm: &str, vm: &VmRecord) -> Result<()> {
+        // One store thread runs calls one at a time, inside its batch's transaction: checked
+        // first, then changed, nothing else comes between.
+        let conn = self.conn.lock().map_err(db)?;
+        if let Some(what) = taken(&conn, &vm.name)? {
+            return Err(StoreError::AlreadyExists(format!("{what} {}", vm.name)));
+        }
+        let gone = conn.exec(
+            "DELETE FROM vms WHERE name = ?1 AND json_extract(spec, '$.pool') = 1",
+            [pool_vm],
+        )?;
+        if gone == 0 {
+            return Err(StoreError::NotFound(format!("pool clone {pool_vm}")));
+        }
+        conn.exec(
+            "INSERT INTO vms (name, owner, base, host, desired_state, observed_state, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![vm.name, vm.owner, vm.base, vm.host, vm.desired_state.as_str(), vm.observed_state.as_str(), serde_json::to_string(&vm.spec)?],
+        )?;
+        Ok(())
+    }
+
     fn remove_vm(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
         if conn.exec("DELETE FROM vms WHERE name = ?1", [name])? == 0 {
@@ -968,6 +1029,34 @@ impl Store for Sqlite {
         let text = serde_json::to_string(access)?;
         if conn.exec(
             "UPDATE bases SET access = ?2 WHERE name = ?1",
+            params![name, text],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        Ok(())
+    }
+
+    fn base_pools(&self) -> Result<std::collections::HashMap<String, PoolSize>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt =
+            conn.prepare_cached("SELECT name, pool FROM bases WHERE pool IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (name, text) = row?;
+            out.insert(name, serde_json::from_str(&text)?);
+        }
+        Ok(out)
+    }
+
+    fn set_base_pool(&self, name: &str, pool: &PoolSize) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let text = (pool.clones > 0)
+            .then(|| serde_json::to_string(pool))
+            .transpose()?;
+        if conn.exec(
+            "UPDATE bases SET pool = ?2 WHERE name = ?1",
             params![name, text],
         )? == 0
         {

@@ -38,6 +38,8 @@ pub struct Coordinator {
     pub(crate) directory: Option<crate::directory::Directory>,
     /// Start slots per host (boot storms wait here).
     pub starts: crate::starts::StartGate,
+    /// Wakes the pool manager (after a hand-out or a pool's new size).
+    pub(crate) pool_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -74,6 +76,7 @@ impl Coordinator {
         let starts = crate::starts::StartGate::new(cfg.starts_per_host);
         Arc::new(Self {
             starts,
+            pool_wake: Arc::default(),
             cfg,
             db,
             ops,
@@ -153,16 +156,18 @@ impl Coordinator {
         }
     }
 
-    /// The door to the agent holding a VM the caller may touch (others' look absent).
-    pub async fn door_for(
-        &self,
-        caller: &Caller,
-        vm: &str,
-    ) -> Result<std::sync::Arc<dyn crate::door::AgentDoor>> {
+    /// The door to the agent holding a VM the caller may touch (others' look absent), with
+    /// its domain's name there.
+    pub async fn door_for(&self, caller: &Caller, vm: &str) -> Result<crate::on_host::VmDoor> {
         let vm = self.vm_for(caller, vm).await?;
         let host = vm
             .host
+            .as_deref()
             .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))?;
-        self.hosts.door(&host)
+        Ok(crate::on_host::VmDoor {
+            door: self.hosts.door(host)?,
+            domain: vm.domain().to_string(),
+            vm: vm.name.clone(),
+        })
     }
 }

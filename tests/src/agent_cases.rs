@@ -127,6 +127,7 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "GetDisplay" => c.domains.get_display(dref(&n));
         "GetDomainXml" => c.domains.get_domain_xml(dref(&n));
         "RemoveDomain" => c.domains.remove_domain(pb::RemoveDomainRequest { name: n, remove_volumes: true });
+        "AssignDomain" => c.domains.assign_domain(pb::AssignDomainRequest { name: n, owner: "alice".into() });
         "PrepareBase" => c.bases.prepare_base(dref(&n));
         "RemoveBase" => c.bases.remove_base(dref(&n));
         "GetBase" => c.bases.get_base(dref(&n));
@@ -486,6 +487,9 @@ fn ownership_cases(w: &AgentWorld) -> Vec<Case<C>> {
         "CreateVolume", "the name of an existing volume", AlreadyExists, ["already exists"], it [free] => c.volumes.create_volume(new_volume(&free, 8 << 20, 0));
         "SpinoffClone", "a domain that is no clone", FailedPrecondition, ["clone"], it [other] => c.bases.spinoff_clone(dref(&other));
         "RestoreClone", "a domain that is no clone", FailedPrecondition, ["clone"], it [other] => c.bases.restore_clone(dref(&other));
+        "AssignDomain", "a base", FailedPrecondition, ["base"], it [base] => c.domains.assign_domain(pb::AssignDomainRequest { name: base, owner: "alice".into() });
+        "AssignDomain", "an owner with a path", InvalidArgument, ["owner"], it [clone] => c.domains.assign_domain(pb::AssignDomainRequest { name: clone, owner: "../root".into() });
+        "AssignDomain", "an empty owner", InvalidArgument, ["owner"], it [clone] => c.domains.assign_domain(pb::AssignDomainRequest { name: clone, owner: String::new() });
     }
     out
 }

@@ -304,6 +304,8 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "ListTokens" => c.users.list_tokens(pb::ListTokensRequest { user: n });
         "MoveVm(host)" => c.vms.move_vm(pb::MoveVmRequest { name: vm, host: n, ..Default::default() });
         "SetBasePublic" => c.vms.set_base_public(pb::SetBasePublicRequest { base: n, public: true });
+        "SetBasePool" => c.vms.set_base_pool(pb::SetBasePoolRequest { base: n, clones: 1, start: 0 });
+        "GetBasePool" => c.vms.get_base_pool(pb::BaseRef { name: n });
         "AddAccessRule" => c.vms.add_access_rule(add_rule(&n, rule("course", "math"), 0));
         "RemoveAccessRule" => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base: n, position: 1 });
         "GetBaseAccess" => c.vms.get_base_access(pb::BaseAccessRequest { base: n, user: String::new() });
@@ -442,6 +444,13 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "ListUsers", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.users.list_users(pb::ListUsersRequest::default());
         "ExposeVmPort(host port)", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [vm] => c.access.expose_vm_port(expose(&vm, 80, 20022));
         "SetBasePublic", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_public(pb::SetBasePublicRequest { base, public: false });
+        "SetBasePool", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_pool(pb::SetBasePoolRequest { base, clones: 2, start: 1 });
+        "GetBasePool", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_pool(pb::BaseRef { name: base });
+        // Pools an admin gets wrong, and names kept for pool clones.
+        "SetBasePool", "1001 clones", InvalidArgument, ["at most 1000"], admin [base] => c.vms.set_base_pool(pb::SetBasePoolRequest { base, clones: 1001, start: 0 });
+        "SetBasePool", "more started than kept", InvalidArgument, ["cannot start more"], admin [base] => c.vms.set_base_pool(pb::SetBasePoolRequest { base, clones: 2, start: 3 });
+        "SetBasePool", "u32::MAX clones", InvalidArgument, ["at most 1000"], admin [base] => c.vms.set_base_pool(pb::SetBasePoolRequest { base, clones: u32::MAX, start: u32::MAX });
+        "CloneVm", "a name kept for pool clones", InvalidArgument, ["kept for pool clones"], alice [base] => c.vms.clone_vm(clone_req(&base, "pool-mine"));
         "AddAccessRule", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.add_access_rule(add_rule(&base, rule("course", "*"), 1));
         "RemoveAccessRule", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base, position: 1 });
         "GetBaseAccess(user)", "a user asking for another user", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_access(pb::BaseAccessRequest { base, user: "bob".into() });

@@ -42,4 +42,6 @@ rpcs! { DomainApi: DomainService, |a, r|;
         => Ok(pb::DomainXml { xml: a.domain_xml(&r.name)? });
     remove_domain(pb::RemoveDomainRequest) -> pb::RemoveDomainResponse = "RemoveDomain" by r.name
         => Ok(pb::RemoveDomainResponse { removed_volumes: a.remove(&r.name, r.remove_volumes)? });
+    assign_domain(pb::AssignDomainRequest) -> pb::Domain = "AssignDomain" by r.name
+        => a.assign(&r.name, &r.owner);
 }

@@ -68,6 +68,17 @@ pub enum BaseCmd {
     /// Access rules, read in order: users whose attribute has the value are allowed or denied.
     #[command(subcommand)]
     Rule(RuleCmd),
+    /// Keep CLONES clones of the base made, START of them running, handed out to users'
+    /// clone requests at once (admin); --clones 0 empties the pool.
+    Pool {
+        name: String,
+        #[arg(long)]
+        clones: u32,
+        #[arg(long, default_value_t = 0)]
+        start: u32,
+    },
+    /// A base's pool (admin): its sizes, and its clones made, running and being made.
+    Show { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,6 +400,12 @@ fn vm_line(v: &pb::Vm) -> String {
         v.host,
         unless_empty(" locked by ", &v.locked_by)
     ) + if v.volatile { " volatile" } else { "" }
+        + if v.pool { " pool" } else { "" }
+        + &if v.domain != v.name && !v.domain.is_empty() {
+            format!(" domain={}", v.domain)
+        } else {
+            String::new()
+        }
 }
 
 fn host_line(h: &pb::Host) -> String {
@@ -640,9 +657,37 @@ async fn base(
                 })
             });
         }
+        BaseCmd::Pool {
+            name,
+            clones,
+            start,
+        } => {
+            let req = pb::SetBasePoolRequest {
+                base: name,
+                clones,
+                start,
+            };
+            let p = c.vms.set_base_pool(req).await?.into_inner();
+            out.show(&p, pool_line);
+        }
+        BaseCmd::Show { name } => {
+            let p = c
+                .vms
+                .get_base_pool(pb::BaseRef { name })
+                .await?
+                .into_inner();
+            out.show(&p, pool_line);
+        }
         other => base_access(c, out, other).await?,
     }
     Ok(())
+}
+
+fn pool_line(p: &pb::BasePool) -> String {
+    format!(
+        "{} pool: clones={} start={}; made={} running={} making={}",
+        p.base, p.clones, p.start, p.made, p.running, p.making
+    )
 }
 
 /// `base publish|unpublish|access|rule`.

@@ -25,22 +25,23 @@ async fn ports(c: &Coordinator, who: &Caller, vm: &str) -> Result<pb::ListPortsR
     let ports = if vm.is_empty() {
         c.ports_of(who).await?
     } else {
-        c.door_for(who, vm).await?.list_ports(vm).await?
+        let v = c.door_for(who, vm).await?;
+        v.back_all(v.door.list_ports(&v.domain).await?)
     };
     Ok(pb::ListPortsResponse { ports })
 }
 
 rpcs! { VmAccessApi: VmAccessService, |c, who, r|;
     expose_vm_port(pb::ExposePortRequest) -> pb::ExposedPort = "ExposeVmPort"
-        => { may_choose(&who, &r)?; c.door_for(&who, &r.domain).await?.expose_port(r).await? };
+        => { may_choose(&who, &r)?; let v = c.door_for(&who, &r.domain).await?; v.back(v.door.expose_port(v.out(r)).await?) };
     list_vm_ports(pb::ListPortsRequest) -> pb::ListPortsResponse = "ListVmPorts" => ports(c, &who, &r.domain).await?;
     remove_vm_port(pb::RemovePortRequest) -> pb::RemovePortResponse = "RemoveVmPort"
-        => c.door_for(&who, &r.domain).await?.remove_port(r).await?;
+        => { let v = c.door_for(&who, &r.domain).await?; v.door.remove_port(v.out(r)).await? };
     remove_all_vm_ports(pb::RemoveAllPortsRequest) -> pb::RemovePortResponse = "RemoveAllVmPorts"
-        => c.door_for(&who, &r.domain).await?.remove_all_ports(&r.domain).await?;
+        => { let v = c.door_for(&who, &r.domain).await?; v.door.remove_all_ports(&v.domain).await? };
     restrict_vm_display(pb::RestrictDisplayRequest) -> pb::RestrictDisplayResponse = "RestrictVmDisplay"
-        => { c.door_for(&who, &r.domain).await?.restrict_display(r).await?; pb::RestrictDisplayResponse {} };
-    get_vm_display(pb::VmRef) -> pb::DisplayInfo = "GetVmDisplay" => c.door_for(&who, &r.name).await?.display(&r.name).await?;
+        => { let v = c.door_for(&who, &r.domain).await?; v.door.restrict_display(v.out(r)).await?; pb::RestrictDisplayResponse {} };
+    get_vm_display(pb::VmRef) -> pb::DisplayInfo = "GetVmDisplay" => { let v = c.door_for(&who, &r.name).await?; v.door.display(&v.domain).await? };
     get_vm_screenshot(pb::VmRef) -> pb::Screenshot = "GetVmScreenshot"
-        => c.door_for(&who, &r.name).await?.screenshot(&r.name).await?;
+        => { let v = c.door_for(&who, &r.name).await?; v.door.screenshot(&v.domain).await? };
 }

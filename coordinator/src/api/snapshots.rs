@@ -18,9 +18,9 @@ rpcs! { VmSnapshotApi: VmSnapshotService, |c, who, r|;
     delete_vm_snapshot(pb::DeleteSnapshotRequest) -> pb::Operation = "DeleteVmSnapshot"
         => op_to_pb(&c.snapshot_change(&who, Change::Delete(r)).await?);
     list_vm_snapshots(pb::ListSnapshotsRequest) -> pb::ListSnapshotsResponse = "ListVmSnapshots"
-        => c.door_for(&who, &r.domain).await?.list_snapshots(r).await?;
+        => { let v = c.door_for(&who, &r.domain).await?; let mut l = v.door.list_snapshots(v.out(r)).await?; l.snapshots = v.back_all(l.snapshots); l };
     get_vm_snapshot(pb::SnapshotRef) -> pb::Snapshot = "GetVmSnapshot"
-        => c.door_for(&who, &r.domain).await?.get_snapshot(&r.domain, &r.name).await?;
+        => { let v = c.door_for(&who, &r.domain).await?; v.back(v.door.get_snapshot(&v.domain, &r.name).await?) };
     list_vm_snapshot_children(pb::ListChildrenRequest) -> pb::ListSnapshotsResponse = "ListVmSnapshotChildren"
-        => c.door_for(&who, &r.domain).await?.list_children(r).await?;
+        => { let v = c.door_for(&who, &r.domain).await?; let mut l = v.door.list_children(v.out(r)).await?; l.snapshots = v.back_all(l.snapshots); l };
 }

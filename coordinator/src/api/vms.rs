@@ -3,8 +3,11 @@ use std::sync::Arc;
 use corral_client::proto as pb;
 use pb::vm_service_server::VmService;
 
-use crate::convert::{access_to_pb, base_summary_to_pb, op_to_pb, placed_to_pb, rule_of, vm_to_pb};
+use crate::convert::{
+    access_to_pb, base_summary_to_pb, op_to_pb, placed_to_pb, pool_to_pb, rule_of, vm_to_pb,
+};
 use crate::lifecycle::Action;
+use crate::store::PoolSize;
 use crate::vms::Coordinator;
 
 #[derive(Debug, Clone)]
@@ -47,6 +50,9 @@ rpcs! { VmApi: VmService, |c, who, r|;
         => access_to_pb(c.set_base_public(&who, &r.base, r.public).await?);
     add_access_rule(pb::AddAccessRuleRequest) -> pb::BaseAccess = "AddAccessRule"
         => access_to_pb(c.add_access_rule(&who, &r.base, rule_of(r.rule)?, r.position).await?);
+    set_base_pool(pb::SetBasePoolRequest) -> pb::BasePool = "SetBasePool"
+        => pool_to_pb(c.set_base_pool(&who, &r.base, PoolSize { clones: r.clones, start: r.start }).await?);
+    get_base_pool(pb::BaseRef) -> pb::BasePool = "GetBasePool" => pool_to_pb(c.pool_status(&who, &r.name).await?);
     remove_access_rule(pb::RemoveAccessRuleRequest) -> pb::BaseAccess = "RemoveAccessRule"
         => access_to_pb(c.remove_access_rule(&who, &r.base, r.position).await?);
     list_vms(pb::ListVmsRequest) -> pb::ListVmsResponse = "ListVms"
