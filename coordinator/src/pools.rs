@@ -372,7 +372,6 @@ impl Coordinator {
                 }
                 Err(e) => return Err(e),
             }
-            self.pool_wake.notify_one();
             return Ok(Some(self.finish_hand_out(vm, order.start).await?));
         }
         Ok(None)
@@ -407,6 +406,9 @@ impl Coordinator {
             vm.observed_state = Observed::from_pb(d.state);
             let v = vm.clone();
             me.blocking(move |s| s.put_vm(&v)).await?;
+            // Refilled once handed out: a clone starting on the host meanwhile would hold
+            // libvirt up (a start stalls other changes to running domains for most of a second).
+            me.pool_wake.notify_one();
             Ok(serde_json::json!({
                 "vm": vm.name, "host": host, "state": vm.observed_state.as_str(), "pool": domain,
             }))
