@@ -490,6 +490,7 @@ impl Agent {
         xml.uuid = None;
         if req.memory_mib != 0 {
             xml.memory = crate::domain_xml::Memory::mib(req.memory_mib);
+            xml.current_memory = None;
         }
         if req.vcpus != 0 {
             xml.vcpu.count = req.vcpus;

@@ -30,6 +30,13 @@ pub struct DomainXml {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
     pub memory: Memory,
+    /// What the guest has now (the balloon's target), when libvirt says it apart from `memory`.
+    #[serde(
+        rename = "currentMemory",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub current_memory: Option<Memory>,
     pub vcpu: Vcpu,
     pub os: Os,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -430,6 +437,7 @@ mod tests {
             uuid: Some("0b7a1a3c-33c1-4d8c-9a67-0d0fd0f1c0de".into()),
             metadata: Some(Metadata { corral: Some(meta) }),
             memory: Memory::mib(128),
+            current_memory: None,
             vcpu: Vcpu { count: 1 },
             os: Os {
                 os_type: OsType {

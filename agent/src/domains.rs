@@ -325,6 +325,7 @@ impl Agent {
             uuid: None,
             metadata: Some(Metadata { corral: Some(meta) }),
             memory: crate::domain_xml::Memory::mib(memory),
+            current_memory: None,
             vcpu: crate::domain_xml::Vcpu { count: vcpus },
             os,
             features: Some(Features {
@@ -459,7 +460,10 @@ impl Agent {
             restricted_to: self.display_restriction(name).unwrap_or_default(),
         });
         let kind = pb::DomainKind::from(meta.kind);
+        let needs_restart = state.is_active() && self.needs_restart(name, &xml)?;
         Ok(pb::Domain {
+            needs_restart,
+            autostart: self.hv.autostart(name).unwrap_or(false),
             name: xml.name.clone(),
             uuid: xml.uuid.clone().unwrap_or_default(),
             state: state_to_pb(state) as i32,
@@ -495,6 +499,13 @@ impl Agent {
                 cmdline: xml.os.cmdline.clone().unwrap_or_default(),
             }),
         })
+    }
+
+    /// Whether a running domain's definition asks for other memory or vCPUs than it has.
+    fn needs_restart(&self, name: &str, live: &DomainXml) -> Result<bool> {
+        let config = self.read_definition(name)?;
+        let has = |x: &DomainXml| x.current_memory.as_ref().unwrap_or(&x.memory).as_mib();
+        Ok(config.vcpu.count != live.vcpu.count || has(&config) != has(live))
     }
 
     pub fn list(&self, labels: &HashMap<String, String>) -> Result<Vec<pb::Domain>> {
@@ -590,6 +601,75 @@ impl Agent {
         let _busy = self.busy(name)?;
         self.require_state(name, &[DomState::Running, DomState::Blocked], "reset")?;
         self.hv.reset(name)?;
+        self.view(name)
+    }
+
+    pub fn reboot(&self, name: &str) -> Result<pb::Domain> {
+        let _busy = self.busy(name)?;
+        self.require_state(name, &[DomState::Running, DomState::Blocked], "reboot")?;
+        self.hv.reboot(name)?;
+        self.view(name)
+    }
+
+    /// Started with the host, or not. Bases never start.
+    pub fn set_autostart(&self, name: &str, on: bool) -> Result<pb::Domain> {
+        validate::name("domain", name)?;
+        let _busy = self.busy(name)?;
+        if on && self.read_definition(name)?.meta().is_some_and(|m| m.locked) {
+            return Err(AgentError::precondition(format!(
+                "domain {name:?} is a base: bases never start"
+            )));
+        }
+        self.hv.set_autostart(name, on)?;
+        self.view(name)
+    }
+
+    /// New memory and vCPUs in the definition; applied to a running guest where libvirt can
+    /// (the view says `needs_restart` where it could not).
+    pub fn set_resources(&self, name: &str, memory_mib: u64, vcpus: u32) -> Result<pb::Domain> {
+        validate::name("domain", name)?;
+        if memory_mib == 0 && vcpus == 0 {
+            return Err(AgentError::invalid(
+                "give new memory or vCPUs (0 keeps a value)",
+            ));
+        }
+        // The same bounds as a definition's.
+        if memory_mib > 0 {
+            corral_proto::rules::memory_mib(memory_mib)?;
+        }
+        if vcpus > 0 {
+            corral_proto::rules::vcpus(vcpus)?;
+        }
+        let _busy = self.busy(name)?;
+        let mut xml = self.read_definition(name)?;
+        if xml.meta().is_some_and(|m| m.locked) {
+            return Err(AgentError::precondition(format!(
+                "domain {name:?} is a base: its clones take memory and vCPU overrides instead"
+            )));
+        }
+        if memory_mib > 0 {
+            xml.memory = crate::domain_xml::Memory::mib(memory_mib);
+            xml.current_memory = None;
+        }
+        if vcpus > 0 {
+            xml.vcpu.count = vcpus;
+        }
+        self.forget_definition(name);
+        self.hv.define(&xml.to_xml()?)?;
+        if self.hv.state(name)?.is_active() {
+            // Best effort: what QEMU refuses waits for the next boot (needs_restart).
+            if memory_mib > 0 {
+                if let Err(e) = self.hv.set_live_memory(name, memory_mib * 1024) {
+                    tracing::info!(domain = %name, error = %e, "memory applies at the next boot");
+                }
+            }
+            if vcpus > 0 {
+                if let Err(e) = self.hv.set_live_vcpus(name, vcpus) {
+                    tracing::info!(domain = %name, error = %e, "vCPUs apply at the next boot");
+                }
+            }
+        }
+        tracing::info!(domain = %name, memory_mib, vcpus, "resources changed");
         self.view(name)
     }
 

@@ -99,6 +99,13 @@ pub trait Hypervisor: Send + Sync {
     fn suspend(&self, name: &str) -> Result<()>;
     fn resume(&self, name: &str) -> Result<()>;
     fn managed_save(&self, name: &str) -> Result<()>;
+    /// Asks the guest to reboot (ACPI).
+    fn reboot(&self, name: &str) -> Result<()>;
+    fn autostart(&self, name: &str) -> Result<bool>;
+    fn set_autostart(&self, name: &str, on: bool) -> Result<()>;
+    /// Changes a running guest's memory (balloon, KiB) or vCPUs; fails where QEMU cannot.
+    fn set_live_memory(&self, name: &str, kib: u64) -> Result<()>;
+    fn set_live_vcpus(&self, name: &str, vcpus: u32) -> Result<()>;
     /// Undefines the domain with its snapshot metadata and managed-save image.
     fn undefine(&self, name: &str) -> Result<()>;
     /// The running definition as a migration target must receive it.
@@ -376,6 +383,32 @@ impl Hypervisor for Libvirt {
 
     fn managed_save(&self, name: &str) -> Result<()> {
         self.act(name, "hibernate", |d| d.managed_save(0).map(|_| ()))
+    }
+
+    fn reboot(&self, name: &str) -> Result<()> {
+        self.act(name, "reboot", |d| d.reboot(0))
+    }
+
+    fn autostart(&self, name: &str) -> Result<bool> {
+        let dom = self.dom(name)?;
+        dom.autostart()
+            .map_err(|e| map_err(&format!("autostart of domain {name:?}"), e))
+    }
+
+    fn set_autostart(&self, name: &str, on: bool) -> Result<()> {
+        self.act(name, "set autostart of", |d| d.set_autostart(on))
+    }
+
+    fn set_live_memory(&self, name: &str, kib: u64) -> Result<()> {
+        self.act(name, "change the memory of", |d| {
+            d.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE)
+        })
+    }
+
+    fn set_live_vcpus(&self, name: &str, vcpus: u32) -> Result<()> {
+        self.act(name, "change the vCPUs of", |d| {
+            d.set_vcpus_flags(vcpus, sys::VIR_DOMAIN_AFFECT_LIVE)
+        })
     }
 
     fn undefine(&self, name: &str) -> Result<()> {

@@ -31,6 +31,24 @@ pub(crate) fn clone_spec(req: &CloneOrder) -> serde_json::Value {
     spec
 }
 
+/// What the agent is asked to make for a clone order.
+fn agent_request(req: &CloneOrder, owner: &str) -> pb::CloneBaseRequest {
+    pb::CloneBaseRequest {
+        base: req.base.clone(),
+        name: req.name.clone(),
+        labels: req.labels.clone(),
+        owner: owner.into(),
+        start: req.start,
+        memory_mib: req.memory_mib,
+        vcpus: req.vcpus,
+        data_volumes: if req.copy_data {
+            pb::DataVolumeMode::Copy
+        } else {
+            pb::DataVolumeMode::Unspecified
+        } as i32,
+    }
+}
+
 impl Coordinator {
     pub async fn clone_vm(
         self: &Arc<Self>,
@@ -52,13 +70,7 @@ impl Coordinator {
         // A volatile clone is made to be used now: it starts with its clone.
         req.start |= req.volatile;
         // The agent's own rules, before anything is submitted.
-        corral_proto::rules::clone_base(&pb::CloneBaseRequest {
-            base: req.base.clone(),
-            name: req.name.clone(),
-            labels: req.labels.clone(),
-            owner: req.owner.clone().unwrap_or_default(),
-            ..Default::default()
-        })?;
+        corral_proto::rules::clone_base(&agent_request(&req, req.owner.as_deref().unwrap_or("")))?;
         crate::names::not_reserved(&req.name)?;
         let owner = match &req.owner {
             Some(o) if o != caller.name() => {
@@ -75,12 +87,16 @@ impl Coordinator {
         }
         // A free pool clone is handed out at once (not for volatile clones, which go when
         // they stop, nor for requests that must land beside the owner's VMs or be retried).
-        if !req.volatile && !req.keep_together && key.is_none() {
+        let resized = req.memory_mib > 0 || req.vcpus > 0 || req.copy_data;
+        if !req.volatile && !req.keep_together && key.is_none() && !resized {
             if let Some(op) = self.hand_out(&req, &owner).await? {
                 return Ok(op);
             }
         }
-        let (placed, holders) = self.place(&req.base, &owner, req.keep_together).await?;
+        let over = (req.vcpus, req.memory_mib << 20);
+        let (placed, holders) = self
+            .place_resized(&req.base, &owner, req.keep_together, over)
+            .await?;
         let host = placed.host_or_refusal(&format!("a clone of {}", req.base))?;
         let size = placed.size;
         let submit = Submit {
@@ -170,16 +186,7 @@ impl Coordinator {
             None
         };
         // One agent call does both (the agent records the start time and state itself).
-        let made = door
-            .clone_base(pb::CloneBaseRequest {
-                base: req.base.clone(),
-                name: req.name.clone(),
-                labels: req.labels.clone(),
-                owner: owner.into(),
-                start: req.start,
-                ..Default::default()
-            })
-            .await;
+        let made = door.clone_base(agent_request(req, owner)).await;
         drop(slot);
         let domain = match made {
             Ok(d) => d,

@@ -131,6 +131,7 @@ pub fn vm_to_pb(v: VmView) -> pb::Vm {
     let vm = v.vm;
     let (domain, pool) = (vm.domain().to_string(), vm.is_pool());
     pb::Vm {
+        details: None,
         domain,
         pool,
         name: vm.name,
@@ -167,9 +168,20 @@ fn spec_of(spec: Option<pb::DomainSpec>) -> Result<pb::DomainSpec, CoordError> {
     spec.ok_or_else(|| CoordError::Invalid("a domain spec is required".into()))
 }
 
-impl From<pb::CloneVmRequest> for CloneOrder {
-    fn from(r: pb::CloneVmRequest) -> Self {
-        Self {
+impl TryFrom<pb::CloneVmRequest> for CloneOrder {
+    type Error = CoordError;
+    fn try_from(r: pb::CloneVmRequest) -> Result<Self, CoordError> {
+        let copy_data = match pb::DataVolumeMode::try_from(r.data_volumes) {
+            Ok(pb::DataVolumeMode::Copy) => true,
+            Ok(_) => false,
+            Err(_) => {
+                return Err(CoordError::Invalid(format!(
+                    "unknown data volume mode {}: use empty or copy",
+                    r.data_volumes
+                )))
+            }
+        };
+        Ok(Self {
             base: r.base,
             name: r.name,
             start: r.start,
@@ -181,7 +193,10 @@ impl From<pb::CloneVmRequest> for CloneOrder {
             lifetime: (r.lifetime_seconds > 0)
                 .then(|| std::time::Duration::from_secs(r.lifetime_seconds)),
             pool: false,
-        }
+            memory_mib: r.memory_mib,
+            vcpus: r.vcpus,
+            copy_data,
+        })
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Power {
     Resume,
     /// A hard reset of a running guest.
     Reset,
+    /// The guest asked to reboot (ACPI).
+    Reboot,
 }
 
 /// What the coordinator asks of one agent.
@@ -55,6 +57,9 @@ pub trait AgentDoor: Send + Sync {
     async fn spinoff_clone(&self, name: &str) -> Result<pb::Domain>;
     /// Gives a domain to a new owner with a new display password (pool hand-outs).
     async fn assign(&self, name: &str, owner: &str) -> Result<pb::Domain>;
+    async fn set_autostart(&self, name: &str, on: bool) -> Result<pb::Domain>;
+    /// New memory (MiB) and vCPUs, 0 keeping a value; applied live where libvirt can.
+    async fn set_resources(&self, name: &str, memory_mib: u64, vcpus: u32) -> Result<pb::Domain>;
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>>;
     async fn export_base(&self, name: &str) -> Result<pb::BaseExport>;
     async fn import_base(&self, definition_xml: String) -> Result<pb::Base>;
@@ -190,6 +195,7 @@ impl AgentDoor for GrpcDoor {
             Power::Suspend => self.long(c.domains.suspend_domain(dref(name))).await,
             Power::Resume => self.long(c.domains.resume_domain(dref(name))).await,
             Power::Reset => self.long(c.domains.reset_domain(dref(name))).await,
+            Power::Reboot => self.long(c.domains.reboot_domain(dref(name))).await,
         }
     }
 
@@ -246,6 +252,26 @@ impl AgentDoor for GrpcDoor {
         };
         self.quick(AGENT_QUICK_CALL, c.domains.assign_domain(req))
             .await
+    }
+
+    async fn set_autostart(&self, name: &str, on: bool) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::SetAutostartRequest {
+            name: name.into(),
+            autostart: on,
+        };
+        self.quick(AGENT_QUICK_CALL, c.domains.set_autostart(req))
+            .await
+    }
+
+    async fn set_resources(&self, name: &str, memory_mib: u64, vcpus: u32) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::SetResourcesRequest {
+            name: name.into(),
+            memory_mib,
+            vcpus,
+        };
+        self.long(c.domains.set_resources(req)).await
     }
 
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>> {

@@ -184,7 +184,7 @@ impl AgentDoor for FakeAgent {
             .get_mut(name)
             .ok_or_else(|| self.missing(&format!("domain {name:?}")))?;
         d.state = match action {
-            Power::Start | Power::Resume | Power::Reset => pb::DomainState::Running,
+            Power::Start | Power::Resume | Power::Reset | Power::Reboot => pb::DomainState::Running,
             Power::Suspend => pb::DomainState::Paused,
             Power::Hibernate => pb::DomainState::Hibernated,
             _ => pb::DomainState::ShutOff,
@@ -256,6 +256,28 @@ impl AgentDoor for FakeAgent {
             .get_mut(name)
             .ok_or_else(|| self.missing(&format!("domain {name:?}")))?;
         d.owner = owner.into();
+        Ok(d.clone())
+    }
+
+    async fn set_autostart(&self, name: &str, on: bool) -> Result<pb::Domain> {
+        self.enter("set_autostart", name).await?;
+        let mut st = self.state.lock().unwrap();
+        let d = st.domains.get_mut(name).ok_or_else(|| self.missing(name))?;
+        d.autostart = on;
+        Ok(d.clone())
+    }
+
+    async fn set_resources(&self, name: &str, memory_mib: u64, vcpus: u32) -> Result<pb::Domain> {
+        self.enter("set_resources", name).await?;
+        let mut st = self.state.lock().unwrap();
+        let d = st.domains.get_mut(name).ok_or_else(|| self.missing(name))?;
+        if memory_mib > 0 {
+            d.memory_mib = memory_mib;
+        }
+        if vcpus > 0 {
+            d.vcpus = vcpus;
+        }
+        d.needs_restart = d.state == pb::DomainState::Running as i32;
         Ok(d.clone())
     }
 

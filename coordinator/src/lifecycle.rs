@@ -28,6 +28,15 @@ pub enum Action {
     Reset,
     /// A clone's volumes made independent of its base; the VM keeps no base after.
     Spinoff,
+    /// The guest asked to reboot.
+    Reboot,
+    /// Started with its host, or not.
+    Autostart(bool),
+    /// New memory (MiB) and vCPUs (0 keeps a value).
+    Resources {
+        memory_mib: u64,
+        vcpus: u32,
+    },
 }
 
 impl Action {
@@ -43,7 +52,28 @@ impl Action {
             Self::Resume => "resume",
             Self::Reset => "reset",
             Self::Spinoff => "spinoff",
+            Self::Reboot => "reboot",
+            Self::Autostart(_) => "autostart",
+            Self::Resources { .. } => "resources",
         }
+    }
+
+    /// Bad numbers are refused before anything is submitted.
+    fn check(self) -> Result<()> {
+        if let Self::Resources { memory_mib, vcpus } = self {
+            if memory_mib == 0 && vcpus == 0 {
+                return Err(CoordError::Invalid(
+                    "give new memory or vCPUs (0 keeps a value)".into(),
+                ));
+            }
+            if memory_mib > 0 {
+                corral_proto::rules::memory_mib(memory_mib)?;
+            }
+            if vcpus > 0 {
+                corral_proto::rules::vcpus(vcpus)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -54,6 +84,7 @@ impl Coordinator {
         name: &str,
         action: Action,
     ) -> Result<OpRecord> {
+        action.check()?;
         let vm = self.vm_for(caller, name).await?;
         if action == Action::Spinoff && vm.base.is_none() {
             return Err(CoordError::FailedPrecondition(format!(
@@ -107,6 +138,11 @@ impl Coordinator {
             Action::Suspend => Some(door.power(&name, Power::Suspend).await?),
             Action::Resume => Some(door.power(&name, Power::Resume).await?),
             Action::Reset => Some(door.power(&name, Power::Reset).await?),
+            Action::Reboot => Some(door.power(&name, Power::Reboot).await?),
+            Action::Autostart(on) => Some(door.set_autostart(&name, on).await?),
+            Action::Resources { memory_mib, vcpus } => {
+                Some(door.set_resources(&name, memory_mib, vcpus).await?)
+            }
             Action::Spinoff => {
                 let d = door.spinoff_clone(&name).await?;
                 // The record follows the agent: no base any more, so the base may go.
@@ -125,11 +161,15 @@ impl Coordinator {
             vm.observed_state = Observed::from_pb(d.state);
             vm.desired_state = match action {
                 // A paused guest is still meant to run; it is resumed, not restarted.
-                Action::Start | Action::Suspend | Action::Resume | Action::Reset => {
-                    Desired::Running
-                }
+                Action::Start
+                | Action::Suspend
+                | Action::Resume
+                | Action::Reset
+                | Action::Reboot => Desired::Running,
                 Action::Hibernate => Desired::Hibernated,
-                Action::Spinoff => vm.desired_state,
+                Action::Spinoff | Action::Autostart(_) | Action::Resources { .. } => {
+                    vm.desired_state
+                }
                 _ => Desired::ShutOff,
             };
             let v = vm.clone();

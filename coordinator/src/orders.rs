@@ -27,6 +27,11 @@ pub struct CloneOrder {
     pub lifetime: Option<std::time::Duration>,
     /// A pool clone, made by the pool manager (its record exists before the operation).
     pub pool: bool,
+    /// Overrides of the base's memory (MiB) and vCPUs; 0 keeps the base's.
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    /// Data disks copied from the base instead of made empty.
+    pub copy_data: bool,
 }
 
 /// A VM defined from a spec (admins).

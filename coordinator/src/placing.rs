@@ -92,6 +92,17 @@ impl Coordinator {
         owner: &str,
         keep_together: bool,
     ) -> Result<(Placed, Vec<String>)> {
+        self.place_resized(base, owner, keep_together, (0, 0)).await
+    }
+
+    /// The same for a clone whose vCPUs or memory (bytes) override its base's (0 keeps them).
+    pub async fn place_resized(
+        &self,
+        base: &str,
+        owner: &str,
+        keep_together: bool,
+        over: (u32, u64),
+    ) -> Result<(Placed, Vec<String>)> {
         let (mine, bases) = self.fleet_of(owner).await?;
         let holders = bases
             .iter()
@@ -99,6 +110,10 @@ impl Coordinator {
             .map(|(_, h)| h.clone())
             .ok_or_else(|| CoordError::NotFound(format!("base {base} not found")))?;
         let size = self.base_size(base, &holders).await?;
+        let size = (
+            if over.0 > 0 { over.0 } else { size.0 },
+            if over.1 > 0 { over.1 } else { size.1 },
+        );
         let placed = self.decide(mine, &bases, Some(base), size, keep_together)?;
         Ok((placed, holders))
     }

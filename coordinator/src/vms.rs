@@ -91,6 +91,14 @@ impl Coordinator {
         })
     }
 
+    /// What the VM's agent knows of it, named as the VM; None while its host is down.
+    pub async fn details_of(&self, vm: &VmRecord) -> Option<corral_client::proto::Domain> {
+        let door = self.hosts.door(vm.host.as_deref()?).ok()?;
+        let mut d = door.get_domain(vm.domain()).await.ok()?;
+        d.name.clone_from(&vm.name);
+        Some(d)
+    }
+
     /// A start slot on `host`, saying in the operation's progress when it has to wait.
     pub(crate) async fn start_slot(
         &self,

@@ -128,6 +128,9 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "GetDomainXml" => c.domains.get_domain_xml(dref(&n));
         "RemoveDomain" => c.domains.remove_domain(pb::RemoveDomainRequest { name: n, remove_volumes: true });
         "AssignDomain" => c.domains.assign_domain(pb::AssignDomainRequest { name: n, owner: "alice".into() });
+        "RebootDomain" => c.domains.reboot_domain(dref(&n));
+        "SetAutostart" => c.domains.set_autostart(pb::SetAutostartRequest { name: n, autostart: true });
+        "SetResources" => c.domains.set_resources(pb::SetResourcesRequest { name: n, memory_mib: 256, vcpus: 1 });
         "PrepareBase" => c.bases.prepare_base(dref(&n));
         "RemoveBase" => c.bases.remove_base(dref(&n));
         "GetBase" => c.bases.get_base(dref(&n));
@@ -490,6 +493,12 @@ fn ownership_cases(w: &AgentWorld) -> Vec<Case<C>> {
         "AssignDomain", "a base", FailedPrecondition, ["base"], it [base] => c.domains.assign_domain(pb::AssignDomainRequest { name: base, owner: "alice".into() });
         "AssignDomain", "an owner with a path", InvalidArgument, ["owner"], it [clone] => c.domains.assign_domain(pb::AssignDomainRequest { name: clone, owner: "../root".into() });
         "AssignDomain", "an empty owner", InvalidArgument, ["owner"], it [clone] => c.domains.assign_domain(pb::AssignDomainRequest { name: clone, owner: String::new() });
+        "SetAutostart", "a base", FailedPrecondition, ["base"], it [base] => c.domains.set_autostart(pb::SetAutostartRequest { name: base, autostart: true });
+        "SetResources", "a base", FailedPrecondition, ["base"], it [base] => c.domains.set_resources(pb::SetResourcesRequest { name: base, memory_mib: 256, vcpus: 0 });
+        "SetResources", "nothing to change", InvalidArgument, ["memory or vCPUs"], it [clone] => c.domains.set_resources(pb::SetResourcesRequest { name: clone, memory_mib: 0, vcpus: 0 });
+        "SetResources", "u64::MAX MiB", InvalidArgument, ["memory"], it [clone] => c.domains.set_resources(pb::SetResourcesRequest { name: clone, memory_mib: u64::MAX, vcpus: 0 });
+        "SetResources", "10000 vCPUs", InvalidArgument, ["vCPU"], it [clone] => c.domains.set_resources(pb::SetResourcesRequest { name: clone, memory_mib: 0, vcpus: 10_000 });
+        "RebootDomain", "a shut-off domain", FailedPrecondition, ["reboot"], it [clone] => c.domains.reboot_domain(dref(&clone));
     }
     out
 }

@@ -261,6 +261,9 @@ fn vm_rpcs(
         "ResumeVm" => c.vms.resume_vm(vref(&n));
         "ResetVm" => c.vms.reset_vm(vref(&n));
         "SpinoffVm" => c.vms.spinoff_vm(vref(&n));
+        "RebootVm" => c.vms.reboot_vm(vref(&n));
+        "SetVmAutostart" => c.vms.set_vm_autostart(pb::SetVmAutostartRequest { name: n, autostart: true });
+        "SetVmResources" => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: n, memory_mib: 256, vcpus: 1 });
         "GetVm" => c.vms.get_vm(vref(&n));
         "PrepareBase" => c.vms.prepare_base(vref(&n));
         "MoveVm" => c.vms.move_vm(pb::MoveVmRequest { name: n, host: "h1".into(), ..Default::default() });
@@ -569,6 +572,12 @@ fn number_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "RevertVmSnapshot", "mode 9", InvalidArgument, ["mode"], alice [vm] => c.snapshots.revert_vm_snapshot(pb::RevertSnapshotRequest { mode: 9, ..snap(vm, "s1") });
         "ExposeVmPort", "guest port 0", InvalidArgument, ["out of range"], alice [vm] => c.access.expose_vm_port(expose(&vm, 0, 0));
         "ExposeVmPort", "guest port 70000", InvalidArgument, ["out of range"], alice [vm] => c.access.expose_vm_port(expose(&vm, 70000, 0));
+        "SetVmResources", "nothing to change", InvalidArgument, ["memory or vCPUs"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: 0, vcpus: 0 });
+        "SetVmResources", "u64::MAX MiB", InvalidArgument, ["out of range"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: u64::MAX, vcpus: 0 });
+        "SetVmResources", "100000 vCPUs", InvalidArgument, ["out of range"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: 0, vcpus: 100_000 });
+        "CloneVm", "memory 1 MiB", InvalidArgument, ["out of range"], alice [base] => c.vms.clone_vm(pb::CloneVmRequest { memory_mib: 1, ..clone_req(&base, "advc-numclone") });
+        "CloneVm", "100000 vCPUs", InvalidArgument, ["out of range"], alice [base] => c.vms.clone_vm(pb::CloneVmRequest { vcpus: 100_000, ..clone_req(&base, "advc-numclone") });
+        "CloneVm", "data volume mode 9", InvalidArgument, ["data volume mode"], alice [base] => c.vms.clone_vm(pb::CloneVmRequest { data_volumes: 9, ..clone_req(&base, "advc-numclone") });
     }
     out
 }

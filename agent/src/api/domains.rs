@@ -44,4 +44,9 @@ rpcs! { DomainApi: DomainService, |a, r|;
         => Ok(pb::RemoveDomainResponse { removed_volumes: a.remove(&r.name, r.remove_volumes)? });
     assign_domain(pb::AssignDomainRequest) -> pb::Domain = "AssignDomain" by r.name
         => a.assign(&r.name, &r.owner);
+    reboot_domain(pb::DomainRef) -> pb::Domain = "RebootDomain" by r.name => a.reboot(&r.name);
+    set_autostart(pb::SetAutostartRequest) -> pb::Domain = "SetAutostart" by r.name
+        => a.set_autostart(&r.name, r.autostart);
+    set_resources(pb::SetResourcesRequest) -> pb::Domain = "SetResources" by r.name
+        => a.set_resources(&r.name, r.memory_mib, r.vcpus);
 }

@@ -143,6 +143,15 @@ pub enum VmCmd {
         /// A volatile clone's lifetime (seconds, or with m, h or d): removed when it ends.
         #[arg(long, requires = "volatile")]
         lifetime: Option<String>,
+        /// Memory in MiB instead of the base's (such a clone is made, not taken from a pool).
+        #[arg(long)]
+        memory: Option<u64>,
+        /// vCPUs instead of the base's.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Copy the base's data disks instead of making them empty.
+        #[arg(long)]
+        copy_data: bool,
     },
     /// Where a clone of BASE would go and why not elsewhere.
     Explain {
@@ -166,6 +175,23 @@ pub enum VmCmd {
     Resume { name: String },
     /// Hard-reset a running VM (no clean shutdown).
     Reset { name: String },
+    /// Ask the guest to reboot (ACPI).
+    Reboot { name: String },
+    /// Start the VM with its host (`on`), or not (`off`).
+    Autostart {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// New memory (MiB) and vCPUs: applied at once where libvirt can, else at the next boot
+    /// (`vm show` says needs_restart meanwhile).
+    Resize {
+        name: String,
+        #[arg(long)]
+        memory: Option<u64>,
+        #[arg(long)]
+        vcpus: Option<u32>,
+    },
     /// Make a shut-off clone independent of its base (copies what it reads from the base).
     Spinoff { name: String },
     /// Remove a VM and its volumes.
@@ -406,6 +432,62 @@ fn vm_line(v: &pb::Vm) -> String {
         } else {
             String::new()
         }
+}
+
+/// What the agent knows of a VM, for `vm show`.
+fn details(d: Option<&pb::Domain>) -> String {
+    let Some(d) = d else {
+        return "\n  (its host is down: nothing more is known now)".into();
+    };
+    let mut s = format!(
+        "\n  vcpus={} memory={}MiB autostart={}{}",
+        d.vcpus,
+        d.memory_mib,
+        if d.autostart { "on" } else { "off" },
+        if d.needs_restart {
+            " needs_restart (memory or vCPUs change at the next boot)"
+        } else {
+            ""
+        }
+    );
+    if d.started_at_unix > 0 {
+        s.push_str(&format!(
+            "\n  started at {} (unix seconds)",
+            d.started_at_unix
+        ));
+    }
+    for disk in &d.disks {
+        let role = pb::VolumeRole::try_from(disk.role)
+            .map(|r| enum_name(r.as_str_name(), "VOLUME_ROLE_"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "\n  disk {} {role} {}{}",
+            disk.target,
+            disk.volume,
+            if disk.readonly { " read-only" } else { "" }
+        ));
+    }
+    for nic in &d.nics {
+        s.push_str(&format!(
+            "\n  nic {} {}",
+            nic.mac,
+            if nic.addresses.is_empty() {
+                "(no address yet)".to_string()
+            } else {
+                nic.addresses.join(",")
+            }
+        ));
+    }
+    if let Some(disp) = &d.display {
+        let kind = pb::DisplayType::try_from(disp.r#type)
+            .map(|t| enum_name(t.as_str_name(), "DISPLAY_TYPE_"))
+            .unwrap_or_default();
+        s.push_str(&format!("\n  display {kind} {}:{}", disp.listen, disp.port));
+        if !disp.restricted_to.is_empty() {
+            s.push_str(&format!(" (only from {})", disp.restricted_to));
+        }
+    }
+    s
 }
 
 fn host_line(h: &pb::Host) -> String {
@@ -990,6 +1072,9 @@ async fn vm(
             idempotency_key,
             volatile,
             lifetime: life,
+            memory,
+            vcpus,
+            copy_data,
         } => {
             c.vms
                 .clone_vm(pb::CloneVmRequest {
@@ -1002,6 +1087,13 @@ async fn vm(
                     owner: owner.unwrap_or_default(),
                     volatile,
                     lifetime_seconds: life.as_deref().map(lifetime).transpose()?.unwrap_or(0),
+                    memory_mib: memory.unwrap_or(0),
+                    vcpus: vcpus.unwrap_or(0),
+                    data_volumes: if copy_data {
+                        pb::DataVolumeMode::Copy as i32
+                    } else {
+                        0
+                    },
                 })
                 .await?
         }
@@ -1013,6 +1105,26 @@ async fn vm(
         VmCmd::Suspend { name } => c.vms.suspend_vm(vref(name)).await?,
         VmCmd::Resume { name } => c.vms.resume_vm(vref(name)).await?,
         VmCmd::Reset { name } => c.vms.reset_vm(vref(name)).await?,
+        VmCmd::Reboot { name } => c.vms.reboot_vm(vref(name)).await?,
+        VmCmd::Autostart { name, state } => {
+            let req = pb::SetVmAutostartRequest {
+                name,
+                autostart: state == "on",
+            };
+            c.vms.set_vm_autostart(req).await?
+        }
+        VmCmd::Resize {
+            name,
+            memory,
+            vcpus,
+        } => {
+            let req = pb::SetVmResourcesRequest {
+                name,
+                memory_mib: memory.unwrap_or(0),
+                vcpus: vcpus.unwrap_or(0),
+            };
+            c.vms.set_vm_resources(req).await?
+        }
         VmCmd::Spinoff { name } => c.vms.spinoff_vm(vref(name)).await?,
         VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
         VmCmd::Move {
@@ -1039,7 +1151,7 @@ async fn vm(
 async fn vm_read(c: &mut CoordinatorClient, out: &Out, cmd: VmCmd) -> Result<(), ClientError> {
     if let VmCmd::Show { name } = cmd {
         let v = c.vms.get_vm(vref(name)).await?.into_inner();
-        out.show(&v, vm_line);
+        out.show(&v, |v| vm_line(v) + &details(v.details.as_ref()));
     } else {
         let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();
         out.show(&l, |l| lines(&l.vms, vm_line));

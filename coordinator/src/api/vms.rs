@@ -27,9 +27,9 @@ rpcs! { VmApi: VmService, |c, who, r|;
         => pb::ListBaseSummariesResponse {
             bases: c.base_summaries(&who).await?.into_iter().map(base_summary_to_pb).collect(),
         };
-    clone_vm(pb::CloneVmRequest) -> pb::Operation = "CloneVm" => op_to_pb(&c.clone_vm(&who, r.into()).await?);
+    clone_vm(pb::CloneVmRequest) -> pb::Operation = "CloneVm" => op_to_pb(&c.clone_vm(&who, r.try_into()?).await?);
     explain_placement(pb::CloneVmRequest) -> pb::PlacementExplanation = "ExplainPlacement"
-        => placed_to_pb(c.explain_placement(&who, &r.into()).await?);
+        => placed_to_pb(c.explain_placement(&who, &r.try_into()?).await?);
     start_vm(pb::VmRef) -> pb::Operation = "StartVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Start).await?);
     shutdown_vm(pb::VmRef) -> pb::Operation = "ShutdownVm"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::Shutdown).await?);
@@ -42,8 +42,16 @@ rpcs! { VmApi: VmService, |c, who, r|;
     resume_vm(pb::VmRef) -> pb::Operation = "ResumeVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Resume).await?);
     reset_vm(pb::VmRef) -> pb::Operation = "ResetVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Reset).await?);
     spinoff_vm(pb::VmRef) -> pb::Operation = "SpinoffVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Spinoff).await?);
+    reboot_vm(pb::VmRef) -> pb::Operation = "RebootVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Reboot).await?);
+    set_vm_autostart(pb::SetVmAutostartRequest) -> pb::Operation = "SetVmAutostart"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::Autostart(r.autostart)).await?);
+    set_vm_resources(pb::SetVmResourcesRequest) -> pb::Operation = "SetVmResources"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::Resources { memory_mib: r.memory_mib, vcpus: r.vcpus }).await?);
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
-    get_vm(pb::VmRef) -> pb::Vm = "GetVm" => vm_to_pb(c.vm_view(&c.vm_for(&who, &r.name).await?));
+    get_vm(pb::VmRef) -> pb::Vm = "GetVm" => {
+        let vm = c.vm_for(&who, &r.name).await?;
+        pb::Vm { details: c.details_of(&vm).await, ..vm_to_pb(c.vm_view(&vm)) }
+    };
     get_base_access(pb::BaseAccessRequest) -> pb::BaseAccess = "GetBaseAccess"
         => access_to_pb(c.base_access(&who, &r.base, Some(r.user.as_str()).filter(|u| !u.is_empty())).await?);
     set_base_public(pb::SetBasePublicRequest) -> pb::BaseAccess = "SetBasePublic"

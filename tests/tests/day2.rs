@@ -1,0 +1,119 @@
+//! Day-2 changes through the coordinator on the real libvirtd with the tiny guest, driven by
+//! a student's CLI: a clone with memory, vCPU and data-disk overrides; `vm show` with what the
+//! agent knows; a vCPU change QEMU cannot make live (needs_restart until the next boot);
+//! autostart; reboot.
+
+#![allow(clippy::unwrap_used)]
+
+use corral_client::proto as pb;
+use corral_tests::*;
+
+fn details(cli: &Cli, vm: &str) -> serde_json::Value {
+    cli.json(&["vm", "show", vm])["details"].clone()
+}
+
+#[tokio::test]
+async fn day_two_changes_reach_the_guest() {
+    if !real_host_ready() {
+        return;
+    }
+    cleanup_domains("e2e-d-");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&dir.path().join("agent")).unwrap();
+    let coord = CoordProc::start(&dir.path().join("coord"), 300, 3000).unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    let admin_cli = Cli {
+        addr: &coord.addr,
+        token: &coord.admin_token,
+        ca: None,
+    };
+    add_host(&mut admin, "real", &agent.addr).await.unwrap();
+    wait_up(&admin_cli, 1);
+    let op = admin
+        .vms
+        .create_base(pb::CreateBaseRequest {
+            spec: Some(tiny_spec("e2e-d-base", true)),
+            host: "real".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    finish(&mut admin, op).await.unwrap();
+    publish(&mut admin, "e2e-d-base").await.unwrap();
+    let token = user_token(&mut admin, "student").await.unwrap();
+    let cli = Cli {
+        addr: &coord.addr,
+        token: &token,
+        ca: None,
+    };
+
+    // A clone with the agent's options: more memory, two vCPUs, the data disk copied.
+    cli.ok(&[
+        "vm",
+        "clone",
+        "e2e-d-base",
+        "e2e-d-vm",
+        "--start",
+        "--memory",
+        "192",
+        "--vcpus",
+        "2",
+        "--copy-data",
+    ]);
+    let d = details(&cli, "e2e-d-vm");
+    assert_eq!(
+        (d["vcpus"].as_u64(), d["memory_mib"].as_u64()),
+        (Some(2), Some(192)),
+        "{d}"
+    );
+    let roles: Vec<i64> = d["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["role"].as_i64().unwrap())
+        .collect();
+    assert!(roles.contains(&(pb::VolumeRole::Data as i64)), "{d}");
+    assert!(d["started_at_unix"].as_i64().unwrap() > 0, "{d}");
+    assert_eq!(d["needs_restart"], false);
+    let text = cli.ok(&["vm", "show", "e2e-d-vm"]);
+    assert!(text.contains("vcpus=2 memory=192MiB"), "{text}");
+    assert!(text.contains(" data "), "{text}");
+
+    // One vCPU fewer: QEMU cannot unplug it live, so it waits for the next boot.
+    cli.ok(&["vm", "resize", "e2e-d-vm", "--vcpus", "1"]);
+    let d = details(&cli, "e2e-d-vm");
+    assert_eq!(d["needs_restart"], true, "{d}");
+    assert!(cli
+        .ok(&["vm", "show", "e2e-d-vm"])
+        .contains("needs_restart"));
+    cli.ok(&["vm", "poweroff", "e2e-d-vm"]);
+    cli.ok(&["vm", "start", "e2e-d-vm"]);
+    let d = details(&cli, "e2e-d-vm");
+    assert_eq!(
+        (d["vcpus"].as_u64(), d["needs_restart"].as_bool()),
+        (Some(1), Some(false)),
+        "{d}"
+    );
+    // Bad numbers change nothing.
+    let out = cli.run(&["vm", "resize", "e2e-d-vm", "--memory", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+    assert_eq!(details(&cli, "e2e-d-vm")["memory_mib"].as_u64(), Some(192));
+
+    // Autostart, as libvirt records it.
+    cli.ok(&["vm", "autostart", "e2e-d-vm", "on"]);
+    assert!(virsh(&["dominfo", "e2e-d-vm"])
+        .unwrap()
+        .contains("Autostart:      enable"));
+    assert_eq!(details(&cli, "e2e-d-vm")["autostart"], true);
+    cli.ok(&["vm", "autostart", "e2e-d-vm", "off"]);
+    assert!(virsh(&["dominfo", "e2e-d-vm"])
+        .unwrap()
+        .contains("Autostart:      disable"));
+
+    // Reboot asks the guest; it keeps running.
+    cli.ok(&["vm", "reboot", "e2e-d-vm"]);
+    assert_eq!(virsh(&["domstate", "e2e-d-vm"]).unwrap().trim(), "running");
+    cli.ok(&["vm", "rm", "e2e-d-vm"]);
+    admin_cli.ok(&["base", "rm", "e2e-d-base"]);
+}
