@@ -642,6 +642,58 @@ impl Agent {
         self.view(name)
     }
 
+    /// Moves a shut-off clone onto another base with the same layout: the disks that come
+    /// from a base are made again from the new one's files (data disks are kept).
+    pub fn rebase_clone(&self, name: &str, base: &str) -> Result<pb::Domain> {
+        validate::name("domain", name)?;
+        validate::name("base", base)?;
+        let _busy = self.busy(name)?;
+        let (xml, mut meta, _) = self.clone_parts(name, "rebase")?;
+        if meta.base.as_deref() == Some(base) {
+            return Err(AgentError::precondition(format!(
+                "domain {name:?} is already a clone of {base:?}"
+            )));
+        }
+        let base_meta = meta_of(&self.read_definition(base)?);
+        let prepared = base_meta
+            .prepared
+            .filter(|_| base_meta.kind == Kind::Base)
+            .ok_or_else(|| AgentError::precondition(format!("domain {base:?} is not a base")))?;
+        // Every disk that comes from a base needs one of the new base's, on the same target.
+        let mut plan = Vec::new();
+        for d in meta.disks.iter().filter(|d| d.role.from_base()) {
+            let f = prepared.files.iter().find(|f| f.target == d.target).ok_or_else(|| {
+                AgentError::precondition(format!(
+                    "base {base:?} has no disk on {} for the {} disk of {name:?}: their layouts differ",
+                    d.target, d.role
+                ))
+            })?;
+            let path = disk_path(&xml, &d.target).ok_or_else(|| {
+                AgentError::internal(format!("domain {name:?} has no disk {}", d.target))
+            })?;
+            plan.push((path, self.storage.existing(&f.file)?));
+        }
+        for snap in self.hv.snapshot_names(name, 0)? {
+            let _ = self.hv.snapshot_delete(
+                name,
+                &snap,
+                virt::sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY,
+            );
+        }
+        for (path, backing) in plan {
+            let vol = self.storage.name_of(&path).ok_or_else(|| {
+                AgentError::precondition(format!("{} is outside the storage root", path.display()))
+            })?;
+            let tmp = self.storage.tmp_path(&vol)?;
+            self.images.create_overlay(&tmp, &backing, Format::Qcow2)?;
+            crate::fsx::rename(&tmp, &path)?;
+        }
+        meta.base = Some(base.to_string());
+        self.write_meta(name, &meta)?;
+        tracing::info!(clone = %name, %base, "rebased");
+        self.view(name)
+    }
+
     /// Flattens a clone's volumes into standalone files: it no longer needs its base.
     pub fn spinoff(&self, name: &str) -> Result<pb::Domain> {
         let _busy = self.busy(name)?;
@@ -694,7 +746,17 @@ impl Agent {
                 state.as_str()
             )));
         }
-        let target = target_name(xml.devices.disks.len())?;
+        // The first free target: a removed disk leaves a gap.
+        let used: Vec<&str> = xml
+            .devices
+            .disks
+            .iter()
+            .map(|d| d.target.dev.as_str())
+            .collect();
+        let target = (0..26)
+            .map(target_name)
+            .find(|t| t.as_ref().is_ok_and(|t| !used.contains(&t.as_str())))
+            .unwrap_or_else(|| target_name(26))?;
         let vol = if req.name.is_empty() {
             format!("{}-{target}.qcow2", req.domain)
         } else {
@@ -727,5 +789,50 @@ impl Agent {
         self.write_meta(&req.domain, &meta)?;
         undo.disarm();
         self.view(&req.domain)
+    }
+
+    /// Detaches a swap or data volume from a shut-off domain and deletes it (the domain owns
+    /// it). The system disk stays, and nothing a base or another domain holds is touched.
+    pub fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        validate::name("domain", domain)?;
+        validate::name("volume", volume)?;
+        let _busy = self.busy(domain)?;
+        let mut xml = self.read_definition(domain)?;
+        let mut meta = meta_of(&xml);
+        if meta.locked {
+            return Err(AgentError::precondition(format!(
+                "domain {domain:?} is a base: remove the base before changing its volumes"
+            )));
+        }
+        let state = self.hv.state(domain)?;
+        if state != DomState::ShutOff {
+            return Err(AgentError::precondition(format!(
+                "cannot remove a volume of domain {domain:?}: it is {}; shut it down first",
+                state.as_str()
+            )));
+        }
+        let Some(entry) = meta.disks.iter().position(|m| m.volume == volume) else {
+            return Err(AgentError::NotFound(format!(
+                "domain {domain:?} has no volume {volume:?}"
+            )));
+        };
+        let role = meta.disks[entry].role;
+        if role != Role::Swap && role != Role::Data {
+            return Err(AgentError::precondition(format!(
+                "volume {volume:?} is the {role} disk of domain {domain:?}: only swap and data volumes are removed"
+            )));
+        }
+        let target = meta.disks[entry].target.clone();
+        xml.devices.disks.retain(|d| d.target.dev != target);
+        meta.disks.remove(entry);
+        self.forget_definition(domain);
+        self.hv.define(&xml.to_xml()?)?;
+        self.write_meta(domain, &meta)?;
+        let path = self.storage.path(volume)?;
+        if path.exists() {
+            crate::fsx::remove_file(&path)?;
+        }
+        tracing::info!(%domain, %volume, "volume removed");
+        self.view(domain)
     }
 }

@@ -18,7 +18,13 @@ impl Agent {
         let top = chain
             .first()
             .ok_or_else(|| AgentError::internal(format!("qemu-img said nothing about {name:?}")))?;
+        let modified_unix_ms = crate::fsx::metadata(&path)?
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Ok(pb::VolumeInfo {
+            modified_unix_ms,
             name: name.into(),
             path: path.display().to_string(),
             format: top.format.clone(),

@@ -288,3 +288,21 @@ pub fn pool_to_pb(p: crate::pools::PoolStatus) -> pb::BasePool {
         making: p.making,
     }
 }
+
+/// A disk to add: swap or data only.
+pub fn add_disk_of(r: &pb::AddVmDiskRequest) -> Result<crate::lifecycle::Action, CoordError> {
+    let swap = match pb::VolumeRole::try_from(r.role) {
+        Ok(pb::VolumeRole::Swap) => true,
+        Ok(pb::VolumeRole::Data) => false,
+        _ => {
+            return Err(CoordError::Invalid(format!(
+                "role {} cannot be added: give swap or data",
+                r.role
+            )))
+        }
+    };
+    Ok(crate::lifecycle::Action::AddDisk {
+        swap,
+        size_bytes: r.size_bytes,
+    })
+}

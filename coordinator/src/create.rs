@@ -131,6 +131,7 @@ impl Coordinator {
         caller.require_admin()?;
         let vm = self.vm_for(caller, name).await?;
         crate::volatile::refuse_keeping(&vm, "made a base")?;
+        self.refuse_unchanged(&vm).await?;
         let host = vm
             .host
             .clone()

@@ -58,6 +58,13 @@ pub trait AgentDoor: Send + Sync {
     /// Gives a domain to a new owner with a new display password (pool hand-outs).
     async fn assign(&self, name: &str, owner: &str) -> Result<pb::Domain>;
     async fn set_autostart(&self, name: &str, on: bool) -> Result<pb::Domain>;
+    async fn add_volume(&self, req: pb::AddVolumeRequest) -> Result<pb::Domain>;
+    async fn volume_info(&self, name: &str) -> Result<pb::VolumeInfo>;
+    /// Moves a shut-off clone onto another base (its disks from the base made again).
+    async fn rebase_clone(&self, name: &str, base: &str) -> Result<pb::Domain>;
+    /// Turns a base without clones back into a plain domain (its base files go).
+    async fn unprepare_base(&self, name: &str) -> Result<()>;
+    async fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
     /// New memory (MiB) and vCPUs, 0 keeping a value; applied live where libvirt can.
     async fn set_resources(&self, name: &str, memory_mib: u64, vcpus: u32) -> Result<pb::Domain>;
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>>;
@@ -252,6 +259,41 @@ impl AgentDoor for GrpcDoor {
         };
         self.quick(AGENT_QUICK_CALL, c.domains.assign_domain(req))
             .await
+    }
+
+    async fn add_volume(&self, req: pb::AddVolumeRequest) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        self.long(c.bases.add_volume(req)).await
+    }
+
+    async fn volume_info(&self, name: &str) -> Result<pb::VolumeInfo> {
+        let mut c = self.client.clone();
+        let req = pb::VolumeRef { name: name.into() };
+        self.quick(AGENT_QUICK_CALL, c.volumes.get_volume_info(req))
+            .await
+    }
+
+    async fn rebase_clone(&self, name: &str, base: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::RebaseCloneRequest {
+            name: name.into(),
+            base: base.into(),
+        };
+        self.long(c.bases.rebase_clone(req)).await
+    }
+
+    async fn unprepare_base(&self, name: &str) -> Result<()> {
+        let mut c = self.client.clone();
+        self.long(c.bases.remove_base(dref(name))).await.map(|_| ())
+    }
+
+    async fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::RemoveVolumeRequest {
+            domain: domain.into(),
+            volume: volume.into(),
+        };
+        self.long(c.bases.remove_volume(req)).await
     }
 
     async fn set_autostart(&self, name: &str, on: bool) -> Result<pb::Domain> {

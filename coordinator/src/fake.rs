@@ -259,6 +259,41 @@ impl AgentDoor for FakeAgent {
         Ok(d.clone())
     }
 
+    async fn add_volume(&self, req: pb::AddVolumeRequest) -> Result<pb::Domain> {
+        self.enter("add_volume", &req.domain).await?;
+        self.domain(&req.domain)
+    }
+
+    async fn volume_info(&self, name: &str) -> Result<pb::VolumeInfo> {
+        self.enter("volume_info", name).await?;
+        Ok(pb::VolumeInfo {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn rebase_clone(&self, name: &str, base: &str) -> Result<pb::Domain> {
+        self.enter("rebase_clone", name).await?;
+        let mut st = self.state.lock().unwrap();
+        let d = st.domains.get_mut(name).ok_or_else(|| self.missing(name))?;
+        d.base = base.into();
+        Ok(d.clone())
+    }
+
+    async fn unprepare_base(&self, name: &str) -> Result<()> {
+        self.enter("unprepare_base", name).await?;
+        let mut st = self.state.lock().unwrap();
+        let d = st.domains.get_mut(name).ok_or_else(|| self.missing(name))?;
+        d.kind = pb::DomainKind::Plain as i32;
+        Ok(())
+    }
+
+    async fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        self.enter("remove_volume", &format!("{domain} {volume}"))
+            .await?;
+        self.domain(domain)
+    }
+
     async fn set_autostart(&self, name: &str, on: bool) -> Result<pb::Domain> {
         self.enter("set_autostart", name).await?;
         let mut st = self.state.lock().unwrap();

@@ -415,7 +415,11 @@ async fn day_two_power_actions_pause_resume_and_reset() {
         (Action::Resume, pb::DomainState::Running),
         (Action::Reset, pb::DomainState::Running),
     ] {
-        let op = kit.coord.vm_action(&kit.alice, "c1", action).await.unwrap();
+        let op = kit
+            .coord
+            .vm_action(&kit.alice, "c1", action.clone())
+            .await
+            .unwrap();
         assert_eq!(
             kit.end(&op.id).await.state,
             OpState::Succeeded,
@@ -610,4 +614,40 @@ async fn a_pool_is_kept_full_and_hands_out_a_running_clone_without_remaking_it()
     let status = kit.coord.pool_status(&kit.admin, "web").await.unwrap();
     assert_eq!(status.made, 0);
     assert!(vm_exists(&kit, "mine").await);
+}
+
+#[tokio::test]
+async fn base_rm_makes_an_editable_vm_and_a_rebase_changes_a_clones_base() {
+    use crate::lifecycle::Action;
+    let kit = Kit::new(2).await;
+    kit.base("web", None, &["h1", "h2"]).await;
+    kit.base("web2", None, &["h1"]).await;
+    // A clone moves onto another base (the new base comes to its host when needed).
+    cloned(&kit, clone_req("web", "c1", "")).await;
+    let op = kit
+        .coord
+        .vm_action(&kit.alice, "c1", Action::Rebase("web2".into()))
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    let c1 = kit.coord.vm_for(&kit.alice, "c1").await.unwrap();
+    assert_eq!(c1.base.as_deref(), Some("web2"));
+    // Not while it has clones; then a VM on one host, its other copy gone.
+    let refused = kit.coord.unprepare_base(&kit.admin, "web2").await;
+    assert!(refused.unwrap_err().to_string().contains("c1"));
+    let op = kit.coord.unprepare_base(&kit.admin, "web").await.unwrap();
+    assert_eq!(kit.end(&op.id).await.state, OpState::Succeeded);
+    assert!(vm_exists(&kit, "web").await);
+    let calls = kit.calls();
+    assert!(
+        calls.iter().any(|c| c == "h2 remove_domain web"),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c == "h1 unprepare_base web"),
+        "{calls:?}"
+    );
+    // Unchanged disks: preparing it again is refused (the fake's disks never change).
+    let err = kit.coord.prepare_base(&kit.admin, "web").await.unwrap_err();
+    assert!(err.to_string().contains("nothing changed"), "{err}");
 }

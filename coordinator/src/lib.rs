@@ -41,6 +41,7 @@ pub mod starts;
 pub mod states;
 pub mod store;
 pub mod transfers;
+pub mod upkeep;
 pub mod users;
 pub mod views;
 pub mod vms;

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use corral_client::proto as pb;
+
 use crate::auth::Caller;
 use crate::door::Power;
 use crate::error::{CoordError, Result};
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// A VM action that becomes an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Start,
     Shutdown,
@@ -37,10 +39,19 @@ pub enum Action {
         memory_mib: u64,
         vcpus: u32,
     },
+    /// A new empty swap or data disk (shut-off VMs).
+    AddDisk {
+        swap: bool,
+        size_bytes: u64,
+    },
+    /// A swap or data disk detached and deleted (shut-off VMs).
+    RemoveDisk(String),
+    /// A clone moved onto another base with the same layout (shut-off clones).
+    Rebase(String),
 }
 
 impl Action {
-    pub fn kind(self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Self::Start => "start",
             Self::Shutdown => "shutdown",
@@ -55,12 +66,25 @@ impl Action {
             Self::Reboot => "reboot",
             Self::Autostart(_) => "autostart",
             Self::Resources { .. } => "resources",
+            Self::AddDisk { .. } => "add-disk",
+            Self::RemoveDisk(_) => "remove-disk",
+            Self::Rebase(_) => "rebase",
         }
     }
 
     /// Bad numbers are refused before anything is submitted.
-    fn check(self) -> Result<()> {
-        if let Self::Resources { memory_mib, vcpus } = self {
+    fn check(&self) -> Result<()> {
+        if let Self::AddDisk { size_bytes, .. } = *self {
+            if !(1 << 20..=16 << 40).contains(&size_bytes) {
+                return Err(CoordError::Invalid(format!(
+                    "a disk of {size_bytes} bytes is out of range: 1 MiB to 16 TiB"
+                )));
+            }
+        }
+        if let Self::RemoveDisk(v) = self {
+            crate::names::check_name("volume", v)?;
+        }
+        if let Self::Resources { memory_mib, vcpus } = *self {
             if memory_mib == 0 && vcpus == 0 {
                 return Err(CoordError::Invalid(
                     "give new memory or vCPUs (0 keeps a value)".into(),
@@ -86,6 +110,9 @@ impl Coordinator {
     ) -> Result<OpRecord> {
         action.check()?;
         let vm = self.vm_for(caller, name).await?;
+        if let Action::Rebase(base) = &action {
+            self.check_rebase(caller, &vm, base).await?;
+        }
         if action == Action::Spinoff && vm.base.is_none() {
             return Err(CoordError::FailedPrecondition(format!(
                 "VM {name} is no clone: it has no base to spin off from"
@@ -113,7 +140,7 @@ impl Coordinator {
     }
 
     pub(crate) async fn do_action(
-        &self,
+        self: &Arc<Self>,
         ctx: &OpCtx,
         host: &str,
         mut vm: VmRecord,
@@ -143,6 +170,28 @@ impl Coordinator {
             Action::Resources { memory_mib, vcpus } => {
                 Some(door.set_resources(&name, memory_mib, vcpus).await?)
             }
+            Action::AddDisk { swap, size_bytes } => {
+                let role = if swap {
+                    pb::VolumeRole::Swap
+                } else {
+                    pb::VolumeRole::Data
+                };
+                let req = pb::AddVolumeRequest {
+                    domain: name.clone(),
+                    role: role as i32,
+                    size_bytes,
+                    name: String::new(),
+                };
+                Some(door.add_volume(req).await?)
+            }
+            Action::RemoveDisk(ref volume) => Some(door.remove_volume(&name, volume).await?),
+            Action::Rebase(ref base) => {
+                // The new base comes to the VM's host first when it is not there.
+                self.ensure_base(ctx, base, host, 0).await?;
+                let d = door.rebase_clone(&name, base).await?;
+                vm.base = Some(base.clone());
+                Some(d)
+            }
             Action::Spinoff => {
                 let d = door.spinoff_clone(&name).await?;
                 // The record follows the agent: no base any more, so the base may go.
@@ -167,9 +216,12 @@ impl Coordinator {
                 | Action::Reset
                 | Action::Reboot => Desired::Running,
                 Action::Hibernate => Desired::Hibernated,
-                Action::Spinoff | Action::Autostart(_) | Action::Resources { .. } => {
-                    vm.desired_state
-                }
+                Action::Spinoff
+                | Action::Autostart(_)
+                | Action::Resources { .. }
+                | Action::AddDisk { .. }
+                | Action::RemoveDisk(_)
+                | Action::Rebase(_) => vm.desired_state,
                 _ => Desired::ShutOff,
             };
             let v = vm.clone();

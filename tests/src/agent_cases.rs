@@ -129,6 +129,8 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "RemoveDomain" => c.domains.remove_domain(pb::RemoveDomainRequest { name: n, remove_volumes: true });
         "AssignDomain" => c.domains.assign_domain(pb::AssignDomainRequest { name: n, owner: "alice".into() });
         "RebootDomain" => c.domains.reboot_domain(dref(&n));
+        "RebaseClone" => c.bases.rebase_clone(pb::RebaseCloneRequest { name: n, base: "adv-none".into() });
+        "RemoveVolume" => c.bases.remove_volume(pb::RemoveVolumeRequest { domain: n, volume: "adv-none.qcow2".into() });
         "SetAutostart" => c.domains.set_autostart(pb::SetAutostartRequest { name: n, autostart: true });
         "SetResources" => c.domains.set_resources(pb::SetResourcesRequest { name: n, memory_mib: 256, vcpus: 1 });
         "PrepareBase" => c.bases.prepare_base(dref(&n));
@@ -499,6 +501,15 @@ fn ownership_cases(w: &AgentWorld) -> Vec<Case<C>> {
         "SetResources", "u64::MAX MiB", InvalidArgument, ["memory"], it [clone] => c.domains.set_resources(pb::SetResourcesRequest { name: clone, memory_mib: u64::MAX, vcpus: 0 });
         "SetResources", "10000 vCPUs", InvalidArgument, ["vCPU"], it [clone] => c.domains.set_resources(pb::SetResourcesRequest { name: clone, memory_mib: 0, vcpus: 10_000 });
         "RebootDomain", "a shut-off domain", FailedPrecondition, ["reboot"], it [clone] => c.domains.reboot_domain(dref(&clone));
+        "RebaseClone", "a domain that is no clone", FailedPrecondition, ["not a clone"], it [other, base] => c.bases.rebase_clone(pb::RebaseCloneRequest { name: other, base });
+        "RebaseClone", "onto its own base", FailedPrecondition, ["already a clone"], it [clone, base] => c.bases.rebase_clone(pb::RebaseCloneRequest { name: clone, base });
+        "RebaseClone", "onto a base named ../x", InvalidArgument, ["base"], it [clone] => c.bases.rebase_clone(pb::RebaseCloneRequest { name: clone, base: "../x".into() });
+        "RebaseClone", "onto an unknown base", NotFound, ["adv-ghost-base"], it [clone] => c.bases.rebase_clone(pb::RebaseCloneRequest { name: clone, base: "adv-ghost-base".into() });
+        "RebaseClone", "onto a domain that is no base", FailedPrecondition, ["not a base"], it [clone, other] => c.bases.rebase_clone(pb::RebaseCloneRequest { name: clone, base: other });
+        "RemoveVolume", "a base's volume", FailedPrecondition, ["base"], it [base, bf] => c.bases.remove_volume(pb::RemoveVolumeRequest { domain: base, volume: bf });
+        "RemoveVolume", "another domain's disk", NotFound, ["no volume"], it [clone, od] => c.bases.remove_volume(pb::RemoveVolumeRequest { domain: clone, volume: od });
+        "RemoveVolume", "the system disk", FailedPrecondition, ["only swap and data"], it [clone, cd] => c.bases.remove_volume(pb::RemoveVolumeRequest { domain: clone, volume: cd });
+        "RemoveVolume", "a path as the volume", InvalidArgument, ["volume"], it [clone] => c.bases.remove_volume(pb::RemoveVolumeRequest { domain: clone, volume: "../../etc/passwd".into() });
     }
     out
 }

@@ -262,6 +262,9 @@ fn vm_rpcs(
         "ResetVm" => c.vms.reset_vm(vref(&n));
         "SpinoffVm" => c.vms.spinoff_vm(vref(&n));
         "RebootVm" => c.vms.reboot_vm(vref(&n));
+        "RebaseVm" => c.vms.rebase_vm(pb::RebaseVmRequest { name: n, base: "advc-web".into() });
+        "AddVmDisk" => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: n, role: pb::VolumeRole::Data as i32, size_bytes: 16 << 20 });
+        "RemoveVmDisk" => c.vms.remove_vm_disk(pb::RemoveVmDiskRequest { name: n, volume: "advc-none.qcow2".into() });
         "SetVmAutostart" => c.vms.set_vm_autostart(pb::SetVmAutostartRequest { name: n, autostart: true });
         "SetVmResources" => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: n, memory_mib: 256, vcpus: 1 });
         "GetVm" => c.vms.get_vm(vref(&n));
@@ -294,6 +297,7 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "CreateBase(name)" => c.vms.create_base(new_base(spec(&n), &host));
         "CreateBase(host)" => c.vms.create_base(new_base(spec("advc-newbase"), &n));
         "RemoveBase" => c.vms.remove_base(pb::BaseRef { name: n });
+        "UnprepareBase" => c.vms.unprepare_base(pb::BaseRef { name: n });
         "SyncBase(base)" => c.vms.sync_base(on_host(&n, &host));
         "SyncBase(host)" => c.vms.sync_base(on_host(&base, &n));
         "RemoveBaseFromHost" => c.vms.remove_base_from_host(on_host(&n, &host));
@@ -572,6 +576,16 @@ fn number_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "RevertVmSnapshot", "mode 9", InvalidArgument, ["mode"], alice [vm] => c.snapshots.revert_vm_snapshot(pb::RevertSnapshotRequest { mode: 9, ..snap(vm, "s1") });
         "ExposeVmPort", "guest port 0", InvalidArgument, ["out of range"], alice [vm] => c.access.expose_vm_port(expose(&vm, 0, 0));
         "ExposeVmPort", "guest port 70000", InvalidArgument, ["out of range"], alice [vm] => c.access.expose_vm_port(expose(&vm, 70000, 0));
+        "UnprepareBase", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.unprepare_base(pb::BaseRef { name: base });
+        "UnprepareBase", "a base with clones", FailedPrecondition, ["clone"], admin [base] => c.vms.unprepare_base(pb::BaseRef { name: base });
+        "RebaseVm", "onto a base named ../x", InvalidArgument, ["base"], alice [vm] => c.vms.rebase_vm(pb::RebaseVmRequest { name: vm, base: "../x".into() });
+        "RebaseVm", "onto its own base", FailedPrecondition, ["already a clone"], alice [vm, base] => c.vms.rebase_vm(pb::RebaseVmRequest { name: vm, base });
+        "RebaseVm", "onto an unknown base", NotFound, ["advc-ghost"], alice [vm] => c.vms.rebase_vm(pb::RebaseVmRequest { name: vm, base: "advc-ghost".into() });
+        "AddVmDisk", "a system disk", InvalidArgument, ["swap or data"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::System as i32, size_bytes: 16 << 20 });
+        "AddVmDisk", "role 99", InvalidArgument, ["swap or data"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: 99, size_bytes: 16 << 20 });
+        "AddVmDisk", "1 byte", InvalidArgument, ["out of range"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: 1 });
+        "AddVmDisk", "u64::MAX bytes", InvalidArgument, ["out of range"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: u64::MAX });
+        "RemoveVmDisk", "a path as the volume", InvalidArgument, ["volume"], alice [vm] => c.vms.remove_vm_disk(pb::RemoveVmDiskRequest { name: vm, volume: "../../etc/passwd".into() });
         "SetVmResources", "nothing to change", InvalidArgument, ["memory or vCPUs"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: 0, vcpus: 0 });
         "SetVmResources", "u64::MAX MiB", InvalidArgument, ["out of range"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: u64::MAX, vcpus: 0 });
         "SetVmResources", "100000 vCPUs", InvalidArgument, ["out of range"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: 0, vcpus: 100_000 });

@@ -88,6 +88,36 @@ async fn day_two_changes_reach_the_guest() {
         .ok(&["vm", "show", "e2e-d-vm"])
         .contains("needs_restart"));
     cli.ok(&["vm", "poweroff", "e2e-d-vm"]);
+    // A swap disk added while it is off, then removed with its file.
+    cli.ok(&["vm", "disk-add", "e2e-d-vm", "--size", "32M", "--swap"]);
+    let disks = details(&cli, "e2e-d-vm")["disks"].clone();
+    let swap = disks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["role"] == pb::VolumeRole::Swap as i32)
+        .unwrap_or_else(|| panic!("no swap disk: {disks}"))
+        .clone();
+    let file = std::path::PathBuf::from(swap["path"].as_str().unwrap());
+    assert!(file.is_file());
+    // The system disk stays.
+    let system = disks[0]["volume"].as_str().unwrap().to_string();
+    let out = cli.run(&["vm", "disk-rm", "e2e-d-vm", &system]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only swap and data"),
+        "{out:?}"
+    );
+    cli.ok(&[
+        "vm",
+        "disk-rm",
+        "e2e-d-vm",
+        swap["volume"].as_str().unwrap(),
+    ]);
+    assert!(!file.exists());
+    assert_eq!(
+        details(&cli, "e2e-d-vm")["disks"].as_array().unwrap().len(),
+        2
+    );
     cli.ok(&["vm", "start", "e2e-d-vm"]);
     let d = details(&cli, "e2e-d-vm");
     assert_eq!(
@@ -115,5 +145,5 @@ async fn day_two_changes_reach_the_guest() {
     cli.ok(&["vm", "reboot", "e2e-d-vm"]);
     assert_eq!(virsh(&["domstate", "e2e-d-vm"]).unwrap().trim(), "running");
     cli.ok(&["vm", "rm", "e2e-d-vm"]);
-    admin_cli.ok(&["base", "rm", "e2e-d-base"]);
+    admin_cli.ok(&["base", "delete", "e2e-d-base"]);
 }

@@ -163,5 +163,5 @@ async fn a_pool_fills_hands_out_a_running_clone_and_refills() {
     admin_cli.ok(&["base", "pool", "e2e-p-base", "--clones", "0"]);
     wait_pool(&admin_cli, "e2e-p-base", (0, 0, 0));
     assert!(pool_clones(&admin_cli).is_empty());
-    admin_cli.ok(&["base", "rm", "e2e-p-base"]);
+    admin_cli.ok(&["base", "delete", "e2e-p-base"]);
 }

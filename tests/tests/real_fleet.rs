@@ -213,7 +213,7 @@ fn a_real_host_and_test_hosts_driven_by_the_cli_over_tls() {
     let op = cli.json(&["vm", "spinoff", "e2e-f-c1"]);
     assert_eq!(op["state"], 3, "{op}");
     assert_eq!(cli.json(&["vm", "show", "e2e-f-c1"])["base"], "");
-    cli.ok(&["base", "rm", "e2e-f-base"]);
+    cli.ok(&["base", "delete", "e2e-f-base"]);
     let op = cli.json(&["vm", "start", "e2e-f-c1"]);
     assert_eq!(op["state"], 3, "{op}");
     assert_eq!(cli.json(&["vm", "show", "e2e-f-c1"])["observed_state"], 1);

@@ -29,6 +29,10 @@ rpcs! { BaseApi: BaseService, |a, r|;
     restore_clone(pb::DomainRef) -> pb::Domain = "RestoreClone" by r.name => a.restore_clone(&r.name);
     spinoff_clone(pb::DomainRef) -> pb::Domain = "SpinoffClone" by r.name => a.spinoff(&r.name);
     add_volume(pb::AddVolumeRequest) -> pb::Domain = "AddVolume" by r.domain => a.add_volume(&r);
+    rebase_clone(pb::RebaseCloneRequest) -> pb::Domain = "RebaseClone" by r.name
+        => a.rebase_clone(&r.name, &r.base);
+    remove_volume(pb::RemoveVolumeRequest) -> pb::Domain = "RemoveVolume" by r.domain
+        => a.remove_volume(&r.domain, &r.volume);
     export_base(pb::DomainRef) -> pb::BaseExport = "ExportBase" by r.name => a.export_base(&r.name);
     import_base(pb::ImportBaseRequest) -> pb::Base = "ImportBase" => a.import_base(&r.definition_xml);
     export_domain(pb::DomainRef) -> pb::BaseExport = "ExportDomain" by r.name => a.export_domain(&r.name);

@@ -37,12 +37,15 @@ pub enum BaseCmd {
     },
     /// Turn a shut-off VM into a base (read-only base files, locked, clonable).
     Prepare { vm: String },
-    /// Remove the base from every host; with --host, only its copy there.
+    /// Turn a base without clones back into an editable VM (its copies on other hosts and its
+    /// base files go); with --host, only remove its copy there.
     Rm {
         name: String,
         #[arg(long)]
         host: Option<String>,
     },
+    /// Delete the base from every host (refused while it has clones).
+    Delete { name: String },
     /// Copy the base (its parents first) to a host, agent to agent.
     Sync {
         name: String,
@@ -177,6 +180,20 @@ pub enum VmCmd {
     Reset { name: String },
     /// Ask the guest to reboot (ACPI).
     Reboot { name: String },
+    /// Move a shut-off clone onto another base with the same disk layout (its system disk is
+    /// made again from BASE; data disks are kept).
+    Rebase { name: String, base: String },
+    /// Add a new empty data (or --swap) disk to a shut-off VM.
+    DiskAdd {
+        name: String,
+        /// Size, e.g. 512M or 2G.
+        #[arg(long)]
+        size: String,
+        #[arg(long)]
+        swap: bool,
+    },
+    /// Remove a data or swap disk of a shut-off VM (its volume, as `vm show` lists it).
+    DiskRm { name: String, volume: String },
     /// Start the VM with its host (`on`), or not (`off`).
     Autostart {
         name: String,
@@ -692,6 +709,14 @@ async fn base(
             follow(c, out, no_wait, op).await?;
         }
         BaseCmd::Rm { name, host: None } => {
+            let op = c
+                .vms
+                .unprepare_base(pb::BaseRef { name })
+                .await?
+                .into_inner();
+            follow(c, out, no_wait, op).await?;
+        }
+        BaseCmd::Delete { name } => {
             let op = c.vms.remove_base(pb::BaseRef { name }).await?.into_inner();
             follow(c, out, no_wait, op).await?;
         }
@@ -1106,6 +1131,23 @@ async fn vm(
         VmCmd::Resume { name } => c.vms.resume_vm(vref(name)).await?,
         VmCmd::Reset { name } => c.vms.reset_vm(vref(name)).await?,
         VmCmd::Reboot { name } => c.vms.reboot_vm(vref(name)).await?,
+        VmCmd::DiskAdd { name, size, swap } => {
+            let req = pb::AddVmDiskRequest {
+                name,
+                role: if swap {
+                    pb::VolumeRole::Swap
+                } else {
+                    pb::VolumeRole::Data
+                } as i32,
+                size_bytes: corral_client::parse_size(&size).map_err(ClientError::Config)?,
+            };
+            c.vms.add_vm_disk(req).await?
+        }
+        VmCmd::Rebase { name, base } => c.vms.rebase_vm(pb::RebaseVmRequest { name, base }).await?,
+        VmCmd::DiskRm { name, volume } => {
+            let req = pb::RemoveVmDiskRequest { name, volume };
+            c.vms.remove_vm_disk(req).await?
+        }
         VmCmd::Autostart { name, state } => {
             let req = pb::SetVmAutostartRequest {
                 name,

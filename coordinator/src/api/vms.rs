@@ -19,6 +19,7 @@ rpcs! { VmApi: VmService, |c, who, r|;
     create_vm(pb::CreateVmRequest) -> pb::Operation = "CreateVm" => op_to_pb(&c.create_vm(&who, r.try_into()?).await?);
     prepare_base(pb::VmRef) -> pb::Operation = "PrepareBase" => op_to_pb(&c.prepare_base(&who, &r.name).await?);
     remove_base(pb::BaseRef) -> pb::Operation = "RemoveBase" => op_to_pb(&c.remove_base(&who, &r.name).await?);
+    unprepare_base(pb::BaseRef) -> pb::Operation = "UnprepareBase" => op_to_pb(&c.unprepare_base(&who, &r.name).await?);
     sync_base(pb::SyncBaseRequest) -> pb::Operation = "SyncBase" => op_to_pb(&c.sync_base(&who, r.into()).await?);
     remove_base_from_host(pb::SyncBaseRequest) -> pb::Operation = "RemoveBaseFromHost"
         => op_to_pb(&c.remove_base_from_host(&who, r.into()).await?);
@@ -47,6 +48,12 @@ rpcs! { VmApi: VmService, |c, who, r|;
         => op_to_pb(&c.vm_action(&who, &r.name, Action::Autostart(r.autostart)).await?);
     set_vm_resources(pb::SetVmResourcesRequest) -> pb::Operation = "SetVmResources"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::Resources { memory_mib: r.memory_mib, vcpus: r.vcpus }).await?);
+    rebase_vm(pb::RebaseVmRequest) -> pb::Operation = "RebaseVm"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::Rebase(r.base.clone())).await?);
+    add_vm_disk(pb::AddVmDiskRequest) -> pb::Operation = "AddVmDisk"
+        => op_to_pb(&c.vm_action(&who, &r.name, crate::convert::add_disk_of(&r)?).await?);
+    remove_vm_disk(pb::RemoveVmDiskRequest) -> pb::Operation = "RemoveVmDisk"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::RemoveDisk(r.volume.clone())).await?);
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
     get_vm(pb::VmRef) -> pb::Vm = "GetVm" => {
         let vm = c.vm_for(&who, &r.name).await?;
