@@ -461,7 +461,10 @@ impl Agent {
         });
         let kind = pb::DomainKind::from(meta.kind);
         let needs_restart = state.is_active() && self.needs_restart(name, &xml)?;
+        let seen = self.hv.display_seen(name);
         Ok(pb::Domain {
+            display_clients: seen.clients,
+            display_last_seen_unix_ms: seen.last_seen_unix_ms,
             needs_restart,
             autostart: self.hv.autostart(name).unwrap_or(false),
             name: xml.name.clone(),

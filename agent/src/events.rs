@@ -216,3 +216,176 @@ pub fn register(conn: &Connect, tx: Sender) -> Result<i32> {
     }
     Ok(id)
 }
+
+/// Display clients of each domain, as libvirt's graphics events tell (VNC and SPICE).
+///
+/// libvirt cannot say who is connected now, only who comes and goes: a client that came
+/// before the agent started is not counted, so a domain not heard of is reported as last
+/// seen when the agent started listening (it is never idle for longer than the agent knows).
+#[derive(Debug)]
+pub struct Displays {
+    all: std::sync::Mutex<std::collections::HashMap<String, Seen>>,
+    since_unix_ms: i64,
+}
+
+impl Default for Displays {
+    fn default() -> Self {
+        Self {
+            all: std::sync::Mutex::default(),
+            since_unix_ms: now_ms(),
+        }
+    }
+}
+
+/// A domain's display clients now, and when one last came or went (ms since the epoch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub clients: u32,
+    pub last_seen_unix_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Displays {
+    /// One graphics event: `phase` is libvirt's (connect, initialize, disconnect).
+    pub fn event(&self, domain: &str, phase: u32) {
+        let Ok(mut all) = self.all.lock() else { return };
+        let seen = all.entry(domain.to_string()).or_default();
+        match phase {
+            sys::VIR_DOMAIN_EVENT_GRAPHICS_CONNECT => seen.clients += 1,
+            sys::VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT => {
+                seen.clients = seen.clients.saturating_sub(1)
+            }
+            _ => {}
+        }
+        seen.last_seen_unix_ms = now_ms();
+    }
+
+    pub fn seen(&self, domain: &str) -> Seen {
+        let seen = self
+            .all
+            .lock()
+            .ok()
+            .and_then(|all| all.get(domain).copied())
+            .unwrap_or_default();
+        Seen {
+            last_seen_unix_ms: seen.last_seen_unix_ms.max(self.since_unix_ms),
+            ..seen
+        }
+    }
+
+    /// A domain that stopped has no clients (its QEMU took them along).
+    pub fn stopped(&self, domain: &str) {
+        if let Ok(mut all) = self.all.lock() {
+            if let Some(s) = all.get_mut(domain) {
+                s.clients = 0;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn graphics_cb(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    phase: c_int,
+    _local: *const c_void,
+    _remote: *const c_void,
+    _auth: *const c_char,
+    _subject: *const c_void,
+    opaque: *mut c_void,
+) {
+    if opaque.is_null() || dom.is_null() {
+        return;
+    }
+    // SAFETY: `opaque` is the `Box<Arc<Displays>>` leaked in `register_graphics`, freed only
+    // by `free_displays` after libvirt stops calling us; `dom` is valid during the callback.
+    let displays = unsafe { &*(opaque as *const std::sync::Arc<Displays>) };
+    let name_ptr = unsafe { sys::virDomainGetName(dom) };
+    if name_ptr.is_null() {
+        return;
+    }
+    let domain = unsafe { CStr::from_ptr(name_ptr) }.to_string_lossy();
+    displays.event(&domain, u32::try_from(phase).unwrap_or(u32::MAX));
+}
+
+unsafe extern "C" fn free_displays(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: allocated by `Box::into_raw` in `register_graphics`, freed once by libvirt.
+        drop(unsafe { Box::from_raw(opaque as *mut std::sync::Arc<Displays>) });
+    }
+}
+
+/// Counts display clients of `conn`'s domains in `displays`. Returns libvirt's callback id.
+pub fn register_graphics(conn: &Connect, displays: std::sync::Arc<Displays>) -> Result<i32> {
+    let opaque = Box::into_raw(Box::new(displays)) as *mut c_void;
+    type GraphicsCb = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        c_int,
+        *const c_void,
+        *const c_void,
+        *const c_char,
+        *const c_void,
+        *mut c_void,
+    );
+    type GenericCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+    // SAFETY: libvirt calls a graphics callback with the graphics signature (the address and
+    // subject structs are only passed through as pointers we never read); the generic type
+    // is how the C API spells "any callback".
+    let cb = unsafe { std::mem::transmute::<GraphicsCb, GenericCb>(graphics_cb) };
+    // SAFETY: the connection pointer is valid while `conn` lives; libvirt keeps its own ref.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_GRAPHICS as c_int,
+            Some(cb),
+            opaque,
+            Some(free_displays),
+        )
+    };
+    if id < 0 {
+        // SAFETY: registration failed, so libvirt did not take ownership of `opaque`.
+        drop(unsafe { Box::from_raw(opaque as *mut std::sync::Arc<Displays>) });
+        return Err(AgentError::internal(format!(
+            "cannot register for libvirt graphics events: {}",
+            virt::error::Error::last_error()
+        )));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::*;
+
+    #[test]
+    fn clients_come_and_go_and_a_stop_takes_them_along() {
+        let d = Displays::default();
+        let unknown = d.seen("vm");
+        assert_eq!(unknown.clients, 0);
+        assert_eq!(
+            unknown.last_seen_unix_ms, d.since_unix_ms,
+            "never idle before the agent knew"
+        );
+        d.event("vm", sys::VIR_DOMAIN_EVENT_GRAPHICS_CONNECT);
+        d.event("vm", sys::VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE);
+        d.event("vm", sys::VIR_DOMAIN_EVENT_GRAPHICS_CONNECT);
+        assert_eq!(d.seen("vm").clients, 2);
+        d.event("vm", sys::VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT);
+        assert_eq!(d.seen("vm").clients, 1);
+        d.stopped("vm");
+        assert_eq!(d.seen("vm").clients, 0);
+        // More disconnects than connects (a client from before the agent) never underflow.
+        d.event("vm", sys::VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT);
+        assert_eq!(d.seen("vm").clients, 0);
+        assert!(d.seen("vm").last_seen_unix_ms >= d.since_unix_ms);
+        assert_eq!(d.seen("other").clients, 0);
+    }
+}

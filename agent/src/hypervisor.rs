@@ -101,6 +101,10 @@ pub trait Hypervisor: Send + Sync {
     fn managed_save(&self, name: &str) -> Result<()>;
     /// Asks the guest to reboot (ACPI).
     fn reboot(&self, name: &str) -> Result<()>;
+    /// Display clients of a domain now, and when one last came or went.
+    fn display_seen(&self, _name: &str) -> events::Seen {
+        events::Seen::default()
+    }
     fn autostart(&self, name: &str) -> Result<bool>;
     fn set_autostart(&self, name: &str, on: bool) -> Result<()>;
     /// Changes a running guest's memory (balloon, KiB) or vCPUs; fails where QEMU cannot.
@@ -180,6 +184,8 @@ pub struct Libvirt {
     conn: RwLock<Connect>,
     /// Where lifecycle events go; re-registered on every new connection.
     events: Mutex<Option<broadcast::Sender<RawEvent>>>,
+    /// Display clients per domain, from graphics events (registered with the events).
+    displays: std::sync::Arc<events::Displays>,
 }
 
 impl std::fmt::Debug for Libvirt {
@@ -208,6 +214,7 @@ impl Libvirt {
             uri: uri.into(),
             conn: RwLock::new(conn),
             events: Mutex::new(None),
+            displays: std::sync::Arc::default(),
         })
     }
 
@@ -215,6 +222,10 @@ impl Libvirt {
     pub fn watch_events(&self, tx: broadcast::Sender<RawEvent>) -> Result<()> {
         let conn = self.connection()?;
         events::register(&conn, tx.clone())?;
+        // Drivers without graphics events (the test driver) have no display clients either.
+        if let Err(e) = events::register_graphics(&conn, std::sync::Arc::clone(&self.displays)) {
+            tracing::debug!(error = %e, "no graphics events");
+        }
         *self.events.lock().map_err(poisoned)? = Some(tx);
         Ok(())
     }
@@ -233,6 +244,7 @@ impl Libvirt {
         let _ = fresh.set_keep_alive(5, 3);
         if let Some(tx) = self.events.lock().map_err(poisoned)?.clone() {
             events::register(&fresh, tx)?;
+            let _ = events::register_graphics(&fresh, std::sync::Arc::clone(&self.displays));
         }
         *self.conn.write().map_err(poisoned)? = fresh.clone();
         Ok(fresh)
@@ -383,6 +395,16 @@ impl Hypervisor for Libvirt {
 
     fn managed_save(&self, name: &str) -> Result<()> {
         self.act(name, "hibernate", |d| d.managed_save(0).map(|_| ()))
+    }
+
+    fn display_seen(&self, name: &str) -> events::Seen {
+        let seen = self.displays.seen(name);
+        // A domain that is not running has no clients, whatever was last heard.
+        if self.state(name).is_ok_and(|s| !s.is_active()) {
+            self.displays.stopped(name);
+            return events::Seen { clients: 0, ..seen };
+        }
+        seen
     }
 
     fn reboot(&self, name: &str) -> Result<()> {

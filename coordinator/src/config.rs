@@ -24,6 +24,8 @@ pub struct Config {
     pub per_host_limit: usize,
     /// Guests starting at once on one host (boot storms queue behind this).
     pub starts_per_host: usize,
+    /// A shutdown (asked for, or a run or idle timeout) powers the guest off after this long.
+    pub shutdown_grace_s: u64,
     /// A transfer between agents whose source reports no progress for this long is stopped.
     pub transfer_stall_ms: u64,
     /// When no user exists yet, an admin is created and its token written here (mode 0600).
@@ -82,6 +84,7 @@ impl Default for Config {
             down_after_ms: 6000,
             per_host_limit: 32,
             starts_per_host: 20,
+            shutdown_grace_s: 60,
             transfer_stall_ms: 60_000,
             bootstrap_token_file: "/var/lib/corral/coordinator/admin.token".into(),
             cpu_overcommit: 4.0,
@@ -138,6 +141,7 @@ impl Settings for Config {
         env.set("DOWN_AFTER_MS", &mut self.down_after_ms)?;
         env.set("PER_HOST_LIMIT", &mut self.per_host_limit)?;
         env.set("STARTS_PER_HOST", &mut self.starts_per_host)?;
+        env.set("SHUTDOWN_GRACE_S", &mut self.shutdown_grace_s)?;
         env.set("CPU_OVERCOMMIT", &mut self.cpu_overcommit)?;
         env.set("MEMORY_OVERCOMMIT", &mut self.memory_overcommit)?;
         env.set_some("AGENT_CA", &mut self.agent_ca)?;
@@ -161,6 +165,11 @@ impl Settings for Config {
         if self.per_host_limit == 0 || self.starts_per_host == 0 {
             return Err(CoordError::Invalid(
                 "per_host_limit and starts_per_host must be at least 1".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.shutdown_grace_s) {
+            return Err(CoordError::Invalid(
+                "shutdown_grace_s must be 1 to 3600 seconds".into(),
             ));
         }
         if self.heartbeat_ms == 0 || self.down_after_ms <= self.heartbeat_ms {

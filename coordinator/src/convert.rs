@@ -130,6 +130,7 @@ pub fn vm_to_pb(v: VmView) -> pb::Vm {
     let volatility = crate::volatile::Volatility::of(&v.vm);
     let vm = v.vm;
     let (domain, pool) = (vm.domain().to_string(), vm.is_pool());
+    let run_timeout_seconds = crate::idle::vm_run_timeout(&vm);
     pb::Vm {
         details: None,
         domain,
@@ -147,6 +148,9 @@ pub fn vm_to_pb(v: VmView) -> pb::Vm {
         host_state: liveness(v.host) as i32,
         volatile: volatility.is_some(),
         expires_unix_ms: volatility.and_then(|v| v.expires_ms).unwrap_or(0),
+        run_timeout_seconds,
+        run_left_seconds: None,
+        idle_left_seconds: None,
     }
 }
 
@@ -305,4 +309,21 @@ pub fn add_disk_of(r: &pb::AddVmDiskRequest) -> Result<crate::lifecycle::Action,
         swap,
         size_bytes: r.size_bytes,
     })
+}
+
+pub fn timeouts_of(r: &pb::BaseTimeouts) -> crate::idle::Timeouts {
+    crate::idle::Timeouts {
+        run_seconds: r.run_seconds,
+        idle_seconds: r.idle_seconds,
+        idle_hibernate: r.idle_hibernate,
+    }
+}
+
+pub fn timeouts_to_pb(base: &str, t: crate::idle::Timeouts) -> pb::BaseTimeouts {
+    pb::BaseTimeouts {
+        base: base.into(),
+        run_seconds: t.run_seconds,
+        idle_seconds: t.idle_seconds,
+        idle_hibernate: t.idle_hibernate,
+    }
 }

@@ -72,6 +72,13 @@ impl FakeAgent {
         self.state.lock().unwrap().volumes.clone()
     }
 
+    /// Changes what the agent says of a domain (as libvirt would: a start time, clients).
+    pub fn edit_domain(&self, name: &str, f: impl FnOnce(&mut pb::Domain)) {
+        if let Some(d) = self.state.lock().unwrap().domains.get_mut(name) {
+            f(d);
+        }
+    }
+
     pub fn put_domain(&self, d: pb::Domain) {
         self.state.lock().unwrap().domains.insert(d.name.clone(), d);
     }
@@ -101,7 +108,7 @@ impl FakeAgent {
         )
     }
 
-    fn domain(&self, name: &str) -> Result<pb::Domain> {
+    pub fn domain(&self, name: &str) -> Result<pb::Domain> {
         self.state
             .lock()
             .unwrap()

@@ -23,6 +23,7 @@ mod fleet_tests;
 #[cfg(test)]
 mod fuzz;
 pub mod hosts;
+pub mod idle;
 pub mod lifecycle;
 pub mod listings;
 pub mod moves;

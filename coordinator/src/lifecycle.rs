@@ -48,6 +48,8 @@ pub enum Action {
     RemoveDisk(String),
     /// A clone moved onto another base with the same layout (shut-off clones).
     Rebase(String),
+    /// The VM's own run timeout (seconds; 0: its base's), admin only.
+    RunTimeout(u64),
 }
 
 impl Action {
@@ -69,6 +71,7 @@ impl Action {
             Self::AddDisk { .. } => "add-disk",
             Self::RemoveDisk(_) => "remove-disk",
             Self::Rebase(_) => "rebase",
+            Self::RunTimeout(_) => "run-timeout",
         }
     }
 
@@ -80,6 +83,13 @@ impl Action {
                     "a disk of {size_bytes} bytes is out of range: 1 MiB to 16 TiB"
                 )));
             }
+        }
+        if let Self::RunTimeout(s) = *self {
+            crate::idle::Timeouts {
+                run_seconds: s,
+                ..Default::default()
+            }
+            .check()?;
         }
         if let Self::RemoveDisk(v) = self {
             crate::names::check_name("volume", v)?;
@@ -109,6 +119,10 @@ impl Coordinator {
         action: Action,
     ) -> Result<OpRecord> {
         action.check()?;
+        if let Action::RunTimeout(_) = action {
+            // A student does not lift their own VM's limit.
+            caller.require_admin()?;
+        }
         let vm = self.vm_for(caller, name).await?;
         if let Action::Rebase(base) = &action {
             self.check_rebase(caller, &vm, base).await?;
@@ -152,7 +166,7 @@ impl Coordinator {
         ctx.progress(action.kind(), Some(10.0), None, &format!("on host {host}"))
             .await?;
         let shutdown = Power::Shutdown {
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(self.cfg.shutdown_grace_s),
         };
         let domain = match action {
             Action::Start => {
@@ -199,6 +213,16 @@ impl Coordinator {
                 Some(d)
             }
             Action::Restore => Some(door.restore_clone(&name).await?),
+            Action::RunTimeout(s) => {
+                // Read again: an operation before this one may have changed the record.
+                let n = vm.name.clone();
+                let mut fresh = self.blocking(move |st| st.vm(&n)).await?;
+                fresh.spec["run_timeout_s"] = s.into();
+                let v = fresh.clone();
+                self.blocking(move |st| st.put_vm(&v)).await?;
+                vm = fresh;
+                None
+            }
             Action::Remove => {
                 door.remove_domain(&name).await?;
                 let n = vm.name.clone();
@@ -221,7 +245,8 @@ impl Coordinator {
                 | Action::Resources { .. }
                 | Action::AddDisk { .. }
                 | Action::RemoveDisk(_)
-                | Action::Rebase(_) => vm.desired_state,
+                | Action::Rebase(_)
+                | Action::RunTimeout(_) => vm.desired_state,
                 _ => Desired::ShutOff,
             };
             let v = vm.clone();

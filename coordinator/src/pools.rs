@@ -349,6 +349,8 @@ impl Coordinator {
         for pooled in free {
             let mut spec = crate::clones::clone_spec(order);
             spec["domain"] = pooled.name.clone().into();
+            // Run timeouts count from here, not from when the pool started it.
+            spec["handed_out_ms"] = crate::store::now_ms().into();
             let vm = VmRecord {
                 name: order.name.clone(),
                 owner: owner.into(),

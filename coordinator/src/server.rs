@@ -63,6 +63,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
     // Ends with the coordinator (it holds a weak reference).
     drop(coord.spawn_reaper());
     drop(coord.spawn_pool_manager());
+    drop(coord.spawn_idle_keeper());
     Ok(coord)
 }
 

@@ -268,6 +268,9 @@ pub trait Store: Send + Sync {
     /// Every base's pool size, by name (bases without a pool are left out).
     fn base_pools(&self) -> Result<std::collections::HashMap<String, PoolSize>>;
     fn set_base_pool(&self, name: &str, pool: &PoolSize) -> Result<()>;
+    /// Every base's run and idle timeouts, by name (bases without any are left out).
+    fn base_timeouts(&self) -> Result<std::collections::HashMap<String, crate::idle::Timeouts>>;
+    fn set_base_timeouts(&self, name: &str, t: &crate::idle::Timeouts) -> Result<()>;
     /// Every base's access, by name.
     fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>>;
 
@@ -381,6 +384,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 6: pools of ready clones: each base's sizes, and an index to find pool clones.
     "ALTER TABLE bases ADD COLUMN pool TEXT;
      CREATE INDEX vms_pool ON vms(json_extract(spec, '$.pool'));",
+    // 7: run and idle timeouts per base (`idle::Timeouts` as JSON; NULL: none).
+    "ALTER TABLE bases ADD COLUMN timeouts TEXT;",
 ];
 
 /// What a base records for access when it is first made: private, no rules.
@@ -1057,6 +1062,34 @@ impl Store for Sqlite {
             .transpose()?;
         if conn.exec(
             "UPDATE bases SET pool = ?2 WHERE name = ?1",
+            params![name, text],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        Ok(())
+    }
+
+    fn base_timeouts(&self) -> Result<std::collections::HashMap<String, crate::idle::Timeouts>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt =
+            conn.prepare_cached("SELECT name, timeouts FROM bases WHERE timeouts IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (name, text) = row?;
+            out.insert(name, serde_json::from_str(&text)?);
+        }
+        Ok(out)
+    }
+
+    fn set_base_timeouts(&self, name: &str, t: &crate::idle::Timeouts) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let text = (!t.is_none())
+            .then(|| serde_json::to_string(t))
+            .transpose()?;
+        if conn.exec(
+            "UPDATE bases SET timeouts = ?2 WHERE name = ?1",
             params![name, text],
         )? == 0
         {

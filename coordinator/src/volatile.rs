@@ -69,8 +69,9 @@ pub fn refuse_keeping(vm: &VmRecord, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The reaper's identity in operations.
-fn reaper() -> Caller {
+/// The coordinator's own identity in the operations it starts itself (the reaper, the idle
+/// keeper).
+pub(crate) fn system() -> Caller {
     Caller(UserRecord {
         name: "corral".into(),
         role: "admin".into(),
@@ -89,7 +90,7 @@ impl Coordinator {
             let Some(why) = due(&vm, now, locked) else {
                 continue;
             };
-            match self.vm_action(&reaper(), &vm.name, Action::Remove).await {
+            match self.vm_action(&system(), &vm.name, Action::Remove).await {
                 Ok(op) => {
                     tracing::info!(vm = %vm.name, ?why, op = %op.id, "volatile VM removed");
                     reaped.push(vm.name);

@@ -65,8 +65,8 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
                 .iter()
                 .map(|v| {
                     format!(
-                        "{} {} {} {} {}",
-                        v.name, v.owner, v.base, v.host, v.desired_state
+                        "{} {} {} {} {} {}",
+                        v.name, v.owner, v.base, v.host, v.desired_state, v.run_timeout_seconds
                     )
                 })
                 .collect()
@@ -88,6 +88,15 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
         });
         if let Ok(a) = access.await.map(|a| a.into_inner()) {
             bases.push_str(&format!(" {} {:?}", a.public, a.rules));
+        }
+        let name = b.name.clone();
+        if let Ok(t) = admin.vms.get_base_timeouts(pb::BaseRef { name }).await {
+            bases.push_str(&format!(" {:?}", t.into_inner()));
+        }
+        let name = b.name.clone();
+        if let Ok(p) = admin.vms.get_base_pool(pb::BaseRef { name }).await {
+            let p = p.into_inner();
+            bases.push_str(&format!(" pool {} {}", p.clones, p.start));
         }
     }
     let user_list = admin
@@ -313,6 +322,9 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "SetBasePublic" => c.vms.set_base_public(pb::SetBasePublicRequest { base: n, public: true });
         "SetBasePool" => c.vms.set_base_pool(pb::SetBasePoolRequest { base: n, clones: 1, start: 0 });
         "GetBasePool" => c.vms.get_base_pool(pb::BaseRef { name: n });
+        "SetBaseTimeouts" => c.vms.set_base_timeouts(pb::BaseTimeouts { base: n, run_seconds: 3600, idle_seconds: 600, idle_hibernate: true });
+        "GetBaseTimeouts" => c.vms.get_base_timeouts(pb::BaseRef { name: n });
+        "SetVmRunTimeout" => c.vms.set_vm_run_timeout(pb::SetVmRunTimeoutRequest { name: n, run_seconds: 3600 });
         "AddAccessRule" => c.vms.add_access_rule(add_rule(&n, rule("course", "math"), 0));
         "RemoveAccessRule" => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base: n, position: 1 });
         "GetBaseAccess" => c.vms.get_base_access(pb::BaseAccessRequest { base: n, user: String::new() });
@@ -453,6 +465,13 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "SetBasePublic", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_public(pb::SetBasePublicRequest { base, public: false });
         "SetBasePool", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_pool(pb::SetBasePoolRequest { base, clones: 2, start: 1 });
         "GetBasePool", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_pool(pb::BaseRef { name: base });
+        "SetBaseTimeouts", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_timeouts(pb::BaseTimeouts { base, run_seconds: 0, idle_seconds: 0, idle_hibernate: false });
+        "GetBaseTimeouts", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_timeouts(pb::BaseRef { name: base });
+        "SetVmRunTimeout", "a student lifting their own limit", PermissionDenied, ["admin"], alice [vm] => c.vms.set_vm_run_timeout(pb::SetVmRunTimeoutRequest { name: vm, run_seconds: 0 });
+        // Timeouts an admin gets wrong.
+        "SetBaseTimeouts", "a run timeout of 5 s", InvalidArgument, ["run timeout of 5 s is out of range"], admin [base] => c.vms.set_base_timeouts(pb::BaseTimeouts { base, run_seconds: 5, idle_seconds: 0, idle_hibernate: false });
+        "SetBaseTimeouts", "u64::MAX idle seconds", InvalidArgument, ["idle timeout", "out of range"], admin [base] => c.vms.set_base_timeouts(pb::BaseTimeouts { base, run_seconds: 0, idle_seconds: u64::MAX, idle_hibernate: true });
+        "SetVmRunTimeout", "u64::MAX seconds", InvalidArgument, ["out of range"], admin [vm] => c.vms.set_vm_run_timeout(pb::SetVmRunTimeoutRequest { name: vm, run_seconds: u64::MAX });
         // Pools an admin gets wrong, and names kept for pool clones.
         "SetBasePool", "1001 clones", InvalidArgument, ["at most 1000"], admin [base] => c.vms.set_base_pool(pb::SetBasePoolRequest { base, clones: 1001, start: 0 });
         "SetBasePool", "more started than kept", InvalidArgument, ["cannot start more"], admin [base] => c.vms.set_base_pool(pb::SetBasePoolRequest { base, clones: 2, start: 3 });

@@ -161,7 +161,17 @@ impl AgentProc {
     }
 
     /// Starts the agent on `qemu:///system` with its storage and state under `root`.
+    /// Its display and ports listen on the host side of the client namespace's link, which
+    /// is made first when this process has not made it yet.
     pub fn start(root: &Path) -> Result<Self> {
+        static NS: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+        {
+            let mut made = NS.lock().unwrap_or_else(|p| p.into_inner());
+            if !*made {
+                client_ns()?;
+                *made = true;
+            }
+        }
         Self::start_with(
             root,
             &[

@@ -14,7 +14,7 @@ use corral_tests::*;
 fn wait_pool(cli: &Cli, base: &str, want: (u64, u64, u64)) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let p = cli.json(&["base", "show", base]);
+        let p = cli.json(&["base", "show", base])["pool"].clone();
         let n = |k: &str| p[k].as_u64().unwrap_or(0);
         if (n("made"), n("running"), n("making")) == want {
             return p;

@@ -80,8 +80,21 @@ pub enum BaseCmd {
         #[arg(long, default_value_t = 0)]
         start: u32,
     },
-    /// A base's pool (admin): its sizes, and its clones made, running and being made.
+    /// A base's pool and timeouts (admin): its sizes, its clones made, running and being made.
     Show { name: String },
+    /// Reclaim the base's running clones (admin): shut down after --run, shut down (or with
+    /// --hibernate hibernated) after --idle without a display client. Durations as 90s, 10m,
+    /// 2h; `off` turns one off; what is not given stays. Without options: show them.
+    Timeouts {
+        name: String,
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        idle: Option<String>,
+        /// Idle clones are hibernated (`on`) or shut down (`off`).
+        #[arg(long, value_parser = ["on", "off"])]
+        hibernate: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +222,9 @@ pub enum VmCmd {
         #[arg(long)]
         vcpus: Option<u32>,
     },
+    /// The VM's own run timeout (admin): shut down after running this long (90s, 10m, 2h);
+    /// `off` goes back to its base's.
+    Timeout { name: String, run: String },
     /// Make a shut-off clone independent of its base (copies what it reads from the base).
     Spinoff { name: String },
     /// Remove a VM and its volumes.
@@ -503,6 +519,33 @@ fn details(d: Option<&pb::Domain>) -> String {
         if !disp.restricted_to.is_empty() {
             s.push_str(&format!(" (only from {})", disp.restricted_to));
         }
+        s.push_str(&format!(
+            "; clients={}, last came or went: {}",
+            d.display_clients,
+            when(d.display_last_seen_unix_ms)
+        ));
+    }
+    s
+}
+
+/// When a running VM is reclaimed, for `vm show`.
+fn reclaim(v: &pb::Vm) -> String {
+    let mut s = String::new();
+    if v.run_timeout_seconds > 0 {
+        let own = i64::try_from(v.run_timeout_seconds).unwrap_or(i64::MAX);
+        s.push_str(&format!("\n  own run timeout {}", duration(own)));
+    }
+    if let Some(l) = v.run_left_seconds {
+        s.push_str(&format!(
+            "\n  run timeout: shut down in {}",
+            duration(l.max(0))
+        ));
+    }
+    if let Some(l) = v.idle_left_seconds {
+        s.push_str(&format!(
+            "\n  idle timeout: reclaimed in {}",
+            duration(l.max(0))
+        ));
     }
     s
 }
@@ -778,16 +821,91 @@ async fn base(
             out.show(&p, pool_line);
         }
         BaseCmd::Show { name } => {
-            let p = c
+            let pool = c
                 .vms
-                .get_base_pool(pb::BaseRef { name })
+                .get_base_pool(pb::BaseRef { name: name.clone() })
                 .await?
                 .into_inner();
-            out.show(&p, pool_line);
+            let timeouts = c
+                .vms
+                .get_base_timeouts(pb::BaseRef { name })
+                .await?
+                .into_inner();
+            let shown = serde_json::json!({ "pool": pool, "timeouts": timeouts });
+            out.show(&shown, |_| {
+                format!("{}\n{}", pool_line(&pool), timeouts_line(&timeouts))
+            });
+        }
+        BaseCmd::Timeouts {
+            name,
+            run,
+            idle,
+            hibernate,
+        } => {
+            let mut t = c
+                .vms
+                .get_base_timeouts(pb::BaseRef { name })
+                .await?
+                .into_inner();
+            if run.is_some() || idle.is_some() || hibernate.is_some() {
+                if let Some(r) = run {
+                    t.run_seconds = timeout(&r)?;
+                }
+                if let Some(i) = idle {
+                    t.idle_seconds = timeout(&i)?;
+                }
+                if let Some(h) = hibernate {
+                    t.idle_hibernate = h == "on";
+                }
+                t = c.vms.set_base_timeouts(t).await?.into_inner();
+            }
+            out.show(&t, timeouts_line);
         }
         other => base_access(c, out, other).await?,
     }
     Ok(())
+}
+
+fn timeouts_line(t: &pb::BaseTimeouts) -> String {
+    let d = |s: u64| {
+        if s == 0 {
+            "off".to_string()
+        } else {
+            duration(i64::try_from(s).unwrap_or(i64::MAX))
+        }
+    };
+    format!(
+        "{} timeouts: run={} idle={} then {}",
+        t.base,
+        d(t.run_seconds),
+        d(t.idle_seconds),
+        if t.idle_hibernate {
+            "hibernate"
+        } else {
+            "shutdown"
+        }
+    )
+}
+
+/// Seconds as `1h02m03s` (negative: `-`).
+fn duration(s: i64) -> String {
+    let sign = if s < 0 { "-" } else { "" };
+    let s = s.unsigned_abs();
+    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+    match (h, m) {
+        (0, 0) => format!("{sign}{sec}s"),
+        (0, _) => format!("{sign}{m}m{sec:02}s"),
+        _ => format!("{sign}{h}h{m:02}m{sec:02}s"),
+    }
+}
+
+/// A timeout: a lifetime, or `off` (0).
+fn timeout(s: &str) -> Result<u64, ClientError> {
+    if s == "off" || s == "0" {
+        Ok(0)
+    } else {
+        lifetime(s)
+    }
 }
 
 fn pool_line(p: &pb::BasePool) -> String {
@@ -1167,6 +1285,13 @@ async fn vm(
             };
             c.vms.set_vm_resources(req).await?
         }
+        VmCmd::Timeout { name, run } => {
+            let req = pb::SetVmRunTimeoutRequest {
+                name,
+                run_seconds: timeout(&run)?,
+            };
+            c.vms.set_vm_run_timeout(req).await?
+        }
         VmCmd::Spinoff { name } => c.vms.spinoff_vm(vref(name)).await?,
         VmCmd::Rm { name } => c.vms.remove_vm(vref(name)).await?,
         VmCmd::Move {
@@ -1193,7 +1318,9 @@ async fn vm(
 async fn vm_read(c: &mut CoordinatorClient, out: &Out, cmd: VmCmd) -> Result<(), ClientError> {
     if let VmCmd::Show { name } = cmd {
         let v = c.vms.get_vm(vref(name)).await?.into_inner();
-        out.show(&v, |v| vm_line(v) + &details(v.details.as_ref()));
+        out.show(&v, |v| {
+            vm_line(v) + &details(v.details.as_ref()) + &reclaim(v)
+        });
     } else {
         let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();
         out.show(&l, |l| lines(&l.vms, vm_line));

@@ -4,7 +4,8 @@ use corral_client::proto as pb;
 use pb::vm_service_server::VmService;
 
 use crate::convert::{
-    access_to_pb, base_summary_to_pb, op_to_pb, placed_to_pb, pool_to_pb, rule_of, vm_to_pb,
+    access_to_pb, base_summary_to_pb, op_to_pb, placed_to_pb, pool_to_pb, rule_of, timeouts_of,
+    timeouts_to_pb, vm_to_pb,
 };
 use crate::lifecycle::Action;
 use crate::store::PoolSize;
@@ -57,7 +58,14 @@ rpcs! { VmApi: VmService, |c, who, r|;
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
     get_vm(pb::VmRef) -> pb::Vm = "GetVm" => {
         let vm = c.vm_for(&who, &r.name).await?;
-        pb::Vm { details: c.details_of(&vm).await, ..vm_to_pb(c.vm_view(&vm)) }
+        let details = c.details_of(&vm).await;
+        let left = c.reclaim_left(&vm, details.as_ref()).await;
+        pb::Vm {
+            details,
+            run_left_seconds: left.run_ms.map(|m| m / 1000),
+            idle_left_seconds: left.idle_ms.map(|m| m / 1000),
+            ..vm_to_pb(c.vm_view(&vm))
+        }
     };
     get_base_access(pb::BaseAccessRequest) -> pb::BaseAccess = "GetBaseAccess"
         => access_to_pb(c.base_access(&who, &r.base, Some(r.user.as_str()).filter(|u| !u.is_empty())).await?);
@@ -68,6 +76,14 @@ rpcs! { VmApi: VmService, |c, who, r|;
     set_base_pool(pb::SetBasePoolRequest) -> pb::BasePool = "SetBasePool"
         => pool_to_pb(c.set_base_pool(&who, &r.base, PoolSize { clones: r.clones, start: r.start }).await?);
     get_base_pool(pb::BaseRef) -> pb::BasePool = "GetBasePool" => pool_to_pb(c.pool_status(&who, &r.name).await?);
+    set_base_timeouts(pb::BaseTimeouts) -> pb::BaseTimeouts = "SetBaseTimeouts" => {
+        let t = c.set_base_timeouts(&who, &r.base, timeouts_of(&r)).await?;
+        timeouts_to_pb(&r.base, t)
+    };
+    get_base_timeouts(pb::BaseRef) -> pb::BaseTimeouts = "GetBaseTimeouts"
+        => timeouts_to_pb(&r.name, c.base_timeouts(&who, &r.name).await?);
+    set_vm_run_timeout(pb::SetVmRunTimeoutRequest) -> pb::Operation = "SetVmRunTimeout"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::RunTimeout(r.run_seconds)).await?);
     remove_access_rule(pb::RemoveAccessRuleRequest) -> pb::BaseAccess = "RemoveAccessRule"
         => access_to_pb(c.remove_access_rule(&who, &r.base, r.position).await?);
     list_vms(pb::ListVmsRequest) -> pb::ListVmsResponse = "ListVms"
