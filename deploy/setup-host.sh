@@ -17,6 +17,7 @@ PKGS=(
   cpio xz-utils kmod                              # building the tiny test guest image
   rsync openssh-server openssh-client             # the lab benchmark compares volume sync with rsync (daemon and over ssh)
   slapd ldap-utils                                # the coordinator reads users' attributes from LDAP (tests run their own slapd)
+  openssl                                         # this host's SPICE TLS certificates
 )
 
 missing=()
@@ -55,6 +56,29 @@ set_conf security_driver '"none"'
 # once: a class's boot storm (20 clone+starts) would queue there. Workers follow.
 set_conf max_client_requests 32 /etc/libvirt/libvirtd.conf
 set_conf max_workers 40 /etc/libvirt/libvirtd.conf
+
+# SPICE over TLS: this host's own CA and server certificate where libvirt's QEMU driver looks
+# for them. Made once; the agent writes the CA and the TLS port into users' .vv files.
+SPICE_DIR=/etc/pki/libvirt-spice
+if [ ! -s "$SPICE_DIR/server-cert.pem" ]; then
+  log "making SPICE TLS certificates in $SPICE_DIR"
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Corral SPICE CA $(hostname)" \
+    -keyout "$tmp/ca-key.pem" -out "$tmp/ca-cert.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=corral-spice-$(hostname)" \
+    -keyout "$tmp/server-key.pem" -out "$tmp/server.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' \
+    >"$tmp/ext"
+  openssl x509 -req -days 3650 -in "$tmp/server.csr" -CA "$tmp/ca-cert.pem" -CAkey "$tmp/ca-key.pem" \
+    -CAcreateserial -extfile "$tmp/ext" -out "$tmp/server-cert.pem" 2>/dev/null
+  mkdir -p "$SPICE_DIR"
+  install -m 0644 "$tmp/ca-cert.pem" "$tmp/server-cert.pem" "$SPICE_DIR/"
+  install -m 0600 "$tmp/server-key.pem" "$SPICE_DIR/"
+  # The CA signs this one certificate only: its key is not kept.
+  rm -rf "$tmp"
+fi
+set_conf spice_tls 1
+set_conf spice_tls_x509_cert_dir "\"$SPICE_DIR\""
 
 have_systemd() { [ -d /run/systemd/system ]; }
 

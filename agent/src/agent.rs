@@ -32,6 +32,8 @@ pub struct Agent {
     /// Parsed persistent definitions of bases (locked, so they change only through this
     /// agent: every change forgets the entry, and so do libvirt's defined/undefined events).
     base_defs: Mutex<HashMap<String, crate::domain_xml::DomainXml>>,
+    /// The host's SPICE TLS certificates, read once when a display is first asked for.
+    pub(crate) spice: std::sync::OnceLock<Option<crate::spice::SpiceTls>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -89,6 +91,7 @@ impl Agent {
             ports_waiting: std::sync::atomic::AtomicBool::new(false),
             started: Mutex::new(HashMap::new()),
             base_defs: Mutex::new(HashMap::new()),
+            spice: std::sync::OnceLock::new(),
         })
     }
 

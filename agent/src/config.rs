@@ -90,6 +90,9 @@ pub struct Config {
     /// libvirt URI peers use to migrate live domains here (e.g. `qemu+tls://h2/system`);
     /// empty: this host accepts no live migration.
     pub migration_uri: String,
+    /// libvirt's SPICE TLS certificates (qemu.conf `spice_tls_x509_cert_dir`): when the CA
+    /// and server certificate are there, display files carry the TLS port and the CA.
+    pub spice_tls_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -110,6 +113,7 @@ impl Default for Config {
             tls_client_ca: None,
             tls_coordinator_cert: None,
             migration_uri: String::new(),
+            spice_tls_dir: "/etc/pki/libvirt-spice".into(),
         }
     }
 }
@@ -166,6 +170,7 @@ impl Settings for Config {
             };
         }
         env.set("MIGRATION_URI", &mut self.migration_uri)?;
+        env.set("SPICE_TLS_DIR", &mut self.spice_tls_dir)?;
         env.set_some("TLS_CERT", &mut self.tls_cert)?;
         env.set_some("TLS_KEY", &mut self.tls_key)?;
         env.set_some("TLS_CLIENT_CA", &mut self.tls_client_ca)?;

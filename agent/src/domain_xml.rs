@@ -216,6 +216,9 @@ pub struct Graphics {
     pub kind: String,
     #[serde(rename = "@port", default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
+    /// SPICE's TLS port (libvirt gives one with autoport where the host has TLS).
+    #[serde(rename = "@tlsPort", default, skip_serializing_if = "Option::is_none")]
+    pub tls_port: Option<i32>,
     #[serde(rename = "@autoport", default, skip_serializing_if = "Option::is_none")]
     pub autoport: Option<String>,
     #[serde(rename = "@listen", default, skip_serializing_if = "Option::is_none")]
@@ -488,6 +491,7 @@ mod tests {
                 graphics: vec![Graphics {
                     kind: "vnc".into(),
                     port: Some(-1),
+                    tls_port: None,
                     autoport: Some("yes".into()),
                     listen: Some("127.0.0.1".into()),
                     passwd: Some("s3cret".into()),

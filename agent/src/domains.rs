@@ -104,6 +104,7 @@ fn graphics_for(agent: &Agent, display: Option<&pb::DisplaySpec>) -> Result<Vec<
     Ok(vec![Graphics {
         kind: kind.into(),
         port: Some(-1),
+        tls_port: None,
         autoport: Some("yes".into()),
         listen: Some(listen),
         passwd: Some(random_password()),
@@ -733,17 +734,29 @@ impl Agent {
             Some(l) => l.to_string(),
         };
         let port = g.port.unwrap_or(0);
+        let tls_port = g.tls_port.unwrap_or(0).max(0);
         let password = g.passwd.clone().unwrap_or_default();
-        let file = format!(
-            "[virt-viewer]\ntype={}\nhost={host}\nport={port}\npassword={password}\ntitle={name}\ndelete-this-file=1\n",
-            g.kind
-        );
+        let tls = self.spice.get_or_init(|| {
+            crate::spice::load(&self.cfg.spice_tls_dir).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "SPICE displays without TLS");
+                None
+            })
+        });
+        let vv = crate::spice::Vv {
+            kind: &g.kind,
+            host: &host,
+            port,
+            tls_port: if tls.is_some() { tls_port } else { 0 },
+            password: &password,
+            title: name,
+        };
         Ok(pb::DisplayInfo {
             r#type: display_type(&g.kind) as i32,
+            remote_viewer_file: crate::spice::vv_file(&vv, tls.as_ref()),
+            tls_port: vv.tls_port,
             host,
             port,
             password,
-            remote_viewer_file: file,
         })
     }
 

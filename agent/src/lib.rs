@@ -28,6 +28,7 @@ pub mod relocate;
 pub mod screenshot;
 pub mod server;
 pub mod snapshots;
+pub mod spice;
 pub mod storage;
 pub mod sync;
 pub mod transfer;

@@ -100,13 +100,20 @@ impl Agent {
         arp_lookup(&table, &macs)
     }
 
-    fn display_port(&self, domain: &str) -> Option<u16> {
-        if !self.hv.state(domain).ok()?.is_active() {
-            return None;
-        }
-        let xml = self.read_domain(domain).ok()?;
-        let port = xml.devices.graphics.first()?.port?;
-        u16::try_from(port).ok().filter(|p| *p > 0)
+    /// A running domain's display ports: the plain one and SPICE's TLS one, if any.
+    fn display_ports(&self, domain: &str) -> Vec<u16> {
+        let running = self.hv.state(domain).is_ok_and(|s| s.is_active());
+        let Some(xml) = running.then(|| self.read_domain(domain).ok()).flatten() else {
+            return Vec::new();
+        };
+        let Some(g) = xml.devices.graphics.first() else {
+            return Vec::new();
+        };
+        [g.port, g.tls_port]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| u16::try_from(p).ok().filter(|p| *p > 0))
+            .collect()
     }
 
     /// Rules for every record whose domain runs with an address.
@@ -138,7 +145,7 @@ impl Agent {
         self.ports_waiting
             .store(waiting, std::sync::atomic::Ordering::Relaxed);
         for (domain, client) in &state.display {
-            if let Some(port) = self.display_port(domain) {
+            for port in self.display_ports(domain) {
                 rules.push(Rule::DisplayOnly {
                     domain: domain.clone(),
                     display_port: port,

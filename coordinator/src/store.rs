@@ -271,6 +271,9 @@ pub trait Store: Send + Sync {
     /// Every base's run and idle timeouts, by name (bases without any are left out).
     fn base_timeouts(&self) -> Result<std::collections::HashMap<String, crate::idle::Timeouts>>;
     fn set_base_timeouts(&self, name: &str, t: &crate::idle::Timeouts) -> Result<()>;
+    /// A base's display policy (the default when none was set); NotFound for no base.
+    fn base_display(&self, name: &str) -> Result<crate::display::DisplayPolicy>;
+    fn set_base_display(&self, name: &str, d: &crate::display::DisplayPolicy) -> Result<()>;
     /// Every base's access, by name.
     fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>>;
 
@@ -386,6 +389,8 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE INDEX vms_pool ON vms(json_extract(spec, '$.pool'));",
     // 7: run and idle timeouts per base (`idle::Timeouts` as JSON; NULL: none).
     "ALTER TABLE bases ADD COLUMN timeouts TEXT;",
+    // 8: display policy per base (`display::DisplayPolicy` as JSON; NULL: the default).
+    "ALTER TABLE bases ADD COLUMN display TEXT;",
 ];
 
 /// What a base records for access when it is first made: private, no rules.
@@ -1090,6 +1095,31 @@ impl Store for Sqlite {
             .transpose()?;
         if conn.exec(
             "UPDATE bases SET timeouts = ?2 WHERE name = ?1",
+            params![name, text],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        Ok(())
+    }
+
+    fn base_display(&self, name: &str) -> Result<crate::display::DisplayPolicy> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached("SELECT display FROM bases WHERE name = ?1")?;
+        let text: Option<Option<String>> =
+            stmt.query_row(params![name], |r| r.get(0)).optional()?;
+        match text {
+            None => Err(StoreError::NotFound(format!("base {name}"))),
+            Some(None) => Ok(Default::default()),
+            Some(Some(t)) => Ok(serde_json::from_str(&t)?),
+        }
+    }
+
+    fn set_base_display(&self, name: &str, d: &crate::display::DisplayPolicy) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let text = serde_json::to_string(d)?;
+        if conn.exec(
+            "UPDATE bases SET display = ?2 WHERE name = ?1",
             params![name, text],
         )? == 0
         {

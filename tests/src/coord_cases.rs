@@ -94,6 +94,10 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
             bases.push_str(&format!(" {:?}", t.into_inner()));
         }
         let name = b.name.clone();
+        if let Ok(d) = admin.vms.get_base_display(pb::BaseRef { name }).await {
+            bases.push_str(&format!(" {:?}", d.into_inner()));
+        }
+        let name = b.name.clone();
         if let Ok(p) = admin.vms.get_base_pool(pb::BaseRef { name }).await {
             let p = p.into_inner();
             bases.push_str(&format!(" pool {} {}", p.clones, p.start));
@@ -324,6 +328,8 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "GetBasePool" => c.vms.get_base_pool(pb::BaseRef { name: n });
         "SetBaseTimeouts" => c.vms.set_base_timeouts(pb::BaseTimeouts { base: n, run_seconds: 3600, idle_seconds: 600, idle_hibernate: true });
         "GetBaseTimeouts" => c.vms.get_base_timeouts(pb::BaseRef { name: n });
+        "SetBaseDisplay" => c.vms.set_base_display(pb::BaseDisplay { base: n, restrict_to_client: true });
+        "GetBaseDisplay" => c.vms.get_base_display(pb::BaseRef { name: n });
         "SetVmRunTimeout" => c.vms.set_vm_run_timeout(pb::SetVmRunTimeoutRequest { name: n, run_seconds: 3600 });
         "AddAccessRule" => c.vms.add_access_rule(add_rule(&n, rule("course", "math"), 0));
         "RemoveAccessRule" => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base: n, position: 1 });
@@ -467,6 +473,8 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "GetBasePool", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_pool(pb::BaseRef { name: base });
         "SetBaseTimeouts", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_timeouts(pb::BaseTimeouts { base, run_seconds: 0, idle_seconds: 0, idle_hibernate: false });
         "GetBaseTimeouts", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_timeouts(pb::BaseRef { name: base });
+        "SetBaseDisplay", "a user opening their display to any address", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_display(pb::BaseDisplay { base, restrict_to_client: false });
+        "GetBaseDisplay", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_display(pb::BaseRef { name: base });
         "SetVmRunTimeout", "a student lifting their own limit", PermissionDenied, ["admin"], alice [vm] => c.vms.set_vm_run_timeout(pb::SetVmRunTimeoutRequest { name: vm, run_seconds: 0 });
         // Timeouts an admin gets wrong.
         "SetBaseTimeouts", "a run timeout of 5 s", InvalidArgument, ["run timeout of 5 s is out of range"], admin [base] => c.vms.set_base_timeouts(pb::BaseTimeouts { base, run_seconds: 5, idle_seconds: 0, idle_hibernate: false });

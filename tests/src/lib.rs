@@ -271,8 +271,7 @@ impl CoordProc {
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let mut cmd = Command::new(bin("corral-coordinator"));
-        cmd.envs(env.iter().copied())
-            .env("CORRAL_COORD_LISTEN", "127.0.0.1:0")
+        cmd.env("CORRAL_COORD_LISTEN", "127.0.0.1:0")
             .env("CORRAL_COORD_DATABASE", root.join("corral.db"))
             .env(
                 "CORRAL_COORD_BOOTSTRAP_TOKEN_FILE",
@@ -289,7 +288,9 @@ impl CoordProc {
             .env(
                 "RUST_LOG",
                 std::env::var("CORRAL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            )
+            // The caller's settings go over these defaults.
+            .envs(env.iter().copied());
         let (child, addr) = spawn_listening(cmd, "corral-coordinator")?;
         let admin_token = std::fs::read_to_string(root.join("admin.token"))?
             .trim()

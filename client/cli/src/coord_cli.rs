@@ -95,6 +95,13 @@ pub enum BaseCmd {
         #[arg(long, value_parser = ["on", "off"])]
         hibernate: Option<String>,
     },
+    /// Whether asking for a clone's display file restricts its display to the asker's
+    /// address (admin). Without an option: show it.
+    Display {
+        name: String,
+        #[arg(long, value_parser = ["on", "off"])]
+        restrict_to_client: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -828,13 +835,44 @@ async fn base(
                 .into_inner();
             let timeouts = c
                 .vms
-                .get_base_timeouts(pb::BaseRef { name })
+                .get_base_timeouts(pb::BaseRef { name: name.clone() })
                 .await?
                 .into_inner();
-            let shown = serde_json::json!({ "pool": pool, "timeouts": timeouts });
+            let display = c
+                .vms
+                .get_base_display(pb::BaseRef { name })
+                .await?
+                .into_inner();
+            let shown =
+                serde_json::json!({ "pool": pool, "timeouts": timeouts, "display": display });
             out.show(&shown, |_| {
-                format!("{}\n{}", pool_line(&pool), timeouts_line(&timeouts))
+                format!(
+                    "{}\n{}\n{}",
+                    pool_line(&pool),
+                    timeouts_line(&timeouts),
+                    display_policy_line(&display)
+                )
             });
+        }
+        BaseCmd::Display {
+            name,
+            restrict_to_client,
+        } => {
+            let d = match restrict_to_client {
+                Some(on) => {
+                    let req = pb::BaseDisplay {
+                        base: name,
+                        restrict_to_client: on == "on",
+                    };
+                    c.vms.set_base_display(req).await?.into_inner()
+                }
+                None => c
+                    .vms
+                    .get_base_display(pb::BaseRef { name })
+                    .await?
+                    .into_inner(),
+            };
+            out.show(&d, display_policy_line);
         }
         BaseCmd::Timeouts {
             name,
@@ -864,6 +902,18 @@ async fn base(
         other => base_access(c, out, other).await?,
     }
     Ok(())
+}
+
+fn display_policy_line(d: &pb::BaseDisplay) -> String {
+    format!(
+        "{} display: {}",
+        d.base,
+        if d.restrict_to_client {
+            "restricted to the address that asks for it"
+        } else {
+            "open to any address (with its password)"
+        }
+    )
 }
 
 fn timeouts_line(t: &pb::BaseTimeouts) -> String {
@@ -1364,12 +1414,17 @@ async fn display(
             write_private(&f, d.remote_viewer_file.as_bytes())?;
             out.show(&d, |d| {
                 format!(
-                    "{}://{}:{} written to {}",
+                    "{}://{}:{}{} written to {}",
                     pb::DisplayType::try_from(d.r#type)
                         .map(|t| enum_name(t.as_str_name(), "DISPLAY_TYPE_"))
                         .unwrap_or_default(),
                     d.host,
                     d.port,
+                    if d.tls_port > 0 {
+                        format!(" (TLS port {})", d.tls_port)
+                    } else {
+                        String::new()
+                    },
                     f.display()
                 )
             });

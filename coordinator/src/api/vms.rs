@@ -80,6 +80,15 @@ rpcs! { VmApi: VmService, |c, who, r|;
         let t = c.set_base_timeouts(&who, &r.base, timeouts_of(&r)).await?;
         timeouts_to_pb(&r.base, t)
     };
+    set_base_display(pb::BaseDisplay) -> pb::BaseDisplay = "SetBaseDisplay" => {
+        let d = crate::display::DisplayPolicy { restrict_to_client: r.restrict_to_client };
+        let d = c.set_base_display(&who, &r.base, d).await?;
+        pb::BaseDisplay { base: r.base.clone(), restrict_to_client: d.restrict_to_client }
+    };
+    get_base_display(pb::BaseRef) -> pb::BaseDisplay = "GetBaseDisplay" => {
+        let d = c.base_display(&who, &r.name).await?;
+        pb::BaseDisplay { base: r.name.clone(), restrict_to_client: d.restrict_to_client }
+    };
     get_base_timeouts(pb::BaseRef) -> pb::BaseTimeouts = "GetBaseTimeouts"
         => timeouts_to_pb(&r.name, c.base_timeouts(&who, &r.name).await?);
     set_vm_run_timeout(pb::SetVmRunTimeoutRequest) -> pb::Operation = "SetVmRunTimeout"
