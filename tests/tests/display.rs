@@ -4,7 +4,11 @@
 //! the file restricts the display (both ports) to the address that asked: the client
 //! namespace first, then the host when the student asks from there.
 
-#![allow(clippy::unwrap_used, clippy::disallowed_types, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
 
 use std::process::{Command, Output, Stdio};
 
