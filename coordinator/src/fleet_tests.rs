@@ -651,3 +651,31 @@ async fn base_rm_makes_an_editable_vm_and_a_rebase_changes_a_clones_base() {
     let err = kit.coord.prepare_base(&kit.admin, "web").await.unwrap_err();
     assert!(err.to_string().contains("nothing changed"), "{err}");
 }
+
+#[tokio::test]
+async fn an_idempotency_key_is_each_users_own() {
+    let kit = Kit::new(1).await;
+    kit.base("web", None, &["h1"]).await;
+    let mine = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "c1", "k1"))
+        .await
+        .unwrap();
+    assert_eq!(kit.end(&mine.id).await.state, OpState::Succeeded);
+    // Another user with the same key gets their own clone, not alice's operation.
+    let theirs = kit
+        .coord
+        .clone_vm(&kit.admin, clone_req("web", "c2", "k1"))
+        .await
+        .unwrap();
+    assert_ne!(theirs.id, mine.id);
+    assert_eq!(kit.end(&theirs.id).await.state, OpState::Succeeded);
+    assert!(vm_exists(&kit, "c2").await);
+    // Alice's retry still finds hers.
+    let retry = kit
+        .coord
+        .clone_vm(&kit.alice, clone_req("web", "c1", "k1"))
+        .await
+        .unwrap();
+    assert_eq!(retry.id, mine.id);
+}

@@ -235,6 +235,11 @@ impl Operations {
             return Err(OpError::Invalid("an operation needs a kind".into()));
         }
         let now = now_ms();
+        // Each user's keys are their own: the same key from another user is another key (it
+        // must neither find nor reveal their operation).
+        let key = s
+            .idempotency_key
+            .map(|k| format!("{}\u{1f}{k}", s.user.as_deref().unwrap_or("")));
         let record = OpRecord {
             id: uuid::Uuid::new_v4().to_string(),
             kind: s.kind,
@@ -242,7 +247,9 @@ impl Operations {
             host: s.host,
             user: s.user,
             state: OpState::Queued,
-            idempotency_key: s.idempotency_key,
+            // Each user's keys are their own: the same key from another user is another key
+            // (it must neither find nor reveal their operation).
+            idempotency_key: key,
             request: s.request,
             result: None,
             error: None,
