@@ -32,7 +32,7 @@ pub(crate) fn clone_spec(req: &CloneOrder) -> serde_json::Value {
 }
 
 /// What the agent is asked to make for a clone order.
-fn agent_request(req: &CloneOrder, owner: &str) -> pb::CloneBaseRequest {
+pub(crate) fn agent_request(req: &CloneOrder, owner: &str) -> pb::CloneBaseRequest {
     pb::CloneBaseRequest {
         base: req.base.clone(),
         name: req.name.clone(),

@@ -16,6 +16,7 @@ pub mod db;
 pub mod directory;
 pub mod display;
 pub mod door;
+pub mod ensure;
 pub mod error;
 #[cfg(test)]
 mod fake;

@@ -40,6 +40,8 @@ pub struct Coordinator {
     pub starts: crate::starts::StartGate,
     /// Wakes the pool manager (after a hand-out or a pool's new size).
     pub(crate) pool_wake: Arc<tokio::sync::Notify>,
+    /// One get-or-create at a time (`ensure.rs`).
+    pub(crate) ensuring: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -77,6 +79,7 @@ impl Coordinator {
         Arc::new(Self {
             starts,
             pool_wake: Arc::default(),
+            ensuring: tokio::sync::Mutex::new(()),
             cfg,
             db,
             ops,

@@ -343,6 +343,7 @@ fn clone_rpcs(base: &str, name: &str) -> Vec<(&'static str, crate::adversarial::
     let r = clone_req(base, name);
     crate::calls! { C, alice, |c| [r];
         "CloneVm" => c.vms.clone_vm(r);
+        "EnsureVm" => c.vms.ensure_vm(r);
         "ExplainPlacement" => c.vms.explain_placement(r);
     }
 }
@@ -434,6 +435,11 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "CloneVm", "a base's name as the clone's name", AlreadyExists, ["already exists", "base"], alice [base] => c.vms.clone_vm(clone_req(&base, &base));
         "CloneVm", "another user's VM's name", AlreadyExists, ["already exists"], alice [base, bob_vm] => c.vms.clone_vm(clone_req(&base, &bob_vm));
         "CloneVm", "a clone for another user", PermissionDenied, ["admin"], alice [base] => c.vms.clone_vm(pb::CloneVmRequest { owner: "bob".into(), ..clone_req(&base, "advc-forbob") });
+        "EnsureVm", "a base's name as the VM's name", AlreadyExists, ["already exists", "base"], alice [base] => c.vms.ensure_vm(clone_req(&base, &base));
+        "EnsureVm", "another user's VM's name", AlreadyExists, ["already exists"], alice [base, bob_vm] => c.vms.ensure_vm(clone_req(&base, &bob_vm));
+        "EnsureVm", "a VM for another user", PermissionDenied, ["admin"], alice [base] => c.vms.ensure_vm(pb::CloneVmRequest { owner: "bob".into(), ..clone_req(&base, "advc-forbob") });
+        "EnsureVm", "her VM named with another base", FailedPrecondition, ["exists", "not a clone of advc-other"], alice [vm] => c.vms.ensure_vm(clone_req("advc-other", &vm));
+        "EnsureVm", "a name kept for pool clones", InvalidArgument, ["kept for pool clones"], alice [base] => c.vms.ensure_vm(clone_req(&base, "pool-mine"));
         "RemoveVm", "a base, as a user", NotFound, ["not found"], alice [base] => c.vms.remove_vm(vref(&base));
         "GetOperation", "bob's operation", NotFound, ["not found"], alice [op] => c.ops.get_operation(op_ref(&op));
         "CancelOperation", "bob's operation", NotFound, ["not found"], alice [op] => c.ops.cancel_operation(op_ref(&op));

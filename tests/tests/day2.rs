@@ -145,5 +145,32 @@ async fn day_two_changes_reach_the_guest() {
     cli.ok(&["vm", "reboot", "e2e-d-vm"]);
     assert_eq!(virsh(&["domstate", "e2e-d-vm"]).unwrap().trim(), "running");
     cli.ok(&["vm", "rm", "e2e-d-vm"]);
+
+    // A named machine, get or create (issue 11, item 4): two at once make one VM.
+    let ensure = ["vm", "ensure", "e2e-d-named", "--base", "e2e-d-base"];
+    let said: Vec<String> = std::thread::scope(|s| {
+        let a = s.spawn(|| cli.ok(&ensure));
+        let b = s.spawn(|| cli.ok(&ensure));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let made = said.iter().filter(|s| s.contains("(made)")).count();
+    assert_eq!(made, 1, "{said:?}");
+    assert!(said.iter().all(|s| s.contains("e2e-d-named")), "{said:?}");
+    let again = cli.json(&ensure);
+    assert_eq!(again["created"], false, "{again}");
+    assert_eq!(again["vm"]["base"], "e2e-d-base", "{again}");
+    let l = cli.json(&["vm", "ls"]);
+    let named = l["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] == "e2e-d-named");
+    assert_eq!(named.count(), 1, "{l}");
+    let out = cli.run(&["vm", "ensure", "e2e-d-named", "--base", "e2e-d-other"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a clone of e2e-d-other"),
+        "{out:?}"
+    );
+    cli.ok(&["vm", "rm", "e2e-d-named"]);
     admin_cli.ok(&["base", "delete", "e2e-d-base"]);
 }

@@ -131,6 +131,69 @@ fn limit_of(l: Option<String>) -> Result<u64, ClientError> {
         .map(Option::unwrap_or_default)
 }
 
+/// A clone's options (`vm clone`, `vm ensure`).
+#[derive(clap::Args, Debug)]
+pub struct CloneOpts {
+    #[arg(long)]
+    start: bool,
+    /// Beside your other VMs.
+    #[arg(long)]
+    keep_together: bool,
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// For another user (admin).
+    #[arg(long)]
+    owner: Option<String>,
+    /// Retrying with the same key returns the same operation.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Volatile: started now, removed with its volumes when it shuts down.
+    #[arg(long)]
+    volatile: bool,
+    /// A volatile clone's lifetime (seconds, or with m, h or d): removed when it ends.
+    #[arg(long, requires = "volatile")]
+    lifetime: Option<String>,
+    /// Memory in MiB instead of the base's (such a clone is made, not taken from a pool).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// vCPUs instead of the base's.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Copy the base's data disks instead of making them empty.
+    #[arg(long)]
+    copy_data: bool,
+}
+
+fn clone_request(
+    base: String,
+    name: String,
+    o: CloneOpts,
+) -> Result<pb::CloneVmRequest, ClientError> {
+    Ok(pb::CloneVmRequest {
+        base,
+        name,
+        start: o.start,
+        labels: labels(&o.labels)?,
+        keep_together: o.keep_together,
+        idempotency_key: o.idempotency_key.unwrap_or_default(),
+        owner: o.owner.unwrap_or_default(),
+        volatile: o.volatile,
+        lifetime_seconds: o
+            .lifetime
+            .as_deref()
+            .map(lifetime)
+            .transpose()?
+            .unwrap_or(0),
+        memory_mib: o.memory.unwrap_or(0),
+        vcpus: o.vcpus.unwrap_or(0),
+        data_volumes: if o.copy_data {
+            pb::DataVolumeMode::Copy as i32
+        } else {
+            0
+        },
+    })
+}
+
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// Define a VM from a spec (admin), placed unless --host is given. Customise it, shut it
@@ -147,34 +210,17 @@ pub enum VmCmd {
     Clone {
         base: String,
         name: String,
+        #[command(flatten)]
+        opts: Box<CloneOpts>,
+    },
+    /// Your VM NAME if it exists (from --base), else a clone of --base made now: one call
+    /// that is safe to repeat (EC2 staging's get_server). Takes the clone's options.
+    Ensure {
+        name: String,
         #[arg(long)]
-        start: bool,
-        /// Beside your other VMs.
-        #[arg(long)]
-        keep_together: bool,
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// For another user (admin).
-        #[arg(long)]
-        owner: Option<String>,
-        /// Retrying with the same key returns the same operation.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Volatile: started now, removed with its volumes when it shuts down.
-        #[arg(long)]
-        volatile: bool,
-        /// A volatile clone's lifetime (seconds, or with m, h or d): removed when it ends.
-        #[arg(long, requires = "volatile")]
-        lifetime: Option<String>,
-        /// Memory in MiB instead of the base's (such a clone is made, not taken from a pool).
-        #[arg(long)]
-        memory: Option<u64>,
-        /// vCPUs instead of the base's.
-        #[arg(long)]
-        vcpus: Option<u32>,
-        /// Copy the base's data disks instead of making them empty.
-        #[arg(long)]
-        copy_data: bool,
+        base: String,
+        #[command(flatten)]
+        opts: Box<CloneOpts>,
     },
     /// Where a clone of BASE would go and why not elsewhere.
     Explain {
@@ -184,7 +230,7 @@ pub enum VmCmd {
     },
     /// Start a VM (a hibernated one resumes where it was).
     Start { name: String },
-    /// Ask the guest to shut down (ACPI); powered off if it has not after 60 s.
+    /// Ask the guest to shut down (ACPI); powered off after the grace time (60 s by default).
     Shutdown { name: String },
     /// Stop a VM at once, like pulling the plug.
     Poweroff { name: String },
@@ -1255,40 +1301,32 @@ async fn vm(
             host,
             start,
         } => create(c, *define, host, start).await?,
-        VmCmd::Clone {
-            base,
-            name,
-            start,
-            keep_together,
-            labels: l,
-            owner,
-            idempotency_key,
-            volatile,
-            lifetime: life,
-            memory,
-            vcpus,
-            copy_data,
-        } => {
-            c.vms
-                .clone_vm(pb::CloneVmRequest {
-                    base,
-                    name,
-                    start,
-                    labels: labels(&l)?,
-                    keep_together,
-                    idempotency_key: idempotency_key.unwrap_or_default(),
-                    owner: owner.unwrap_or_default(),
-                    volatile,
-                    lifetime_seconds: life.as_deref().map(lifetime).transpose()?.unwrap_or(0),
-                    memory_mib: memory.unwrap_or(0),
-                    vcpus: vcpus.unwrap_or(0),
-                    data_volumes: if copy_data {
-                        pb::DataVolumeMode::Copy as i32
-                    } else {
-                        0
-                    },
-                })
+        VmCmd::Clone { base, name, opts } => {
+            c.vms.clone_vm(clone_request(base, name, *opts)?).await?
+        }
+        VmCmd::Ensure { name, base, opts } => {
+            let e = c
+                .vms
+                .ensure_vm(clone_request(base, name.clone(), *opts)?)
                 .await?
+                .into_inner();
+            let op = e.operation.map(|o| o.id).unwrap_or_default();
+            if !op.is_empty() && no_wait {
+                out.show(&op, |o| o.clone());
+                return Ok(());
+            }
+            if !op.is_empty() {
+                let done = c.wait(&op, |_| {}).await?;
+                if done.state != pb::OperationState::Succeeded as i32 {
+                    let state = op_state_name(done.state);
+                    return Err(ClientError::Operation(done.id, state, done.error));
+                }
+            }
+            let vm = c.vms.get_vm(vref(name)).await?.into_inner();
+            let shown = serde_json::json!({ "created": e.created, "operation": op, "vm": vm });
+            let said = if e.created { "made" } else { "exists" };
+            out.show(&shown, |_| format!("{} ({said})", vm_line(&vm)));
+            return Ok(());
         }
         VmCmd::Start { name } => c.vms.start_vm(vref(name)).await?,
         VmCmd::Shutdown { name } => c.vms.shutdown_vm(vref(name)).await?,

@@ -30,6 +30,18 @@ rpcs! { VmApi: VmService, |c, who, r|;
             bases: c.base_summaries(&who).await?.into_iter().map(base_summary_to_pb).collect(),
         };
     clone_vm(pb::CloneVmRequest) -> pb::Operation = "CloneVm" => op_to_pb(&c.clone_vm(&who, r.try_into()?).await?);
+    ensure_vm(pb::CloneVmRequest) -> pb::EnsureVmResponse = "EnsureVm" => match c.ensure_vm(&who, r.try_into()?).await? {
+        crate::ensure::Ensured::Exists { vm, making } => pb::EnsureVmResponse {
+            vm: Some(vm_to_pb(c.vm_view(&vm))),
+            operation: making.as_ref().map(op_to_pb),
+            created: false,
+        },
+        crate::ensure::Ensured::Making { op, created } => pb::EnsureVmResponse {
+            vm: None,
+            operation: Some(op_to_pb(&op)),
+            created,
+        },
+    };
     explain_placement(pb::CloneVmRequest) -> pb::PlacementExplanation = "ExplainPlacement"
         => placed_to_pb(c.explain_placement(&who, &r.try_into()?).await?);
     start_vm(pb::VmRef) -> pb::Operation = "StartVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Start).await?);
