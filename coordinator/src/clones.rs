@@ -22,6 +22,9 @@ pub(crate) fn clone_spec(req: &CloneOrder) -> serde_json::Value {
     if req.pool {
         spec["pool"] = true.into();
     }
+    if let Some(p) = &req.plan {
+        spec["plan"] = p.clone().into();
+    }
     if req.volatile {
         spec["volatile"] = true.into();
         if let Some(l) = req.lifetime {
@@ -55,6 +58,7 @@ impl Coordinator {
         caller: &Caller,
         mut req: CloneOrder,
     ) -> Result<OpRecord> {
+        self.apply_clone_plan(&mut req).await?;
         if let Some(l) = req.lifetime {
             if !req.volatile {
                 return Err(CoordError::Invalid(

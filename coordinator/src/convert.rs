@@ -200,6 +200,7 @@ impl TryFrom<pb::CloneVmRequest> for CloneOrder {
             memory_mib: r.memory_mib,
             vcpus: r.vcpus,
             copy_data,
+            plan: given(r.plan),
         })
     }
 }
@@ -213,6 +214,7 @@ impl TryFrom<pb::CreateVmRequest> for CreateOrder {
             start: r.start,
             owner: given(r.owner),
             key: given(r.idempotency_key),
+            plan: given(r.plan),
         })
     }
 }
@@ -325,5 +327,23 @@ pub fn timeouts_to_pb(base: &str, t: crate::idle::Timeouts) -> pb::BaseTimeouts 
         run_seconds: t.run_seconds,
         idle_seconds: t.idle_seconds,
         idle_hibernate: t.idle_hibernate,
+    }
+}
+
+pub fn plan_of(r: pb::Plan) -> crate::plans::Plan {
+    crate::plans::Plan {
+        name: r.name,
+        memory_mib: r.memory_mib,
+        vcpus: r.vcpus,
+        disk_bytes: r.disk_bytes,
+    }
+}
+
+pub fn plan_to_pb(p: crate::plans::Plan) -> pb::Plan {
+    pb::Plan {
+        name: p.name,
+        memory_mib: p.memory_mib,
+        vcpus: p.vcpus,
+        disk_bytes: p.disk_bytes,
     }
 }

@@ -29,9 +29,10 @@ impl Coordinator {
     pub async fn create_vm(
         self: &Arc<Self>,
         caller: &Caller,
-        req: CreateOrder,
+        mut req: CreateOrder,
     ) -> Result<OpRecord> {
         caller.require_admin()?;
+        self.apply_create_plan(&mut req).await?;
         let mut spec = req.spec;
         corral_proto::rules::domain_spec(&spec)?;
         crate::names::not_reserved(&spec.name)?;
@@ -156,9 +157,11 @@ impl Coordinator {
                 let door = me.hosts.door(&host)?;
                 ctx.progress("preparing", Some(10.0), None, "read-only base files")
                     .await?;
-                door.prepare_base(&vm.name).await?;
+                let base = door.prepare_base(&vm.name).await?;
                 let d = door.get_domain(&vm.name).await?;
-                let size = serde_json::json!({ "vcpus": d.vcpus, "memory": d.memory_mib << 20 });
+                let mut size =
+                    serde_json::json!({ "vcpus": d.vcpus, "memory": d.memory_mib << 20 });
+                size["system_disk"] = system_disk(&*door, &base).await.into();
                 let (v, h) = (vm.clone(), host.clone());
                 me.blocking(move |s| {
                     s.put_base(&v.name, v.base.as_deref(), &size)?;
@@ -214,7 +217,9 @@ impl Coordinator {
                 door.define(spec).await?;
                 ctx.progress("preparing", Some(40.0), None, "read-only base files")
                     .await?;
-                door.prepare_base(&name).await?;
+                let base = door.prepare_base(&name).await?;
+                let mut size = size;
+                size["system_disk"] = system_disk(&*door, &base).await.into();
                 let (n, h) = (name.clone(), host.clone());
                 me.blocking(move |s| {
                     s.put_base(&n, None, &size)?;
@@ -273,4 +278,18 @@ impl Coordinator {
         });
         Ok(self.ops.submit(submit, w).await?)
     }
+}
+
+/// A prepared base's system disk size (bytes), for plans; 0 when the agent does not say.
+async fn system_disk(door: &dyn crate::door::AgentDoor, base: &pb::Base) -> u64 {
+    let Some(v) = base
+        .volumes
+        .iter()
+        .find(|v| v.role == pb::VolumeRole::System as i32)
+    else {
+        return 0;
+    };
+    door.volume_info(&v.base_volume)
+        .await
+        .map_or(0, |i| i.virtual_size)
 }

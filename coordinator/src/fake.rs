@@ -146,6 +146,9 @@ impl FakeAgent {
             owner: req.owner.clone(),
             base: req.base.clone(),
             kind: pb::DomainKind::Clone as i32,
+            // The overrides asked for (0: the base's).
+            memory_mib: req.memory_mib,
+            vcpus: req.vcpus,
             state: if req.start {
                 pb::DomainState::Running
             } else {

@@ -36,6 +36,7 @@ pub mod operations;
 pub mod orders;
 pub mod placement;
 pub mod placing;
+pub mod plans;
 pub mod pools;
 pub mod reservations;
 pub mod server;

@@ -32,6 +32,8 @@ pub struct CloneOrder {
     pub vcpus: u32,
     /// Data disks copied from the base instead of made empty.
     pub copy_data: bool,
+    /// A plan's sizes instead of the base's (`plans.rs`).
+    pub plan: Option<String>,
 }
 
 /// A VM defined from a spec (admins).
@@ -43,6 +45,8 @@ pub struct CreateOrder {
     pub start: bool,
     pub owner: Option<String>,
     pub key: Option<String>,
+    /// A plan's memory, vCPUs and system disk size over the spec's.
+    pub plan: Option<String>,
 }
 
 /// A base defined from a spec on one host (admins).

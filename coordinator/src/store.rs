@@ -274,6 +274,12 @@ pub trait Store: Send + Sync {
     /// A base's display policy (the default when none was set); NotFound for no base.
     fn base_display(&self, name: &str) -> Result<crate::display::DisplayPolicy>;
     fn set_base_display(&self, name: &str, d: &crate::display::DisplayPolicy) -> Result<()>;
+    /// Named sizes (plans), by name.
+    fn plans(&self) -> Result<Vec<crate::plans::Plan>>;
+    fn plan(&self, name: &str) -> Result<crate::plans::Plan>;
+    /// AlreadyExists for a name taken.
+    fn insert_plan(&self, plan: &crate::plans::Plan) -> Result<()>;
+    fn remove_plan(&self, name: &str) -> Result<()>;
     /// Every base's access, by name.
     fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>>;
 
@@ -391,7 +397,23 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE bases ADD COLUMN timeouts TEXT;",
     // 8: display policy per base (`display::DisplayPolicy` as JSON; NULL: the default).
     "ALTER TABLE bases ADD COLUMN display TEXT;",
+    // 9: plans, named sizes for clones and VMs.
+    "CREATE TABLE plans (
+        name TEXT PRIMARY KEY,
+        memory_mib INTEGER NOT NULL,
+        vcpus INTEGER NOT NULL,
+        disk_bytes INTEGER NOT NULL
+     );",
 ];
+
+fn plan_from_row(r: &rusqlite::Row) -> rusqlite::Result<crate::plans::Plan> {
+    Ok(crate::plans::Plan {
+        name: r.get(0)?,
+        memory_mib: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+        vcpus: r.get(2)?,
+        disk_bytes: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+    })
+}
 
 /// What a base records for access when it is first made: private, no rules.
 const PRIVATE: &str = r#"{"public":false,"rules":[]}"#;
@@ -1124,6 +1146,52 @@ impl Store for Sqlite {
         )? == 0
         {
             return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        Ok(())
+    }
+
+    fn plans(&self) -> Result<Vec<crate::plans::Plan>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, memory_mib, vcpus, disk_bytes FROM plans ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], plan_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn plan(&self, name: &str) -> Result<crate::plans::Plan> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.row(
+            "SELECT name, memory_mib, vcpus, disk_bytes FROM plans WHERE name = ?1",
+            [name],
+            plan_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("plan {name}")))
+    }
+
+    fn insert_plan(&self, p: &crate::plans::Plan) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let n = conn.exec(
+            "INSERT INTO plans (name, memory_mib, vcpus, disk_bytes) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO NOTHING",
+            params![
+                p.name,
+                i64::try_from(p.memory_mib).unwrap_or(i64::MAX),
+                p.vcpus,
+                i64::try_from(p.disk_bytes).unwrap_or(i64::MAX)
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("plan {}", p.name)));
+        }
+        Ok(())
+    }
+
+    fn remove_plan(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.exec("DELETE FROM plans WHERE name = ?1", params![name])? == 0 {
+            return Err(StoreError::NotFound(format!("plan {name}")));
         }
         Ok(())
     }

@@ -117,6 +117,13 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
             users.push_str(&format!(" {:?}", t.into_inner().tokens));
         }
     }
+    let plans = admin
+        .vms
+        .list_plans(pb::ListPlansRequest {})
+        .await
+        .map(|r| r.into_inner().plans)
+        .unwrap_or_default();
+    users.push_str(&format!(" plans {plans:?}"));
     let ops: Vec<String> = admin
         .ops
         .list_operations(pb::ListOperationsRequest::default())
@@ -243,6 +250,15 @@ fn add_rule(base: &str, rule: Option<pb::AccessRule>, position: u32) -> pb::AddA
         base: base.into(),
         rule,
         position,
+    }
+}
+
+fn plan(name: &str, memory_mib: u64, vcpus: u32, disk_bytes: u64) -> pb::Plan {
+    pb::Plan {
+        name: name.into(),
+        memory_mib,
+        vcpus,
+        disk_bytes,
     }
 }
 
@@ -439,6 +455,16 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "EnsureVm", "another user's VM's name", AlreadyExists, ["already exists"], alice [base, bob_vm] => c.vms.ensure_vm(clone_req(&base, &bob_vm));
         "EnsureVm", "a VM for another user", PermissionDenied, ["admin"], alice [base] => c.vms.ensure_vm(pb::CloneVmRequest { owner: "bob".into(), ..clone_req(&base, "advc-forbob") });
         "EnsureVm", "her VM named with another base", FailedPrecondition, ["exists", "not a clone of advc-other"], alice [vm] => c.vms.ensure_vm(clone_req("advc-other", &vm));
+        "CreatePlan", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.vms.create_plan(plan("advc-plan", 256, 1, 0));
+        "RemovePlan", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.vms.remove_plan(pb::PlanRef { name: "advc-plan".into() });
+        "CreatePlan", "a name with a slash", InvalidArgument, ["plan"], admin [] => c.vms.create_plan(plan("../x", 256, 1, 0));
+        "CreatePlan", "memory 1 MiB", InvalidArgument, ["out of range"], admin [] => c.vms.create_plan(plan("advc-plan", 1, 1, 0));
+        "CreatePlan", "0 vCPUs", InvalidArgument, ["out of range"], admin [] => c.vms.create_plan(plan("advc-plan", 256, 0, 0));
+        "CreatePlan", "a 5-byte disk", InvalidArgument, ["disk of 5 bytes"], admin [] => c.vms.create_plan(plan("advc-plan", 256, 1, 5));
+        "RemovePlan", "an unknown plan", NotFound, ["plan advc-ghost"], admin [] => c.vms.remove_plan(pb::PlanRef { name: "advc-ghost".into() });
+        "CloneVm", "an unknown plan", NotFound, ["plan advc-ghost"], alice [base] => c.vms.clone_vm(pb::CloneVmRequest { plan: "advc-ghost".into(), ..clone_req(&base, "advc-planned") });
+        "CloneVm", "a plan and a size", InvalidArgument, ["not both"], alice [base] => c.vms.clone_vm(pb::CloneVmRequest { plan: "advc-ghost".into(), vcpus: 2, ..clone_req(&base, "advc-planned") });
+        "CreateVm", "an unknown plan", NotFound, ["plan advc-ghost"], admin [host] => c.vms.create_vm(pb::CreateVmRequest { plan: "advc-ghost".into(), ..new_vm(spec("advc-planvm"), &host) });
         "EnsureVm", "a name kept for pool clones", InvalidArgument, ["kept for pool clones"], alice [base] => c.vms.ensure_vm(clone_req(&base, "pool-mine"));
         "RemoveVm", "a base, as a user", NotFound, ["not found"], alice [base] => c.vms.remove_vm(vref(&base));
         "GetOperation", "bob's operation", NotFound, ["not found"], alice [op] => c.ops.get_operation(op_ref(&op));

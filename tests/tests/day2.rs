@@ -172,5 +172,73 @@ async fn day_two_changes_reach_the_guest() {
         "{out:?}"
     );
     cli.ok(&["vm", "rm", "e2e-d-named"]);
+
+    // Plans (issue 11, item 7): a clone takes a plan's sizes; a plan whose disk cannot hold
+    // the base's system disk (64 MiB) is refused before anything is made.
+    let out = cli.run(&[
+        "plan",
+        "add",
+        "e2e-small",
+        "--memory",
+        "160",
+        "--vcpus",
+        "2",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin"),
+        "{out:?}"
+    );
+    admin_cli.ok(&[
+        "plan",
+        "add",
+        "e2e-small",
+        "--memory",
+        "160",
+        "--vcpus",
+        "2",
+    ]);
+    admin_cli.ok(&[
+        "plan",
+        "add",
+        "e2e-tinydisk",
+        "--memory",
+        "128",
+        "--disk",
+        "16M",
+    ]);
+    assert!(cli
+        .ok(&["plan", "ls"])
+        .contains("e2e-small        memory=160MiB vcpus=2"));
+    cli.ok(&[
+        "vm",
+        "clone",
+        "e2e-d-base",
+        "e2e-d-plan",
+        "--plan",
+        "e2e-small",
+    ]);
+    let d = details(&cli, "e2e-d-plan");
+    assert_eq!(
+        (d["memory_mib"].as_u64(), d["vcpus"].as_u64()),
+        (Some(160), Some(2)),
+        "{d}"
+    );
+    let out = cli.run(&[
+        "vm",
+        "clone",
+        "e2e-d-base",
+        "e2e-d-plan2",
+        "--plan",
+        "e2e-tinydisk",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("system disk is 64 MiB"),
+        "{out:?}"
+    );
+    assert!(virsh(&["domstate", "e2e-d-plan2"]).is_err(), "nothing made");
+    cli.ok(&["vm", "rm", "e2e-d-plan"]);
+    for p in ["e2e-small", "e2e-tinydisk"] {
+        admin_cli.ok(&["plan", "rm", p]);
+    }
     admin_cli.ok(&["base", "delete", "e2e-d-base"]);
 }

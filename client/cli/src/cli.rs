@@ -73,6 +73,9 @@ pub enum Command {
     /// Users and tokens.
     #[command(subcommand)]
     User(crate::coord_cli::UserCmd),
+    /// Plans: named sizes for clones and VMs.
+    #[command(subcommand)]
+    Plan(crate::plans::PlanCmd),
     /// Talk to one agent directly (no coordinator).
     #[command(subcommand)]
     Agent(AgentCommand),

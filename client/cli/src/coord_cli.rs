@@ -162,6 +162,9 @@ pub struct CloneOpts {
     /// Copy the base's data disks instead of making them empty.
     #[arg(long)]
     copy_data: bool,
+    /// A plan's memory and vCPUs (`corral plan ls`), not with --memory/--vcpus.
+    #[arg(long)]
+    plan: Option<String>,
 }
 
 fn clone_request(
@@ -191,6 +194,7 @@ fn clone_request(
         } else {
             0
         },
+        plan: o.plan.unwrap_or_default(),
     })
 }
 
@@ -205,6 +209,10 @@ pub enum VmCmd {
         host: Option<String>,
         #[arg(long)]
         start: bool,
+        /// A plan's memory, vCPUs and system disk size, over --memory/--vcpus and the
+        /// system disk's SIZE.
+        #[arg(long)]
+        plan: Option<String>,
     },
     /// A clone of a base, placed by the scheduler.
     Clone {
@@ -706,6 +714,7 @@ pub async fn run(
         Command::Port(cmd) => crate::ports::port(&mut c, &out, cmd).await?,
         Command::Op(cmd) => op(&mut c, &out, cmd).await?,
         Command::User(cmd) => user(&mut c, &out, cmd).await?,
+        Command::Plan(cmd) => crate::plans::plan(&mut c, &out, cmd).await?,
         Command::Agent(_) | Command::Pki(_) | Command::Completions { .. } => {
             return Err(invalid("not a coordinator command".into()));
         }
@@ -1300,7 +1309,8 @@ async fn vm(
             define,
             host,
             start,
-        } => create(c, *define, host, start).await?,
+            plan,
+        } => create(c, *define, host, start, plan).await?,
         VmCmd::Clone { base, name, opts } => {
             c.vms.clone_vm(clone_request(base, name, *opts)?).await?
         }
@@ -1528,6 +1538,7 @@ async fn create(
     define: DefineArgs,
     host: Option<String>,
     start: bool,
+    plan: Option<String>,
 ) -> Result<tonic::Response<pb::Operation>, ClientError> {
     let spec = spec(&define)?;
     let owner = spec.owner.clone();
@@ -1538,6 +1549,7 @@ async fn create(
             start,
             owner,
             idempotency_key: String::new(),
+            plan: plan.unwrap_or_default(),
         })
         .await
         .map_err(ClientError::from)

@@ -7,4 +7,5 @@
 pub mod cli;
 pub mod coord_cli;
 pub mod pki;
+pub mod plans;
 pub mod ports;

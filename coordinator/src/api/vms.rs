@@ -4,8 +4,8 @@ use corral_client::proto as pb;
 use pb::vm_service_server::VmService;
 
 use crate::convert::{
-    access_to_pb, base_summary_to_pb, op_to_pb, placed_to_pb, pool_to_pb, rule_of, timeouts_of,
-    timeouts_to_pb, vm_to_pb,
+    access_to_pb, base_summary_to_pb, op_to_pb, placed_to_pb, plan_of, plan_to_pb, pool_to_pb,
+    rule_of, timeouts_of, timeouts_to_pb, vm_to_pb,
 };
 use crate::lifecycle::Action;
 use crate::store::PoolSize;
@@ -30,6 +30,10 @@ rpcs! { VmApi: VmService, |c, who, r|;
             bases: c.base_summaries(&who).await?.into_iter().map(base_summary_to_pb).collect(),
         };
     clone_vm(pb::CloneVmRequest) -> pb::Operation = "CloneVm" => op_to_pb(&c.clone_vm(&who, r.try_into()?).await?);
+    create_plan(pb::Plan) -> pb::Plan = "CreatePlan" => plan_to_pb(c.create_plan(&who, plan_of(r)).await?);
+    list_plans(pb::ListPlansRequest) -> pb::ListPlansResponse = "ListPlans"
+        => pb::ListPlansResponse { plans: c.plans().await?.into_iter().map(plan_to_pb).collect() };
+    remove_plan(pb::PlanRef) -> pb::Plan = "RemovePlan" => plan_to_pb(c.remove_plan(&who, &r.name).await?);
     ensure_vm(pb::CloneVmRequest) -> pb::EnsureVmResponse = "EnsureVm" => match c.ensure_vm(&who, r.try_into()?).await? {
         crate::ensure::Ensured::Exists { vm, making } => pb::EnsureVmResponse {
             vm: Some(vm_to_pb(c.vm_view(&vm))),
