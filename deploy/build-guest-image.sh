@@ -24,11 +24,12 @@ trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
 [ -n "$kpkg" ] || { apt-get update -qq; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); }
-log "fetching $kpkg and busybox-static"
+log "fetching $kpkg, busybox-static and qemu-guest-agent"
 chmod 777 "$WORK"
-apt-get download -qq "$kpkg" busybox-static 2>/dev/null
+apt-get download -qq "$kpkg" busybox-static qemu-guest-agent 2>/dev/null
 dpkg-deb -x linux-image-*.deb kernel
 dpkg-deb -x busybox-static_*.deb bb
+dpkg-deb -x qemu-guest-agent_*.deb qga
 KVER=$(ls kernel/lib/modules)
 MODDIR=kernel/lib/modules/$KVER
 
@@ -44,6 +45,16 @@ mkdir -p $R/bin $R/sbin $R/etc/acpi/PWRF $R/proc $R/sys $R/dev $R/tmp $R/run $R/
   $R/usr/share/udhcpc $R/lib/modules
 cp bb/bin/busybox $R/bin/busybox
 for a in $($R/bin/busybox --list); do [ -e $R/bin/$a ] || ln -s busybox $R/bin/$a; done
+
+# the QEMU guest agent and the shared libraries it needs, at the paths the loader looks in
+# (the host has them: QEMU itself links the same ones)
+mkdir -p $R/usr/sbin
+cp qga/usr/sbin/qemu-ga $R/usr/sbin/qemu-ga
+ldd qga/usr/sbin/qemu-ga | awk '/=> \// {print $3} /^[ \t]*\/lib/ {print $1}' | while read -r lib; do
+  [ -e "$lib" ] || { log "qemu-ga needs $lib, which this host lacks"; exit 1; }
+  mkdir -p "$R$(dirname "$lib")"
+  cp -L "$lib" "$R$lib"
+done
 
 # kernel modules and their dependency closure, in load order (dependencies first)
 declare -A seen
@@ -82,6 +93,20 @@ mkdir -p /var/log /var/run
 acpid -c /etc/acpi -l /var/log/acpid.log
 echo "corral tiny guest $(hostname)" >/www/index.html
 httpd -p 80 -h /www
+# the guest agent on the virtio port libvirt names org.qemu.guest_agent.0 (when the domain has
+# one), unless the kernel command line says corral.noagent (a guest without an agent, for tests)
+grep -q corral.noagent /proc/cmdline && noagent=1
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  [ -n "${noagent:-}" ] && break
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+    dev=/dev/$(basename "$p")
+    [ -c "$dev" ] || mknod "$dev" c "$(cut -d: -f1 "$p/dev")" "$(cut -d: -f2 "$p/dev")"
+    /usr/sbin/qemu-ga -d -m virtio-serial -p "$dev" -f /run/qemu-ga.pid -t /run && break 2
+  done
+  [ -d /sys/class/virtio-ports ] || break
+  sleep 0.2
+done
 echo "corral guest up"
 while true; do sleep 3600; done
 INIT

@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "corral/v1/coordinator.proto",
         "corral/v1/vm_access.proto",
         "corral/v1/transfer.proto",
+        "corral/v1/guest.proto",
+        "corral/v1/vm_guest.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

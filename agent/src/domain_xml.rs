@@ -131,6 +131,8 @@ pub struct Devices {
     pub serials: Vec<CharDev>,
     #[serde(default, rename = "console")]
     pub consoles: Vec<CharDev>,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<Channel>,
     #[serde(default, rename = "graphics")]
     pub graphics: Vec<Graphics>,
     #[serde(default, rename = "video")]
@@ -208,6 +210,46 @@ pub struct TypeAttr {
 pub struct CharDev {
     #[serde(rename = "@type")]
     pub kind: String,
+}
+
+/// The virtio port name of the QEMU guest agent's channel.
+pub const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
+/// A `<channel>`; written without its source (libvirt gives each domain its own socket) and
+/// without the live `state` (read back: `connected` once the guest opened the port).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    #[serde(rename = "@type")]
+    pub kind: String,
+    pub target: ChannelTarget,
+}
+
+impl Channel {
+    /// The QEMU guest agent's channel (a unix socket on the host, a virtio port in the guest).
+    pub fn guest_agent() -> Self {
+        Self {
+            kind: "unix".into(),
+            target: ChannelTarget {
+                kind: "virtio".into(),
+                name: Some(GUEST_AGENT_CHANNEL.into()),
+                state: None,
+            },
+        }
+    }
+
+    pub fn is_guest_agent(&self) -> bool {
+        self.target.name.as_deref() == Some(GUEST_AGENT_CHANNEL)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChannelTarget {
+    #[serde(rename = "@type")]
+    pub kind: String,
+    #[serde(rename = "@name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "@state", default, skip_serializing)]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -488,6 +530,7 @@ mod tests {
                 }],
                 serials: vec![CharDev { kind: "pty".into() }],
                 consoles: vec![],
+                channels: vec![Channel::guest_agent()],
                 graphics: vec![Graphics {
                     kind: "vnc".into(),
                     port: Some(-1),

@@ -338,6 +338,12 @@ impl Agent {
                 interfaces,
                 serials: vec![CharDev { kind: "pty".into() }],
                 consoles: vec![CharDev { kind: "pty".into() }],
+                // The QEMU guest agent's channel (libvirt's test driver has no such devices).
+                channels: if self.cfg.domain_type == crate::config::DomainType::Test {
+                    vec![]
+                } else {
+                    vec![crate::domain_xml::Channel::guest_agent()]
+                },
                 graphics,
                 videos: vec![Video {
                     model: TypeAttr { kind: video.into() },
@@ -463,7 +469,9 @@ impl Agent {
         let kind = pb::DomainKind::from(meta.kind);
         let needs_restart = state.is_active() && self.needs_restart(name, &xml)?;
         let seen = self.hv.display_seen(name);
+        let guest_agent = crate::guest::channel_state(&xml, state.is_active());
         Ok(pb::Domain {
+            guest_agent: guest_agent as i32,
             display_clients: seen.clients,
             display_last_seen_unix_ms: seen.last_seen_unix_ms,
             needs_restart,

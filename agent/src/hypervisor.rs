@@ -101,6 +101,8 @@ pub trait Hypervisor: Send + Sync {
     fn managed_save(&self, name: &str) -> Result<()>;
     /// Asks the guest to reboot (ACPI).
     fn reboot(&self, name: &str) -> Result<()>;
+    /// Sends one QEMU guest agent command (JSON) and returns the agent's JSON answer.
+    fn guest_command(&self, name: &str, json: &str, timeout_s: i32) -> Result<String>;
     /// Display clients of a domain now, and when one last came or went.
     fn display_seen(&self, _name: &str) -> events::Seen {
         events::Seen::default()
@@ -409,6 +411,28 @@ impl Hypervisor for Libvirt {
 
     fn reboot(&self, name: &str) -> Result<()> {
         self.act(name, "reboot", |d| d.reboot(0))
+    }
+
+    fn guest_command(&self, name: &str, json: &str, timeout_s: i32) -> Result<String> {
+        let dom = self.dom(name)?;
+        dom.qemu_agent_command(json, timeout_s, 0).map_err(|e| {
+            let msg = format!("guest agent of domain {name:?}: {}", e.message());
+            match e.code() {
+                Enum::Known(
+                    ErrorNumber::AgentUnresponsive
+                    | ErrorNumber::AgentUnsynced
+                    | ErrorNumber::OperationInvalid,
+                ) => AgentError::FailedPrecondition(msg),
+                Enum::Known(ErrorNumber::AgentCommandTimeout | ErrorNumber::OperationTimeout) => {
+                    AgentError::DeadlineExceeded(msg)
+                }
+                // The command ran and failed in the guest (no such file, ...).
+                Enum::Known(ErrorNumber::AgentCommandFailed | ErrorNumber::InternalError) => {
+                    AgentError::FailedPrecondition(msg)
+                }
+                _ => map_err(&format!("guest agent of domain {name:?}"), e),
+            }
+        })
     }
 
     fn autostart(&self, name: &str) -> Result<bool> {

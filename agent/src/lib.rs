@@ -17,6 +17,7 @@ pub mod firewall;
 pub mod fsx;
 #[cfg(test)]
 mod fuzz;
+pub mod guest;
 pub mod hypervisor;
 pub mod images;
 pub mod migration;

@@ -152,6 +152,7 @@ pub async fn serve(
         pb::snapshot_service_server::SnapshotServiceServer<_> => api::SnapshotApi(a()),
         pb::port_service_server::PortServiceServer<_> => api::PortApi(a()),
         pb::volume_sync_service_server::VolumeSyncServiceServer<_> => api::SyncApi(a()),
+        pb::guest_service_server::GuestServiceServer<_> => api::GuestApi(a()),
     };
     router
         // Peer agents, not only the coordinator: any certificate the agents' CA signed.

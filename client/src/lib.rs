@@ -96,6 +96,7 @@ pub struct AgentClient {
     pub snapshots: pb::snapshot_service_client::SnapshotServiceClient<Channel>,
     pub ports: pb::port_service_client::PortServiceClient<Channel>,
     pub sync: pb::volume_sync_service_client::VolumeSyncServiceClient<Channel>,
+    pub guest: pb::guest_service_client::GuestServiceClient<Channel>,
 }
 
 /// Mutual TLS: the CA that signed the peer, and our own certificate and key (PEM files).
@@ -155,7 +156,8 @@ impl AgentClient {
             bases: pb::base_service_client::BaseServiceClient::new(ch.clone()),
             snapshots: pb::snapshot_service_client::SnapshotServiceClient::new(ch.clone()),
             ports: pb::port_service_client::PortServiceClient::new(ch.clone()),
-            sync: pb::volume_sync_service_client::VolumeSyncServiceClient::new(ch),
+            sync: pb::volume_sync_service_client::VolumeSyncServiceClient::new(ch.clone()),
+            guest: pb::guest_service_client::GuestServiceClient::new(ch),
         }
     }
 }
@@ -221,6 +223,7 @@ pub struct CoordinatorClient {
     pub users: pb::user_service_client::UserServiceClient<Authed>,
     pub snapshots: pb::vm_snapshot_service_client::VmSnapshotServiceClient<Authed>,
     pub access: pb::vm_access_service_client::VmAccessServiceClient<Authed>,
+    pub guest: pb::vm_guest_service_client::VmGuestServiceClient<Authed>,
 }
 
 impl CoordinatorClient {
@@ -270,7 +273,11 @@ impl CoordinatorClient {
                 ch.clone(),
                 auth.clone(),
             ),
-            access: pb::vm_access_service_client::VmAccessServiceClient::with_interceptor(ch, auth),
+            access: pb::vm_access_service_client::VmAccessServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            guest: pb::vm_guest_service_client::VmGuestServiceClient::with_interceptor(ch, auth),
         })
     }
 

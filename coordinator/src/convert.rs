@@ -151,6 +151,8 @@ pub fn vm_to_pb(v: VmView) -> pb::Vm {
         run_timeout_seconds,
         run_left_seconds: None,
         idle_left_seconds: None,
+        readiness: v.readiness.0.to_pb() as i32,
+        readiness_detail: v.readiness.1,
     }
 }
 
@@ -292,6 +294,7 @@ pub fn pool_to_pb(p: crate::pools::PoolStatus) -> pb::BasePool {
         made: p.made,
         running: p.running,
         making: p.making,
+        ready: p.ready,
     }
 }
 

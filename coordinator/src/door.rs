@@ -17,6 +17,11 @@ use tonic::async_trait;
 use crate::error::{CoordError, Result};
 use crate::hosts::AGENT_QUICK_CALL;
 
+/// Messages streamed from an agent, errors already mapped.
+pub type Events<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>;
+/// Messages streamed to an agent.
+pub type Outgoing<T> = std::pin::Pin<Box<dyn futures::Stream<Item = T> + Send>>;
+
 /// A power action on a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
@@ -100,6 +105,17 @@ pub trait AgentDoor: Send + Sync {
     async fn remove_port(&self, req: pb::RemovePortRequest) -> Result<pb::RemovePortResponse>;
     async fn remove_all_ports(&self, domain: &str) -> Result<pb::RemovePortResponse>;
     async fn restrict_display(&self, req: pb::RestrictDisplayRequest) -> Result<()>;
+
+    /// Whether a domain's guest agent answers, and the addresses it reports.
+    async fn guest_status(&self, name: &str) -> Result<pb::GuestStatus>;
+    /// Runs a program in a guest: its events until `exited`. Dropping the stream kills it.
+    async fn guest_exec(&self, req: pb::GuestExecRequest) -> Result<Events<pb::GuestExecEvent>>;
+    async fn read_guest_file(&self, req: pb::GuestFileRef) -> Result<Events<pb::FileChunk>>;
+    /// The first message names the file.
+    async fn write_guest_file(
+        &self,
+        chunks: Outgoing<pb::GuestFileWrite>,
+    ) -> Result<pb::GuestFileWritten>;
 
     /// Has this agent send a volume to a peer; `progress` sees each report. Fails when no
     /// report comes for `stall`; dropping the call cancels the transfer on both agents.
@@ -467,6 +483,56 @@ impl AgentDoor for GrpcDoor {
         self.quick(AGENT_QUICK_CALL, c.ports.restrict_display(req))
             .await
             .map(|_| ())
+    }
+
+    async fn guest_status(&self, name: &str) -> Result<pb::GuestStatus> {
+        let mut c = self.client.clone();
+        self.quick(AGENT_QUICK_CALL, c.guest.ping_guest(dref(name)))
+            .await
+    }
+
+    async fn guest_exec(&self, req: pb::GuestExecRequest) -> Result<Events<pb::GuestExecEvent>> {
+        let mut c = self.client.clone();
+        let stream = self
+            .quick(AGENT_QUICK_CALL, c.guest.guest_exec(req))
+            .await?;
+        let host = self.host.clone();
+        Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
+            r.map_err(|s| CoordError::from_agent(&host, &s))
+        })))
+    }
+
+    async fn read_guest_file(&self, req: pb::GuestFileRef) -> Result<Events<pb::FileChunk>> {
+        let mut c = self.client.clone();
+        let stream = self
+            .quick(AGENT_QUICK_CALL, c.guest.read_guest_file(req))
+            .await?;
+        let host = self.host.clone();
+        Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
+            r.map_err(|s| CoordError::from_agent(&host, &s))
+        })))
+    }
+
+    async fn write_guest_file(
+        &self,
+        chunks: Outgoing<pb::GuestFileWrite>,
+    ) -> Result<pb::GuestFileWritten> {
+        let mut c = self.client.clone();
+        // Through a channel: tonic wants a concrete stream type here.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let forward = async move {
+            let mut chunks = chunks;
+            while let Some(m) = futures::StreamExt::next(&mut chunks).await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let call = c
+            .guest
+            .write_guest_file(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let (r, ()) = tokio::join!(call, forward);
+        r.map(tonic::Response::into_inner).map_err(|s| self.err(&s))
     }
 
     async fn send_volume(

@@ -193,6 +193,11 @@ impl AgentDoor for FakeAgent {
             .domains
             .get_mut(name)
             .ok_or_else(|| self.missing(&format!("domain {name:?}")))?;
+        // Each start from off is a new boot (the guest watcher tells boots apart by it).
+        if action == Power::Start && d.state != pb::DomainState::Running as i32 {
+            static BOOTS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+            d.started_at_unix = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         d.state = match action {
             Power::Start | Power::Resume | Power::Reset | Power::Reboot => pb::DomainState::Running,
             Power::Suspend => pb::DomainState::Paused,
@@ -446,6 +451,67 @@ impl AgentDoor for FakeAgent {
 
     async fn restrict_display(&self, _: pb::RestrictDisplayRequest) -> Result<()> {
         Ok(())
+    }
+
+    /// A running fake guest answers at once, with one address.
+    async fn guest_status(&self, name: &str) -> Result<pb::GuestStatus> {
+        let d = self.domain(name)?;
+        let running = d.state == pb::DomainState::Running as i32;
+        Ok(pb::GuestStatus {
+            agent: if running {
+                pb::GuestAgent::Connected
+            } else {
+                pb::GuestAgent::Disconnected
+            } as i32,
+            answers: running,
+            addresses: if running {
+                vec!["10.0.0.2".into()]
+            } else {
+                vec![]
+            },
+            detail: String::new(),
+        })
+    }
+
+    /// A fake program prints its arguments; `false` exits 1.
+    async fn guest_exec(
+        &self,
+        req: pb::GuestExecRequest,
+    ) -> Result<crate::door::Events<pb::GuestExecEvent>> {
+        self.enter("guest_exec", &format!("{} {}", req.name, req.path))
+            .await?;
+        use pb::guest_exec_event::Event;
+        let ev = |e| Ok(pb::GuestExecEvent { event: Some(e) });
+        let code = if req.path == "false" { 1 } else { 0 };
+        Ok(Box::pin(futures::stream::iter(vec![
+            ev(Event::StartedPid(1)),
+            ev(Event::Stdout(req.args.join(" ").into_bytes())),
+            ev(Event::Exited(pb::GuestExited {
+                code,
+                ..Default::default()
+            })),
+        ])))
+    }
+
+    async fn read_guest_file(
+        &self,
+        req: pb::GuestFileRef,
+    ) -> Result<crate::door::Events<pb::FileChunk>> {
+        self.domain(&req.name)?;
+        Err(CoordError::FailedPrecondition(format!(
+            "host {}: fake guests have no files",
+            self.host
+        )))
+    }
+
+    async fn write_guest_file(
+        &self,
+        _: crate::door::Outgoing<pb::GuestFileWrite>,
+    ) -> Result<pb::GuestFileWritten> {
+        Err(CoordError::FailedPrecondition(format!(
+            "host {}: fake guests have no files",
+            self.host
+        )))
     }
 
     async fn send_volume(

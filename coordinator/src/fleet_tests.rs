@@ -558,6 +558,8 @@ async fn a_pool_is_kept_full_and_hands_out_a_running_clone_without_remaking_it()
     assert_eq!(round(&kit).await, 0, "a full pool takes no step");
     // Users do not see pool clones.
     assert!(kit.coord.vms_of(&kit.alice).await.unwrap().is_empty());
+    // Running pool clones are handed out once their guests are ready.
+    kit.coord.watch_guests().await.unwrap();
 
     let before = kit.calls().len();
     let order = CloneOrder {

@@ -24,6 +24,9 @@ mod fake;
 mod fleet_tests;
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod guest_tests;
+pub mod guests;
 pub mod hosts;
 pub mod idle;
 pub mod lifecycle;

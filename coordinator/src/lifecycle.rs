@@ -290,6 +290,7 @@ impl Coordinator {
         HashMap::from([
             ("clone".to_string(), Arc::clone(&cleanup)),
             ("create".to_string(), cleanup),
+            ("post-load".to_string(), self.post_load_resumer()),
         ])
     }
 }

@@ -117,7 +117,10 @@ pub struct Operations {
     live: Mutex<HashMap<String, broadcast::Sender<OpEvent>>>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
     vm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    running_on_vm: Mutex<HashMap<String, String>>,
+    /// The operation working on each VM now: (id, kind).
+    running_on_vm: Mutex<HashMap<String, (String, String)>>,
+    /// How many operations on each VM have ended (since this coordinator started).
+    ended_on_vm: Mutex<HashMap<String, u64>>,
     host_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -170,6 +173,7 @@ impl Operations {
             cancels: Mutex::new(HashMap::new()),
             vm_locks: Mutex::new(HashMap::new()),
             running_on_vm: Mutex::new(HashMap::new()),
+            ended_on_vm: Mutex::new(HashMap::new()),
             host_slots: Mutex::new(HashMap::new()),
         })
     }
@@ -225,7 +229,29 @@ impl Operations {
 
     /// The operation holding a VM, if work on it is running.
     pub fn locked_by(&self, vm: &str) -> Option<String> {
-        self.running_on_vm.lock().ok()?.get(vm).cloned()
+        self.running_on_vm
+            .lock()
+            .ok()?
+            .get(vm)
+            .map(|(id, _)| id.clone())
+    }
+
+    /// The kind of the operation working on a VM now.
+    pub fn locked_kind(&self, vm: &str) -> Option<String> {
+        self.running_on_vm
+            .lock()
+            .ok()?
+            .get(vm)
+            .map(|(_, k)| k.clone())
+    }
+
+    /// Changes whenever an operation on the VM ends: what was learnt of it before may be stale.
+    pub fn generation(&self, vm: &str) -> u64 {
+        self.ended_on_vm
+            .lock()
+            .ok()
+            .and_then(|m| m.get(vm).copied())
+            .unwrap_or(0)
     }
 
     /// Stores the operation and starts its work; returns at once. With an idempotency key
@@ -362,7 +388,7 @@ impl Operations {
             self.running_on_vm
                 .lock()
                 .map_err(poisoned)?
-                .insert(vm.clone(), op.id.clone());
+                .insert(vm.clone(), (op.id.clone(), op.kind.clone()));
         }
         // Queued -> running (a resumed operation is running already), and its event, at once.
         let (id, started) = (
@@ -389,6 +415,12 @@ impl Operations {
         };
         if let Some(vm) = &op.vm {
             self.running_on_vm.lock().map_err(poisoned)?.remove(vm);
+            *self
+                .ended_on_vm
+                .lock()
+                .map_err(poisoned)?
+                .entry(vm.clone())
+                .or_default() += 1;
         }
         result
     }

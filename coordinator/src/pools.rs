@@ -40,6 +40,8 @@ pub struct PoolStatus {
     /// Of those, running or being started.
     pub running: u32,
     pub making: u32,
+    /// Of the running ones: guests known ready.
+    pub ready: u32,
 }
 
 /// One pool clone as the manager sees it.
@@ -190,6 +192,10 @@ impl Coordinator {
             size: pools.get(base).copied().unwrap_or_default(),
             made: mine.len() as u32,
             running: mine.iter().filter(|v| is_running(v)).count() as u32,
+            ready: mine
+                .iter()
+                .filter(|v| is_running(v) && self.is_ready(v))
+                .count() as u32,
             making: mine
                 .iter()
                 .filter(|v| v.observed_state == Observed::Creating)
@@ -339,6 +345,8 @@ impl Coordinator {
                 v.base.as_deref() == Some(base.as_str())
                     && v.observed_state != Observed::Creating
                     && self.ops.locked_by(&v.name).is_none()
+                    // A running clone only once its guest is ready (VCL's available node).
+                    && (!is_running(v) || self.is_ready(v))
                     && v.host
                         .as_deref()
                         .is_some_and(|h| self.hosts.door(h).is_ok())

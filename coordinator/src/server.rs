@@ -64,6 +64,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
     drop(coord.spawn_reaper());
     drop(coord.spawn_pool_manager());
     drop(coord.spawn_idle_keeper());
+    drop(coord.spawn_guest_watch());
     Ok(coord)
 }
 
@@ -101,6 +102,7 @@ pub async fn serve(
         pb::operation_service_server::OperationServiceServer<_> => api::OperationApi(c()),
         pb::vm_snapshot_service_server::VmSnapshotServiceServer<_> => api::VmSnapshotApi(c()),
         pb::vm_access_service_server::VmAccessServiceServer<_> => api::VmAccessApi(c()),
+        pb::vm_guest_service_server::VmGuestServiceServer<_> => api::VmGuestApi(c()),
         pb::user_service_server::UserServiceServer<_> => api::UserApi(c()),
     };
     router

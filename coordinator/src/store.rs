@@ -274,6 +274,9 @@ pub trait Store: Send + Sync {
     /// A base's display policy (the default when none was set); NotFound for no base.
     fn base_display(&self, name: &str) -> Result<crate::display::DisplayPolicy>;
     fn set_base_display(&self, name: &str, d: &crate::display::DisplayPolicy) -> Result<()>;
+    /// A base's post-load commands (empty when none).
+    fn base_post_load(&self, name: &str) -> Result<crate::guests::PostLoad>;
+    fn set_base_post_load(&self, name: &str, p: &crate::guests::PostLoad) -> Result<()>;
     /// Named sizes (plans), by name.
     fn plans(&self) -> Result<Vec<crate::plans::Plan>>;
     fn plan(&self, name: &str) -> Result<crate::plans::Plan>;
@@ -404,6 +407,8 @@ pub const MIGRATIONS: &[&str] = &[
         vcpus INTEGER NOT NULL,
         disk_bytes INTEGER NOT NULL
      );",
+    // 10: commands run in a base's clones after each boot (`guests::PostLoad` as JSON).
+    "ALTER TABLE bases ADD COLUMN post_load TEXT;",
 ];
 
 fn plan_from_row(r: &rusqlite::Row) -> rusqlite::Result<crate::plans::Plan> {
@@ -1142,6 +1147,33 @@ impl Store for Sqlite {
         let text = serde_json::to_string(d)?;
         if conn.exec(
             "UPDATE bases SET display = ?2 WHERE name = ?1",
+            params![name, text],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        Ok(())
+    }
+
+    fn base_post_load(&self, name: &str) -> Result<crate::guests::PostLoad> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached("SELECT post_load FROM bases WHERE name = ?1")?;
+        let text: Option<Option<String>> =
+            stmt.query_row(params![name], |r| r.get(0)).optional()?;
+        match text {
+            None => Err(StoreError::NotFound(format!("base {name}"))),
+            Some(None) => Ok(Default::default()),
+            Some(Some(t)) => Ok(serde_json::from_str(&t)?),
+        }
+    }
+
+    fn set_base_post_load(&self, name: &str, p: &crate::guests::PostLoad) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let text = (!p.commands.is_empty())
+            .then(|| serde_json::to_string(p))
+            .transpose()?;
+        if conn.exec(
+            "UPDATE bases SET post_load = ?2 WHERE name = ?1",
             params![name, text],
         )? == 0
         {

@@ -15,6 +15,8 @@ pub struct VmView {
     pub observed: Option<Observed>,
     /// The operation that holds the VM now.
     pub locked_by: Option<String>,
+    /// Whether its guest is ready, and why not.
+    pub readiness: (crate::guests::Readiness, String),
 }
 
 /// A base with the hosts holding it and its clone count.

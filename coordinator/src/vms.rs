@@ -42,6 +42,8 @@ pub struct Coordinator {
     pub(crate) pool_wake: Arc<tokio::sync::Notify>,
     /// One get-or-create at a time (`ensure.rs`).
     pub(crate) ensuring: tokio::sync::Mutex<()>,
+    /// What the guest watcher learnt of running guests (`guests.rs`).
+    pub(crate) guests: crate::guests::Guests,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -80,6 +82,7 @@ impl Coordinator {
             starts,
             pool_wake: Arc::default(),
             ensuring: tokio::sync::Mutex::new(()),
+            guests: Default::default(),
             cfg,
             db,
             ops,
@@ -159,8 +162,10 @@ impl Coordinator {
     /// A VM as its owner sees it (what its host last said counts only while the host is up).
     pub fn vm_view(&self, vm: &VmRecord) -> VmView {
         let host = vm.host.as_deref().and_then(|h| self.hosts.host_state(h));
+        let observed = (host == Some(Liveness::Up)).then_some(vm.observed_state);
         VmView {
-            observed: (host == Some(Liveness::Up)).then_some(vm.observed_state),
+            readiness: self.readiness_of(vm, observed),
+            observed,
             locked_by: self.ops.locked_by(&vm.name),
             host,
             vm: vm.clone(),

@@ -25,6 +25,7 @@ pub const AGENT_SERVICES: &[&str] = &[
     v1::port_service_server::SERVICE_NAME,
     v1::volume_sync_service_server::SERVICE_NAME,
     v1::peer_transfer_service_server::SERVICE_NAME,
+    v1::guest_service_server::SERVICE_NAME,
 ];
 
 /// The gRPC services the coordinator serves (what its reflection advertises).
@@ -35,6 +36,7 @@ pub const COORDINATOR_SERVICES: &[&str] = &[
     v1::user_service_server::SERVICE_NAME,
     v1::vm_snapshot_service_server::SERVICE_NAME,
     v1::vm_access_service_server::SERVICE_NAME,
+    v1::vm_guest_service_server::SERVICE_NAME,
 ];
 
 /// gRPC reflection (build it with `build_v1()` and again with `build_v1alpha()`: grpcurl and

@@ -326,6 +326,64 @@ pub fn snapshot(domain: &str, snapshot: &str, description: &str) -> Result {
     text("snapshot description", description)
 }
 
+/// Most bytes a guest program's standard input may carry (it travels in one guest agent
+/// command, and libvirt gave up on larger ones here; copy bigger input with `vm cp`).
+pub const MAX_GUEST_INPUT: usize = 64 * 1024;
+/// Longest a guest program may run.
+pub const MAX_GUEST_TIMEOUT_S: u32 = 3600;
+
+/// A program to run in a guest (the `what`, domain or VM, named in `name`): a program, arguments one by
+/// one, `NAME=VALUE` environment entries, bounded input and time limit.
+pub fn guest_exec(what: &str, r: &pb::GuestExecRequest) -> Result {
+    name(what, &r.name)?;
+    guest_command(&r.path, &r.args, r.timeout_seconds)?;
+    let bad = |s: &str| s.contains('\0');
+    if let Some(e) = r
+        .env
+        .iter()
+        .find(|e| bad(e) || !e.contains('=') || e.starts_with('='))
+    {
+        return invalid(format!("environment entry {e:?} must be NAME=VALUE"));
+    }
+    if r.input.len() > MAX_GUEST_INPUT {
+        return invalid(format!(
+            "standard input is limited to {MAX_GUEST_INPUT} bytes; copy larger input into \
+             the guest with `corral vm cp` first"
+        ));
+    }
+    Ok(())
+}
+
+/// A program, its arguments and its time limit (post-load commands and `exec`).
+pub fn guest_command(path: &str, args: &[String], timeout_seconds: u32) -> Result {
+    let bad = |s: &str| s.contains('\0');
+    if path.is_empty() {
+        return invalid("a program (path) to run is required");
+    }
+    if path.len() > 4096 || bad(path) {
+        return invalid("the program must be at most 4096 bytes, without NUL characters");
+    }
+    if args.len() > 1024 || args.iter().any(|a| bad(a) || a.len() > 65536) {
+        return invalid("at most 1024 arguments of at most 64 KiB each, without NUL characters");
+    }
+    if timeout_seconds > MAX_GUEST_TIMEOUT_S {
+        return invalid(format!(
+            "time limit {timeout_seconds} s is over the maximum of {MAX_GUEST_TIMEOUT_S} s"
+        ));
+    }
+    Ok(())
+}
+
+/// A path in a guest: absolute, at most 4096 bytes, without NUL.
+pub fn guest_path(path: &str) -> Result {
+    if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
+        return invalid(format!(
+            "guest path {path:.100?} must be absolute, at most 4096 bytes, without NUL"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

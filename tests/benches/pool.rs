@@ -18,7 +18,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Waits until the pool has all its clones made and `running` of them running.
+/// Waits until the pool has all its clones made and `running` of them running and ready.
 async fn refilled(
     c: &mut corral_client::CoordinatorClient,
     base: &str,
@@ -31,7 +31,7 @@ async fn refilled(
             .get_base_pool(pb::BaseRef { name: base.into() })
             .await?
             .into_inner();
-        if p.made == p.clones && p.running >= running && p.making == 0 {
+        if p.made == p.clones && p.running >= running && p.ready >= running && p.making == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -156,6 +156,10 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "RemovePort" => c.ports.remove_port(pb::RemovePortRequest { domain: n, guest_port: 80 });
         "RemoveAllPorts" => c.ports.remove_all_ports(pb::RemoveAllPortsRequest { domain: n });
         "RestrictDisplay" => c.ports.restrict_display(pb::RestrictDisplayRequest { domain: n, client_ip: "192.0.2.7".into() });
+        "PingGuest" => c.guest.ping_guest(dref(&n));
+        "GuestExec" => c.guest.guest_exec(pb::GuestExecRequest { name: n, path: "touch".into(), args: vec!["/tmp/adv".into()], ..Default::default() });
+        "ReadGuestFile" => c.guest.read_guest_file(pb::GuestFileRef { name: n, path: "/etc/hostname".into() });
+        "WriteGuestFile" => c.guest.write_guest_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: Some(pb::GuestFileRef { name: n, path: "/tmp/adv".into() }), data: b"x".to_vec() }]));
     }
 }
 
@@ -420,6 +424,13 @@ fn number_cases(w: &AgentWorld) -> Vec<Case<C>> {
         [("k".to_string(), "a\0b".to_string())].into();
     crate::cases! { out, C, |c|;
         "RestrictDisplay", "client 'nobody'", InvalidArgument, ["client"], it [d] => c.ports.restrict_display(pb::RestrictDisplayRequest { domain: d, client_ip: "nobody".into() });
+        "GuestExec", "no program", InvalidArgument, ["program"], it [d] => c.guest.guest_exec(pb::GuestExecRequest { name: d, ..Default::default() });
+        "GuestExec", "a time limit of u32::MAX s", InvalidArgument, ["maximum"], it [d] => c.guest.guest_exec(pb::GuestExecRequest { name: d, path: "true".into(), timeout_seconds: u32::MAX, ..Default::default() });
+        "GuestExec", "an environment entry without '='", InvalidArgument, ["NAME=VALUE"], it [d] => c.guest.guest_exec(pb::GuestExecRequest { name: d, path: "true".into(), env: vec!["PATH".into()], ..Default::default() });
+        "GuestExec", "64 KiB + 1 of input", InvalidArgument, ["standard input", "vm cp"], it [d] => c.guest.guest_exec(pb::GuestExecRequest { name: d, path: "cat".into(), input: vec![0; (64 << 10) + 1], ..Default::default() });
+        "ReadGuestFile", "a relative path", InvalidArgument, ["absolute"], it [d] => c.guest.read_guest_file(pb::GuestFileRef { name: d, path: "etc/passwd".into() });
+        "WriteGuestFile", "a path with NUL", InvalidArgument, ["NUL"], it [d] => c.guest.write_guest_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: Some(pb::GuestFileRef { name: d, path: "/tmp/a\0b".into() }), data: vec![] }]));
+        "WriteGuestFile", "no file named", InvalidArgument, ["name the file"], it [d] => { let _ = &d; c.guest.write_guest_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: None, data: b"x".to_vec() }])) };
         "CreateSnapshot", "a 5000-character description", InvalidArgument, ["description"], it [d] => c.snapshots.create_snapshot(snap!(CreateSnapshotRequest, d, "s", description: "x".repeat(5000)));
         "RevertSnapshot", "mode 9", InvalidArgument, ["mode"], it [d] => c.snapshots.revert_snapshot(snap!(RevertSnapshotRequest, d, "s", mode: 9));
         "DeleteSnapshot", "mode 9", InvalidArgument, ["mode"], it [d] => c.snapshots.delete_snapshot(snap!(DeleteSnapshotRequest, d, "s", mode: 9));

@@ -98,6 +98,10 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
             bases.push_str(&format!(" {:?}", d.into_inner()));
         }
         let name = b.name.clone();
+        if let Ok(p) = admin.guest.get_base_post_load(pb::BaseRef { name }).await {
+            bases.push_str(&format!(" {:?}", p.into_inner().commands));
+        }
+        let name = b.name.clone();
         if let Ok(p) = admin.vms.get_base_pool(pb::BaseRef { name }).await {
             let p = p.into_inner();
             bases.push_str(&format!(" pool {} {}", p.clones, p.start));
@@ -312,6 +316,10 @@ fn vm_rpcs(
         "RestrictVmDisplay" => c.access.restrict_vm_display(pb::RestrictDisplayRequest { domain: n, client_ip: "192.0.2.7".into() });
         "GetVmDisplay" => c.access.get_vm_display(vref(&n));
         "GetVmScreenshot" => c.access.get_vm_screenshot(vref(&n));
+        "GetVmGuest" => c.guest.get_vm_guest(vref(&n));
+        "ExecVm" => c.guest.exec_vm(pb::GuestExecRequest { name: n, path: "touch".into(), args: vec!["/tmp/advc".into()], ..Default::default() });
+        "ReadVmFile" => c.guest.read_vm_file(pb::GuestFileRef { name: n, path: "/etc/hostname".into() });
+        "WriteVmFile" => c.guest.write_vm_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: Some(pb::GuestFileRef { name: n, path: "/tmp/advc".into() }), data: b"x".to_vec() }]));
     }
 }
 
@@ -346,6 +354,8 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "GetBaseTimeouts" => c.vms.get_base_timeouts(pb::BaseRef { name: n });
         "SetBaseDisplay" => c.vms.set_base_display(pb::BaseDisplay { base: n, restrict_to_client: true });
         "GetBaseDisplay" => c.vms.get_base_display(pb::BaseRef { name: n });
+        "SetBasePostLoad" => c.guest.set_base_post_load(pb::BasePostLoad { base: n, commands: vec![pb::GuestCommand { path: "true".into(), ..Default::default() }] });
+        "GetBasePostLoad" => c.guest.get_base_post_load(pb::BaseRef { name: n });
         "SetVmRunTimeout" => c.vms.set_vm_run_timeout(pb::SetVmRunTimeoutRequest { name: n, run_seconds: 3600 });
         "AddAccessRule" => c.vms.add_access_rule(add_rule(&n, rule("course", "math"), 0));
         "RemoveAccessRule" => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base: n, position: 1 });
@@ -507,6 +517,17 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "GetBaseTimeouts", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_timeouts(pb::BaseRef { name: base });
         "SetBaseDisplay", "a user opening their display to any address", PermissionDenied, ["admin"], alice [base] => c.vms.set_base_display(pb::BaseDisplay { base, restrict_to_client: false });
         "GetBaseDisplay", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.vms.get_base_display(pb::BaseRef { name: base });
+        "SetBasePostLoad", "a user running commands in every clone", PermissionDenied, ["admin"], alice [base] => c.guest.set_base_post_load(pb::BasePostLoad { base, commands: vec![pb::GuestCommand { path: "true".into(), ..Default::default() }] });
+        "GetBasePostLoad", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [base] => c.guest.get_base_post_load(pb::BaseRef { name: base });
+        "SetBasePostLoad", "an empty program", InvalidArgument, ["program"], admin [base] => c.guest.set_base_post_load(pb::BasePostLoad { base, commands: vec![pb::GuestCommand::default()] });
+        "SetBasePostLoad", "33 commands", InvalidArgument, ["at most 32"], admin [base] => c.guest.set_base_post_load(pb::BasePostLoad { base, commands: vec![pb::GuestCommand { path: "true".into(), ..Default::default() }; 33] });
+        "SetBasePostLoad", "a time limit of u32::MAX s", InvalidArgument, ["maximum"], admin [base] => c.guest.set_base_post_load(pb::BasePostLoad { base, commands: vec![pb::GuestCommand { path: "true".into(), timeout_seconds: u32::MAX, ..Default::default() }] });
+        "ExecVm", "a time limit of u32::MAX s", InvalidArgument, ["maximum"], alice [vm] => c.guest.exec_vm(pb::GuestExecRequest { name: vm, path: "true".into(), timeout_seconds: u32::MAX, ..Default::default() });
+        "ExecVm", "no program", InvalidArgument, ["program"], alice [vm] => c.guest.exec_vm(pb::GuestExecRequest { name: vm, ..Default::default() });
+        "ExecVm", "an environment entry '=x'", InvalidArgument, ["NAME=VALUE"], alice [vm] => c.guest.exec_vm(pb::GuestExecRequest { name: vm, path: "true".into(), env: vec!["=x".into()], ..Default::default() });
+        "ReadVmFile", "a relative path", InvalidArgument, ["absolute"], alice [vm] => c.guest.read_vm_file(pb::GuestFileRef { name: vm, path: "etc/shadow".into() });
+        "WriteVmFile", "a path with '..' but relative", InvalidArgument, ["absolute"], alice [vm] => c.guest.write_vm_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: Some(pb::GuestFileRef { name: vm, path: "../x".into() }), data: vec![] }]));
+        "WriteVmFile", "no file named", InvalidArgument, ["name the file"], alice [vm] => { let _ = &vm; c.guest.write_vm_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: None, data: b"x".to_vec() }])) };
         "SetVmRunTimeout", "a student lifting their own limit", PermissionDenied, ["admin"], alice [vm] => c.vms.set_vm_run_timeout(pb::SetVmRunTimeoutRequest { name: vm, run_seconds: 0 });
         // Timeouts an admin gets wrong.
         "SetBaseTimeouts", "a run timeout of 5 s", InvalidArgument, ["run timeout of 5 s is out of range"], admin [base] => c.vms.set_base_timeouts(pb::BaseTimeouts { base, run_seconds: 5, idle_seconds: 0, idle_hibernate: false });

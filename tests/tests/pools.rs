@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use corral_client::proto as pb;
 use corral_tests::*;
 
-/// Waits until `corral base show` says `want` (made, running, making).
+/// Waits until `corral base show` says `want` (made, running, making), with every running
+/// guest ready.
 fn wait_pool(cli: &Cli, base: &str, want: (u64, u64, u64)) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let p = cli.json(&["base", "show", base])["pool"].clone();
         let n = |k: &str| p[k].as_u64().unwrap_or(0);
-        if (n("made"), n("running"), n("making")) == want {
+        if (n("made"), n("running"), n("making")) == want && n("ready") == want.1 {
             return p;
         }
         assert!(Instant::now() < deadline, "pool not at {want:?}: {p}");

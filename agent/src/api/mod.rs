@@ -47,6 +47,7 @@ macro_rules! rpcs {
 
 mod bases;
 mod domains;
+mod guest;
 mod host;
 mod ports;
 mod snapshots;
@@ -55,6 +56,7 @@ mod volumes;
 
 pub use bases::BaseApi;
 pub use domains::DomainApi;
+pub use guest::GuestApi;
 pub use host::HostApi;
 pub use ports::PortApi;
 pub use snapshots::SnapshotApi;

@@ -102,6 +102,9 @@ pub enum BaseCmd {
         #[arg(long, value_parser = ["on", "off"])]
         restrict_to_client: Option<String>,
     },
+    /// Commands run in every clone's guest after it boots, before it counts as READY
+    /// (admin): `corral base post-load web -- touch /run/ready`. Without a command: show them.
+    PostLoad(crate::guest::PostLoadArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,6 +322,13 @@ pub enum VmCmd {
         #[arg(long, short = 'f', default_value = "screenshot.png")]
         file: PathBuf,
     },
+    /// Run a program in the VM's guest (its guest agent): `corral vm exec web-1 -- ls -l /`.
+    /// Output streams back; the program's exit code becomes this command's (124: time limit).
+    Exec(crate::guest::ExecArgs),
+    /// Copy a file into or out of the VM's guest: `cp notes.txt web-1:/root/notes.txt`.
+    Cp { src: String, dst: String },
+    /// Whether the VM's guest agent answers, and the addresses it reports.
+    Guest { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -512,9 +522,10 @@ fn vm_line(v: &pb::Vm) -> String {
         state_name(v.observed_state)
     };
     format!(
-        "{:<24} {:<10} owner={} base={} host={} ({host_state}){}",
+        "{:<24} {:<10} {:<9} owner={} base={} host={} ({host_state}){}",
         v.name,
         observed,
+        crate::guest::readiness(v),
         v.owner,
         v.base,
         v.host,
@@ -909,6 +920,7 @@ async fn base(
                 )
             });
         }
+        BaseCmd::PostLoad(a) => crate::guest::post_load(c, out, a).await?,
         BaseCmd::Display {
             name,
             restrict_to_client,
@@ -1015,8 +1027,8 @@ fn timeout(s: &str) -> Result<u64, ClientError> {
 
 fn pool_line(p: &pb::BasePool) -> String {
     format!(
-        "{} pool: clones={} start={}; made={} running={} making={}",
-        p.base, p.clones, p.start, p.made, p.running, p.making
+        "{} pool: clones={} start={}; made={} running={} ready={} making={}",
+        p.base, p.clones, p.start, p.made, p.running, p.ready, p.making
     )
 }
 
@@ -1304,6 +1316,9 @@ async fn vm(
             return explain(c, out, req).await;
         }
         VmCmd::Display { name, file } => return display(c, out, name, file).await,
+        VmCmd::Exec(a) => return crate::guest::exec(c, a).await,
+        VmCmd::Cp { src, dst } => return crate::guest::cp(c, out, src, dst).await,
+        VmCmd::Guest { name } => return crate::guest::status(c, out, name).await,
         VmCmd::Screenshot { name, file } => return screenshot(c, out, name, file).await,
         VmCmd::Create {
             define,
@@ -1417,7 +1432,10 @@ async fn vm_read(c: &mut CoordinatorClient, out: &Out, cmd: VmCmd) -> Result<(),
     if let VmCmd::Show { name } = cmd {
         let v = c.vms.get_vm(vref(name)).await?.into_inner();
         out.show(&v, |v| {
-            vm_line(v) + &details(v.details.as_ref()) + &reclaim(v)
+            vm_line(v)
+                + &unless_empty("\n  readiness: ", &v.readiness_detail)
+                + &details(v.details.as_ref())
+                + &reclaim(v)
         });
     } else {
         let l = c.vms.list_vms(pb::ListVmsRequest {}).await?.into_inner();

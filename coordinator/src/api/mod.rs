@@ -39,6 +39,7 @@ macro_rules! rpcs {
 }
 
 mod access;
+mod guest;
 mod hosts;
 mod operations;
 mod snapshots;
@@ -46,6 +47,7 @@ mod users;
 mod vms;
 
 pub use access::VmAccessApi;
+pub use guest::VmGuestApi;
 pub use hosts::HostAdminApi;
 pub use operations::OperationApi;
 pub use snapshots::VmSnapshotApi;

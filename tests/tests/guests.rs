@@ -1,0 +1,258 @@
+//! Guests through the coordinator on the real libvirtd with the tiny guest (which runs
+//! Debian's qemu-ga): a clone is READY only once its guest agent answers, it has an address
+//! and its base's post-load command ran; `corral vm exec` runs programs (arguments passed one
+//! by one, a shell only when asked, exit codes, stdin, a time limit); `corral vm cp` copies
+//! files both ways; a guest without an agent and another user's VM are refused.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corral_client::proto as pb;
+use corral_tests::*;
+
+fn readiness(v: &serde_json::Value) -> String {
+    pb::Readiness::try_from(v["readiness"].as_i64().unwrap_or(0) as i32)
+        .map(|r| r.as_str_name().trim_start_matches("READINESS_").to_string())
+        .unwrap_or_default()
+}
+
+/// Waits until `vm show` says `want`; returns every readiness seen on the way and the time.
+fn wait_readiness(cli: &Cli, vm: &str, want: &str) -> (Vec<String>, Duration) {
+    let started = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let v = cli.json(&["vm", "show", vm]);
+        let r = readiness(&v);
+        if seen.last() != Some(&r) {
+            seen.push(r.clone());
+        }
+        if r == want {
+            return (seen, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{vm} never {want}: {seen:?} {}",
+            v["readiness_detail"]
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+async fn base(admin: &mut corral_client::CoordinatorClient, name: &str, noagent: bool) {
+    let mut spec = tiny_spec(name, false);
+    if noagent {
+        if let Some(k) = spec.kernel_boot.as_mut() {
+            k.cmdline.push_str(" corral.noagent");
+        }
+    }
+    let op = admin
+        .vms
+        .create_base(pb::CreateBaseRequest {
+            spec: Some(spec),
+            host: "real".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    finish(admin, op).await.unwrap();
+    publish(admin, name).await.unwrap();
+}
+
+#[tokio::test]
+async fn ready_guests_exec_and_copy_through_the_guest_agent() {
+    if !real_host_ready() {
+        return;
+    }
+    cleanup_domains("e2e-g-");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&dir.path().join("agent")).unwrap();
+    let coord = CoordProc::start(&dir.path().join("coord"), 300, 3000).unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    let admin_cli = Cli {
+        addr: &coord.addr,
+        token: &coord.admin_token,
+        ca: None,
+    };
+    add_host(&mut admin, "real", &agent.addr).await.unwrap();
+    wait_up(&admin_cli, 1);
+    base(&mut admin, "e2e-g-base", false).await;
+    base(&mut admin, "e2e-g-bare", true).await;
+    let token = user_token(&mut admin, "student").await.unwrap();
+    let cli = Cli {
+        addr: &coord.addr,
+        token: &token,
+        ca: None,
+    };
+    let other_token = user_token(&mut admin, "other").await.unwrap();
+    let other = Cli {
+        addr: &coord.addr,
+        token: &other_token,
+        ca: None,
+    };
+
+    // Post-load commands are the admin's; a student is refused and nothing changes.
+    let out = cli.run(&["base", "post-load", "e2e-g-base", "--", "touch", "/x"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin"),
+        "{out:?}"
+    );
+    let shown = admin_cli.ok(&[
+        "base",
+        "post-load",
+        "e2e-g-base",
+        "--shell",
+        "--",
+        "echo loaded-$(hostname) > /tmp/post-loaded",
+    ]);
+    assert!(shown.contains("1. sh -c"), "{shown}");
+
+    // A clone is BOOTING, then READY once its guest answers and the post-load ran.
+    let t = Instant::now();
+    cli.ok(&["vm", "clone", "e2e-g-base", "e2e-g-vm", "--start"]);
+    let (seen, took) = wait_readiness(&cli, "e2e-g-vm", "READY");
+    eprintln!(
+        "readiness of e2e-g-vm: {seen:?}; READY {:.1} s after the clone was asked for",
+        (t.elapsed()).as_secs_f64()
+    );
+    let _ = took;
+    assert!(seen.contains(&"BOOTING".to_string()), "{seen:?}");
+    let ls = cli.ok(&["vm", "ls"]);
+    assert!(ls.contains("READY"), "{ls}");
+    let out = cli.ok(&["vm", "exec", "e2e-g-vm", "--", "cat", "/tmp/post-loaded"]);
+    assert_eq!(out.trim(), "loaded-e2e-g-vm");
+    let g = cli.json(&["vm", "guest", "e2e-g-vm"]);
+    assert_eq!(g["answers"], true, "{g}");
+    assert!(!g["addresses"].as_array().unwrap().is_empty(), "{g}");
+
+    // Arguments go one by one, with no shell: nothing is expanded.
+    let out = cli.ok(&["vm", "exec", "e2e-g-vm", "--", "echo", "$(id)", "a  b"]);
+    assert_eq!(out, "$(id) a  b\n");
+    // A shell when asked; the exit code and stderr come back.
+    let out = cli.run(&[
+        "vm",
+        "exec",
+        "e2e-g-vm",
+        "--shell",
+        "--",
+        "echo out-$0; echo err >&2; exit 3",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out-x\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // Standard input.
+    let mut child = Command::new(bin("corral"))
+        .args(["vm", "exec", "e2e-g-vm", "--stdin", "--", "cat"])
+        .env("CORRAL_COORDINATOR", &coord.addr)
+        .env("CORRAL_TOKEN", &token)
+        .env("HOME", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    // A time limit kills the program.
+    let t = Instant::now();
+    let out = cli.run(&[
+        "vm",
+        "exec",
+        "e2e-g-vm",
+        "--timeout",
+        "2",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let killed_after = t.elapsed();
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(killed_after < Duration::from_secs(15), "{killed_after:?}");
+    eprintln!("a 2 s time limit ended `sleep 60` after {killed_after:?}");
+    let ps = cli.ok(&["vm", "exec", "e2e-g-vm", "--", "ps"]);
+    assert!(!ps.contains("sleep 60"), "{ps}");
+    // A program the guest does not have: a clear refusal.
+    let out = cli.run(&["vm", "exec", "e2e-g-vm", "--", "/no/such/program"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/program"), "{err}");
+
+    // Files both ways, byte for byte (1 MiB of varied bytes).
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let local = dir.path().join("in.bin");
+    std::fs::write(&local, &data).unwrap();
+    let t = Instant::now();
+    cli.ok(&["vm", "cp", local.to_str().unwrap(), "e2e-g-vm:/tmp/in.bin"]);
+    let up = t.elapsed();
+    let back = dir.path().join("back.bin");
+    let t = Instant::now();
+    cli.ok(&["vm", "cp", "e2e-g-vm:/tmp/in.bin", back.to_str().unwrap()]);
+    let down = t.elapsed();
+    assert!(std::fs::read(&back).unwrap() == data, "the copy differs");
+    eprintln!("1 MiB into the guest in {up:?}, out in {down:?}");
+    let out = cli.ok(&["vm", "exec", "e2e-g-vm", "--", "wc", "-c", "/tmp/in.bin"]);
+    assert!(out.contains("1048576"), "{out}");
+    let out = cli.run(&["vm", "cp", "e2e-g-vm:/no/such/file", back.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "a failed copy left the file alone"
+    );
+    let out = cli.run(&["vm", "cp", "e2e-g-vm:relative", back.to_str().unwrap()]);
+    assert!(!out.status.success());
+
+    // Another user's VM looks absent; nothing runs there.
+    for args in [
+        &["vm", "exec", "e2e-g-vm", "--", "touch", "/tmp/other"][..],
+        &["vm", "cp", local.to_str().unwrap(), "e2e-g-vm:/tmp/other"][..],
+        &["vm", "guest", "e2e-g-vm"][..],
+    ] {
+        let out = other.run(args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not found"), "{args:?}: {err}");
+    }
+    let out = cli.run(&["vm", "exec", "e2e-g-vm", "--", "ls", "/tmp/other"]);
+    assert!(!out.status.success(), "nothing was made by the other user");
+
+    // A guest without an agent: never READY, and exec is refused with a clear message.
+    cli.ok(&["vm", "clone", "e2e-g-bare", "e2e-g-bare-vm", "--start"]);
+    std::thread::sleep(Duration::from_secs(12));
+    let v = cli.json(&["vm", "show", "e2e-g-bare-vm"]);
+    assert_eq!(readiness(&v), "BOOTING", "{v}");
+    let out = cli.run(&["vm", "exec", "e2e-g-bare-vm", "--", "true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("guest agent") && err.contains("not connected"),
+        "{err}"
+    );
+    // A shut-off VM: OFF, and refused.
+    cli.ok(&["vm", "poweroff", "e2e-g-bare-vm"]);
+    let (_, _) = wait_readiness(&cli, "e2e-g-bare-vm", "OFF");
+    let out = cli.run(&["vm", "exec", "e2e-g-bare-vm", "--", "true"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{out:?}"
+    );
+
+    cli.ok(&["vm", "rm", "e2e-g-vm"]);
+    cli.ok(&["vm", "rm", "e2e-g-bare-vm"]);
+    cleanup_domains("e2e-g-");
+}
