@@ -719,7 +719,7 @@ impl Agent {
         self.view(name)
     }
 
-    /// Adds a new swap or data volume to a shut-off domain.
+    /// Adds a new swap or data volume to a domain: shut off, or running (hot plug).
     pub fn add_volume(&self, req: &pb::AddVolumeRequest) -> Result<pb::Domain> {
         validate::name("domain", &req.domain)?;
         let role = role_from_pb(req.role)?;
@@ -738,14 +738,19 @@ impl Agent {
                 req.domain
             )));
         }
+        let format = crate::convert::format_from_pb(req.format)?.unwrap_or(Format::Qcow2);
         let state = self.hv.state(&req.domain)?;
-        if state != DomState::ShutOff {
-            return Err(AgentError::precondition(format!(
-                "cannot add a volume to domain {:?}: it is {}; shut it down first",
-                req.domain,
-                state.as_str()
-            )));
-        }
+        let live = match state {
+            DomState::ShutOff => false,
+            DomState::Running => true,
+            other => {
+                return Err(AgentError::precondition(format!(
+                    "cannot add a volume to domain {:?}: it is {}; start it or shut it down",
+                    req.domain,
+                    other.as_str()
+                )))
+            }
+        };
         // The first free target: a removed disk leaves a gap.
         let used: Vec<&str> = xml
             .devices
@@ -758,20 +763,20 @@ impl Agent {
             .find(|t| t.as_ref().is_ok_and(|t| !used.contains(&t.as_str())))
             .unwrap_or_else(|| target_name(26))?;
         let vol = if req.name.is_empty() {
-            format!("{}-{target}.qcow2", req.domain)
+            format!("{}-{target}.{}", req.domain, format.as_str())
         } else {
             req.name.clone()
         };
         let dest = self.storage.fresh(&vol)?;
         let tmp = self.storage.tmp_path(&vol)?;
         let undo = Undo(vec![tmp.clone(), dest.clone()]);
-        self.images.create(&tmp, Format::Qcow2, req.size_bytes)?;
+        self.images.create(&tmp, format, req.size_bytes)?;
         crate::fsx::rename(&tmp, &dest)?;
-        let disk = disk_xml(&dest, &target, "qcow2", false);
+        let disk = disk_xml(&dest, &target, format.as_str(), false);
         let disk_text = quick_xml::se::to_string_with_root("disk", &disk)
             .map_err(|e| AgentError::internal(format!("disk XML: {e}")))?;
         self.forget_definition(&req.domain);
-        match self.hv.attach_device(&req.domain, &disk_text) {
+        match self.hv.attach_device(&req.domain, &disk_text, live) {
             Ok(()) => {}
             // Drivers without device attach (libvirt's test driver): redefine with the disk.
             Err(AgentError::Unsupported(_)) => {

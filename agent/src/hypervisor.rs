@@ -125,8 +125,10 @@ pub trait Hypervisor: Send + Sync {
     fn abort_job(&self, name: &str) -> Result<()>;
     /// Replaces Corral's metadata element (persistent definition, and live when running).
     fn set_meta(&self, name: &str, element_xml: &str) -> Result<()>;
-    /// Adds a device to the persistent definition.
-    fn attach_device(&self, name: &str, device_xml: &str) -> Result<()>;
+    /// Adds a device to the persistent definition, and to the running guest when `live`.
+    fn attach_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()>;
+    /// Grows a running guest's disk (its target, e.g. `vdb`) to `bytes`.
+    fn block_resize(&self, name: &str, target: &str, bytes: u64) -> Result<()>;
     /// Changes a device in place: in the running guest (`live`) or in the definition.
     fn update_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()>;
     /// (MIME type, bytes) of the first screen.
@@ -520,9 +522,20 @@ impl Hypervisor for Libvirt {
         Ok(())
     }
 
-    fn attach_device(&self, name: &str, device_xml: &str) -> Result<()> {
+    fn attach_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()> {
+        let flags = if live {
+            sys::VIR_DOMAIN_AFFECT_CONFIG | sys::VIR_DOMAIN_AFFECT_LIVE
+        } else {
+            sys::VIR_DOMAIN_AFFECT_CONFIG
+        };
         self.act(name, "attach a device to", |d| {
-            d.attach_device_flags(device_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)
+            d.attach_device_flags(device_xml, flags).map(|_| ())
+        })
+    }
+
+    fn block_resize(&self, name: &str, target: &str, bytes: u64) -> Result<()> {
+        self.act(name, "resize a disk of", |d| {
+            d.block_resize(target, bytes, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
                 .map(|_| ())
         })
     }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod bases;
 pub mod config;
 pub mod convert;
+pub mod disks;
 pub mod domain_xml;
 pub mod domains;
 pub mod error;

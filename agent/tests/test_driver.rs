@@ -479,6 +479,7 @@ async fn bases_and_clones() {
                 role: pb::VolumeRole::Swap as i32,
                 size_bytes: 4 << 20,
                 name: String::new(),
+                format: 0,
             })
             .await
             .unwrap()

@@ -310,9 +310,20 @@ pub fn add_disk_of(r: &pb::AddVmDiskRequest) -> Result<crate::lifecycle::Action,
             )))
         }
     };
+    let raw = match pb::VolumeFormat::try_from(r.format) {
+        Ok(pb::VolumeFormat::Unspecified | pb::VolumeFormat::Qcow2) => false,
+        Ok(pb::VolumeFormat::Raw) => true,
+        Err(_) => {
+            return Err(CoordError::Invalid(format!(
+                "format {} is unknown: give qcow2 or raw",
+                r.format
+            )))
+        }
+    };
     Ok(crate::lifecycle::Action::AddDisk {
         swap,
         size_bytes: r.size_bytes,
+        raw,
     })
 }
 

@@ -70,6 +70,11 @@ pub trait AgentDoor: Send + Sync {
     /// Turns a base without clones back into a plain domain (its base files go).
     async fn unprepare_base(&self, name: &str) -> Result<()>;
     async fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
+    /// Grows a domain's swap or data volume (live when it runs).
+    async fn resize_domain_volume(
+        &self,
+        req: pb::ResizeDomainVolumeRequest,
+    ) -> Result<pb::VolumeInfo>;
     /// New memory (MiB) and vCPUs, 0 keeping a value; applied live where libvirt can.
     async fn set_resources(&self, name: &str, memory_mib: u64, vcpus: u32) -> Result<pb::Domain>;
     async fn list_clones(&self, base: &str) -> Result<Vec<pb::Domain>>;
@@ -301,6 +306,14 @@ impl AgentDoor for GrpcDoor {
     async fn unprepare_base(&self, name: &str) -> Result<()> {
         let mut c = self.client.clone();
         self.long(c.bases.remove_base(dref(name))).await.map(|_| ())
+    }
+
+    async fn resize_domain_volume(
+        &self,
+        req: pb::ResizeDomainVolumeRequest,
+    ) -> Result<pb::VolumeInfo> {
+        let mut c = self.client.clone();
+        self.long(c.bases.resize_domain_volume(req)).await
     }
 
     async fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {

@@ -303,6 +303,23 @@ impl AgentDoor for FakeAgent {
         Ok(())
     }
 
+    async fn resize_domain_volume(
+        &self,
+        req: pb::ResizeDomainVolumeRequest,
+    ) -> Result<pb::VolumeInfo> {
+        self.enter(
+            "resize_domain_volume",
+            &format!("{} {}", req.domain, req.volume),
+        )
+        .await?;
+        self.domain(&req.domain)?;
+        Ok(pb::VolumeInfo {
+            name: req.volume,
+            virtual_size: req.size_bytes,
+            ..Default::default()
+        })
+    }
+
     async fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
         self.enter("remove_volume", &format!("{domain} {volume}"))
             .await?;

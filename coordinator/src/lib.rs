@@ -14,6 +14,7 @@ pub mod convert;
 pub mod create;
 pub mod db;
 pub mod directory;
+pub mod disks;
 pub mod display;
 pub mod door;
 pub mod ensure;

@@ -39,9 +39,15 @@ pub enum Action {
         memory_mib: u64,
         vcpus: u32,
     },
-    /// A new empty swap or data disk (shut-off VMs).
+    /// A new empty swap or data disk (hot-plugged into a running VM).
     AddDisk {
         swap: bool,
+        size_bytes: u64,
+        raw: bool,
+    },
+    /// A swap or data disk grown (live in a running VM).
+    ResizeDisk {
+        volume: String,
         size_bytes: u64,
     },
     /// A swap or data disk detached and deleted (shut-off VMs).
@@ -70,6 +76,7 @@ impl Action {
             Self::Resources { .. } => "resources",
             Self::AddDisk { .. } => "add-disk",
             Self::RemoveDisk(_) => "remove-disk",
+            Self::ResizeDisk { .. } => "resize-disk",
             Self::Rebase(_) => "rebase",
             Self::RunTimeout(_) => "run-timeout",
         }
@@ -77,7 +84,7 @@ impl Action {
 
     /// Bad numbers are refused before anything is submitted.
     fn check(&self) -> Result<()> {
-        if let Self::AddDisk { size_bytes, .. } = *self {
+        if let Self::AddDisk { size_bytes, .. } | Self::ResizeDisk { size_bytes, .. } = *self {
             if !(1 << 20..=16 << 40).contains(&size_bytes) {
                 return Err(CoordError::Invalid(format!(
                     "a disk of {size_bytes} bytes is out of range: 1 MiB to 16 TiB"
@@ -91,7 +98,7 @@ impl Action {
             }
             .check()?;
         }
-        if let Self::RemoveDisk(v) = self {
+        if let Self::RemoveDisk(v) | Self::ResizeDisk { volume: v, .. } = self {
             crate::names::check_name("volume", v)?;
         }
         if let Self::Resources { memory_mib, vcpus } = *self {
@@ -184,7 +191,11 @@ impl Coordinator {
             Action::Resources { memory_mib, vcpus } => {
                 Some(door.set_resources(&name, memory_mib, vcpus).await?)
             }
-            Action::AddDisk { swap, size_bytes } => {
+            Action::AddDisk {
+                swap,
+                size_bytes,
+                raw,
+            } => {
                 let role = if swap {
                     pb::VolumeRole::Swap
                 } else {
@@ -195,8 +206,25 @@ impl Coordinator {
                     role: role as i32,
                     size_bytes,
                     name: String::new(),
+                    format: if raw {
+                        pb::VolumeFormat::Raw
+                    } else {
+                        pb::VolumeFormat::Qcow2
+                    } as i32,
                 };
                 Some(door.add_volume(req).await?)
+            }
+            Action::ResizeDisk {
+                ref volume,
+                size_bytes,
+            } => {
+                let req = pb::ResizeDomainVolumeRequest {
+                    domain: name.clone(),
+                    volume: volume.clone(),
+                    size_bytes,
+                };
+                door.resize_domain_volume(req).await?;
+                None
             }
             Action::RemoveDisk(ref volume) => Some(door.remove_volume(&name, volume).await?),
             Action::Rebase(ref base) => {

@@ -140,7 +140,8 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "ListClones" => c.bases.list_clones(dref(&n));
         "RestoreClone" => c.bases.restore_clone(dref(&n));
         "SpinoffClone" => c.bases.spinoff_clone(dref(&n));
-        "AddVolume" => c.bases.add_volume(pb::AddVolumeRequest { domain: n, role: data, size_bytes: 8 << 20, name: String::new() });
+        "AddVolume" => c.bases.add_volume(pb::AddVolumeRequest { domain: n, role: data, size_bytes: 8 << 20, name: String::new(), format: 0 });
+        "ResizeDomainVolume" => c.bases.resize_domain_volume(pb::ResizeDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), size_bytes: 32 << 20 });
         "ExportBase" => c.bases.export_base(dref(&n));
         "ExportDomain" => c.bases.export_domain(dref(&n));
         "ExportForMigration" => c.bases.export_for_migration(dref(&n));
@@ -260,6 +261,7 @@ fn number_cases(w: &AgentWorld) -> Vec<Case<C>> {
             role: data,
             size_bytes: size,
             name: String::new(),
+            format: 0,
         };
         crate::cases! { out, C, |c|;
             "CreateVolume", input, InvalidArgument, [says], it [vol] => c.volumes.create_volume(new_volume(&vol, size, 0));

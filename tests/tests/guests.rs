@@ -217,6 +217,87 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
     let out = cli.run(&["vm", "cp", "e2e-g-vm:relative", back.to_str().unwrap()]);
     assert!(!out.status.success());
 
+    // Data disks, hot: added to the running guest, written, grown live, listed.
+    // The guest's 512-byte sectors of `dev`, once they are `want` (hot plug and a live resize
+    // reach the guest a moment after libvirt returns).
+    let sectors = |dev: &str, want: u64| -> u64 {
+        let path = format!("/sys/block/{dev}/size");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = cli.run(&["vm", "exec", "e2e-g-vm", "--", "cat", &path]);
+            let n = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            if n == want || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    cli.ok(&["vm", "disk-add", "e2e-g-vm", "--size", "16M"]);
+    assert_eq!(sectors("vdb", 32768), 32768, "the guest sees a 16 MiB vdb");
+    cli.ok(&[
+        "vm",
+        "exec",
+        "e2e-g-vm",
+        "--shell",
+        "--",
+        "echo marker-1 | dd of=/dev/vdb bs=512 count=1 conv=sync,fsync 2>/dev/null",
+    ]);
+    cli.ok(&["vm", "disk-resize", "e2e-g-vm", "e2e-g-vm-vdb.qcow2", "32M"]);
+    assert_eq!(sectors("vdb", 65536), 65536, "grown live to 32 MiB");
+    let out = cli.ok(&[
+        "vm", "exec", "e2e-g-vm", "--", "head", "-c", "8", "/dev/vdb",
+    ]);
+    assert_eq!(out, "marker-1", "the data survived the growth");
+    cli.ok(&[
+        "vm", "disk-add", "e2e-g-vm", "--size", "8M", "--format", "raw",
+    ]);
+    assert_eq!(sectors("vdc", 16384), 16384);
+    let disks = cli.json(&["vm", "disks", "e2e-g-vm"]);
+    let list = disks["disks"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{disks}");
+    assert_eq!(list[1]["volume"], "e2e-g-vm-vdb.qcow2", "{disks}");
+    assert_eq!(list[1]["virtual_size"], 32u64 << 20, "{disks}");
+    assert_eq!(list[2]["format"], "raw", "{disks}");
+    for (args, says) in [
+        (
+            &["vm", "disk-resize", "e2e-g-vm", "e2e-g-vm-vdb.qcow2", "8M"][..],
+            "only grow",
+        ),
+        (
+            &["vm", "disk-resize", "e2e-g-vm", "e2e-g-vm-vda.qcow2", "1G"][..],
+            "only swap and data",
+        ),
+        (
+            &[
+                "vm",
+                "disk-resize",
+                "e2e-g-vm",
+                "e2e-g-bare-vda.qcow2",
+                "1G",
+            ][..],
+            "has no volume",
+        ),
+    ] {
+        let out = cli.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(sectors("vdb", 65536), 65536, "refusals changed nothing");
+    let out = other.run(&["vm", "disk-resize", "e2e-g-vm", "e2e-g-vm-vdb.qcow2", "64M"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+    let out = other.run(&["vm", "disks", "e2e-g-vm"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+
     // Another user's VM looks absent; nothing runs there.
     for args in [
         &["vm", "exec", "e2e-g-vm", "--", "touch", "/tmp/other"][..],

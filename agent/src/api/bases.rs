@@ -29,6 +29,8 @@ rpcs! { BaseApi: BaseService, |a, r|;
     restore_clone(pb::DomainRef) -> pb::Domain = "RestoreClone" by r.name => a.restore_clone(&r.name);
     spinoff_clone(pb::DomainRef) -> pb::Domain = "SpinoffClone" by r.name => a.spinoff(&r.name);
     add_volume(pb::AddVolumeRequest) -> pb::Domain = "AddVolume" by r.domain => a.add_volume(&r);
+    resize_domain_volume(pb::ResizeDomainVolumeRequest) -> pb::VolumeInfo = "ResizeDomainVolume" by r.domain
+        => a.resize_domain_volume(&r);
     rebase_clone(pb::RebaseCloneRequest) -> pb::Domain = "RebaseClone" by r.name
         => a.rebase_clone(&r.name, &r.base);
     remove_volume(pb::RemoveVolumeRequest) -> pb::Domain = "RemoveVolume" by r.domain

@@ -825,6 +825,7 @@ async fn vm(c: &mut AgentClient, out: &Out, cmd: VmCmd) -> Result<(), ClientErro
                     role: role(&r)? as i32,
                     size_bytes: size(&s)?,
                     name: volume.unwrap_or_default(),
+                    format: pb::VolumeFormat::Qcow2 as i32,
                 })
                 .await?
         }

@@ -260,7 +260,7 @@ pub enum VmCmd {
     /// Move a shut-off clone onto another base with the same disk layout (its system disk is
     /// made again from BASE; data disks are kept).
     Rebase { name: String, base: String },
-    /// Add a new empty data (or --swap) disk to a shut-off VM.
+    /// Add a new empty data (or --swap) disk; hot-plugged into a running VM.
     DiskAdd {
         name: String,
         /// Size, e.g. 512M or 2G.
@@ -268,7 +268,19 @@ pub enum VmCmd {
         size: String,
         #[arg(long)]
         swap: bool,
+        /// The file's format.
+        #[arg(long, value_parser = ["qcow2", "raw"], default_value = "qcow2")]
+        format: String,
     },
+    /// Grow a data or swap disk (live while the VM runs; disks never shrink).
+    DiskResize {
+        name: String,
+        volume: String,
+        /// The new size, e.g. 2G.
+        size: String,
+    },
+    /// The VM's disks with their formats and sizes.
+    Disks { name: String },
     /// Remove a data or swap disk of a shut-off VM (its volume, as `vm show` lists it).
     DiskRm { name: String, volume: String },
     /// Start the VM with its host (`on`), or not (`off`).
@@ -537,6 +549,22 @@ fn vm_line(v: &pb::Vm) -> String {
         } else {
             String::new()
         }
+}
+
+fn disk_line(d: &pb::VmDisk) -> String {
+    let role = pb::VolumeRole::try_from(d.role)
+        .map(|r| enum_name(r.as_str_name(), "VOLUME_ROLE_"))
+        .unwrap_or_default();
+    format!(
+        "{:<5} {:<7} {:<32} {:<6} size {} (file {}){}",
+        d.target,
+        role,
+        d.volume,
+        d.format,
+        crate::cli::human(d.virtual_size),
+        crate::cli::human(d.actual_size),
+        if d.readonly { " read-only" } else { "" }
+    )
 }
 
 /// What the agent knows of a VM, for `vm show`.
@@ -1362,7 +1390,12 @@ async fn vm(
         VmCmd::Resume { name } => c.vms.resume_vm(vref(name)).await?,
         VmCmd::Reset { name } => c.vms.reset_vm(vref(name)).await?,
         VmCmd::Reboot { name } => c.vms.reboot_vm(vref(name)).await?,
-        VmCmd::DiskAdd { name, size, swap } => {
+        VmCmd::DiskAdd {
+            name,
+            size,
+            swap,
+            format,
+        } => {
             let req = pb::AddVmDiskRequest {
                 name,
                 role: if swap {
@@ -1371,8 +1404,26 @@ async fn vm(
                     pb::VolumeRole::Data
                 } as i32,
                 size_bytes: corral_client::parse_size(&size).map_err(ClientError::Config)?,
+                format: if format == "raw" {
+                    pb::VolumeFormat::Raw
+                } else {
+                    pb::VolumeFormat::Qcow2
+                } as i32,
             };
             c.vms.add_vm_disk(req).await?
+        }
+        VmCmd::DiskResize { name, volume, size } => {
+            let req = pb::ResizeVmDiskRequest {
+                name,
+                volume,
+                size_bytes: corral_client::parse_size(&size).map_err(ClientError::Config)?,
+            };
+            c.vms.resize_vm_disk(req).await?
+        }
+        VmCmd::Disks { name } => {
+            let l = c.vms.list_vm_disks(vref(name)).await?.into_inner();
+            out.show(&l, |l| lines(&l.disks, disk_line));
+            return Ok(());
         }
         VmCmd::Rebase { name, base } => c.vms.rebase_vm(pb::RebaseVmRequest { name, base }).await?,
         VmCmd::DiskRm { name, volume } => {

@@ -71,6 +71,9 @@ rpcs! { VmApi: VmService, |c, who, r|;
         => op_to_pb(&c.vm_action(&who, &r.name, crate::convert::add_disk_of(&r)?).await?);
     remove_vm_disk(pb::RemoveVmDiskRequest) -> pb::Operation = "RemoveVmDisk"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::RemoveDisk(r.volume.clone())).await?);
+    resize_vm_disk(pb::ResizeVmDiskRequest) -> pb::Operation = "ResizeVmDisk"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::ResizeDisk { volume: r.volume.clone(), size_bytes: r.size_bytes }).await?);
+    list_vm_disks(pb::VmRef) -> pb::ListVmDisksResponse = "ListVmDisks" => c.vm_disks(&who, &r.name).await?;
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
     get_vm(pb::VmRef) -> pb::Vm = "GetVm" => {
         let vm = c.vm_for(&who, &r.name).await?;
