@@ -63,7 +63,21 @@ impl Drop for Undo {
     }
 }
 
-fn meta_of(xml: &DomainXml) -> CorralMeta {
+/// The first free disk target of a definition (a removed disk leaves a gap).
+pub(crate) fn free_target(xml: &DomainXml) -> Result<String> {
+    let used: Vec<&str> = xml
+        .devices
+        .disks
+        .iter()
+        .map(|d| d.target.dev.as_str())
+        .collect();
+    (0..26)
+        .map(target_name)
+        .find(|t| t.as_ref().is_ok_and(|t| !used.contains(&t.as_str())))
+        .unwrap_or_else(|| target_name(26))
+}
+
+pub(crate) fn meta_of(xml: &DomainXml) -> CorralMeta {
     xml.meta()
         .cloned()
         .unwrap_or_else(|| CorralMeta::new(Kind::Plain))
@@ -751,49 +765,70 @@ impl Agent {
                 )))
             }
         };
-        // The first free target: a removed disk leaves a gap.
-        let used: Vec<&str> = xml
-            .devices
-            .disks
-            .iter()
-            .map(|d| d.target.dev.as_str())
-            .collect();
-        let target = (0..26)
-            .map(target_name)
-            .find(|t| t.as_ref().is_ok_and(|t| !used.contains(&t.as_str())))
-            .unwrap_or_else(|| target_name(26))?;
-        let vol = if req.name.is_empty() {
-            format!("{}-{target}.{}", req.domain, format.as_str())
-        } else {
-            req.name.clone()
+        let dest_name = |target: &str| {
+            if req.name.is_empty() {
+                format!("{}-{target}.{}", req.domain, format.as_str())
+            } else {
+                req.name.clone()
+            }
         };
+        let target = free_target(&xml)?;
+        let vol = dest_name(&target);
         let dest = self.storage.fresh(&vol)?;
         let tmp = self.storage.tmp_path(&vol)?;
         let undo = Undo(vec![tmp.clone(), dest.clone()]);
         self.images.create(&tmp, format, req.size_bytes)?;
         crate::fsx::rename(&tmp, &dest)?;
-        let disk = disk_xml(&dest, &target, format.as_str(), false);
+        let view = self.attach_file(
+            &req.domain,
+            &mut meta,
+            &vol,
+            &dest,
+            &target,
+            role,
+            format,
+            live,
+        )?;
+        undo.disarm();
+        Ok(view)
+    }
+
+    /// Attaches a volume file to a domain as `target` (live too when `live`) and records it
+    /// in the domain's metadata with its role. Called with the domain busy.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attach_file(
+        &self,
+        domain: &str,
+        meta: &mut CorralMeta,
+        vol: &str,
+        dest: &Path,
+        target: &str,
+        role: Role,
+        format: Format,
+        live: bool,
+    ) -> Result<pb::Domain> {
+        let disk = disk_xml(dest, target, format.as_str(), false);
         let disk_text = quick_xml::se::to_string_with_root("disk", &disk)
             .map_err(|e| AgentError::internal(format!("disk XML: {e}")))?;
-        self.forget_definition(&req.domain);
-        match self.hv.attach_device(&req.domain, &disk_text, live) {
+        self.forget_definition(domain);
+        match self.hv.attach_device(domain, &disk_text, live) {
             Ok(()) => {}
             // Drivers without device attach (libvirt's test driver): redefine with the disk.
             Err(AgentError::Unsupported(_)) => {
-                let mut def = self.read_definition(&req.domain)?;
+                let mut def = self.read_definition(domain)?;
                 def.devices.disks.push(disk);
                 self.hv.define(&def.to_xml()?)?;
             }
             Err(e) => return Err(e),
         }
         meta.disks.push(MetaDisk {
-            target,
+            target: target.to_string(),
             role,
-            volume: vol,
+            volume: vol.to_string(),
         });
-        self.write_meta(&req.domain, &meta)?;
-        undo.disarm();
-        self.view(&req.domain)
+        self.write_meta(domain, meta)?;
+        tracing::info!(%domain, volume = %vol, %target, live, "volume attached");
+        self.view(domain)
     }
 
     /// Detaches a swap or data volume from a shut-off domain and deletes it (the domain owns

@@ -8,9 +8,117 @@ use crate::agent::Agent;
 use crate::domain_xml::{CorralMeta, Kind, Role};
 use crate::error::{AgentError, Result};
 use crate::hypervisor::DomState;
+use crate::images::Format;
 use crate::validate;
 
 impl Agent {
+    /// The domain's own swap or data volume `volume` (NotFound otherwise), and its role.
+    fn own_volume(&self, domain: &str, volume: &str) -> Result<(CorralMeta, Role)> {
+        let xml = self.read_definition(domain)?;
+        let meta = crate::bases::meta_of(&xml);
+        let Some(disk) = meta.disks.iter().find(|d| d.volume == volume) else {
+            return Err(AgentError::NotFound(format!(
+                "domain {domain:?} has no volume {volume:?}"
+            )));
+        };
+        let role = disk.role;
+        Ok((meta, role))
+    }
+
+    /// A flattened copy of a shut-off domain's swap or data volume under a new name.
+    pub fn copy_domain_volume(&self, r: &pb::CopyDomainVolumeRequest) -> Result<pb::VolumeInfo> {
+        validate::name("domain", &r.domain)?;
+        validate::name("volume", &r.volume)?;
+        validate::name("volume", &r.destination)?;
+        let _busy = self.busy(&r.domain)?;
+        let (_, role) = self.own_volume(&r.domain, &r.volume)?;
+        if role != Role::Data && role != Role::Swap {
+            return Err(AgentError::precondition(format!(
+                "volume {:?} is the {role} disk of domain {:?}: only swap and data volumes are copied",
+                r.volume, r.domain
+            )));
+        }
+        let state = self.hv.state(&r.domain)?;
+        if state != DomState::ShutOff {
+            return Err(AgentError::precondition(format!(
+                "domain {:?} is {}: its volumes are copied only while it is shut off (a running \
+                 guest changes them under the copy)",
+                r.domain,
+                state.as_str()
+            )));
+        }
+        let src = self.storage.existing(&r.volume)?;
+        let dest = self.storage.fresh(&r.destination)?;
+        let tmp = self.storage.tmp_path(&r.destination)?;
+        if let Err(e) = self.images.convert(&src, &tmp, Format::Qcow2, None) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        crate::fsx::rename(&tmp, &dest)?;
+        tracing::info!(domain = %r.domain, volume = %r.volume, copy = %r.destination, "volume copied");
+        self.volume_info(&r.destination)
+    }
+
+    /// Attaches a volume nobody owns to a domain as a data disk (hot when it runs).
+    pub fn attach_volume(&self, r: &pb::AttachVolumeRequest) -> Result<pb::Domain> {
+        validate::name("domain", &r.domain)?;
+        validate::name("volume", &r.volume)?;
+        let _busy = self.busy(&r.domain)?;
+        let xml = self.read_definition(&r.domain)?;
+        let mut meta = crate::bases::meta_of(&xml);
+        if meta.locked {
+            return Err(AgentError::precondition(format!(
+                "domain {:?} is a base: remove the base before changing its volumes",
+                r.domain
+            )));
+        }
+        let path = self.storage.existing(&r.volume)?;
+        let claims = self.claims()?;
+        let owners = claims.users(&path);
+        if !owners.is_empty() {
+            return Err(AgentError::precondition(format!(
+                "volume {:?} belongs to domain(s) {}: only a volume no domain owns is attached",
+                r.volume,
+                owners.join(", ")
+            )));
+        }
+        self.may_change(
+            &claims,
+            &r.volume,
+            &path,
+            crate::ownership::Actor::Domain(&r.domain),
+            crate::ownership::Change::AttachWritable,
+        )?;
+        let live = match self.hv.state(&r.domain)? {
+            DomState::ShutOff => false,
+            DomState::Running => true,
+            other => {
+                return Err(AgentError::precondition(format!(
+                    "cannot attach a volume to domain {:?}: it is {}; start it or shut it down",
+                    r.domain,
+                    other.as_str()
+                )))
+            }
+        };
+        let format = self
+            .images
+            .info(&path)?
+            .first()
+            .and_then(|i| Format::parse(&i.format))
+            .unwrap_or(Format::Qcow2);
+        let target = crate::bases::free_target(&xml)?;
+        self.attach_file(
+            &r.domain,
+            &mut meta,
+            &r.volume,
+            &path,
+            &target,
+            Role::Data,
+            format,
+            live,
+        )
+    }
+
     /// Grows a swap or data volume the domain owns to `size_bytes` (never shrinks).
     pub fn resize_domain_volume(
         &self,

@@ -486,6 +486,84 @@ async fn bases_and_clones() {
             .into_inner();
     assert_eq!(d.disks.len(), 3);
     assert_eq!(d.disks[2].role, pb::VolumeRole::Swap as i32);
+    let swap = d.disks[2].volume.clone();
+
+    // A copy of a shut-off domain's swap volume goes to another domain; nothing owned by
+    // someone else is copied from or attached.
+    define(&mut f, "td-att").await;
+    let copy = |volume: &str, destination: &str| pb::CopyDomainVolumeRequest {
+        domain: "td-clone1".into(),
+        volume: volume.into(),
+        destination: destination.into(),
+    };
+    let err =
+        f.c.bases
+            .copy_domain_volume(copy("td-clone1-vda.qcow2", "td-sys.qcow2"))
+            .await
+            .unwrap_err();
+    assert!(err.message().contains("only swap and data"), "{err:?}");
+    let err =
+        f.c.bases
+            .copy_domain_volume(pb::CopyDomainVolumeRequest {
+                domain: "td-att".into(),
+                ..copy(&swap, "td-x.qcow2")
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "not td-att's volume: {err:?}");
+    f.c.bases
+        .copy_domain_volume(copy(&swap, "td-copy.qcow2"))
+        .await
+        .unwrap();
+    let attach = |domain: &str, volume: &str| pb::AttachVolumeRequest {
+        domain: domain.into(),
+        volume: volume.into(),
+    };
+    for (vol, says) in [
+        ("td-clone1-vda.qcow2", "belongs to domain(s) td-clone1"),
+        ("td-base-vda.base.qcow2", "base file"),
+        ("td-none.qcow2", "does not exist"),
+    ] {
+        let err =
+            f.c.bases
+                .attach_volume(attach("td-att", vol))
+                .await
+                .unwrap_err();
+        assert!(err.message().contains(says), "{vol}: {err:?}");
+    }
+    let att =
+        f.c.bases
+            .attach_volume(attach("td-att", "td-copy.qcow2"))
+            .await
+            .unwrap()
+            .into_inner();
+    let last = att.disks.last().unwrap();
+    assert_eq!(
+        (last.volume.as_str(), last.role),
+        ("td-copy.qcow2", pb::VolumeRole::Data as i32)
+    );
+    let err =
+        f.c.bases
+            .attach_volume(attach("td-clone1", "td-copy.qcow2"))
+            .await
+            .unwrap_err();
+    assert!(
+        err.message().contains("belongs to domain(s) td-att"),
+        "{err:?}"
+    );
+    let gone =
+        f.c.domains
+            .remove_domain(pb::RemoveDomainRequest {
+                name: "td-att".into(),
+                remove_volumes: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(
+        gone.removed_volumes.contains(&"td-copy.qcow2".to_string()),
+        "{gone:?}"
+    );
     let d =
         f.c.bases
             .spinoff_clone(dref("td-clone1"))

@@ -70,6 +70,10 @@ pub trait AgentDoor: Send + Sync {
     /// Turns a base without clones back into a plain domain (its base files go).
     async fn unprepare_base(&self, name: &str) -> Result<()>;
     async fn remove_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
+    /// A flattened copy of a shut-off domain's volume as a new volume nobody owns.
+    async fn copy_domain_volume(&self, req: pb::CopyDomainVolumeRequest) -> Result<pb::VolumeInfo>;
+    /// Attaches a volume nobody owns to a domain as a data disk (hot when it runs).
+    async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
     /// Grows a domain's swap or data volume (live when it runs).
     async fn resize_domain_volume(
         &self,
@@ -306,6 +310,20 @@ impl AgentDoor for GrpcDoor {
     async fn unprepare_base(&self, name: &str) -> Result<()> {
         let mut c = self.client.clone();
         self.long(c.bases.remove_base(dref(name))).await.map(|_| ())
+    }
+
+    async fn copy_domain_volume(&self, req: pb::CopyDomainVolumeRequest) -> Result<pb::VolumeInfo> {
+        let mut c = self.client.clone();
+        self.long(c.bases.copy_domain_volume(req)).await
+    }
+
+    async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::AttachVolumeRequest {
+            domain: domain.into(),
+            volume: volume.into(),
+        };
+        self.long(c.bases.attach_volume(req)).await
     }
 
     async fn resize_domain_volume(

@@ -303,6 +303,30 @@ impl AgentDoor for FakeAgent {
         Ok(())
     }
 
+    async fn copy_domain_volume(&self, req: pb::CopyDomainVolumeRequest) -> Result<pb::VolumeInfo> {
+        self.enter(
+            "copy_domain_volume",
+            &format!("{} {}", req.domain, req.volume),
+        )
+        .await?;
+        self.domain(&req.domain)?;
+        self.state
+            .lock()
+            .unwrap()
+            .volumes
+            .insert(req.destination.clone());
+        Ok(pb::VolumeInfo {
+            name: req.destination,
+            ..Default::default()
+        })
+    }
+
+    async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        self.enter("attach_volume", &format!("{domain} {volume}"))
+            .await?;
+        self.domain(domain)
+    }
+
     async fn resize_domain_volume(
         &self,
         req: pb::ResizeDomainVolumeRequest,

@@ -141,6 +141,8 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "RestoreClone" => c.bases.restore_clone(dref(&n));
         "SpinoffClone" => c.bases.spinoff_clone(dref(&n));
         "AddVolume" => c.bases.add_volume(pb::AddVolumeRequest { domain: n, role: data, size_bytes: 8 << 20, name: String::new(), format: 0 });
+        "CopyDomainVolume" => c.bases.copy_domain_volume(pb::CopyDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), destination: "adv-copy.qcow2".into() });
+        "AttachVolume" => c.bases.attach_volume(pb::AttachVolumeRequest { domain: n, volume: "adv-none.qcow2".into() });
         "ResizeDomainVolume" => c.bases.resize_domain_volume(pb::ResizeDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), size_bytes: 32 << 20 });
         "ExportBase" => c.bases.export_base(dref(&n));
         "ExportDomain" => c.bases.export_domain(dref(&n));

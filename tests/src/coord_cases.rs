@@ -299,6 +299,7 @@ fn vm_rpcs(
         "AddVmDisk" => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: n, role: pb::VolumeRole::Data as i32, size_bytes: 16 << 20, format: 0 });
         "ResizeVmDisk" => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: n, volume: "advc-none.qcow2".into(), size_bytes: 32 << 20 });
         "ListVmDisks" => c.vms.list_vm_disks(vref(&n));
+        "CopyVmDisk" => c.vms.copy_vm_disk(pb::CopyVmDiskRequest { name: n, volume: "advc-none.qcow2".into(), to: "advc-none".into() });
         "RemoveVmDisk" => c.vms.remove_vm_disk(pb::RemoveVmDiskRequest { name: n, volume: "advc-none.qcow2".into() });
         "SetVmAutostart" => c.vms.set_vm_autostart(pb::SetVmAutostartRequest { name: n, autostart: true });
         "SetVmResources" => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: n, memory_mib: 256, vcpus: 1 });
@@ -668,6 +669,8 @@ fn number_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "AddVmDisk", "1 byte", InvalidArgument, ["out of range"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: 1, format: 0 });
         "AddVmDisk", "u64::MAX bytes", InvalidArgument, ["out of range"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: u64::MAX, format: 0 });
         "AddVmDisk", "format 7", InvalidArgument, ["qcow2 or raw"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: 16 << 20, format: 7 });
+        "CopyVmDisk", "a disk copied to its own VM", InvalidArgument, ["not to itself"], alice [vm] => c.vms.copy_vm_disk(pb::CopyVmDiskRequest { name: vm.clone(), volume: "x.qcow2".into(), to: vm });
+        "CopyVmDisk", "a volume named '../x'", InvalidArgument, ["volume"], alice [vm] => c.vms.copy_vm_disk(pb::CopyVmDiskRequest { name: vm, volume: "../x".into(), to: "advc-other".into() });
         "ResizeVmDisk", "u64::MAX bytes", InvalidArgument, ["out of range"], alice [vm] => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: vm, volume: "x.qcow2".into(), size_bytes: u64::MAX });
         "ResizeVmDisk", "a volume named '../x'", InvalidArgument, ["volume"], alice [vm] => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: vm, volume: "../x".into(), size_bytes: 32 << 20 });
         "RemoveVmDisk", "a path as the volume", InvalidArgument, ["volume"], alice [vm] => c.vms.remove_vm_disk(pb::RemoveVmDiskRequest { name: vm, volume: "../../etc/passwd".into() });

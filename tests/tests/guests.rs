@@ -298,6 +298,97 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
         "{out:?}"
     );
 
+    // A data disk copied to another VM: refused while its VM runs, then copied shut off and
+    // hot-plugged into the running receiver, marker included.
+    cli.ok(&["vm", "clone", "e2e-g-base", "e2e-g-vm2", "--start"]);
+    let out = cli.run(&[
+        "vm",
+        "disk-copy",
+        "e2e-g-vm",
+        "e2e-g-vm-vdb.qcow2",
+        "e2e-g-vm2",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shut it off first"),
+        "{out:?}"
+    );
+    let out = other.run(&[
+        "vm",
+        "disk-copy",
+        "e2e-g-vm",
+        "e2e-g-vm-vdb.qcow2",
+        "e2e-g-vm2",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+    cli.ok(&["vm", "poweroff", "e2e-g-vm"]);
+    let out = cli.run(&[
+        "vm",
+        "disk-copy",
+        "e2e-g-vm",
+        "e2e-g-vm-vda.qcow2",
+        "e2e-g-vm2",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only swap and data"),
+        "{out:?}"
+    );
+    let t = Instant::now();
+    cli.ok(&[
+        "vm",
+        "disk-copy",
+        "e2e-g-vm",
+        "e2e-g-vm-vdb.qcow2",
+        "e2e-g-vm2",
+    ]);
+    eprintln!(
+        "a 32 MiB data disk copied to a running VM on the same host in {:?}",
+        t.elapsed()
+    );
+    wait_readiness(&cli, "e2e-g-vm2", "READY");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cli.run(&[
+            "vm",
+            "exec",
+            "e2e-g-vm2",
+            "--",
+            "head",
+            "-c",
+            "8",
+            "/dev/vdb",
+        ]);
+        if String::from_utf8_lossy(&out.stdout) == "marker-1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy never showed in e2e-g-vm2: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let disks = cli.json(&["vm", "disks", "e2e-g-vm2"]);
+    let list = disks["disks"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{disks}");
+    assert!(
+        list[1]["volume"]
+            .as_str()
+            .unwrap()
+            .starts_with("e2e-g-vm2-copy-"),
+        "{disks}"
+    );
+    assert_eq!(list[1]["virtual_size"], 32u64 << 20, "{disks}");
+    let disks = cli.json(&["vm", "disks", "e2e-g-vm"]);
+    assert_eq!(
+        disks["disks"].as_array().unwrap().len(),
+        3,
+        "the source kept its disks"
+    );
+    cli.ok(&["vm", "start", "e2e-g-vm"]);
+    wait_readiness(&cli, "e2e-g-vm", "READY");
+
     // Another user's VM looks absent; nothing runs there.
     for args in [
         &["vm", "exec", "e2e-g-vm", "--", "touch", "/tmp/other"][..],
@@ -334,6 +425,7 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
     );
 
     cli.ok(&["vm", "rm", "e2e-g-vm"]);
+    cli.ok(&["vm", "rm", "e2e-g-vm2"]);
     cli.ok(&["vm", "rm", "e2e-g-bare-vm"]);
     cleanup_domains("e2e-g-");
 }

@@ -302,6 +302,49 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     let url = format!("http://{}:{}/", lab.ip("h3"), port["host_port"]);
     fetch_in(&lab, "h1", &url, "corral tiny guest lab-c1", BOOT);
 
+    // A data disk copied across hosts: added to lab-c1 (h3) while it runs, written by its
+    // guest, copied shut off to a VM on another host; the copy there has the same content and
+    // the source host keeps no journey copy.
+    cli.ok(&["vm", "disk-add", "lab-c1", "--size", "16M"]);
+    let write = format!(
+        "http://{}:{}/cgi-bin/write?dev=vdb&v=COPY1",
+        lab.ip("h3"),
+        port["host_port"]
+    );
+    fetch_in(&lab, "h1", &write, "ok COPY1", BOOT);
+    cli.ok(&["vm", "poweroff", "lab-c1"]);
+    cli.ok(&["host", "disable", "h3"]);
+    cli.ok(&["vm", "clone", "lab-web", "lab-c9"]);
+    cli.ok(&["host", "enable", "h3"]);
+    let c9_host = vm(&cli, "lab-c9")["host"].as_str().unwrap().to_string();
+    assert_ne!(c9_host, "h3");
+    let t = Instant::now();
+    cli.ok(&["vm", "disk-copy", "lab-c1", "lab-c1-vdb.qcow2", "lab-c9"]);
+    eprintln!(
+        "a data disk copied from h3 to {c9_host} in {:?}",
+        t.elapsed()
+    );
+    let disks = cli.json(&["vm", "disks", "lab-c9"]);
+    let copy = disks["disks"][1]["volume"].as_str().unwrap().to_string();
+    assert!(copy.starts_with("lab-c9-copy-"), "{disks}");
+    let from = lab.storage("h3").join("lab-c1-vdb.qcow2");
+    let to = lab.storage(&c9_host).join(&copy);
+    let same = std::process::Command::new("qemu-img")
+        .args(["compare", "-q"])
+        .arg(&from)
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(
+        same.success(),
+        "the copy on {c9_host} differs from lab-c1's disk"
+    );
+    assert!(
+        !lab.storage("h3").join(&copy).exists(),
+        "no journey copy left on h3"
+    );
+    cli.ok(&["vm", "rm", "lab-c9"]);
+
     // Now no clone uses h2's copy: it may go.
     cli.ok(&["base", "rm", "lab-web", "--host", "h2"]);
     assert_eq!(

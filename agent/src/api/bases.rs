@@ -31,6 +31,9 @@ rpcs! { BaseApi: BaseService, |a, r|;
     add_volume(pb::AddVolumeRequest) -> pb::Domain = "AddVolume" by r.domain => a.add_volume(&r);
     resize_domain_volume(pb::ResizeDomainVolumeRequest) -> pb::VolumeInfo = "ResizeDomainVolume" by r.domain
         => a.resize_domain_volume(&r);
+    copy_domain_volume(pb::CopyDomainVolumeRequest) -> pb::VolumeInfo = "CopyDomainVolume" by r.domain
+        => a.copy_domain_volume(&r);
+    attach_volume(pb::AttachVolumeRequest) -> pb::Domain = "AttachVolume" by r.domain => a.attach_volume(&r);
     rebase_clone(pb::RebaseCloneRequest) -> pb::Domain = "RebaseClone" by r.name
         => a.rebase_clone(&r.name, &r.base);
     remove_volume(pb::RemoveVolumeRequest) -> pb::Domain = "RemoveVolume" by r.domain

@@ -281,6 +281,13 @@ pub enum VmCmd {
     },
     /// The VM's disks with their formats and sizes.
     Disks { name: String },
+    /// Copy a data or swap disk of a shut-off VM to another of your VMs (any host), attached
+    /// there as a data disk.
+    DiskCopy {
+        name: String,
+        volume: String,
+        to: String,
+    },
     /// Remove a data or swap disk of a shut-off VM (its volume, as `vm show` lists it).
     DiskRm { name: String, volume: String },
     /// Start the VM with its host (`on`), or not (`off`).
@@ -1419,6 +1426,10 @@ async fn vm(
                 size_bytes: corral_client::parse_size(&size).map_err(ClientError::Config)?,
             };
             c.vms.resize_vm_disk(req).await?
+        }
+        VmCmd::DiskCopy { name, volume, to } => {
+            let req = pb::CopyVmDiskRequest { name, volume, to };
+            c.vms.copy_vm_disk(req).await?
         }
         VmCmd::Disks { name } => {
             let l = c.vms.list_vm_disks(vref(name)).await?.into_inner();

@@ -74,6 +74,8 @@ rpcs! { VmApi: VmService, |c, who, r|;
     resize_vm_disk(pb::ResizeVmDiskRequest) -> pb::Operation = "ResizeVmDisk"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::ResizeDisk { volume: r.volume.clone(), size_bytes: r.size_bytes }).await?);
     list_vm_disks(pb::VmRef) -> pb::ListVmDisksResponse = "ListVmDisks" => c.vm_disks(&who, &r.name).await?;
+    copy_vm_disk(pb::CopyVmDiskRequest) -> pb::Operation = "CopyVmDisk"
+        => op_to_pb(&c.copy_vm_disk(&who, &r.name, &r.volume, &r.to).await?);
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
     get_vm(pb::VmRef) -> pb::Vm = "GetVm" => {
         let vm = c.vm_for(&who, &r.name).await?;
