@@ -409,7 +409,7 @@ impl Agent {
     /// What a definition from another host must say about this one: libvirt's new UUID,
     /// this host's domain type, displays on this host's address (unless they listen on
     /// every address or only on loopback).
-    fn localise(&self, def: &mut DomainXml) {
+    pub(crate) fn localise(&self, def: &mut DomainXml) {
         def.uuid = None;
         def.domain_type = self.cfg.domain_type.as_str().into();
         for g in def.devices.graphics.iter_mut() {

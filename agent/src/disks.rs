@@ -59,6 +59,70 @@ impl Agent {
         self.volume_info(&r.destination)
     }
 
+    /// Makes, reverts to or deletes an internal snapshot of a shut-off domain's qcow2 swap or
+    /// data volume.
+    pub fn snapshot_volume(&self, r: &pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo> {
+        use crate::images::SnapshotAction;
+        validate::name("domain", &r.domain)?;
+        validate::name("volume", &r.volume)?;
+        validate::name("snapshot", &r.snapshot)?;
+        let action = match pb::VolumeSnapshotAction::try_from(r.action) {
+            Ok(pb::VolumeSnapshotAction::Create) => SnapshotAction::Create,
+            Ok(pb::VolumeSnapshotAction::Revert) => SnapshotAction::Apply,
+            Ok(pb::VolumeSnapshotAction::Delete) => SnapshotAction::Delete,
+            _ => {
+                return Err(AgentError::invalid(format!(
+                    "snapshot action {} is unknown: create, revert or delete",
+                    r.action
+                )))
+            }
+        };
+        let _busy = self.busy(&r.domain)?;
+        let (_, role) = self.own_volume(&r.domain, &r.volume)?;
+        if role != Role::Data && role != Role::Swap {
+            return Err(AgentError::precondition(format!(
+                "volume {:?} is the {role} disk of domain {:?}: only swap and data volumes have \
+                 their own snapshots (snapshot the VM for the rest)",
+                r.volume, r.domain
+            )));
+        }
+        let state = self.hv.state(&r.domain)?;
+        if state != DomState::ShutOff {
+            return Err(AgentError::precondition(format!(
+                "domain {:?} is {}: shut it off first (its guest has the volume open)",
+                r.domain,
+                state.as_str()
+            )));
+        }
+        let info = self.volume_info(&r.volume)?;
+        if info.format != "qcow2" {
+            return Err(AgentError::precondition(format!(
+                "volume {:?} is {}: only qcow2 volumes hold snapshots",
+                r.volume, info.format
+            )));
+        }
+        let exists = info.snapshots.iter().any(|s| s.name == r.snapshot);
+        match (action, exists) {
+            (SnapshotAction::Create, true) => {
+                return Err(AgentError::AlreadyExists(format!(
+                    "volume {:?} has a snapshot {:?} already",
+                    r.volume, r.snapshot
+                )))
+            }
+            (SnapshotAction::Apply | SnapshotAction::Delete, false) => {
+                return Err(AgentError::NotFound(format!(
+                    "volume {:?} has no snapshot {:?}",
+                    r.volume, r.snapshot
+                )))
+            }
+            _ => {}
+        }
+        let path = self.storage.existing(&r.volume)?;
+        self.images.snapshot(&path, action, &r.snapshot)?;
+        tracing::info!(domain = %r.domain, volume = %r.volume, snapshot = %r.snapshot, ?action, "volume snapshot");
+        self.volume_info(&r.volume)
+    }
+
     /// Attaches a volume nobody owns to a domain as a data disk (hot when it runs).
     pub fn attach_volume(&self, r: &pb::AttachVolumeRequest) -> Result<pb::Domain> {
         validate::name("domain", &r.domain)?;
@@ -73,6 +137,13 @@ impl Agent {
             )));
         }
         let path = self.storage.existing(&r.volume)?;
+        if crate::fsx::metadata(&path)?.permissions().readonly() {
+            return Err(AgentError::precondition(format!(
+                "volume {:?} is read-only (an image or a base file): only a writable volume no \
+                 domain owns is attached",
+                r.volume
+            )));
+        }
         let claims = self.claims()?;
         let owners = claims.users(&path);
         if !owners.is_empty() {

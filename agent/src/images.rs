@@ -89,6 +89,16 @@ pub trait ImageTool: Send + Sync {
     /// Changes the backing file; `None` merges the backing data into the image.
     fn rebase(&self, path: &Path, backing: Option<&Path>, unsafe_only: bool) -> Result<()>;
     fn resize(&self, path: &Path, size: u64, allow_shrink: bool) -> Result<()>;
+    /// An internal qcow2 snapshot of an image nobody has open: made, applied or deleted.
+    fn snapshot(&self, path: &Path, action: SnapshotAction, name: &str) -> Result<()>;
+}
+
+/// What `qemu-img snapshot` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotAction {
+    Create,
+    Apply,
+    Delete,
 }
 
 /// The real `qemu-img`.
@@ -246,6 +256,22 @@ impl ImageTool for QemuImg {
         }
         args.extend([path.into(), size.clone().into()]);
         self.run(&args)?;
+        Ok(())
+    }
+
+    fn snapshot(&self, path: &Path, action: SnapshotAction, name: &str) -> Result<()> {
+        let flag = match action {
+            SnapshotAction::Create => "-c",
+            SnapshotAction::Apply => "-a",
+            SnapshotAction::Delete => "-d",
+        };
+        self.run(&[
+            "snapshot".into(),
+            "-q".into(),
+            flag.into(),
+            name.into(),
+            path.into(),
+        ])?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod bases;
+pub mod capture;
 pub mod config;
 pub mod convert;
 pub mod disks;

@@ -203,11 +203,25 @@ pub async fn channel_with(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Chan
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Debug, Clone)]
-pub struct TokenAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub struct TokenAuth(
+    tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// The request header that asks the coordinator for a dry run of any RPC: it validates,
+/// authorizes and places as the real call would, answers with what would happen, and changes
+/// nothing.
+pub const DRY_RUN_HEADER: &str = "corral-dry-run";
 
 impl tonic::service::Interceptor for TokenAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert("authorization", self.0.clone());
+        if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+            req.metadata_mut().insert(
+                DRY_RUN_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
         Ok(req)
     }
 }
@@ -224,6 +238,8 @@ pub struct CoordinatorClient {
     pub snapshots: pb::vm_snapshot_service_client::VmSnapshotServiceClient<Authed>,
     pub access: pb::vm_access_service_client::VmAccessServiceClient<Authed>,
     pub guest: pb::vm_guest_service_client::VmGuestServiceClient<Authed>,
+    pub images: pb::image_service_client::ImageServiceClient<Authed>,
+    dry_run: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CoordinatorClient {
@@ -254,8 +270,10 @@ impl CoordinatorClient {
                 "the token has characters a header cannot carry".into(),
             )
         })?;
-        let auth = TokenAuth(value);
+        let dry_run = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let auth = TokenAuth(value, std::sync::Arc::clone(&dry_run));
         Ok(Self {
+            dry_run,
             hosts: pb::host_admin_service_client::HostAdminServiceClient::with_interceptor(
                 ch.clone(),
                 auth.clone(),
@@ -277,8 +295,17 @@ impl CoordinatorClient {
                 ch.clone(),
                 auth.clone(),
             ),
-            guest: pb::vm_guest_service_client::VmGuestServiceClient::with_interceptor(ch, auth),
+            guest: pb::vm_guest_service_client::VmGuestServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            images: pb::image_service_client::ImageServiceClient::with_interceptor(ch, auth),
         })
+    }
+
+    /// Sends every following request (of this client and its clones) as a dry run, or not.
+    pub fn set_dry_run(&self, on: bool) {
+        self.dry_run.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Follows an operation to its end; `on_event` sees every event. Returns the final operation.

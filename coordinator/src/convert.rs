@@ -298,6 +298,23 @@ pub fn pool_to_pb(p: crate::pools::PoolStatus) -> pb::BasePool {
     }
 }
 
+/// A disk snapshot change; an unknown action is refused.
+pub fn disk_snapshot_of(
+    r: &pb::SnapshotVmDiskRequest,
+) -> Result<crate::lifecycle::Action, CoordError> {
+    let action = pb::VolumeSnapshotAction::try_from(r.action).map_err(|_| {
+        CoordError::Invalid(format!(
+            "snapshot action {} is unknown: create, revert or delete",
+            r.action
+        ))
+    })?;
+    Ok(crate::lifecycle::Action::DiskSnapshot {
+        volume: r.volume.clone(),
+        snapshot: r.snapshot.clone(),
+        action,
+    })
+}
+
 /// A disk to add: swap or data only.
 pub fn add_disk_of(r: &pb::AddVmDiskRequest) -> Result<crate::lifecycle::Action, CoordError> {
     let swap = match pb::VolumeRole::try_from(r.role) {

@@ -281,7 +281,7 @@ impl Coordinator {
 }
 
 /// A prepared base's system disk size (bytes), for plans; 0 when the agent does not say.
-async fn system_disk(door: &dyn crate::door::AgentDoor, base: &pb::Base) -> u64 {
+pub(crate) async fn system_disk(door: &dyn crate::door::AgentDoor, base: &pb::Base) -> u64 {
     let Some(v) = base
         .volumes
         .iter()

@@ -45,9 +45,11 @@ impl Db {
         f: impl FnOnce(&dyn Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        // A dry run's changes are rolled back with its savepoint; its answer is kept.
+        let dry = crate::dry::now();
         let job: Job = Box::new(move |s| {
             let out = f(s);
-            let ok = out.is_ok();
+            let ok = out.is_ok() && !dry;
             let deliver: Deliver = Box::new(move |failed| {
                 let _ = reply.send(match (failed, out) {
                     (Some(e), Ok(_)) => Err(e),

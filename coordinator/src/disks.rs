@@ -30,6 +30,7 @@ impl Coordinator {
                 virtual_size: info.virtual_size,
                 actual_size: info.allocated_size,
                 readonly: disk.readonly,
+                snapshots: info.snapshots.into_iter().map(|s| s.name).collect(),
             });
         }
         Ok(pb::ListVmDisksResponse { disks })
@@ -71,7 +72,7 @@ impl Coordinator {
         if src.observed_state != Observed::Domain(pb::DomainState::ShutOff) {
             return Err(CoordError::FailedPrecondition(format!(
                 "VM {name} is {}: shut it off first (a running guest changes its disks under the copy)",
-                src.observed_state.as_str()
+                src.observed_state.describe()
             )));
         }
         let (Some(src_host), Some(dst_host)) = (src.host.clone(), dst.host.clone()) else {

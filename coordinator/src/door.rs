@@ -74,6 +74,12 @@ pub trait AgentDoor: Send + Sync {
     async fn copy_domain_volume(&self, req: pb::CopyDomainVolumeRequest) -> Result<pb::VolumeInfo>;
     /// Attaches a volume nobody owns to a domain as a data disk (hot when it runs).
     async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
+    /// An internal snapshot of a shut-off domain's volume: made, reverted to or deleted.
+    async fn snapshot_volume(&self, req: pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo>;
+    /// A shut-off domain's system volume flattened into a read-only image file.
+    async fn capture_image(&self, req: pb::CaptureImageRequest) -> Result<pb::CapturedImage>;
+    /// A shut-off domain defined from an image file on the host.
+    async fn define_from_image(&self, req: pb::DefineFromImageRequest) -> Result<pb::Domain>;
     /// Grows a domain's swap or data volume (live when it runs).
     async fn resize_domain_volume(
         &self,
@@ -315,6 +321,21 @@ impl AgentDoor for GrpcDoor {
     async fn copy_domain_volume(&self, req: pb::CopyDomainVolumeRequest) -> Result<pb::VolumeInfo> {
         let mut c = self.client.clone();
         self.long(c.bases.copy_domain_volume(req)).await
+    }
+
+    async fn snapshot_volume(&self, req: pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo> {
+        let mut c = self.client.clone();
+        self.long(c.bases.snapshot_volume(req)).await
+    }
+
+    async fn capture_image(&self, req: pb::CaptureImageRequest) -> Result<pb::CapturedImage> {
+        let mut c = self.client.clone();
+        self.long(c.bases.capture_image(req)).await
+    }
+
+    async fn define_from_image(&self, req: pb::DefineFromImageRequest) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        self.long(c.bases.define_from_image(req)).await
     }
 
     async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {

@@ -321,6 +321,46 @@ impl AgentDoor for FakeAgent {
         })
     }
 
+    async fn snapshot_volume(&self, req: pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo> {
+        self.enter("snapshot_volume", &format!("{} {}", req.domain, req.volume))
+            .await?;
+        self.domain(&req.domain)?;
+        Ok(pb::VolumeInfo {
+            name: req.volume,
+            ..Default::default()
+        })
+    }
+
+    async fn capture_image(&self, req: pb::CaptureImageRequest) -> Result<pb::CapturedImage> {
+        self.enter("capture_image", &format!("{} {}", req.domain, req.image))
+            .await?;
+        self.domain(&req.domain)?;
+        self.state.lock().unwrap().volumes.insert(req.image.clone());
+        Ok(pb::CapturedImage {
+            volume: Some(pb::VolumeInfo {
+                name: req.image,
+                virtual_size: 1 << 30,
+                allocated_size: 1 << 20,
+                ..Default::default()
+            }),
+            checksum: "blake3:00".into(),
+            definition_xml: "<domain/>".into(),
+        })
+    }
+
+    async fn define_from_image(&self, req: pb::DefineFromImageRequest) -> Result<pb::Domain> {
+        self.enter("define_from_image", &req.name).await?;
+        let d = pb::Domain {
+            name: req.name.clone(),
+            vcpus: 1,
+            memory_mib: 256,
+            state: pb::DomainState::ShutOff as i32,
+            ..Default::default()
+        };
+        self.put_domain(d.clone());
+        Ok(d)
+    }
+
     async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
         self.enter("attach_volume", &format!("{domain} {volume}"))
             .await?;

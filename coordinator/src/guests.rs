@@ -258,10 +258,7 @@ impl Coordinator {
     /// A VM's readiness now, from the coordinator's memory (no agent is asked).
     pub fn readiness_of(&self, vm: &VmRecord, observed: Option<Observed>) -> (Readiness, String) {
         let kind = self.ops.locked_kind(&vm.name);
-        let learnt = vm.host.as_deref().and_then(|h| {
-            let m = self.guests.get(h, vm.domain())?;
-            (m.vm == vm.name).then_some(m)
-        });
+        let learnt = self.learnt(vm);
         readiness(
             observed,
             kind.as_deref(),
@@ -269,13 +266,17 @@ impl Coordinator {
         )
     }
 
+    /// What the watcher learnt of a VM's guest since the VM's last operation ended: anything
+    /// older may predate a reboot, a reload or a move, and is asked again.
+    fn learnt(&self, vm: &VmRecord) -> Option<Memo> {
+        let h = vm.host.as_deref()?;
+        let m = self.guests.get(h, vm.domain())?;
+        (m.vm == vm.name && m.generation == self.ops.generation(&vm.name)).then_some(m)
+    }
+
     /// Whether a VM's guest is known ready (pools hand out only such running clones).
     pub fn is_ready(&self, vm: &VmRecord) -> bool {
-        vm.host.as_deref().is_some_and(|h| {
-            self.guests
-                .get(h, vm.domain())
-                .is_some_and(|m| m.state == Readiness::Ready)
-        })
+        self.learnt(vm).is_some_and(|m| m.state == Readiness::Ready)
     }
 
     /// One round of the watcher: every running VM not settled in this boot is asked about.

@@ -274,9 +274,16 @@ impl Hosts {
         if self.state_of(&e.status) != Liveness::Up {
             return Err(CoordError::Unavailable(format!("host {name} is down")));
         }
-        e.door
+        let door = e
+            .door
             .clone()
-            .ok_or_else(|| CoordError::Unavailable(format!("host {name} is not connected")))
+            .ok_or_else(|| CoordError::Unavailable(format!("host {name} is not connected")))?;
+        // A dry run reads hosts and changes none.
+        Ok(if crate::dry::now() {
+            Arc::new(crate::dry::ReadOnly(door))
+        } else {
+            door
+        })
     }
 
     /// Waits up to `timeout` for a host to be up.

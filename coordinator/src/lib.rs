@@ -17,6 +17,7 @@ pub mod directory;
 pub mod disks;
 pub mod display;
 pub mod door;
+pub mod dry;
 pub mod ensure;
 pub mod error;
 #[cfg(test)]
@@ -30,6 +31,9 @@ mod guest_tests;
 pub mod guests;
 pub mod hosts;
 pub mod idle;
+#[cfg(test)]
+mod image_tests;
+pub mod images;
 pub mod lifecycle;
 pub mod listings;
 pub mod moves;

@@ -45,6 +45,12 @@ pub enum Action {
         size_bytes: u64,
         raw: bool,
     },
+    /// An internal snapshot of a swap or data disk (shut-off VMs): made, reverted, deleted.
+    DiskSnapshot {
+        volume: String,
+        snapshot: String,
+        action: pb::VolumeSnapshotAction,
+    },
     /// A swap or data disk grown (live in a running VM).
     ResizeDisk {
         volume: String,
@@ -77,6 +83,7 @@ impl Action {
             Self::AddDisk { .. } => "add-disk",
             Self::RemoveDisk(_) => "remove-disk",
             Self::ResizeDisk { .. } => "resize-disk",
+            Self::DiskSnapshot { .. } => "disk-snapshot",
             Self::Rebase(_) => "rebase",
             Self::RunTimeout(_) => "run-timeout",
         }
@@ -98,8 +105,22 @@ impl Action {
             }
             .check()?;
         }
-        if let Self::RemoveDisk(v) | Self::ResizeDisk { volume: v, .. } = self {
+        if let Self::RemoveDisk(v)
+        | Self::ResizeDisk { volume: v, .. }
+        | Self::DiskSnapshot { volume: v, .. } = self
+        {
             crate::names::check_name("volume", v)?;
+        }
+        if let Self::DiskSnapshot {
+            snapshot, action, ..
+        } = self
+        {
+            crate::names::check_name("snapshot", snapshot)?;
+            if *action == pb::VolumeSnapshotAction::Unspecified {
+                return Err(CoordError::Invalid(
+                    "say what to do with the snapshot: create, revert or delete".into(),
+                ));
+            }
         }
         if let Self::Resources { memory_mib, vcpus } = *self {
             if memory_mib == 0 && vcpus == 0 {
@@ -213,6 +234,20 @@ impl Coordinator {
                     } as i32,
                 };
                 Some(door.add_volume(req).await?)
+            }
+            Action::DiskSnapshot {
+                ref volume,
+                ref snapshot,
+                action,
+            } => {
+                let req = pb::SnapshotVolumeRequest {
+                    domain: name.clone(),
+                    volume: volume.clone(),
+                    snapshot: snapshot.clone(),
+                    action: action as i32,
+                };
+                door.snapshot_volume(req).await?;
+                None
             }
             Action::ResizeDisk {
                 ref volume,

@@ -304,6 +304,11 @@ impl Operations {
             tracing::info!(op = %stored.id, "idempotent retry: returning the existing operation");
             return Ok(stored);
         }
+        if crate::dry::now() {
+            // Not stored (the store call was rolled back) and not run: what would run.
+            drop(work);
+            return Ok(crate::dry::would_run(stored));
+        }
         self.start(stored.clone(), work, None).await?;
         Ok(stored)
     }

@@ -73,6 +73,19 @@ impl Observed {
         }
     }
 
+    /// How messages for people say it ("running", "shut off", "being made").
+    pub fn describe(self) -> String {
+        match self {
+            Self::Creating => "being made".into(),
+            Self::Missing => "missing from its host".into(),
+            Self::Domain(s) => s
+                .as_str_name()
+                .trim_start_matches("DOMAIN_STATE_")
+                .replace('_', " ")
+                .to_lowercase(),
+        }
+    }
+
     /// The domain state for the API (unspecified while being made or missing).
     pub fn domain_state(self) -> pb::DomainState {
         match self {

@@ -286,6 +286,19 @@ pub trait Store: Send + Sync {
     /// Every base's access, by name.
     fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>>;
 
+    /// Every image version, by name then version.
+    fn images(&self) -> Result<Vec<crate::images::ImageRecord>>;
+    /// AlreadyExists for a (name, version) taken.
+    fn insert_image(&self, image: &crate::images::ImageRecord) -> Result<()>;
+    fn remove_image(&self, name: &str, version: u32) -> Result<()>;
+    /// Hosts that keep the image repository.
+    fn repository_hosts(&self) -> Result<Vec<String>>;
+    fn set_repository_host(&self, host: &str, on: bool) -> Result<()>;
+    /// The image version a base was loaded from (`name:version`), recorded with the base.
+    fn set_base_image(&self, base: &str, image: &str) -> Result<()>;
+    /// Every base loaded from an image, with its `name:version`.
+    fn base_images(&self) -> Result<Vec<(String, String)>>;
+
     fn put_user(&self, user: &UserRecord) -> Result<()>;
     /// Stores a new user: AlreadyExists when the name is taken (never overwrites).
     fn insert_user(&self, user: &UserRecord) -> Result<()>;
@@ -409,6 +422,16 @@ pub const MIGRATIONS: &[&str] = &[
      );",
     // 10: commands run in a base's clones after each boot (`guests::PostLoad` as JSON).
     "ALTER TABLE bases ADD COLUMN post_load TEXT;",
+    // 11: the image repository: versions (`images::ImageRecord` as JSON), the hosts that keep
+    // it, and the image version each base was loaded from.
+    "CREATE TABLE images (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+     );
+     CREATE TABLE repository_hosts (host TEXT PRIMARY KEY);
+     ALTER TABLE bases ADD COLUMN image TEXT;",
 ];
 
 fn plan_from_row(r: &rusqlite::Row) -> rusqlite::Result<crate::plans::Plan> {
@@ -1226,6 +1249,91 @@ impl Store for Sqlite {
             return Err(StoreError::NotFound(format!("plan {name}")));
         }
         Ok(())
+    }
+
+    fn images(&self) -> Result<Vec<crate::images::ImageRecord>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached("SELECT record FROM images ORDER BY name, version")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for t in rows {
+            out.push(serde_json::from_str(&t?)?);
+        }
+        Ok(out)
+    }
+
+    fn insert_image(&self, i: &crate::images::ImageRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let n = conn.exec(
+            "INSERT INTO images (name, version, record) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name, version) DO NOTHING",
+            params![i.name, i.version, serde_json::to_string(i)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "image {} version {}",
+                i.name, i.version
+            )));
+        }
+        Ok(())
+    }
+
+    fn remove_image(&self, name: &str, version: u32) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.exec(
+            "DELETE FROM images WHERE name = ?1 AND version = ?2",
+            params![name, version],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!(
+                "image {name} version {version}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn repository_hosts(&self) -> Result<Vec<String>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached("SELECT host FROM repository_hosts ORDER BY host")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn set_repository_host(&self, host: &str, on: bool) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if on {
+            conn.exec(
+                "INSERT INTO repository_hosts (host) VALUES (?1) ON CONFLICT(host) DO NOTHING",
+                params![host],
+            )?;
+        } else {
+            conn.exec(
+                "DELETE FROM repository_hosts WHERE host = ?1",
+                params![host],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn set_base_image(&self, base: &str, image: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.exec(
+            "UPDATE bases SET image = ?2 WHERE name = ?1",
+            params![base, image],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!("base {base}")));
+        }
+        Ok(())
+    }
+
+    fn base_images(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, image FROM bases WHERE image IS NOT NULL ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     fn base_accesses(&self) -> Result<std::collections::HashMap<String, BaseAccess>> {

@@ -43,7 +43,9 @@ impl Coordinator {
         };
         let u = user.clone();
         self.blocking(move |s| s.insert_user(&u)).await?;
-        self.auth.update_user(&user);
+        if !crate::dry::now() {
+            self.auth.update_user(&user);
+        }
         Ok(user)
     }
 
@@ -166,7 +168,9 @@ impl Coordinator {
         user.attributes = serde_json::Value::Object(attrs);
         let u = user.clone();
         self.blocking(move |s| s.put_user(&u)).await?;
-        self.auth.update_user(&user);
+        if !crate::dry::now() {
+            self.auth.update_user(&user);
+        }
         tracing::info!(user = name, role = %user.role, by = caller.name(), "user changed");
         Ok(user)
     }
@@ -226,7 +230,9 @@ impl Coordinator {
         }
         let n = name.to_string();
         self.blocking(move |s| s.remove_user(&n)).await?;
-        self.auth.forget_user(name)?;
+        if !crate::dry::now() {
+            self.auth.forget_user(name)?;
+        }
         tracing::info!(
             user = name,
             vms = vms.len(),

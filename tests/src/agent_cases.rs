@@ -142,6 +142,8 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "SpinoffClone" => c.bases.spinoff_clone(dref(&n));
         "AddVolume" => c.bases.add_volume(pb::AddVolumeRequest { domain: n, role: data, size_bytes: 8 << 20, name: String::new(), format: 0 });
         "CopyDomainVolume" => c.bases.copy_domain_volume(pb::CopyDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), destination: "adv-copy.qcow2".into() });
+        "SnapshotVolume" => c.bases.snapshot_volume(pb::SnapshotVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), snapshot: "s1".into(), action: pb::VolumeSnapshotAction::Create as i32 });
+        "CaptureImage" => c.bases.capture_image(pb::CaptureImageRequest { domain: n, image: "adv-img.qcow2".into() });
         "AttachVolume" => c.bases.attach_volume(pb::AttachVolumeRequest { domain: n, volume: "adv-none.qcow2".into() });
         "ResizeDomainVolume" => c.bases.resize_domain_volume(pb::ResizeDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), size_bytes: 32 << 20 });
         "ExportBase" => c.bases.export_base(dref(&n));
@@ -182,6 +184,8 @@ fn volume_rpcs(v: &str, w: &AgentWorld) -> Vec<(&'static str, Call<C>)> {
         "VolumeChecksum" => c.sync.volume_checksum(pb::VolumeChecksumRequest { volume: v });
         "SendVolume" => send(&mut c, v, "127.0.0.1:9");
         "DefineDomain(disk)" => c.domains.define_domain(with_disk("adv-new", &v, false, 16 << 20));
+        "CaptureImage(image)" => c.bases.capture_image(pb::CaptureImageRequest { domain: "adv-none".into(), image: v });
+        "DefineFromImage(image)" => c.bases.define_from_image(pb::DefineFromImageRequest { image: v, name: "adv-new".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
     }
 }
 
@@ -219,6 +223,8 @@ pub fn agent_cases(w: &AgentWorld) -> Vec<Case<C>> {
             "CreateOverlay(name)",
             "CopyVolume(destination)",
             "DefineDomain(disk)",
+            "CaptureImage(image)",
+            "DefineFromImage(image)",
         ];
         if !made_here.contains(&rpc) {
             let says = vec![name.clone()];
@@ -504,6 +510,13 @@ fn ownership_cases(w: &AgentWorld) -> Vec<Case<C>> {
         // Names taken.
         "CloneBase", "the name of an existing domain", AlreadyExists, ["already exists"], it [base, other] => c.bases.clone_base(pb::CloneBaseRequest { base, name: other, ..Default::default() });
         "DefineDomain", "the name of a base", AlreadyExists, ["already exists"], it [base] => c.domains.define_domain(with_disk(&base, "adv-fresh.qcow2", false, 16 << 20));
+        "CaptureImage", "an existing volume as the image", AlreadyExists, ["already exists"], it [other, free] => c.bases.capture_image(pb::CaptureImageRequest { domain: other, image: free });
+        "DefineFromImage", "the name of a base", AlreadyExists, ["already exists"], it [base, free] => c.bases.define_from_image(pb::DefineFromImageRequest { image: free, name: base, definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
+        "DefineFromImage", "an image not on this host", FailedPrecondition, ["sync it first"], it [] => c.bases.define_from_image(pb::DefineFromImageRequest { image: "adv-noimage.qcow2".into(), name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
+        "DefineFromImage", "another domain's disk as the image", FailedPrecondition, ["not an image"], it [od] => c.bases.define_from_image(pb::DefineFromImageRequest { image: od, name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
+        "DefineFromImage", "a base file as the image", FailedPrecondition, ["not an image"], it [bf] => c.bases.define_from_image(pb::DefineFromImageRequest { image: bf, name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
+        "DefineFromImage", "a writable free volume as the image", FailedPrecondition, ["not an image"], it [free] => c.bases.define_from_image(pb::DefineFromImageRequest { image: free, name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
+        "DefineFromImage", "an md5 checksum", InvalidArgument, ["blake3"], it [free] => c.bases.define_from_image(pb::DefineFromImageRequest { image: free, name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "md5:00".into() });
         "CreateVolume", "the name of an existing volume", AlreadyExists, ["already exists"], it [free] => c.volumes.create_volume(new_volume(&free, 8 << 20, 0));
         "SpinoffClone", "a domain that is no clone", FailedPrecondition, ["clone"], it [other] => c.bases.spinoff_clone(dref(&other));
         "RestoreClone", "a domain that is no clone", FailedPrecondition, ["clone"], it [other] => c.bases.restore_clone(dref(&other));

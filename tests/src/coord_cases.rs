@@ -128,6 +128,19 @@ pub async fn store_snapshot(admin: &mut CoordinatorClient) -> String {
         .map(|r| r.into_inner().plans)
         .unwrap_or_default();
     users.push_str(&format!(" plans {plans:?}"));
+    let images = admin
+        .images
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .map(|r| r.into_inner().images)
+        .unwrap_or_default();
+    let repo = admin
+        .images
+        .list_repository_hosts(pb::ListRepositoryHostsRequest {})
+        .await
+        .map(|r| r.into_inner().hosts)
+        .unwrap_or_default();
+    users.push_str(&format!(" images {images:?} repository {repo:?}"));
     let ops: Vec<String> = admin
         .ops
         .list_operations(pb::ListOperationsRequest::default())
@@ -299,6 +312,7 @@ fn vm_rpcs(
         "AddVmDisk" => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: n, role: pb::VolumeRole::Data as i32, size_bytes: 16 << 20, format: 0 });
         "ResizeVmDisk" => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: n, volume: "advc-none.qcow2".into(), size_bytes: 32 << 20 });
         "ListVmDisks" => c.vms.list_vm_disks(vref(&n));
+        "SnapshotVmDisk" => c.vms.snapshot_vm_disk(pb::SnapshotVmDiskRequest { name: n, volume: "advc-none.qcow2".into(), snapshot: "s1".into(), action: pb::VolumeSnapshotAction::Create as i32 });
         "CopyVmDisk" => c.vms.copy_vm_disk(pb::CopyVmDiskRequest { name: n, volume: "advc-none.qcow2".into(), to: "advc-none".into() });
         "RemoveVmDisk" => c.vms.remove_vm_disk(pb::RemoveVmDiskRequest { name: n, volume: "advc-none.qcow2".into() });
         "SetVmAutostart" => c.vms.set_vm_autostart(pb::SetVmAutostartRequest { name: n, autostart: true });
@@ -322,6 +336,7 @@ fn vm_rpcs(
         "GetVmGuest" => c.guest.get_vm_guest(vref(&n));
         "ExecVm" => c.guest.exec_vm(pb::GuestExecRequest { name: n, path: "touch".into(), args: vec!["/tmp/advc".into()], ..Default::default() });
         "ReadVmFile" => c.guest.read_vm_file(pb::GuestFileRef { name: n, path: "/etc/hostname".into() });
+        "CaptureImage" => c.images.capture_image(pb::CaptureVmImageRequest { vm: n, image: "advc-img".into(), description: String::new() });
         "WriteVmFile" => c.guest.write_vm_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: Some(pb::GuestFileRef { name: n, path: "/tmp/advc".into() }), data: b"x".to_vec() }]));
     }
 }
@@ -364,6 +379,14 @@ fn admin_rpcs(n: &str, w: &CoordWorld) -> Vec<(&'static str, crate::adversarial:
         "RemoveAccessRule" => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base: n, position: 1 });
         "GetBaseAccess" => c.vms.get_base_access(pb::BaseAccessRequest { base: n, user: String::new() });
         "GetBaseAccess(user)" => c.vms.get_base_access(pb::BaseAccessRequest { base, user: n });
+        "CaptureImage(image)" => c.images.capture_image(pb::CaptureVmImageRequest { vm, image: n, description: String::new() });
+        "GetImage" => c.images.get_image(pb::ImageRef { name: n, version: 0 });
+        "ListImages" => c.images.list_images(pb::ListImagesRequest { name: n });
+        "RemoveImage" => c.images.remove_image(pb::ImageRef { name: n, version: 1 });
+        "LoadImage" => c.images.load_image(pb::LoadImageRequest { name: n, version: 0, host: host.clone(), base: "advc-loaded".into() });
+        "LoadImage(host)" => c.images.load_image(pb::LoadImageRequest { name: "advc-img".into(), version: 0, host: n, base: "advc-loaded".into() });
+        "LoadImage(base)" => c.images.load_image(pb::LoadImageRequest { name: "advc-img".into(), version: 0, host, base: n });
+        "SetRepositoryHost" => c.images.set_repository_host(pb::SetRepositoryHostRequest { host: n, repository: true });
     }
 }
 
@@ -397,6 +420,7 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
                         | "CloneVm(owner)"
                         | "ListVmPorts"
                         | "GetBaseAccess(user)"
+                        | "ListImages"
                 )
             {
                 continue;
@@ -417,7 +441,7 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
         ("a base (no VM)", w.base.clone()),
     ] {
         for (rpc, call) in vm_rpcs(&n, alice) {
-            let code = if rpc == "PrepareBase" || rpc == "MoveVm" {
+            let code = if matches!(rpc, "PrepareBase" | "MoveVm" | "CaptureImage") {
                 Code::PermissionDenied
             } else {
                 Code::NotFound
@@ -437,6 +461,10 @@ pub fn coord_cases(w: &CoordWorld) -> Vec<Case<C>> {
             // A new name is fine there; these fail for the other reason below.
             "AddHost" => continue,
             "CreateBase(name)" | "CreateVm" | "CreateUser" => continue,
+            // A new image or base name is fine there; no image exists to load or list.
+            "CaptureImage(image)" | "ListImages" | "LoadImage(host)" | "LoadImage(base)" => {
+                continue
+            }
             _ => (Code::NotFound, vec![ghost.clone()]),
         };
         out.push(Case::of(rpc, "an unknown name".into(), code, says, call));
@@ -468,6 +496,14 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "EnsureVm", "another user's VM's name", AlreadyExists, ["already exists"], alice [base, bob_vm] => c.vms.ensure_vm(clone_req(&base, &bob_vm));
         "EnsureVm", "a VM for another user", PermissionDenied, ["admin"], alice [base] => c.vms.ensure_vm(pb::CloneVmRequest { owner: "bob".into(), ..clone_req(&base, "advc-forbob") });
         "EnsureVm", "her VM named with another base", FailedPrecondition, ["exists", "not a clone of advc-other"], alice [vm] => c.vms.ensure_vm(clone_req("advc-other", &vm));
+        "CaptureImage", "no repository host", FailedPrecondition, ["no repository host"], admin [vm] => c.images.capture_image(pb::CaptureVmImageRequest { vm, image: "advc-img".into(), description: String::new() });
+        "CaptureImage", "a 41-character image name", InvalidArgument, ["at most 40"], admin [vm] => c.images.capture_image(pb::CaptureVmImageRequest { vm, image: "a".repeat(41), description: String::new() });
+        "CaptureImage", "a 2000-byte description", InvalidArgument, ["description"], admin [vm] => c.images.capture_image(pb::CaptureVmImageRequest { vm, image: "advc-img".into(), description: "d".repeat(2000) });
+        "SetRepositoryHost", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [host] => c.images.set_repository_host(pb::SetRepositoryHostRequest { host, repository: true });
+        "LoadImage", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [host] => c.images.load_image(pb::LoadImageRequest { name: "advc-img".into(), version: 0, host, base: "advc-loaded".into() });
+        "LoadImage", "an unknown image onto a base's name", NotFound, ["image advc-img not found"], admin [host, base] => c.images.load_image(pb::LoadImageRequest { name: "advc-img".into(), version: 0, host, base });
+        "RemoveImage", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.images.remove_image(pb::ImageRef { name: "advc-img".into(), version: 1 });
+        "GetImage", "version 4294967295 of an unknown image", NotFound, ["advc-img"], alice [] => c.images.get_image(pb::ImageRef { name: "advc-img".into(), version: u32::MAX });
         "CreatePlan", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.vms.create_plan(plan("advc-plan", 256, 1, 0));
         "RemovePlan", "a user calling an admin RPC", PermissionDenied, ["admin"], alice [] => c.vms.remove_plan(pb::PlanRef { name: "advc-plan".into() });
         "CreatePlan", "a name with a slash", InvalidArgument, ["plan"], admin [] => c.vms.create_plan(plan("../x", 256, 1, 0));
@@ -669,6 +705,9 @@ fn number_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "AddVmDisk", "1 byte", InvalidArgument, ["out of range"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: 1, format: 0 });
         "AddVmDisk", "u64::MAX bytes", InvalidArgument, ["out of range"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: u64::MAX, format: 0 });
         "AddVmDisk", "format 7", InvalidArgument, ["qcow2 or raw"], alice [vm] => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: vm, role: pb::VolumeRole::Data as i32, size_bytes: 16 << 20, format: 7 });
+        "SnapshotVmDisk", "action 9", InvalidArgument, ["create, revert or delete"], alice [vm] => c.vms.snapshot_vm_disk(pb::SnapshotVmDiskRequest { name: vm, volume: "x.qcow2".into(), snapshot: "s1".into(), action: 9 });
+        "SnapshotVmDisk", "no action", InvalidArgument, ["create, revert or delete"], alice [vm] => c.vms.snapshot_vm_disk(pb::SnapshotVmDiskRequest { name: vm, volume: "x.qcow2".into(), snapshot: "s1".into(), action: 0 });
+        "SnapshotVmDisk", "a snapshot named '../s'", InvalidArgument, ["snapshot"], alice [vm] => c.vms.snapshot_vm_disk(pb::SnapshotVmDiskRequest { name: vm, volume: "x.qcow2".into(), snapshot: "../s".into(), action: 1 });
         "CopyVmDisk", "a disk copied to its own VM", InvalidArgument, ["not to itself"], alice [vm] => c.vms.copy_vm_disk(pb::CopyVmDiskRequest { name: vm.clone(), volume: "x.qcow2".into(), to: vm });
         "CopyVmDisk", "a volume named '../x'", InvalidArgument, ["volume"], alice [vm] => c.vms.copy_vm_disk(pb::CopyVmDiskRequest { name: vm, volume: "../x".into(), to: "advc-other".into() });
         "ResizeVmDisk", "u64::MAX bytes", InvalidArgument, ["out of range"], alice [vm] => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: vm, volume: "x.qcow2".into(), size_bytes: u64::MAX });

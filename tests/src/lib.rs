@@ -660,3 +660,61 @@ pub fn wait_up(cli: &Cli, n: usize) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A VM's readiness as `vm show --output json` gives it (OFF, BOOTING, READY...).
+pub fn readiness(v: &serde_json::Value) -> String {
+    pb::Readiness::try_from(v["readiness"].as_i64().unwrap_or(0) as i32)
+        .map(|r| r.as_str_name().trim_start_matches("READINESS_").to_string())
+        .unwrap_or_default()
+}
+
+/// Waits (90 s at most) until `vm show` says `want`; returns every readiness seen on the way and the time.
+pub fn wait_readiness(cli: &Cli, vm: &str, want: &str) -> (Vec<String>, Duration) {
+    let started = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let v = cli.json(&["vm", "show", vm]);
+        let r = readiness(&v);
+        if seen.last() != Some(&r) {
+            seen.push(r.clone());
+        }
+        if r == want {
+            return (seen, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{vm} never {want}: {seen:?} {}",
+            v["readiness_detail"]
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+/// A published base of the tiny guest on `host` (with its guest agent unless `noagent`).
+pub async fn tiny_base(
+    admin: &mut corral_client::CoordinatorClient,
+    name: &str,
+    host: &str,
+    noagent: bool,
+) -> Result<()> {
+    let mut spec = tiny_spec(name, false);
+    if noagent {
+        if let Some(k) = spec.kernel_boot.as_mut() {
+            k.cmdline.push_str(" corral.noagent");
+        }
+    }
+    let op = admin
+        .vms
+        .create_base(pb::CreateBaseRequest {
+            spec: Some(spec),
+            host: host.into(),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner();
+    let done = finish(admin, op).await?;
+    if done.state != pb::OperationState::Succeeded as i32 {
+        bail!("base {name} not made: {done:?}");
+    }
+    publish(admin, name).await
+}

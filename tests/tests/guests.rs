@@ -14,57 +14,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_client::proto as pb;
 use corral_tests::*;
-
-fn readiness(v: &serde_json::Value) -> String {
-    pb::Readiness::try_from(v["readiness"].as_i64().unwrap_or(0) as i32)
-        .map(|r| r.as_str_name().trim_start_matches("READINESS_").to_string())
-        .unwrap_or_default()
-}
-
-/// Waits until `vm show` says `want`; returns every readiness seen on the way and the time.
-fn wait_readiness(cli: &Cli, vm: &str, want: &str) -> (Vec<String>, Duration) {
-    let started = Instant::now();
-    let mut seen: Vec<String> = Vec::new();
-    loop {
-        let v = cli.json(&["vm", "show", vm]);
-        let r = readiness(&v);
-        if seen.last() != Some(&r) {
-            seen.push(r.clone());
-        }
-        if r == want {
-            return (seen, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{vm} never {want}: {seen:?} {}",
-            v["readiness_detail"]
-        );
-        std::thread::sleep(Duration::from_millis(150));
-    }
-}
-
-async fn base(admin: &mut corral_client::CoordinatorClient, name: &str, noagent: bool) {
-    let mut spec = tiny_spec(name, false);
-    if noagent {
-        if let Some(k) = spec.kernel_boot.as_mut() {
-            k.cmdline.push_str(" corral.noagent");
-        }
-    }
-    let op = admin
-        .vms
-        .create_base(pb::CreateBaseRequest {
-            spec: Some(spec),
-            host: "real".into(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    finish(admin, op).await.unwrap();
-    publish(admin, name).await.unwrap();
-}
 
 #[tokio::test]
 async fn ready_guests_exec_and_copy_through_the_guest_agent() {
@@ -83,8 +33,8 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
     };
     add_host(&mut admin, "real", &agent.addr).await.unwrap();
     wait_up(&admin_cli, 1);
-    base(&mut admin, "e2e-g-base", false).await;
-    base(&mut admin, "e2e-g-bare", true).await;
+    tiny_base(&mut admin, "e2e-g-base", "real", false).await.unwrap();
+    tiny_base(&mut admin, "e2e-g-bare", "real", true).await.unwrap();
     let token = user_token(&mut admin, "student").await.unwrap();
     let cli = Cli {
         addr: &coord.addr,
@@ -386,8 +336,101 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
         3,
         "the source kept its disks"
     );
+    // A data disk's own snapshot: taken shut off, reverted after the guest overwrote it.
+    cli.ok(&[
+        "vm",
+        "disk-snapshot",
+        "e2e-g-vm",
+        "e2e-g-vm-vdb.qcow2",
+        "before",
+    ]);
+    for (args, says) in [
+        (
+            &[
+                "vm",
+                "disk-snapshot",
+                "e2e-g-vm",
+                "e2e-g-vm-vdb.qcow2",
+                "before",
+            ][..],
+            "already",
+        ),
+        (
+            &["vm", "disk-snapshot", "e2e-g-vm", "e2e-g-vm-vdc.raw", "s1"][..],
+            "only qcow2",
+        ),
+        (
+            &[
+                "vm",
+                "disk-snapshot",
+                "e2e-g-vm",
+                "e2e-g-vm-vdb.qcow2",
+                "nope",
+                "--revert",
+            ][..],
+            "no snapshot",
+        ),
+    ] {
+        let out = cli.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let disks = cli.json(&["vm", "disks", "e2e-g-vm"]);
+    assert_eq!(disks["disks"][1]["snapshots"][0], "before", "{disks}");
+    let out = other.run(&[
+        "vm",
+        "disk-snapshot",
+        "e2e-g-vm",
+        "e2e-g-vm-vdb.qcow2",
+        "before",
+        "--delete",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
     cli.ok(&["vm", "start", "e2e-g-vm"]);
     wait_readiness(&cli, "e2e-g-vm", "READY");
+    let out = cli.run(&[
+        "vm",
+        "disk-snapshot",
+        "e2e-g-vm",
+        "e2e-g-vm-vdb.qcow2",
+        "before",
+        "--revert",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shut it off first"),
+        "{out:?}"
+    );
+    cli.ok(&[
+        "vm",
+        "exec",
+        "e2e-g-vm",
+        "--shell",
+        "--",
+        "echo marker-2 | dd of=/dev/vdb bs=512 count=1 conv=sync,fsync 2>/dev/null",
+    ]);
+    let out = cli.ok(&[
+        "vm", "exec", "e2e-g-vm", "--", "head", "-c", "8", "/dev/vdb",
+    ]);
+    assert_eq!(out, "marker-2");
+    cli.ok(&["vm", "poweroff", "e2e-g-vm"]);
+    cli.ok(&[
+        "vm",
+        "disk-snapshot",
+        "e2e-g-vm",
+        "e2e-g-vm-vdb.qcow2",
+        "before",
+        "--revert",
+    ]);
+    cli.ok(&["vm", "start", "e2e-g-vm"]);
+    wait_readiness(&cli, "e2e-g-vm", "READY");
+    let out = cli.ok(&[
+        "vm", "exec", "e2e-g-vm", "--", "head", "-c", "8", "/dev/vdb",
+    ]);
+    assert_eq!(out, "marker-1", "reverted to the snapshot");
 
     // Another user's VM looks absent; nothing runs there.
     for args in [

@@ -345,6 +345,46 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     );
     cli.ok(&["vm", "rm", "lab-c9"]);
 
+    // An image across hosts: lab-c1 (h3) captured into the repository on h1, then loaded onto
+    // h2 as a base; no host keeps a journey copy.
+    cli.ok(&["image", "repository", "h1", "on"]);
+    let t = Instant::now();
+    cli.ok(&["image", "capture", "lab-c1", "lab-img"]);
+    eprintln!(
+        "a VM on h3 captured into the repository on h1 in {:?}",
+        t.elapsed()
+    );
+    let img = lab.storage("h1").join("image-lab-img-v1.qcow2");
+    let same = std::process::Command::new("qemu-img")
+        .args(["compare", "-q"])
+        .arg(lab.storage("h3").join("lab-c1-vda.qcow2"))
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(same.success(), "the image on h1 differs from lab-c1's disk");
+    assert!(!lab.storage("h3").join("image-lab-img-v1.qcow2").exists());
+    let t = Instant::now();
+    cli.ok(&[
+        "image",
+        "load",
+        "lab-img",
+        "--host",
+        "h2",
+        "--base",
+        "lab-from-img",
+    ]);
+    eprintln!("the image loaded onto h2 as a base in {:?}", t.elapsed());
+    assert!(!lab.storage("h2").join("image-lab-img-v1.qcow2").exists());
+    let v = cli.json(&["image", "show", "lab-img"]);
+    assert_eq!(v["hosts"], serde_json::json!(["h1"]), "{v}");
+    assert_eq!(v["bases"], serde_json::json!(["lab-from-img"]), "{v}");
+    let b = agent_json(&lab, "h2", &["base", "show", "lab-from-img"]);
+    assert_eq!(b["name"], "lab-from-img", "{b}");
+    cli.ok(&["base", "delete", "lab-from-img"]);
+    cli.ok(&["image", "rm", "lab-img", "1"]);
+    assert!(!img.exists());
+    cli.ok(&["image", "repository", "h1", "off"]);
+
     // Now no clone uses h2's copy: it may go.
     cli.ok(&["base", "rm", "lab-web", "--host", "h2"]);
     assert_eq!(

@@ -34,6 +34,12 @@ rpcs! { BaseApi: BaseService, |a, r|;
     copy_domain_volume(pb::CopyDomainVolumeRequest) -> pb::VolumeInfo = "CopyDomainVolume" by r.domain
         => a.copy_domain_volume(&r);
     attach_volume(pb::AttachVolumeRequest) -> pb::Domain = "AttachVolume" by r.domain => a.attach_volume(&r);
+    snapshot_volume(pb::SnapshotVolumeRequest) -> pb::VolumeInfo = "SnapshotVolume" by r.domain
+        => a.snapshot_volume(&r);
+    capture_image(pb::CaptureImageRequest) -> pb::CapturedImage = "CaptureImage" by r.domain
+        => a.capture_image(&r);
+    define_from_image(pb::DefineFromImageRequest) -> pb::Domain = "DefineFromImage" by r.name
+        => a.define_from_image(&r);
     rebase_clone(pb::RebaseCloneRequest) -> pb::Domain = "RebaseClone" by r.name
         => a.rebase_clone(&r.name, &r.base);
     remove_volume(pb::RemoveVolumeRequest) -> pb::Domain = "RemoveVolume" by r.domain

@@ -46,6 +46,10 @@ pub struct Cli {
     /// Return the operation id at once instead of following it.
     #[arg(long, global = true)]
     pub no_wait: bool,
+    /// Check, authorize and place as the real call would, say what would happen, change
+    /// nothing (the coordinator's dry run).
+    #[arg(long, global = true)]
+    pub dry_run: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,6 +80,9 @@ pub enum Command {
     /// Plans: named sizes for clones and VMs.
     #[command(subcommand)]
     Plan(crate::plans::PlanCmd),
+    /// The image repository: capture, load, list and remove image versions.
+    #[command(subcommand)]
+    Image(crate::images::ImageCmd),
     /// Talk to one agent directly (no coordinator).
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -716,7 +723,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         }
         command => {
             let settings = crate::coord_cli::Settings::resolve(cli.coordinator, cli.token, cli.ca)?;
-            crate::coord_cli::run(settings, cli.output, cli.no_wait, command).await
+            crate::coord_cli::run(settings, cli.output, cli.no_wait, cli.dry_run, command).await
         }
     }
 }

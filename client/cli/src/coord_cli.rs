@@ -281,6 +281,16 @@ pub enum VmCmd {
     },
     /// The VM's disks with their formats and sizes.
     Disks { name: String },
+    /// Snapshot a data or swap disk of a shut-off VM (qcow2), or --revert to / --delete one.
+    DiskSnapshot {
+        name: String,
+        volume: String,
+        snapshot: String,
+        #[arg(long, conflicts_with = "delete")]
+        revert: bool,
+        #[arg(long)]
+        delete: bool,
+    },
     /// Copy a data or swap disk of a shut-off VM to another of your VMs (any host), attached
     /// there as a data disk.
     DiskCopy {
@@ -563,14 +573,19 @@ fn disk_line(d: &pb::VmDisk) -> String {
         .map(|r| enum_name(r.as_str_name(), "VOLUME_ROLE_"))
         .unwrap_or_default();
     format!(
-        "{:<5} {:<7} {:<32} {:<6} size {} (file {}){}",
+        "{:<5} {:<7} {:<32} {:<6} size {} (file {}){}{}",
         d.target,
         role,
         d.volume,
         d.format,
         crate::cli::human(d.virtual_size),
         crate::cli::human(d.actual_size),
-        if d.readonly { " read-only" } else { "" }
+        if d.readonly { " read-only" } else { "" },
+        if d.snapshots.is_empty() {
+            String::new()
+        } else {
+            format!(" snapshots: {}", d.snapshots.join(", "))
+        }
     )
 }
 
@@ -685,12 +700,22 @@ fn host_line(h: &pb::Host) -> String {
 }
 
 /// Follows an operation with a progress bar, or returns it at once with `no_wait`.
-async fn follow(
+pub(crate) async fn follow(
     c: &mut CoordinatorClient,
     out: &Out,
     no_wait: bool,
     op: pb::Operation,
 ) -> Result<(), ClientError> {
+    // A dry run's answer: no operation exists, the result says what would run.
+    if op.id.is_empty() {
+        out.show(&op, |o| {
+            format!(
+                "dry run: would run {} {} on host {} (nothing changed): {}",
+                o.kind, o.vm, o.host, o.result
+            )
+        });
+        return Ok(());
+    }
     if no_wait {
         out.show(&op, |o| o.id.clone());
         return Ok(());
@@ -743,6 +768,7 @@ pub async fn run(
     settings: Settings,
     output: Output,
     no_wait: bool,
+    dry_run: bool,
     command: Command,
 ) -> Result<(), ClientError> {
     let mut c = CoordinatorClient::connect_with(
@@ -751,6 +777,7 @@ pub async fn run(
         settings.ca.as_deref(),
     )
     .await?;
+    c.set_dry_run(dry_run);
     let out = Out(output);
     match command {
         Command::Host(cmd) => host(&mut c, &out, cmd).await?,
@@ -761,6 +788,7 @@ pub async fn run(
         Command::Op(cmd) => op(&mut c, &out, cmd).await?,
         Command::User(cmd) => user(&mut c, &out, cmd).await?,
         Command::Plan(cmd) => crate::plans::plan(&mut c, &out, cmd).await?,
+        Command::Image(cmd) => crate::images::image(&mut c, &out, no_wait, cmd).await?,
         Command::Agent(_) | Command::Pki(_) | Command::Completions { .. } => {
             return Err(invalid("not a coordinator command".into()));
         }
@@ -1426,6 +1454,28 @@ async fn vm(
                 size_bytes: corral_client::parse_size(&size).map_err(ClientError::Config)?,
             };
             c.vms.resize_vm_disk(req).await?
+        }
+        VmCmd::DiskSnapshot {
+            name,
+            volume,
+            snapshot,
+            revert,
+            delete,
+        } => {
+            let action = if revert {
+                pb::VolumeSnapshotAction::Revert
+            } else if delete {
+                pb::VolumeSnapshotAction::Delete
+            } else {
+                pb::VolumeSnapshotAction::Create
+            };
+            let req = pb::SnapshotVmDiskRequest {
+                name,
+                volume,
+                snapshot,
+                action: action as i32,
+            };
+            c.vms.snapshot_vm_disk(req).await?
         }
         VmCmd::DiskCopy { name, volume, to } => {
             let req = pb::CopyVmDiskRequest { name, volume, to };

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod coord_cli;
 pub mod guest;
+pub mod images;
 pub mod pki;
 pub mod plans;
 pub mod ports;

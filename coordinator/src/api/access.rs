@@ -50,10 +50,15 @@ rpcs! { VmAccessApi: VmAccessService, |c, who, r|;
             &self,
             req: tonic::Request<pb::VmRef>,
         ) -> std::result::Result<tonic::Response<pb::DisplayInfo>, tonic::Status> {
+            let dry = crate::dry::asked("GetVmDisplay", &req)?;
             let who = crate::auth::caller(&req)?;
             let client = req.remote_addr().map(|a| a.ip());
             let r = req.into_inner();
-            Ok(tonic::Response::new(self.0.vm_display(&who, &r.name, client).await?))
+            let c = &self.0;
+            crate::dry::scope(dry, async move {
+                Ok(tonic::Response::new(c.vm_display(&who, &r.name, client).await?))
+            })
+            .await
         }
     }
 }

@@ -61,6 +61,7 @@ rpcs! { VmGuestApi: VmGuestService, |c, who, r|;
             &self,
             req: Request<pb::GuestExecRequest>,
         ) -> Result<Response<Self::ExecVmStream>, Status> {
+            crate::dry::asked("ExecVm", &req)?;
             let who = caller(&req)?;
             let events = self.0.exec_vm(&who, req.into_inner()).await?;
             Ok(Response::new(Box::pin(events.map(|e| e.map_err(Status::from)))))
@@ -71,6 +72,7 @@ rpcs! { VmGuestApi: VmGuestService, |c, who, r|;
             &self,
             req: Request<pb::GuestFileRef>,
         ) -> Result<Response<Self::ReadVmFileStream>, Status> {
+            crate::dry::asked("ReadVmFile", &req)?;
             let who = caller(&req)?;
             let chunks = self.0.read_vm_file(&who, req.into_inner()).await?;
             Ok(Response::new(Box::pin(chunks.map(|e| e.map_err(Status::from)))))
@@ -81,6 +83,7 @@ rpcs! { VmGuestApi: VmGuestService, |c, who, r|;
             &self,
             req: Request<Streaming<pb::GuestFileWrite>>,
         ) -> Result<Response<pb::GuestFileWritten>, Status> {
+            crate::dry::asked("WriteVmFile", &req)?;
             let who = caller(&req)?;
             let mut incoming = req.into_inner();
             let first = incoming

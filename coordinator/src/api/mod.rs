@@ -10,7 +10,8 @@
 ///
 /// The header names what the bodies see (`|c, who, r|`): the coordinator, the authenticated
 /// caller and the request. A body is an expression of the response's type; it may `.await`
-/// and use `?`. Each RPC runs in a span named after it. Streaming and other hand-written
+/// and use `?`. Each RPC runs in a span named after it, as a dry run when the request asks
+/// for one ([`crate::dry`]). Streaming and other hand-written
 /// methods follow `@more { ... }`.
 macro_rules! rpcs {
     (
@@ -26,11 +27,15 @@ macro_rules! rpcs {
                     &self,
                     req: tonic::Request<$req>,
                 ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                    let dry = $crate::dry::asked($label, &req)?;
                     let $who = $crate::auth::caller(&req)?;
                     let $r = req.into_inner();
                     let $c = &self.0;
                     let _ = (&$c, &$who, &$r);
-                    Ok(tonic::Response::new($body))
+                    $crate::dry::scope(dry, async move {
+                        Ok::<_, tonic::Status>(tonic::Response::new($body))
+                    })
+                    .await
                 }
             )*
             $( $($more)* )?
@@ -41,6 +46,7 @@ macro_rules! rpcs {
 mod access;
 mod guest;
 mod hosts;
+mod images;
 mod operations;
 mod snapshots;
 mod users;
@@ -49,6 +55,7 @@ mod vms;
 pub use access::VmAccessApi;
 pub use guest::VmGuestApi;
 pub use hosts::HostAdminApi;
+pub use images::ImageApi;
 pub use operations::OperationApi;
 pub use snapshots::VmSnapshotApi;
 pub use users::UserApi;

@@ -74,6 +74,8 @@ rpcs! { VmApi: VmService, |c, who, r|;
     resize_vm_disk(pb::ResizeVmDiskRequest) -> pb::Operation = "ResizeVmDisk"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::ResizeDisk { volume: r.volume.clone(), size_bytes: r.size_bytes }).await?);
     list_vm_disks(pb::VmRef) -> pb::ListVmDisksResponse = "ListVmDisks" => c.vm_disks(&who, &r.name).await?;
+    snapshot_vm_disk(pb::SnapshotVmDiskRequest) -> pb::Operation = "SnapshotVmDisk"
+        => op_to_pb(&c.vm_action(&who, &r.name, crate::convert::disk_snapshot_of(&r)?).await?);
     copy_vm_disk(pb::CopyVmDiskRequest) -> pb::Operation = "CopyVmDisk"
         => op_to_pb(&c.copy_vm_disk(&who, &r.name, &r.volume, &r.to).await?);
     remove_vm(pb::VmRef) -> pb::Operation = "RemoveVm" => op_to_pb(&c.vm_action(&who, &r.name, Action::Remove).await?);
