@@ -77,6 +77,41 @@ pub(crate) fn free_target(xml: &DomainXml) -> Result<String> {
         .unwrap_or_else(|| target_name(26))
 }
 
+/// A definition made another domain's: its name (and the guest's hostname), no UUID (libvirt
+/// gives one), new MACs and a new display password on a free port.
+pub(crate) fn renamed(xml: &mut DomainXml, name: &str) {
+    let old = std::mem::replace(&mut xml.name, name.to_string());
+    xml.uuid = None;
+    for i in &mut xml.devices.interfaces {
+        i.mac = Some(crate::domain_xml::MacAddress {
+            address: random_mac(),
+        });
+    }
+    for g in &mut xml.devices.graphics {
+        g.port = Some(-1);
+        g.autoport = Some("yes".into());
+        g.passwd = Some(random_password());
+    }
+    if let Some(cmdline) = &mut xml.os.cmdline {
+        *cmdline = cmdline.replace(
+            &format!("corral.hostname={old}"),
+            &format!("corral.hostname={name}"),
+        );
+    }
+}
+
+/// The definition's disks replaced by `disks`, keeping its read-only media (shared ISOs).
+pub(crate) fn with_disks(xml: &mut DomainXml, mut disks: Vec<crate::domain_xml::Disk>) {
+    disks.extend(
+        xml.devices
+            .disks
+            .iter()
+            .filter(|d| d.readonly.is_some())
+            .cloned(),
+    );
+    xml.devices.disks = disks;
+}
+
 pub(crate) fn meta_of(xml: &DomainXml) -> CorralMeta {
     xml.meta()
         .cloned()
@@ -500,30 +535,13 @@ impl Agent {
             )));
         }
         let mut xml = base_xml.clone();
-        xml.name = req.name.clone();
-        xml.uuid = None;
+        renamed(&mut xml, &req.name);
         if req.memory_mib != 0 {
             xml.memory = crate::domain_xml::Memory::mib(req.memory_mib);
             xml.current_memory = None;
         }
         if req.vcpus != 0 {
             xml.vcpu.count = req.vcpus;
-        }
-        for i in &mut xml.devices.interfaces {
-            i.mac = Some(crate::domain_xml::MacAddress {
-                address: random_mac(),
-            });
-        }
-        for g in &mut xml.devices.graphics {
-            g.port = Some(-1);
-            g.autoport = Some("yes".into());
-            g.passwd = Some(random_password());
-        }
-        if let Some(cmdline) = &mut xml.os.cmdline {
-            *cmdline = cmdline.replace(
-                &format!("corral.hostname={}", req.base),
-                &format!("corral.hostname={}", req.name),
-            );
         }
         let mut meta = CorralMeta::new(Kind::Clone);
         meta.base = Some(req.base.clone());
@@ -569,15 +587,7 @@ impl Agent {
                 volume: vol,
             });
         }
-        // Keep read-only media (shared ISOs) the base had.
-        disks.extend(
-            xml.devices
-                .disks
-                .iter()
-                .filter(|d| d.readonly.is_some())
-                .cloned(),
-        );
-        xml.devices.disks = disks;
+        with_disks(&mut xml, disks);
         xml.metadata = Some(crate::domain_xml::Metadata { corral: Some(meta) });
         self.hv.define(&xml.to_xml()?)?;
         undo.disarm();

@@ -11,7 +11,7 @@ use corral_proto::v1 as pb;
 use crate::agent::{now_unix, Agent};
 use crate::bases::{meta_of, Undo};
 use crate::domain_xml::{CorralMeta, DomainXml, Kind, MetaDisk, Metadata, Role};
-use crate::domains::{disk_xml, random_mac, random_password};
+use crate::domains::disk_xml;
 use crate::error::{AgentError, Result};
 use crate::hypervisor::DomState;
 use crate::images::Format;
@@ -162,32 +162,8 @@ impl Agent {
         self.images.convert(&image, &tmp, Format::Qcow2, None)?;
         crate::fsx::rename(&tmp, &dest)?;
         undo.0.push(dest.clone());
-        let old = xml.name.clone();
-        xml.name = r.name.clone();
-        xml.uuid = None;
-        for i in &mut xml.devices.interfaces {
-            i.mac = Some(crate::domain_xml::MacAddress {
-                address: random_mac(),
-            });
-        }
-        for g in &mut xml.devices.graphics {
-            g.passwd = Some(random_password());
-        }
-        if let Some(cmdline) = &mut xml.os.cmdline {
-            *cmdline = cmdline.replace(
-                &format!("corral.hostname={old}"),
-                &format!("corral.hostname={}", r.name),
-            );
-        }
-        let mut disks = vec![disk_xml(&dest, &target, "qcow2", false)];
-        disks.extend(
-            xml.devices
-                .disks
-                .iter()
-                .filter(|d| d.readonly.is_some())
-                .cloned(),
-        );
-        xml.devices.disks = disks;
+        crate::bases::renamed(&mut xml, &r.name);
+        crate::bases::with_disks(&mut xml, vec![disk_xml(&dest, &target, "qcow2", false)]);
         let mut meta = CorralMeta::new(Kind::Plain);
         meta.created_unix = now_unix();
         meta.disks.push(MetaDisk {

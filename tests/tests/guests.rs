@@ -33,8 +33,12 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
     };
     add_host(&mut admin, "real", &agent.addr).await.unwrap();
     wait_up(&admin_cli, 1);
-    tiny_base(&mut admin, "e2e-g-base", "real", false).await.unwrap();
-    tiny_base(&mut admin, "e2e-g-bare", "real", true).await.unwrap();
+    tiny_base(&mut admin, "e2e-g-base", "real", false)
+        .await
+        .unwrap();
+    tiny_base(&mut admin, "e2e-g-bare", "real", true)
+        .await
+        .unwrap();
     let token = user_token(&mut admin, "student").await.unwrap();
     let cli = Cli {
         addr: &coord.addr,

@@ -39,7 +39,9 @@ async fn vms_are_captured_into_images_and_loaded_back_as_bases() {
     };
     add_host(&mut admin, "real", &agent.addr).await.unwrap();
     wait_up(&admin_cli, 1);
-    tiny_base(&mut admin, "e2e-i-base", "real", false).await.unwrap();
+    tiny_base(&mut admin, "e2e-i-base", "real", false)
+        .await
+        .unwrap();
     let token = user_token(&mut admin, "student").await.unwrap();
     let cli = Cli {
         addr: &coord.addr,
