@@ -53,6 +53,24 @@ pub(crate) fn agent_request(req: &CloneOrder, owner: &str) -> pb::CloneBaseReque
 }
 
 impl Coordinator {
+    /// Bytes the files of `base` hold on the first up host of `holders` (0 when none says).
+    async fn base_bytes(&self, base: &str, holders: &[String]) -> u64 {
+        for h in holders {
+            let Ok(door) = self.hosts.door(h) else {
+                continue;
+            };
+            let Ok(export) = door.export_base(base).await else {
+                continue;
+            };
+            let mut total = 0;
+            for v in &export.volumes {
+                total += door.volume_info(v).await.map_or(0, |i| i.allocated_size);
+            }
+            return total;
+        }
+        0
+    }
+
     pub async fn clone_vm(
         self: &Arc<Self>,
         caller: &Caller,
@@ -103,19 +121,27 @@ impl Coordinator {
             .await?;
         let host = placed.host_or_refusal(&format!("a clone of {}", req.base))?;
         let size = placed.size;
+        let copy = !holders.contains(&host);
+        let mut request = serde_json::json!({
+            "base": req.base, "name": req.name, "start": req.start, "labels": req.labels, "owner": owner,
+        });
+        if copy {
+            request["sync_base_first"] = true.into();
+            // What a dry run answers: the bytes the base's files hold on a host that has them.
+            if crate::dry::now() {
+                request["sync_bytes"] = self.base_bytes(&req.base, &holders).await.into();
+            }
+        }
         let submit = Submit {
             kind: "clone".into(),
             vm: Some(req.name.clone()),
             host: Some(host.clone()),
             user: Some(owner.clone()),
             idempotency_key: key,
-            request: serde_json::json!({
-                "base": req.base, "name": req.name, "start": req.start, "labels": req.labels, "owner": owner,
-            }),
+            request,
         };
         let reserved = self.reserve(&host, size);
         let me = Arc::clone(self);
-        let copy = !holders.contains(&host);
         let (h2, req2) = (host.clone(), req.clone());
         let w = work(move |ctx| async move {
             // Placement chose a host without the base: copy it there first.

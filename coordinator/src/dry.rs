@@ -385,6 +385,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dry_clone_says_when_the_base_would_be_synced_first() {
+        let kit = Kit::new(2).await;
+        kit.base("web", None, &["h1"]).await;
+        kit.coord.hosts.set_enabled("h1", false).await.unwrap();
+        let calls = kit.calls();
+        let would = scope(true, kit.coord.clone_vm(&kit.alice, order("far")))
+            .await
+            .unwrap();
+        assert_eq!(would.host.as_deref(), Some("h2"));
+        let r = would.result.unwrap();
+        assert_eq!(r["request"]["sync_base_first"], true, "{r}");
+        assert!(r["request"]["sync_bytes"].is_u64(), "{r}");
+        // Only reads reached the agents.
+        let new: Vec<String> = kit.calls().into_iter().skip(calls.len()).collect();
+        assert!(
+            new.iter()
+                .all(|c| c.contains("export_base") || c.contains("volume_info")),
+            "{new:?}"
+        );
+        assert!(kit.coord.vm_for(&kit.alice, "far").await.is_err());
+    }
+
+    #[tokio::test]
     async fn doors_only_read_in_a_dry_run() {
         let kit = Kit::new(1).await;
         kit.base("web", None, &["h1"]).await;

@@ -448,7 +448,10 @@ impl Coordinator {
             host: Some(host.into()),
             user: Some(caller.name().into()),
             idempotency_key: None,
-            request: serde_json::json!({ "image": img.name, "version": img.version, "host": host, "base": base }),
+            request: serde_json::json!({
+                "image": img.name, "version": img.version, "host": host, "base": base,
+                "sync_from": from, "sync_bytes": if from.is_some() { img.file_size } else { 0 },
+            }),
         };
         let me = Arc::clone(self);
         let (host, base) = (host.to_string(), base.to_string());
