@@ -123,7 +123,81 @@ impl Agent {
         self.volume_info(&r.volume)
     }
 
-    /// Attaches a volume nobody owns to a domain as a data disk (hot when it runs).
+    /// Detaches a swap or data volume from a domain (hot when it runs); the volume stays the
+    /// domain's own, recorded in its metadata, until it is attached again or the domain goes.
+    pub fn detach_volume(&self, r: &pb::AttachVolumeRequest) -> Result<pb::Domain> {
+        validate::name("domain", &r.domain)?;
+        validate::name("volume", &r.volume)?;
+        let _busy = self.busy(&r.domain)?;
+        let xml = self.read_definition(&r.domain)?;
+        let mut meta = crate::bases::meta_of(&xml);
+        if meta.locked {
+            return Err(AgentError::precondition(format!(
+                "domain {:?} is a base: its volumes do not change",
+                r.domain
+            )));
+        }
+        let Some(entry) = meta.disks.iter().position(|d| d.volume == r.volume) else {
+            if meta.detached.iter().any(|d| d.volume == r.volume) {
+                return Err(AgentError::precondition(format!(
+                    "volume {:?} is detached from domain {:?} already",
+                    r.volume, r.domain
+                )));
+            }
+            return Err(AgentError::NotFound(format!(
+                "domain {:?} has no volume {:?}",
+                r.domain, r.volume
+            )));
+        };
+        let role = meta.disks[entry].role;
+        if role != Role::Data && role != Role::Swap {
+            return Err(AgentError::precondition(format!(
+                "volume {:?} is the {role} disk of domain {:?}: only swap and data volumes are \
+                 detached",
+                r.volume, r.domain
+            )));
+        }
+        let live = match self.hv.state(&r.domain)? {
+            DomState::ShutOff => false,
+            DomState::Running => true,
+            other => {
+                return Err(AgentError::precondition(format!(
+                    "cannot detach a volume from domain {:?}: it is {}; start it or shut it down",
+                    r.domain,
+                    other.as_str()
+                )))
+            }
+        };
+        let target = meta.disks[entry].target.clone();
+        let Some(disk) = xml.devices.disks.iter().find(|d| d.target.dev == target) else {
+            return Err(AgentError::internal(format!(
+                "domain {:?} records volume {:?} at {target}, which its definition lacks",
+                r.domain, r.volume
+            )));
+        };
+        let disk_text = quick_xml::se::to_string_with_root("disk", disk)
+            .map_err(|e| AgentError::internal(format!("disk XML: {e}")))?;
+        self.forget_definition(&r.domain);
+        match self.hv.detach_device(&r.domain, &disk_text, live) {
+            Ok(()) => {}
+            // Drivers without device detach (libvirt's test driver): redefine without it.
+            Err(AgentError::Unsupported(_)) if !live => {
+                let mut def = xml.clone();
+                def.devices.disks.retain(|d| d.target.dev != target);
+                self.hv.define(&def.to_xml()?)?;
+            }
+            Err(e) => return Err(e),
+        }
+        let mut gone = meta.disks.remove(entry);
+        gone.target = String::new();
+        meta.detached.push(gone);
+        self.write_meta(&r.domain, &meta)?;
+        tracing::info!(domain = %r.domain, volume = %r.volume, live, "volume detached");
+        self.view(&r.domain)
+    }
+
+    /// Attaches a volume to a domain as a data disk (hot when it runs): one nobody owns, or
+    /// one detached from this same domain (with its role).
     pub fn attach_volume(&self, r: &pb::AttachVolumeRequest) -> Result<pb::Domain> {
         validate::name("domain", &r.domain)?;
         validate::name("volume", &r.volume)?;
@@ -137,6 +211,10 @@ impl Agent {
             )));
         }
         let path = self.storage.existing(&r.volume)?;
+        if let Some(i) = meta.detached.iter().position(|d| d.volume == r.volume) {
+            let role = meta.detached.remove(i).role;
+            return self.attach_again(&r.domain, &xml, &mut meta, &r.volume, &path, role);
+        }
         if crate::fsx::metadata(&path)?.permissions().readonly() {
             return Err(AgentError::precondition(format!(
                 "volume {:?} is read-only (an image or a base file): only a writable volume no \
@@ -188,6 +266,37 @@ impl Agent {
             format,
             live,
         )
+    }
+
+    /// Attaches a volume detached from this domain again, with its role.
+    fn attach_again(
+        &self,
+        domain: &str,
+        xml: &crate::domain_xml::DomainXml,
+        meta: &mut CorralMeta,
+        volume: &str,
+        path: &std::path::Path,
+        role: Role,
+    ) -> Result<pb::Domain> {
+        let live = match self.hv.state(domain)? {
+            DomState::ShutOff => false,
+            DomState::Running => true,
+            other => {
+                return Err(AgentError::precondition(format!(
+                    "cannot attach a volume to domain {domain:?}: it is {}; start it or shut it \
+                     down",
+                    other.as_str()
+                )))
+            }
+        };
+        let format = self
+            .images
+            .info(path)?
+            .first()
+            .and_then(|i| Format::parse(&i.format))
+            .unwrap_or(Format::Qcow2);
+        let target = crate::bases::free_target(xml)?;
+        self.attach_file(domain, meta, volume, path, &target, role, format, live)
     }
 
     /// Grows a swap or data volume the domain owns to `size_bytes` (never shrinks).

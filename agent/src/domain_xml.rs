@@ -312,6 +312,10 @@ pub struct CorralMeta {
     pub disks: Vec<MetaDisk>,
     #[serde(rename = "label", default)]
     pub labels: Vec<MetaLabel>,
+    /// Swap and data volumes detached from the domain: still its own (nothing else may take
+    /// them), attached again with AttachVolume, deleted with the domain.
+    #[serde(rename = "detached", default, skip_serializing_if = "Vec::is_empty")]
+    pub detached: Vec<MetaDisk>,
     /// Present once the domain has been prepared as a base.
     #[serde(rename = "prepared", default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<PreparedBase>,

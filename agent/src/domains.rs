@@ -471,6 +471,7 @@ impl Agent {
         let seen = self.hv.display_seen(name);
         let guest_agent = crate::guest::channel_state(&xml, state.is_active());
         Ok(pb::Domain {
+            detached_volumes: meta.detached.iter().map(|d| d.volume.clone()).collect(),
             guest_agent: guest_agent as i32,
             display_clients: seen.clients,
             display_last_seen_unix_ms: seen.last_seen_unix_ms,
@@ -826,6 +827,12 @@ impl Agent {
                     continue;
                 };
                 removed.extend(self.remove_chain(&claims, name, Path::new(top))?);
+            }
+            for d in &meta.detached {
+                let Ok(top) = self.storage.path(&d.volume) else {
+                    continue;
+                };
+                removed.extend(self.remove_chain(&claims, name, &top)?);
             }
         }
         tracing::info!(domain = %name, removed = ?removed, "removed");

@@ -127,6 +127,8 @@ pub trait Hypervisor: Send + Sync {
     fn set_meta(&self, name: &str, element_xml: &str) -> Result<()>;
     /// Adds a device to the persistent definition, and to the running guest when `live`.
     fn attach_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()>;
+    /// Detaches a device from the definition (and the running guest when `live`).
+    fn detach_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()>;
     /// Grows a running guest's disk (its target, e.g. `vdb`) to `bytes`.
     fn block_resize(&self, name: &str, target: &str, bytes: u64) -> Result<()>;
     /// Changes a device in place: in the running guest (`live`) or in the definition.
@@ -530,6 +532,17 @@ impl Hypervisor for Libvirt {
         };
         self.act(name, "attach a device to", |d| {
             d.attach_device_flags(device_xml, flags).map(|_| ())
+        })
+    }
+
+    fn detach_device(&self, name: &str, device_xml: &str, live: bool) -> Result<()> {
+        let flags = if live {
+            sys::VIR_DOMAIN_AFFECT_CONFIG | sys::VIR_DOMAIN_AFFECT_LIVE
+        } else {
+            sys::VIR_DOMAIN_AFFECT_CONFIG
+        };
+        self.act(name, "detach a device from", |d| {
+            d.detach_device_flags(device_xml, flags).map(|_| ())
         })
     }
 

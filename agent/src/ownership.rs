@@ -93,6 +93,16 @@ impl Agent {
                         .push((name.clone(), d.readonly.is_none()));
                 }
             }
+            // Detached volumes stay their domain's.
+            for d in xml
+                .meta()
+                .map(|m| m.detached.as_slice())
+                .unwrap_or_default()
+            {
+                if let Ok(path) = self.storage.path(&d.volume) {
+                    c.users.entry(path).or_default().push((name.clone(), true));
+                }
+            }
             if let Some(p) = xml.meta().and_then(|m| m.prepared.as_ref()) {
                 if xml.meta().is_some_and(|m| m.kind == Kind::Base) {
                     for f in p.files.iter().filter(|f| !f.file.is_empty()) {

@@ -1,5 +1,5 @@
 //! A VM's disks as its host's files hold them (formats and sizes), for `corral vm disks`.
-//! Changes to disks (add, grow, remove) are lifecycle actions (`lifecycle.rs`); a copy to
+//! Changes to disks (add, grow, snapshot, detach, attach again, remove) are lifecycle actions (`lifecycle.rs`); a copy to
 //! another VM, on the same host or across hosts, is its own operation here.
 
 use std::sync::Arc;
@@ -31,6 +31,19 @@ impl Coordinator {
                 actual_size: info.allocated_size,
                 readonly: disk.readonly,
                 snapshots: info.snapshots.into_iter().map(|s| s.name).collect(),
+                detached: false,
+            });
+        }
+        for volume in d.detached_volumes {
+            let info = v.door.volume_info(&volume).await?;
+            disks.push(pb::VmDisk {
+                volume,
+                format: info.format,
+                virtual_size: info.virtual_size,
+                actual_size: info.allocated_size,
+                snapshots: info.snapshots.into_iter().map(|s| s.name).collect(),
+                detached: true,
+                ..Default::default()
             });
         }
         Ok(pb::ListVmDisksResponse { disks })

@@ -74,6 +74,8 @@ pub trait AgentDoor: Send + Sync {
     async fn copy_domain_volume(&self, req: pb::CopyDomainVolumeRequest) -> Result<pb::VolumeInfo>;
     /// Attaches a volume nobody owns to a domain as a data disk (hot when it runs).
     async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
+    /// Detaches a swap or data volume (hot when it runs); it stays the domain's own.
+    async fn detach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
     /// An internal snapshot of a shut-off domain's volume: made, reverted to or deleted.
     async fn snapshot_volume(&self, req: pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo>;
     /// A shut-off domain's system volume flattened into a read-only image file.
@@ -345,6 +347,15 @@ impl AgentDoor for GrpcDoor {
             volume: volume.into(),
         };
         self.long(c.bases.attach_volume(req)).await
+    }
+
+    async fn detach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        let mut c = self.client.clone();
+        let req = pb::AttachVolumeRequest {
+            domain: domain.into(),
+            volume: volume.into(),
+        };
+        self.long(c.bases.detach_volume(req)).await
     }
 
     async fn resize_domain_volume(

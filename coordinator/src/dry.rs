@@ -214,6 +214,10 @@ impl AgentDoor for ReadOnly {
         let _ = (domain, volume);
         Err(would(self.0.host(), "attach a volume"))
     }
+    async fn detach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        let _ = (domain, volume);
+        Err(would(self.0.host(), "detach a volume"))
+    }
     async fn snapshot_volume(&self, req: pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo> {
         let _ = (req,);
         Err(would(self.0.host(), "snapshot a volume"))

@@ -361,6 +361,12 @@ impl AgentDoor for FakeAgent {
         Ok(d)
     }
 
+    async fn detach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
+        self.enter("detach_volume", &format!("{domain} {volume}"))
+            .await?;
+        self.domain(domain)
+    }
+
     async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
         self.enter("attach_volume", &format!("{domain} {volume}"))
             .await?;

@@ -58,6 +58,10 @@ pub enum Action {
     },
     /// A swap or data disk detached and deleted (shut-off VMs).
     RemoveDisk(String),
+    /// A swap or data disk detached (hot in a running VM), kept as the VM's own.
+    DetachDisk(String),
+    /// A disk detached before attached again (hot in a running VM).
+    AttachDisk(String),
     /// A clone moved onto another base with the same layout (shut-off clones).
     Rebase(String),
     /// The VM's own run timeout (seconds; 0: its base's), admin only.
@@ -82,6 +86,8 @@ impl Action {
             Self::Resources { .. } => "resources",
             Self::AddDisk { .. } => "add-disk",
             Self::RemoveDisk(_) => "remove-disk",
+            Self::DetachDisk(_) => "detach-disk",
+            Self::AttachDisk(_) => "attach-disk",
             Self::ResizeDisk { .. } => "resize-disk",
             Self::DiskSnapshot { .. } => "disk-snapshot",
             Self::Rebase(_) => "rebase",
@@ -106,6 +112,8 @@ impl Action {
             .check()?;
         }
         if let Self::RemoveDisk(v)
+        | Self::DetachDisk(v)
+        | Self::AttachDisk(v)
         | Self::ResizeDisk { volume: v, .. }
         | Self::DiskSnapshot { volume: v, .. } = self
         {
@@ -262,6 +270,8 @@ impl Coordinator {
                 None
             }
             Action::RemoveDisk(ref volume) => Some(door.remove_volume(&name, volume).await?),
+            Action::DetachDisk(ref volume) => Some(door.detach_volume(&name, volume).await?),
+            Action::AttachDisk(ref volume) => Some(door.attach_volume(&name, volume).await?),
             Action::Rebase(ref base) => {
                 // The new base comes to the VM's host first when it is not there.
                 self.ensure_base(ctx, base, host, 0).await?;
@@ -308,6 +318,8 @@ impl Coordinator {
                 | Action::Resources { .. }
                 | Action::AddDisk { .. }
                 | Action::RemoveDisk(_)
+                | Action::DetachDisk(_)
+                | Action::AttachDisk(_)
                 | Action::Rebase(_)
                 | Action::RunTimeout(_) => vm.desired_state,
                 _ => Desired::ShutOff,

@@ -144,6 +144,7 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "CopyDomainVolume" => c.bases.copy_domain_volume(pb::CopyDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), destination: "adv-copy.qcow2".into() });
         "SnapshotVolume" => c.bases.snapshot_volume(pb::SnapshotVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), snapshot: "s1".into(), action: pb::VolumeSnapshotAction::Create as i32 });
         "CaptureImage" => c.bases.capture_image(pb::CaptureImageRequest { domain: n, image: "adv-img.qcow2".into() });
+        "DetachVolume" => c.bases.detach_volume(pb::AttachVolumeRequest { domain: n.clone(), volume: "adv-none.qcow2".into() });
         "AttachVolume" => c.bases.attach_volume(pb::AttachVolumeRequest { domain: n, volume: "adv-none.qcow2".into() });
         "ResizeDomainVolume" => c.bases.resize_domain_volume(pb::ResizeDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), size_bytes: 32 << 20 });
         "ExportBase" => c.bases.export_base(dref(&n));
@@ -511,6 +512,8 @@ fn ownership_cases(w: &AgentWorld) -> Vec<Case<C>> {
         "CloneBase", "the name of an existing domain", AlreadyExists, ["already exists"], it [base, other] => c.bases.clone_base(pb::CloneBaseRequest { base, name: other, ..Default::default() });
         "DefineDomain", "the name of a base", AlreadyExists, ["already exists"], it [base] => c.domains.define_domain(with_disk(&base, "adv-fresh.qcow2", false, 16 << 20));
         "CaptureImage", "an existing volume as the image", AlreadyExists, ["already exists"], it [other, free] => c.bases.capture_image(pb::CaptureImageRequest { domain: other, image: free });
+        "DetachVolume", "another domain's disk", NotFound, ["has no volume"], it [clone, od] => c.bases.detach_volume(pb::AttachVolumeRequest { domain: clone, volume: od });
+        "DetachVolume", "a base's volume", FailedPrecondition, ["base"], it [base, bf] => c.bases.detach_volume(pb::AttachVolumeRequest { domain: base, volume: bf });
         "DefineFromImage", "the name of a base", AlreadyExists, ["already exists"], it [base, free] => c.bases.define_from_image(pb::DefineFromImageRequest { image: free, name: base, definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
         "DefineFromImage", "an image not on this host", FailedPrecondition, ["sync it first"], it [] => c.bases.define_from_image(pb::DefineFromImageRequest { image: "adv-noimage.qcow2".into(), name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
         "DefineFromImage", "another domain's disk as the image", FailedPrecondition, ["not an image"], it [od] => c.bases.define_from_image(pb::DefineFromImageRequest { image: od, name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });

@@ -310,6 +310,8 @@ fn vm_rpcs(
         "RebootVm" => c.vms.reboot_vm(vref(&n));
         "RebaseVm" => c.vms.rebase_vm(pb::RebaseVmRequest { name: n, base: "advc-web".into() });
         "AddVmDisk" => c.vms.add_vm_disk(pb::AddVmDiskRequest { name: n, role: pb::VolumeRole::Data as i32, size_bytes: 16 << 20, format: 0 });
+        "DetachVmDisk" => c.vms.detach_vm_disk(pb::RemoveVmDiskRequest { name: n.clone(), volume: "advc-none.qcow2".into() });
+        "AttachVmDisk" => c.vms.attach_vm_disk(pb::RemoveVmDiskRequest { name: n.clone(), volume: "advc-none.qcow2".into() });
         "ResizeVmDisk" => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: n, volume: "advc-none.qcow2".into(), size_bytes: 32 << 20 });
         "ListVmDisks" => c.vms.list_vm_disks(vref(&n));
         "SnapshotVmDisk" => c.vms.snapshot_vm_disk(pb::SnapshotVmDiskRequest { name: n, volume: "advc-none.qcow2".into(), snapshot: "s1".into(), action: pb::VolumeSnapshotAction::Create as i32 });
@@ -712,6 +714,8 @@ fn number_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "CopyVmDisk", "a volume named '../x'", InvalidArgument, ["volume"], alice [vm] => c.vms.copy_vm_disk(pb::CopyVmDiskRequest { name: vm, volume: "../x".into(), to: "advc-other".into() });
         "ResizeVmDisk", "u64::MAX bytes", InvalidArgument, ["out of range"], alice [vm] => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: vm, volume: "x.qcow2".into(), size_bytes: u64::MAX });
         "ResizeVmDisk", "a volume named '../x'", InvalidArgument, ["volume"], alice [vm] => c.vms.resize_vm_disk(pb::ResizeVmDiskRequest { name: vm, volume: "../x".into(), size_bytes: 32 << 20 });
+        "DetachVmDisk", "a path as the volume", InvalidArgument, ["volume"], alice [vm] => c.vms.detach_vm_disk(pb::RemoveVmDiskRequest { name: vm, volume: "../x".into() });
+        "AttachVmDisk", "a path as the volume", InvalidArgument, ["volume"], alice [vm] => c.vms.attach_vm_disk(pb::RemoveVmDiskRequest { name: vm, volume: "../x".into() });
         "RemoveVmDisk", "a path as the volume", InvalidArgument, ["volume"], alice [vm] => c.vms.remove_vm_disk(pb::RemoveVmDiskRequest { name: vm, volume: "../../etc/passwd".into() });
         "SetVmResources", "nothing to change", InvalidArgument, ["memory or vCPUs"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: 0, vcpus: 0 });
         "SetVmResources", "u64::MAX MiB", InvalidArgument, ["out of range"], alice [vm] => c.vms.set_vm_resources(pb::SetVmResourcesRequest { name: vm, memory_mib: u64::MAX, vcpus: 0 });

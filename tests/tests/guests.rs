@@ -436,6 +436,46 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
     ]);
     assert_eq!(out, "marker-1", "reverted to the snapshot");
 
+    // A data disk detached from the running guest stays the VM's own and comes back.
+    cli.ok(&["vm", "disk-detach", "e2e-g-vm", "e2e-g-vm-vdc.raw"]);
+    assert_eq!(sectors("vdc", 0), 0, "vdc left the running guest");
+    let disks = cli.json(&["vm", "disks", "e2e-g-vm"]);
+    let list = disks["disks"].as_array().unwrap();
+    let gone = list
+        .iter()
+        .find(|d| d["volume"] == "e2e-g-vm-vdc.raw")
+        .unwrap();
+    assert_eq!(gone["detached"], true, "{disks}");
+    for (who, args, says) in [
+        (
+            &cli,
+            &["vm", "disk-detach", "e2e-g-vm", "e2e-g-vm-vdc.raw"][..],
+            "already",
+        ),
+        (
+            &cli,
+            &["vm", "disk-detach", "e2e-g-vm", "e2e-g-vm-vda.qcow2"][..],
+            "only swap and data",
+        ),
+        (
+            &cli,
+            &["vm", "disk-attach", "e2e-g-vm2", "e2e-g-vm-vdc.raw"][..],
+            "belongs to domain",
+        ),
+        (
+            &other,
+            &["vm", "disk-attach", "e2e-g-vm", "e2e-g-vm-vdc.raw"][..],
+            "not found",
+        ),
+    ] {
+        let out = who.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    cli.ok(&["vm", "disk-attach", "e2e-g-vm", "e2e-g-vm-vdc.raw"]);
+    assert_eq!(sectors("vdc", 16384), 16384, "vdc is back in the guest");
+
     // Another user's VM looks absent; nothing runs there.
     for args in [
         &["vm", "exec", "e2e-g-vm", "--", "touch", "/tmp/other"][..],

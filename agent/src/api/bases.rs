@@ -34,6 +34,7 @@ rpcs! { BaseApi: BaseService, |a, r|;
     copy_domain_volume(pb::CopyDomainVolumeRequest) -> pb::VolumeInfo = "CopyDomainVolume" by r.domain
         => a.copy_domain_volume(&r);
     attach_volume(pb::AttachVolumeRequest) -> pb::Domain = "AttachVolume" by r.domain => a.attach_volume(&r);
+    detach_volume(pb::AttachVolumeRequest) -> pb::Domain = "DetachVolume" by r.domain => a.detach_volume(&r);
     snapshot_volume(pb::SnapshotVolumeRequest) -> pb::VolumeInfo = "SnapshotVolume" by r.domain
         => a.snapshot_volume(&r);
     capture_image(pb::CaptureImageRequest) -> pb::CapturedImage = "CaptureImage" by r.domain

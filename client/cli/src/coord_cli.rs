@@ -300,6 +300,10 @@ pub enum VmCmd {
     },
     /// Remove a data or swap disk of a shut-off VM (its volume, as `vm show` lists it).
     DiskRm { name: String, volume: String },
+    /// Detach a swap or data disk (hot in a running VM); it stays yours, listed as detached.
+    DiskDetach { name: String, volume: String },
+    /// Attach a detached disk again (hot in a running VM).
+    DiskAttach { name: String, volume: String },
     /// Start the VM with its host (`on`), or not (`off`).
     Autostart {
         name: String,
@@ -580,7 +584,13 @@ fn disk_line(d: &pb::VmDisk) -> String {
         d.format,
         crate::cli::human(d.virtual_size),
         crate::cli::human(d.actual_size),
-        if d.readonly { " read-only" } else { "" },
+        if d.readonly {
+            " read-only"
+        } else if d.detached {
+            " detached"
+        } else {
+            ""
+        },
         if d.snapshots.is_empty() {
             String::new()
         } else {
@@ -1490,6 +1500,14 @@ async fn vm(
         VmCmd::DiskRm { name, volume } => {
             let req = pb::RemoveVmDiskRequest { name, volume };
             c.vms.remove_vm_disk(req).await?
+        }
+        VmCmd::DiskDetach { name, volume } => {
+            let req = pb::RemoveVmDiskRequest { name, volume };
+            c.vms.detach_vm_disk(req).await?
+        }
+        VmCmd::DiskAttach { name, volume } => {
+            let req = pb::RemoveVmDiskRequest { name, volume };
+            c.vms.attach_vm_disk(req).await?
         }
         VmCmd::Autostart { name, state } => {
             let req = pb::SetVmAutostartRequest {

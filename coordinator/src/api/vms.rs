@@ -71,6 +71,10 @@ rpcs! { VmApi: VmService, |c, who, r|;
         => op_to_pb(&c.vm_action(&who, &r.name, crate::convert::add_disk_of(&r)?).await?);
     remove_vm_disk(pb::RemoveVmDiskRequest) -> pb::Operation = "RemoveVmDisk"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::RemoveDisk(r.volume.clone())).await?);
+    detach_vm_disk(pb::RemoveVmDiskRequest) -> pb::Operation = "DetachVmDisk"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::DetachDisk(r.volume.clone())).await?);
+    attach_vm_disk(pb::RemoveVmDiskRequest) -> pb::Operation = "AttachVmDisk"
+        => op_to_pb(&c.vm_action(&who, &r.name, Action::AttachDisk(r.volume.clone())).await?);
     resize_vm_disk(pb::ResizeVmDiskRequest) -> pb::Operation = "ResizeVmDisk"
         => op_to_pb(&c.vm_action(&who, &r.name, Action::ResizeDisk { volume: r.volume.clone(), size_bytes: r.size_bytes }).await?);
     list_vm_disks(pb::VmRef) -> pb::ListVmDisksResponse = "ListVmDisks" => c.vm_disks(&who, &r.name).await?;
