@@ -213,7 +213,7 @@ impl Agent {
         let path = self.storage.existing(&r.volume)?;
         if let Some(i) = meta.detached.iter().position(|d| d.volume == r.volume) {
             let role = meta.detached.remove(i).role;
-            return self.attach_again(&r.domain, &xml, &mut meta, &r.volume, &path, role);
+            return self.attach_existing(&r.domain, &xml, &mut meta, &r.volume, &path, role);
         }
         if crate::fsx::metadata(&path)?.permissions().readonly() {
             return Err(AgentError::precondition(format!(
@@ -238,38 +238,12 @@ impl Agent {
             crate::ownership::Actor::Domain(&r.domain),
             crate::ownership::Change::AttachWritable,
         )?;
-        let live = match self.hv.state(&r.domain)? {
-            DomState::ShutOff => false,
-            DomState::Running => true,
-            other => {
-                return Err(AgentError::precondition(format!(
-                    "cannot attach a volume to domain {:?}: it is {}; start it or shut it down",
-                    r.domain,
-                    other.as_str()
-                )))
-            }
-        };
-        let format = self
-            .images
-            .info(&path)?
-            .first()
-            .and_then(|i| Format::parse(&i.format))
-            .unwrap_or(Format::Qcow2);
-        let target = crate::bases::free_target(&xml)?;
-        self.attach_file(
-            &r.domain,
-            &mut meta,
-            &r.volume,
-            &path,
-            &target,
-            Role::Data,
-            format,
-            live,
-        )
+        self.attach_existing(&r.domain, &xml, &mut meta, &r.volume, &path, Role::Data)
     }
 
-    /// Attaches a volume detached from this domain again, with its role.
-    fn attach_again(
+    /// Attaches an existing volume file to a domain with `role` (hot when it runs): one
+    /// detached from it before, or one nobody owns.
+    fn attach_existing(
         &self,
         domain: &str,
         xml: &crate::domain_xml::DomainXml,

@@ -70,7 +70,9 @@ pub enum Step {
 /// The steps that bring a pool to its size: pure.
 pub fn plan(size: PoolSize, members: &[Member]) -> Vec<Step> {
     let made = members.len() as u32;
-    let running = members.iter().filter(|m| m.running).count() as u32;
+    // A clone being made counts as running: the plan that made it started it when the pool
+    // lacked running ones (starting a shut-off one too would overshoot `start`).
+    let running = members.iter().filter(|m| m.running || m.making).count() as u32;
     let mut steps = Vec::new();
     if made < size.clones {
         let missing_running = size.start.saturating_sub(running);
@@ -479,6 +481,14 @@ mod tests {
         let steps = plan(size(3, 2), &[m("a", false), busy, m("c", true)]);
         assert_eq!(steps, vec![Step::Start("a".into())]);
         assert!(plan(size(3, 2), &[m("a", true), m("b", false), m("c", true)]).is_empty());
+    }
+
+    #[test]
+    fn a_clone_being_made_counts_as_running() {
+        // After a hand-out the refill is being made (started): the shut-off one stays off.
+        let mut making = m("new", false);
+        making.making = true;
+        assert_eq!(plan(size(2, 1), &[m("a", false), making]), vec![]);
     }
 
     #[test]
