@@ -763,18 +763,7 @@ impl Agent {
             )));
         }
         let format = crate::convert::format_from_pb(req.format)?.unwrap_or(Format::Qcow2);
-        let state = self.hv.state(&req.domain)?;
-        let live = match state {
-            DomState::ShutOff => false,
-            DomState::Running => true,
-            other => {
-                return Err(AgentError::precondition(format!(
-                    "cannot add a volume to domain {:?}: it is {}; start it or shut it down",
-                    req.domain,
-                    other.as_str()
-                )))
-            }
-        };
+        let live = self.hot(&req.domain, "add a volume to")?;
         let dest_name = |target: &str| {
             if req.name.is_empty() {
                 format!("{}-{target}.{}", req.domain, format.as_str())

@@ -12,6 +12,19 @@ use crate::images::Format;
 use crate::validate;
 
 impl Agent {
+    /// Whether a disk change to `domain` is made live too (it runs) or only in its definition
+    /// (shut off); any other state is refused. `what` says the change ("add a volume to").
+    pub(crate) fn hot(&self, domain: &str, what: &str) -> Result<bool> {
+        match self.hv.state(domain)? {
+            DomState::ShutOff => Ok(false),
+            DomState::Running => Ok(true),
+            other => Err(AgentError::precondition(format!(
+                "cannot {what} domain {domain:?}: it is {}; start it or shut it down",
+                other.as_str()
+            ))),
+        }
+    }
+
     /// The domain's own swap or data volume `volume` (NotFound otherwise), and its role.
     fn own_volume(&self, domain: &str, volume: &str) -> Result<(CorralMeta, Role)> {
         let xml = self.read_definition(domain)?;
@@ -157,17 +170,7 @@ impl Agent {
                 r.volume, r.domain
             )));
         }
-        let live = match self.hv.state(&r.domain)? {
-            DomState::ShutOff => false,
-            DomState::Running => true,
-            other => {
-                return Err(AgentError::precondition(format!(
-                    "cannot detach a volume from domain {:?}: it is {}; start it or shut it down",
-                    r.domain,
-                    other.as_str()
-                )))
-            }
-        };
+        let live = self.hot(&r.domain, "detach a volume from")?;
         let target = meta.disks[entry].target.clone();
         let Some(disk) = xml.devices.disks.iter().find(|d| d.target.dev == target) else {
             return Err(AgentError::internal(format!(
@@ -252,17 +255,7 @@ impl Agent {
         path: &std::path::Path,
         role: Role,
     ) -> Result<pb::Domain> {
-        let live = match self.hv.state(domain)? {
-            DomState::ShutOff => false,
-            DomState::Running => true,
-            other => {
-                return Err(AgentError::precondition(format!(
-                    "cannot attach a volume to domain {domain:?}: it is {}; start it or shut it \
-                     down",
-                    other.as_str()
-                )))
-            }
-        };
+        let live = self.hot(domain, "attach a volume to")?;
         let format = self
             .images
             .info(path)?
