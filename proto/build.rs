@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "corral/v1/guest.proto",
         "corral/v1/vm_guest.proto",
         "corral/v1/images.proto",
+        "corral/v1/backups.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

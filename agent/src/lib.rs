@@ -28,6 +28,7 @@ pub mod ports;
 pub mod qcow2;
 pub mod reconcile;
 pub mod relocate;
+pub mod restore;
 pub mod screenshot;
 pub mod server;
 pub mod snapshots;

@@ -250,6 +250,26 @@ pub async fn send(
     if req.peer.is_empty() {
         return Err(AgentError::invalid("a peer address is required"));
     }
+    let dest = if req.dest.is_empty() {
+        req.volume.clone()
+    } else {
+        corral_proto::rules::name("destination volume", &req.dest)?;
+        req.dest.clone()
+    };
+    if !req.basis.is_empty() {
+        corral_proto::rules::name("basis volume", &req.basis)?;
+        if req.basis == dest {
+            return Err(AgentError::invalid(
+                "the basis is the copy itself: name an older file, or use replace",
+            ));
+        }
+    }
+    if req.mode & !0o777 != 0 || (req.mode != 0 && req.mode & 0o400 == 0) {
+        return Err(AgentError::invalid(format!(
+            "mode {:o} is not permission bits its owner can read (0400 to 0777)",
+            req.mode
+        )));
+    }
     let volume = req.volume.clone();
     let (path, file, size, mode, extents) = agent
         .blocking(move |a| {
@@ -278,11 +298,17 @@ pub async fn send(
     let (tx, rx) = mpsc::channel::<pb::SyncUpload>(QUEUE);
     let header = pb::SyncUpload {
         msg: Some(Up::Header(pb::SyncHeader {
-            volume: req.volume.clone(),
+            volume: dest,
             size,
             block_size: BLOCK,
-            mode,
+            mode: match (req.archive, req.mode) {
+                (true, _) => 0o444,
+                (false, 0) => mode,
+                (false, m) => m,
+            },
             replace: req.replace,
+            basis: req.basis.clone(),
+            archive: req.archive,
         })),
     };
     counters
@@ -425,6 +451,15 @@ pub async fn receive(
     // An existing copy is compared (or, with `replace`, used as the basis of the delta); a
     // partial file of an interrupted sync is resumed.
     let started = Instant::now();
+    let basis = if header.basis.is_empty() {
+        None
+    } else {
+        let b = agent.storage.path(&header.basis)?;
+        if header.basis == header.volume {
+            return Err(AgentError::invalid("the basis is the copy itself"));
+        }
+        Some(b)
+    };
     let (pp, d, size, replace, volume_name) = (
         partial_path.clone(),
         dest.clone(),
@@ -446,7 +481,21 @@ pub async fn receive(
             if d.exists() && !replace {
                 Ok((None, transfer::signature(&d, BLOCK)?))
             } else {
-                let (p, sig) = prepare(&pp, &d, size)?;
+                // The basis is only read, and only when there is no copy to start from.
+                let from = if d.exists() {
+                    Some(d.as_path())
+                } else if let Some(b) = basis.as_deref() {
+                    if !b.exists() {
+                        return Err(AgentError::NotFound(format!(
+                            "basis volume {:?} is not on this host",
+                            b.file_name().unwrap_or_default()
+                        )));
+                    }
+                    Some(b)
+                } else {
+                    None
+                };
+                let (p, sig) = prepare(&pp, from, size)?;
                 Ok((Some(p), sig))
             }
         })
@@ -558,7 +607,11 @@ pub async fn receive(
         None => return Err(AgentError::internal("the writer stopped without an error")),
     };
     let received_ms = started.elapsed().as_millis() as u64;
-    let (mode, name) = (header.mode, header.volume.clone());
+    let (mode, name, archive) = (
+        if header.archive { 0o444 } else { header.mode },
+        header.volume.clone(),
+        header.archive,
+    );
     let done = match partial {
         None => {
             // Compare only: nothing was sent, so the existing copy must be the same.
@@ -579,7 +632,10 @@ pub async fn receive(
                     let mut p = p;
                     let sum = p.verify(&finish.checksum)?;
                     let written = p.written;
-                    images.adopt_backing(&p.path)?;
+                    // An archive is kept as sent: its backing is adopted when it comes back.
+                    if !archive {
+                        images.adopt_backing(&p.path)?;
+                    }
                     p.install(&dest, mode)?;
                     Ok(pb::SyncDone {
                         checksum: transfer::hex(&sum),
@@ -610,11 +666,11 @@ type Ready = Box<dyn FnOnce() -> Result<Partial> + Send>;
 /// while the kernel copies it into the partial file (the writer waits for the copy).
 fn prepare(
     partial: &std::path::Path,
-    dest: &std::path::Path,
+    basis: Option<&std::path::Path>,
     size: u64,
 ) -> Result<(Ready, transfer::Signature)> {
-    let same_length = std::fs::metadata(dest).is_ok_and(|m| m.len() == size);
-    if !partial.exists() && same_length {
+    let same_length = basis.is_some_and(|b| std::fs::metadata(b).is_ok_and(|m| m.len() == size));
+    if let (false, true, Some(dest)) = (partial.exists(), same_length, basis) {
         let (pp, d) = (partial.to_path_buf(), dest.to_path_buf());
         let copy = std::thread::spawn(move || Partial::open(&pp, Some(&d), size));
         let sig = transfer::signature(dest, BLOCK);
@@ -631,7 +687,6 @@ fn prepare(
         };
         return Ok((Box::new(ready), sig?));
     }
-    let basis = if dest.exists() { Some(dest) } else { None };
     let mut p = Partial::open(partial, basis, size)?;
     let sig = p.scan()?;
     Ok((Box::new(move || Ok(p)), sig))

@@ -239,6 +239,7 @@ pub struct CoordinatorClient {
     pub access: pb::vm_access_service_client::VmAccessServiceClient<Authed>,
     pub guest: pb::vm_guest_service_client::VmGuestServiceClient<Authed>,
     pub images: pb::image_service_client::ImageServiceClient<Authed>,
+    pub backups: pb::backup_service_client::BackupServiceClient<Authed>,
     dry_run: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -299,7 +300,11 @@ impl CoordinatorClient {
                 ch.clone(),
                 auth.clone(),
             ),
-            images: pb::image_service_client::ImageServiceClient::with_interceptor(ch, auth),
+            images: pb::image_service_client::ImageServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            backups: pb::backup_service_client::BackupServiceClient::with_interceptor(ch, auth),
         })
     }
 

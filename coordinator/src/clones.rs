@@ -71,10 +71,16 @@ impl Coordinator {
         0
     }
 
-    pub async fn clone_vm(
+    pub async fn clone_vm(self: &Arc<Self>, caller: &Caller, req: CloneOrder) -> Result<OpRecord> {
+        self.clone_order(caller, req, None).await
+    }
+
+    /// A clone, then (in the same operation) a backup's volumes put into it when given.
+    pub(crate) async fn clone_order(
         self: &Arc<Self>,
         caller: &Caller,
         mut req: CloneOrder,
+        backup: Option<crate::backups::BackupRecord>,
     ) -> Result<OpRecord> {
         self.apply_clone_plan(&mut req).await?;
         if let Some(l) = req.lifetime {
@@ -110,7 +116,8 @@ impl Coordinator {
         // A free pool clone is handed out at once (not for volatile clones, which go when
         // they stop, nor for requests that must land beside the owner's VMs or be retried).
         let resized = req.memory_mib > 0 || req.vcpus > 0 || req.copy_data;
-        if !req.volatile && !req.keep_together && key.is_none() && !resized {
+        let plain = backup.is_none();
+        if plain && !req.volatile && !req.keep_together && key.is_none() && !resized {
             if let Some(op) = self.hand_out(&req, &owner).await? {
                 return Ok(op);
             }
@@ -132,8 +139,12 @@ impl Coordinator {
                 request["sync_bytes"] = self.base_bytes(&req.base, &holders).await.into();
             }
         }
+        if let Some(b) = &backup {
+            request["backup"] = b.tag().into();
+            request["volumes"] = b.volumes.len().into();
+        }
         let submit = Submit {
-            kind: "clone".into(),
+            kind: if plain { "clone" } else { "create-from-backup" }.into(),
             vm: Some(req.name.clone()),
             host: Some(host.clone()),
             user: Some(owner.clone()),
@@ -150,14 +161,36 @@ impl Coordinator {
             } else {
                 Ok(())
             };
-            let r = match copied {
+            let mut r = match copied {
                 Ok(()) => me.do_clone(&ctx, &h2, &req2, &owner).await,
                 Err(e) => Err(e),
             };
+            if let (Ok(made), Some(b)) = (&r, &backup) {
+                r = match me.fill_from_backup(&ctx, &h2, &req2.name, b).await {
+                    Ok(filled) => Ok(serde_json::json!({ "vm": made, "filled": filled })),
+                    Err(e) => {
+                        // A new VM without its backup's data is not what was asked: it goes.
+                        me.unmake(&h2, &req2.name).await;
+                        Err(e)
+                    }
+                };
+            }
             drop(reserved);
             r.map_err(OpError::from)
         });
         Ok(self.ops.submit(submit, w).await?)
+    }
+
+    /// Removes a clone this operation made (its domain, then its record).
+    async fn unmake(&self, host: &str, name: &str) {
+        if let Ok(door) = self.hosts.door(host) {
+            if let Err(e) = door.remove_domain(name).await {
+                tracing::warn!(vm = %name, host, error = %e, "clone left behind");
+                return;
+            }
+        }
+        let n = name.to_string();
+        let _ = self.blocking(move |s| s.remove_vm(&n)).await;
     }
 
     pub(crate) async fn do_clone(

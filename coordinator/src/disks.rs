@@ -163,6 +163,7 @@ impl Coordinator {
                 bandwidth_limit: 0,
                 replace: false,
                 peer_tls_name: String::new(),
+                ..Default::default()
             };
             let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
             let sent = src.send_volume(req, stall, &|_| {}).await;

@@ -76,6 +76,8 @@ pub trait AgentDoor: Send + Sync {
     async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
     /// Detaches a swap or data volume (hot when it runs); it stays the domain's own.
     async fn detach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain>;
+    /// Puts a free file (a restored backup) in place of a shut-off domain's own volume.
+    async fn restore_volume(&self, req: pb::RestoreVolumeRequest) -> Result<pb::VolumeInfo>;
     /// An internal snapshot of a shut-off domain's volume: made, reverted to or deleted.
     async fn snapshot_volume(&self, req: pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo>;
     /// A shut-off domain's system volume flattened into a read-only image file.
@@ -347,6 +349,11 @@ impl AgentDoor for GrpcDoor {
             volume: volume.into(),
         };
         self.long(c.bases.attach_volume(req)).await
+    }
+
+    async fn restore_volume(&self, req: pb::RestoreVolumeRequest) -> Result<pb::VolumeInfo> {
+        let mut c = self.client.clone();
+        self.long(c.bases.restore_volume(req)).await
     }
 
     async fn detach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {

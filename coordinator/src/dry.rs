@@ -218,6 +218,10 @@ impl AgentDoor for ReadOnly {
         let _ = (domain, volume);
         Err(would(self.0.host(), "detach a volume"))
     }
+    async fn restore_volume(&self, req: pb::RestoreVolumeRequest) -> Result<pb::VolumeInfo> {
+        let _ = (req,);
+        Err(would(self.0.host(), "restore a volume"))
+    }
     async fn snapshot_volume(&self, req: pb::SnapshotVolumeRequest) -> Result<pb::VolumeInfo> {
         let _ = (req,);
         Err(would(self.0.host(), "snapshot a volume"))

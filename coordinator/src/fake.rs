@@ -367,6 +367,19 @@ impl AgentDoor for FakeAgent {
         self.domain(domain)
     }
 
+    async fn restore_volume(&self, req: pb::RestoreVolumeRequest) -> Result<pb::VolumeInfo> {
+        self.enter(
+            "restore_volume",
+            &format!("{} {} from {}", req.domain, req.volume, req.from),
+        )
+        .await?;
+        Ok(pb::VolumeInfo {
+            name: req.volume,
+            format: "qcow2".into(),
+            ..Default::default()
+        })
+    }
+
     async fn attach_volume(&self, domain: &str, volume: &str) -> Result<pb::Domain> {
         self.enter("attach_volume", &format!("{domain} {volume}"))
             .await?;

@@ -174,6 +174,20 @@ impl Coordinator {
                     held.join(", ")
                 )));
             }
+            let h = host.to_string();
+            let backups: Vec<String> = self
+                .blocking(|s| s.backups())
+                .await?
+                .into_iter()
+                .filter(|b| b.hosts.contains(&h))
+                .map(|b| b.tag())
+                .collect();
+            if !backups.is_empty() {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "host {host} holds {}: remove them first",
+                    backups.join(", ")
+                )));
+            }
         }
         let h = host.to_string();
         self.blocking(move |s| {
@@ -184,7 +198,7 @@ impl Coordinator {
     }
 
     /// Up repository hosts, all of them (an image goes to each).
-    async fn repository_doors(&self) -> Result<Vec<String>> {
+    pub(crate) async fn repository_doors(&self) -> Result<Vec<String>> {
         let repo = self.repository_hosts().await?;
         if repo.is_empty() {
             return Err(CoordError::FailedPrecondition(
@@ -357,6 +371,7 @@ impl Coordinator {
             bandwidth_limit: 0,
             replace: false,
             peer_tls_name: String::new(),
+            ..Default::default()
         };
         let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
         src.send_volume(req, stall, &|_| {}).await?;

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod backups;
 pub mod base_access;
 pub mod clones;
 pub mod config;

@@ -104,6 +104,7 @@ pub async fn serve(
         pb::vm_access_service_server::VmAccessServiceServer<_> => api::VmAccessApi(c()),
         pb::vm_guest_service_server::VmGuestServiceServer<_> => api::VmGuestApi(c()),
         pb::image_service_server::ImageServiceServer<_> => api::ImageApi(c()),
+        pb::backup_service_server::BackupServiceServer<_> => api::BackupApi(c()),
         pb::user_service_server::UserServiceServer<_> => api::UserApi(c()),
     };
     router

@@ -291,6 +291,11 @@ pub trait Store: Send + Sync {
     /// AlreadyExists for a (name, version) taken.
     fn insert_image(&self, image: &crate::images::ImageRecord) -> Result<()>;
     fn remove_image(&self, name: &str, version: u32) -> Result<()>;
+    /// Every backup (`backups::BackupRecord`), by VM then number.
+    fn backups(&self) -> Result<Vec<crate::backups::BackupRecord>>;
+    /// AlreadyExists for a (VM, number) taken.
+    fn insert_backup(&self, backup: &crate::backups::BackupRecord) -> Result<()>;
+    fn remove_backup(&self, vm: &str, number: u32) -> Result<()>;
     /// Hosts that keep the image repository.
     fn repository_hosts(&self) -> Result<Vec<String>>;
     fn set_repository_host(&self, host: &str, on: bool) -> Result<()>;
@@ -432,6 +437,15 @@ pub const MIGRATIONS: &[&str] = &[
      );
      CREATE TABLE repository_hosts (host TEXT PRIMARY KEY);
      ALTER TABLE bases ADD COLUMN image TEXT;",
+    // 12: backups of VMs (`backups::BackupRecord` as JSON), numbered per VM name; they
+    // outlive their VM.
+    "CREATE TABLE backups (
+        vm TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (vm, number)
+     );",
 ];
 
 fn plan_from_row(r: &rusqlite::Row) -> rusqlite::Result<crate::plans::Plan> {
@@ -1288,6 +1302,45 @@ impl Store for Sqlite {
             return Err(StoreError::NotFound(format!(
                 "image {name} version {version}"
             )));
+        }
+        Ok(())
+    }
+
+    fn backups(&self) -> Result<Vec<crate::backups::BackupRecord>> {
+        let conn = self.conn.lock().map_err(db)?;
+        let mut stmt = conn.prepare_cached("SELECT record FROM backups ORDER BY vm, number")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for t in rows {
+            out.push(serde_json::from_str(&t?)?);
+        }
+        Ok(out)
+    }
+
+    fn insert_backup(&self, b: &crate::backups::BackupRecord) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        let n = conn.exec(
+            "INSERT INTO backups (vm, number, owner, record) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(vm, number) DO NOTHING",
+            params![b.vm, b.number, b.owner, serde_json::to_string(b)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "backup {} of VM {}",
+                b.number, b.vm
+            )));
+        }
+        Ok(())
+    }
+
+    fn remove_backup(&self, vm: &str, number: u32) -> Result<()> {
+        let conn = self.conn.lock().map_err(db)?;
+        if conn.exec(
+            "DELETE FROM backups WHERE vm = ?1 AND number = ?2",
+            params![vm, number],
+        )? == 0
+        {
+            return Err(StoreError::NotFound(format!("backup {number} of VM {vm}")));
         }
         Ok(())
     }

@@ -234,6 +234,7 @@ impl Coordinator {
                 bandwidth_limit: limit,
                 replace: false,
                 peer_tls_name: String::new(),
+                ..Default::default()
             };
             let p = src.send_volume(req, stall, &report).await?;
             before += p.total_bytes;

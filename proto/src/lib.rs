@@ -38,6 +38,7 @@ pub const COORDINATOR_SERVICES: &[&str] = &[
     v1::vm_access_service_server::SERVICE_NAME,
     v1::vm_guest_service_server::SERVICE_NAME,
     v1::image_service_server::SERVICE_NAME,
+    v1::backup_service_server::SERVICE_NAME,
 ];
 
 /// gRPC reflection (build it with `build_v1()` and again with `build_v1alpha()`: grpcurl and

@@ -108,6 +108,21 @@ async fn send(c: &mut C, volume: String, peer: &str) -> Result<(), tonic::Status
     Ok(())
 }
 
+/// Sends with the whole request given (destination, basis, mode).
+async fn send_req(c: &mut C, req: pb::SendVolumeRequest) -> Result<(), tonic::Status> {
+    let mut s = c.sync.send_volume(req).await?.into_inner();
+    while s.message().await?.is_some() {}
+    Ok(())
+}
+
+fn restore(domain: &str, volume: &str, from: &str) -> pb::RestoreVolumeRequest {
+    pb::RestoreVolumeRequest {
+        domain: domain.into(),
+        volume: volume.into(),
+        from: from.into(),
+    }
+}
+
 /// Every RPC that takes a domain (or base) name, called with `n`.
 fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
     let n = n.to_string();
@@ -145,7 +160,8 @@ fn domain_rpcs(n: &str) -> Vec<(&'static str, Call<C>)> {
         "SnapshotVolume" => c.bases.snapshot_volume(pb::SnapshotVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), snapshot: "s1".into(), action: pb::VolumeSnapshotAction::Create as i32 });
         "CaptureImage" => c.bases.capture_image(pb::CaptureImageRequest { domain: n, image: "adv-img.qcow2".into() });
         "DetachVolume" => c.bases.detach_volume(pb::AttachVolumeRequest { domain: n.clone(), volume: "adv-none.qcow2".into() });
-        "AttachVolume" => c.bases.attach_volume(pb::AttachVolumeRequest { domain: n, volume: "adv-none.qcow2".into() });
+        "AttachVolume" => c.bases.attach_volume(pb::AttachVolumeRequest { domain: n.clone(), volume: "adv-none.qcow2".into() });
+        "RestoreVolume" => c.bases.restore_volume(restore(&n, "adv-none.qcow2", "adv-from.qcow2"));
         "ResizeDomainVolume" => c.bases.resize_domain_volume(pb::ResizeDomainVolumeRequest { domain: n, volume: "adv-none.qcow2".into(), size_bytes: 32 << 20 });
         "ExportBase" => c.bases.export_base(dref(&n));
         "ExportDomain" => c.bases.export_domain(dref(&n));
@@ -514,6 +530,15 @@ fn ownership_cases(w: &AgentWorld) -> Vec<Case<C>> {
         "CaptureImage", "an existing volume as the image", AlreadyExists, ["already exists"], it [other, free] => c.bases.capture_image(pb::CaptureImageRequest { domain: other, image: free });
         "DetachVolume", "another domain's disk", NotFound, ["has no volume"], it [clone, od] => c.bases.detach_volume(pb::AttachVolumeRequest { domain: clone, volume: od });
         "DetachVolume", "a base's volume", FailedPrecondition, ["base"], it [base, bf] => c.bases.detach_volume(pb::AttachVolumeRequest { domain: base, volume: bf });
+        // A restore puts only a free file in place of the domain's own volume.
+        "RestoreVolume", "another domain's disk as the volume", NotFound, ["has no volume"], it [clone, od, free] => c.bases.restore_volume(restore(&clone, &od, &free));
+        "RestoreVolume", "another domain's disk as the file", FailedPrecondition, ["belongs to domain", clone], it [other, od, cd] => c.bases.restore_volume(restore(&other, &od, &cd));
+        "RestoreVolume", "a base file as the file", FailedPrecondition, ["base file"], it [other, od, bf] => c.bases.restore_volume(restore(&other, &od, &bf));
+        "RestoreVolume", "a base's file", FailedPrecondition, ["base"], it [base, bf, free] => c.bases.restore_volume(restore(&base, &bf, &free));
+        "RestoreVolume", "the volume from itself", InvalidArgument, ["itself"], it [other, od] => c.bases.restore_volume(restore(&other, &od, &od));
+        "SendVolume", "a basis that is the copy", InvalidArgument, ["basis"], it [free] => send_req(&mut c, pb::SendVolumeRequest { volume: free, peer: "127.0.0.1:9".into(), dest: "adv-b.qcow2".into(), basis: "adv-b.qcow2".into(), ..Default::default() });
+        "SendVolume", "a mode its owner cannot read", InvalidArgument, ["mode"], it [free] => send_req(&mut c, pb::SendVolumeRequest { volume: free, peer: "127.0.0.1:9".into(), mode: 0o044, ..Default::default() });
+        "SendVolume", "a destination with a path", InvalidArgument, ["destination volume"], it [free] => send_req(&mut c, pb::SendVolumeRequest { volume: free, peer: "127.0.0.1:9".into(), dest: "../x.qcow2".into(), ..Default::default() });
         "DefineFromImage", "the name of a base", AlreadyExists, ["already exists"], it [base, free] => c.bases.define_from_image(pb::DefineFromImageRequest { image: free, name: base, definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
         "DefineFromImage", "an image not on this host", FailedPrecondition, ["sync it first"], it [] => c.bases.define_from_image(pb::DefineFromImageRequest { image: "adv-noimage.qcow2".into(), name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
         "DefineFromImage", "another domain's disk as the image", FailedPrecondition, ["not an image"], it [od] => c.bases.define_from_image(pb::DefineFromImageRequest { image: od, name: "adv-fromimg".into(), definition_xml: "<domain/>".into(), checksum: "blake3:00".into() });
@@ -578,6 +603,7 @@ async fn receive(addr: String, volume: String, size: u64) -> Result<(), tonic::S
             block_size: 65536,
             mode: 0o644,
             replace: true,
+            ..Default::default()
         })),
     };
     let mut s = pb::peer_transfer_service_client::PeerTransferServiceClient::new(ch)

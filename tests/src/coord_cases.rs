@@ -338,7 +338,11 @@ fn vm_rpcs(
         "GetVmGuest" => c.guest.get_vm_guest(vref(&n));
         "ExecVm" => c.guest.exec_vm(pb::GuestExecRequest { name: n, path: "touch".into(), args: vec!["/tmp/advc".into()], ..Default::default() });
         "ReadVmFile" => c.guest.read_vm_file(pb::GuestFileRef { name: n, path: "/etc/hostname".into() });
-        "CaptureImage" => c.images.capture_image(pb::CaptureVmImageRequest { vm: n, image: "advc-img".into(), description: String::new() });
+        "CaptureImage" => c.images.capture_image(pb::CaptureVmImageRequest { vm: n.clone(), image: "advc-img".into(), description: String::new() });
+        "BackupVm" => c.backups.backup_vm(pb::BackupVmRequest { vm: n.clone(), system: true });
+        "RestoreBackup" => c.backups.restore_backup(pb::BackupRef { vm: n.clone(), number: 0 });
+        "RemoveBackup" => c.backups.remove_backup(pb::BackupRef { vm: n.clone(), number: 1 });
+        "CreateVmFromBackup" => c.backups.create_vm_from_backup(pb::CreateVmFromBackupRequest { backup: Some(pb::BackupRef { vm: n, number: 0 }), name: "advc-frombackup".into(), ..Default::default() });
         "WriteVmFile" => c.guest.write_vm_file(tokio_stream::iter(vec![pb::GuestFileWrite { file: Some(pb::GuestFileRef { name: n, path: "/tmp/advc".into() }), data: b"x".to_vec() }]));
     }
 }

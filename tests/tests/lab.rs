@@ -578,6 +578,7 @@ fn volume_sync_is_sparse_resumes_after_a_crash_and_refuses_strangers() {
                     block_size: 65536,
                     mode: 0o644,
                     replace: false,
+                    ..Default::default()
                 })),
             }])
         };

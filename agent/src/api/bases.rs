@@ -37,6 +37,8 @@ rpcs! { BaseApi: BaseService, |a, r|;
     detach_volume(pb::AttachVolumeRequest) -> pb::Domain = "DetachVolume" by r.domain => a.detach_volume(&r);
     snapshot_volume(pb::SnapshotVolumeRequest) -> pb::VolumeInfo = "SnapshotVolume" by r.domain
         => a.snapshot_volume(&r);
+    restore_volume(pb::RestoreVolumeRequest) -> pb::VolumeInfo = "RestoreVolume" by r.domain
+        => a.restore_volume(&r);
     capture_image(pb::CaptureImageRequest) -> pb::CapturedImage = "CaptureImage" by r.domain
         => a.capture_image(&r);
     define_from_image(pb::DefineFromImageRequest) -> pb::Domain = "DefineFromImage" by r.name

@@ -83,6 +83,9 @@ pub enum Command {
     /// The image repository: capture, load, list and remove image versions.
     #[command(subcommand)]
     Image(crate::images::ImageCmd),
+    /// Backups of VMs: make, list, restore, remove, and new VMs from them.
+    #[command(subcommand)]
+    Backup(crate::backups::BackupCmd),
     /// Talk to one agent directly (no coordinator).
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -1184,6 +1187,7 @@ async fn volume_send(
             bandwidth_limit,
             replace,
             peer_tls_name: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

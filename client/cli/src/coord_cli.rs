@@ -799,6 +799,7 @@ pub async fn run(
         Command::User(cmd) => user(&mut c, &out, cmd).await?,
         Command::Plan(cmd) => crate::plans::plan(&mut c, &out, cmd).await?,
         Command::Image(cmd) => crate::images::image(&mut c, &out, no_wait, cmd).await?,
+        Command::Backup(cmd) => crate::backups::backup(&mut c, &out, no_wait, cmd).await?,
         Command::Agent(_) | Command::Pki(_) | Command::Completions { .. } => {
             return Err(invalid("not a coordinator command".into()));
         }

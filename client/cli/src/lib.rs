@@ -4,6 +4,7 @@
 //! `cli` holds the command tree and the agent commands, `coord_cli` the coordinator's,
 //! `pki` the certificate commands.
 
+pub mod backups;
 pub mod cli;
 pub mod coord_cli;
 pub mod guest;

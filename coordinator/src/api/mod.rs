@@ -44,6 +44,7 @@ macro_rules! rpcs {
 }
 
 mod access;
+mod backups;
 mod guest;
 mod hosts;
 mod images;
@@ -53,6 +54,7 @@ mod users;
 mod vms;
 
 pub use access::VmAccessApi;
+pub use backups::BackupApi;
 pub use guest::VmGuestApi;
 pub use hosts::HostAdminApi;
 pub use images::ImageApi;
