@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::bin;
+use crate::{bin, wait_up, Cli, CoordProc, GUEST_DIR};
 
 pub const LAB_DIR: &str = "/var/lib/corral-lab";
 
@@ -130,6 +130,56 @@ impl Drop for Lab {
             let _ = lab(&["down"]);
         }
     }
+}
+
+/// A coordinator for the lab's agents with `hosts` added and up.
+pub fn coordinator(lab: &Lab, dir: &Path, hosts: &[&str]) -> Result<CoordProc> {
+    let env = lab.coordinator_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let coord = CoordProc::start_with(&dir.join("coord"), 300, 3000, &env)?;
+    let cli = Cli {
+        addr: &coord.addr,
+        token: &coord.admin_token,
+        ca: None,
+    };
+    for h in hosts {
+        cli.ok(&["host", "add", h, &lab.addr(h)]);
+    }
+    wait_up(&cli, hosts.len());
+    Ok(coord)
+}
+
+/// A base `name` of the tiny guest on `host`.
+pub fn tiny_base(cli: &Cli, name: &str, host: &str) {
+    let g = Path::new(GUEST_DIR);
+    let (kernel, initrd) = (
+        g.join("vmlinux").display().to_string(),
+        g.join("initrd.gz").display().to_string(),
+    );
+    let (disk, cmdline) = (
+        format!("{name}-vda.qcow2:64M:system"),
+        format!("console=ttyS0 quiet corral.hostname={name}"),
+    );
+    cli.ok(&[
+        "base",
+        "create",
+        name,
+        "--host",
+        host,
+        "--memory",
+        "128M",
+        "--vcpus",
+        "1",
+        "--disk",
+        &disk,
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        &cmdline,
+    ]);
+    cli.ok(&["base", "publish", name]);
 }
 
 /// A sparse file of `size` bytes with `chunks` random runs of `len` bytes at block-aligned

@@ -78,56 +78,6 @@ fn received(host: &str, volume: &str) -> usize {
         .count()
 }
 
-/// A coordinator for the lab's agents with `hosts` added and up.
-fn lab_coordinator(lab: &Lab, dir: &Path, hosts: &[&str]) -> CoordProc {
-    let env = lab.coordinator_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let coord = CoordProc::start_with(&dir.join("coord"), 300, 3000, &env).unwrap();
-    let cli = Cli {
-        addr: &coord.addr,
-        token: &coord.admin_token,
-        ca: None,
-    };
-    for h in hosts {
-        cli.ok(&["host", "add", h, &lab.addr(h)]);
-    }
-    wait_up(&cli, hosts.len());
-    coord
-}
-
-/// A base `name` of the tiny guest on `host`.
-fn tiny_base(cli: &Cli, name: &str, host: &str) {
-    let g = Path::new(GUEST_DIR);
-    let (kernel, initrd) = (
-        g.join("vmlinux").display().to_string(),
-        g.join("initrd.gz").display().to_string(),
-    );
-    let (disk, cmdline) = (
-        format!("{name}-vda.qcow2:64M:system"),
-        format!("console=ttyS0 quiet corral.hostname={name}"),
-    );
-    cli.ok(&[
-        "base",
-        "create",
-        name,
-        "--host",
-        host,
-        "--memory",
-        "128M",
-        "--vcpus",
-        "1",
-        "--disk",
-        &disk,
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--cmdline",
-        &cmdline,
-    ]);
-    cli.ok(&["base", "publish", name]);
-}
-
 #[test]
 fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     if !lab_ready() {
@@ -136,13 +86,13 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::up(3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let coord = lab_coordinator(&lab, dir.path(), &["h1", "h2", "h3"]);
+    let coord = lab::coordinator(&lab, dir.path(), &["h1", "h2", "h3"]).unwrap();
     let cli = Cli {
         addr: &coord.addr,
         token: &coord.admin_token,
         ca: None,
     };
-    tiny_base(&cli, "lab-web", "h1");
+    lab::tiny_base(&cli, "lab-web", "h1");
 
     // Bad input: clear errors, nothing changes.
     for (args, want) in [
@@ -383,6 +333,68 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
     cli.ok(&["base", "delete", "lab-from-img"]);
     cli.ok(&["image", "rm", "lab-img", "1"]);
     assert!(!img.exists());
+
+    // Backups across hosts: lab-c1 (h3) backed up into the repository on h1, twice (the second
+    // sends about the 1 MiB that changed), restored in place from h1, and a new VM made from
+    // the second on another host.
+    let data = lab.storage("h3").join("lab-c1-vdb.qcow2");
+    let t = Instant::now();
+    cli.ok(&["backup", "create", "lab-c1", "--system"]);
+    eprintln!("lab-c1 (h3) backed up to h1 in {:?}", t.elapsed());
+    let b1 = cli.json(&["backup", "show", "lab-c1"]);
+    let file1 = b1["volumes"][1]["file"].as_str().unwrap().to_string();
+    assert!(!lab.storage("h3").join(&file1).exists(), "{b1}");
+    let on_h1 = |f: &str| lab.storage("h1").join(f);
+    let same = |a: &Path, b: &Path| {
+        std::process::Command::new("qemu-img")
+            .args(["compare", "-q"])
+            .arg(a)
+            .arg(b)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(same(&data, &on_h1(&file1)), "{b1}");
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 1M 1M",
+            data.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    cli.ok(&["backup", "create", "lab-c1"]);
+    let b2 = cli.json(&["backup", "show", "lab-c1"]);
+    let v2 = &b2["volumes"][0];
+    eprintln!(
+        "the backup after 1 MiB changed sent {} bytes",
+        v2["sent_bytes"]
+    );
+    assert!(v2["sent_bytes"].as_u64().unwrap() <= 2 << 20, "{b2}");
+    assert_eq!(v2["basis"].as_str().unwrap(), file1, "{b2}");
+    let file2 = v2["file"].as_str().unwrap().to_string();
+    cli.ok(&["backup", "restore", "lab-c1", "--number", "1"]);
+    assert!(
+        same(&data, &on_h1(&file1)),
+        "lab-c1's data is backup 1's again"
+    );
+    cli.ok(&["host", "disable", "h3"]);
+    cli.ok(&["backup", "new-vm", "lab-c1", "lab-c8", "--number", "2"]);
+    cli.ok(&["host", "enable", "h3"]);
+    let c8_host = vm(&cli, "lab-c8")["host"].as_str().unwrap().to_string();
+    assert_ne!(c8_host, "h3");
+    let disks = cli.json(&["vm", "disks", "lab-c8"]);
+    let c8_data = lab
+        .storage(&c8_host)
+        .join(disks["disks"][1]["volume"].as_str().unwrap());
+    assert!(same(&c8_data, &on_h1(&file2)), "{disks}");
+    cli.ok(&["vm", "rm", "lab-c8"]);
+    cli.ok(&["backup", "rm", "lab-c1", "1"]);
+    cli.ok(&["backup", "rm", "lab-c1", "2"]);
+    assert!(!on_h1(&file2).exists());
     cli.ok(&["image", "repository", "h1", "off"]);
 
     // Now no clone uses h2's copy: it may go.
@@ -677,13 +689,13 @@ fn a_cancelled_live_move_leaves_the_guest_running_where_it_was() {
     let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::up(2).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let coord = lab_coordinator(&lab, dir.path(), &["h1", "h2"]);
+    let coord = lab::coordinator(&lab, dir.path(), &["h1", "h2"]).unwrap();
     let cli = Cli {
         addr: &coord.addr,
         token: &coord.admin_token,
         ca: None,
     };
-    tiny_base(&cli, "labx-web", "h1");
+    lab::tiny_base(&cli, "labx-web", "h1");
     cli.ok(&["base", "sync", "labx-web", "--host", "h2"]);
     let op = cli.json(&["vm", "clone", "labx-web", "labx-c1", "--start"]);
     assert_eq!(op["state"], 3, "{op}");
