@@ -16,7 +16,6 @@ use crate::auth::Caller;
 use crate::error::{CoordError, Result};
 use crate::names::check_name;
 use crate::operations::{OpCtx, OpError, Submit};
-use crate::states::Observed;
 use crate::store::OpRecord;
 use crate::vms::{work, Coordinator};
 
@@ -164,17 +163,7 @@ impl Coordinator {
         check_name("VM", vm)?;
         let rec = self.vm_for(caller, vm).await?;
         let repo = self.repository_doors().await?;
-        if rec.observed_state != Observed::Domain(pb::DomainState::ShutOff) {
-            return Err(CoordError::FailedPrecondition(format!(
-                "VM {vm} is {}: shut it off first (a running guest changes its disks under the \
-                 backup)",
-                rec.observed_state.describe()
-            )));
-        }
-        let host = rec
-            .host
-            .clone()
-            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {vm} has no host")))?;
+        let host = Self::shut_off_host(&rec, "a running guest changes its disks under the backup")?;
         let door = self.hosts.door(&host)?;
         let d = door.get_domain(rec.domain()).await?;
         let disks = chosen(&d.disks, system);
@@ -281,9 +270,8 @@ impl Coordinator {
                         archive: true,
                         ..Default::default()
                     };
-                    let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
                     made.push((h.clone(), file.clone()));
-                    let sent = door.send_volume(req, stall, &|_| {}).await?;
+                    let sent = self.send_copy(&*door, req).await?;
                     if k == 0 {
                         v.sent_bytes = sent.sent_bytes;
                         v.file_size = sent.total_bytes;
@@ -317,6 +305,16 @@ impl Coordinator {
             "elapsed_ms": b.elapsed_ms,
             "hosts": b.hosts,
         }))
+    }
+
+    /// One copy between agents, with the configured stall limit; its last report.
+    pub(crate) async fn send_copy(
+        &self,
+        src: &dyn crate::door::AgentDoor,
+        req: pb::SendVolumeRequest,
+    ) -> Result<pb::SyncProgress> {
+        let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
+        src.send_volume(req, stall, &|_| {}).await
     }
 
     /// A repository host of the backup that is up: `prefer` when it holds it.
@@ -355,12 +353,7 @@ impl Coordinator {
                 rec.owner
             )));
         }
-        if rec.observed_state != Observed::Domain(pb::DomainState::ShutOff) {
-            return Err(CoordError::FailedPrecondition(format!(
-                "VM {vm} is {}: shut it off first (its guest has the disks open)",
-                rec.observed_state.describe()
-            )));
-        }
+        let host = Self::shut_off_host(&rec, "its guest has the disks open")?;
         if b.volumes.iter().any(|v| v.role == "system") && b.base != rec.base {
             return Err(CoordError::FailedPrecondition(format!(
                 "{} holds a system overlay of base {}; VM {vm} is a clone of {} now",
@@ -369,10 +362,6 @@ impl Coordinator {
                 rec.base.as_deref().unwrap_or("none")
             )));
         }
-        let host = rec
-            .host
-            .clone()
-            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {vm} has no host")))?;
         let door = self.hosts.door(&host)?;
         let d = door.get_domain(rec.domain()).await?;
         for v in &b.volumes {
@@ -443,9 +432,8 @@ impl Coordinator {
                     basis: volume.clone(),
                     ..Default::default()
                 };
-                let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
                 temps.push(tmp.clone());
-                sent += src.send_volume(req, stall, &|_| {}).await?.sent_bytes;
+                sent += self.send_copy(&*src, req).await?.sent_bytes;
             }
             ctx.progress("restoring", Some(90.0), None, domain).await?;
             for ((_, volume), tmp) in pairs.iter().zip(&temps) {
@@ -591,8 +579,7 @@ impl Coordinator {
                 mode: 0o644,
                 ..Default::default()
             };
-            let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
-            sent += src.send_volume(req, stall, &|_| {}).await?.sent_bytes;
+            sent += self.send_copy(&*src, req).await?.sent_bytes;
             if let Err(e) = dst.attach_volume(domain, &file).await {
                 let _ = dst.delete_volume(&file).await;
                 return Err(e);

@@ -166,31 +166,31 @@ impl Coordinator {
                 Err(e) => Err(e),
             };
             if let (Ok(made), Some(b)) = (&r, &backup) {
-                r = match me.fill_from_backup(&ctx, &h2, &req2.name, b).await {
-                    Ok(filled) => Ok(serde_json::json!({ "vm": made, "filled": filled })),
-                    Err(e) => {
-                        // A new VM without its backup's data is not what was asked: it goes.
-                        me.unmake(&h2, &req2.name).await;
-                        Err(e)
-                    }
+                // A new VM without its backup's data is not what was asked: failed or
+                // cancelled on the way, it goes.
+                let unfilled = match me.hosts.door(&h2) {
+                    Ok(door) => Some(Unmade {
+                        db: Arc::clone(&me.db),
+                        door,
+                        name: req2.name.clone(),
+                        owner: owner.clone(),
+                        base: req2.base.clone(),
+                        armed: true,
+                    }),
+                    Err(_) => None,
                 };
+                r = me
+                    .fill_from_backup(&ctx, &h2, &req2.name, b)
+                    .await
+                    .map(|filled| serde_json::json!({ "vm": made, "filled": filled }));
+                if let (Ok(_), Some(u)) = (&r, unfilled) {
+                    u.keep();
+                }
             }
             drop(reserved);
             r.map_err(OpError::from)
         });
         Ok(self.ops.submit(submit, w).await?)
-    }
-
-    /// Removes a clone this operation made (its domain, then its record).
-    async fn unmake(&self, host: &str, name: &str) {
-        if let Ok(door) = self.hosts.door(host) {
-            if let Err(e) = door.remove_domain(name).await {
-                tracing::warn!(vm = %name, host, error = %e, "clone left behind");
-                return;
-            }
-        }
-        let n = name.to_string();
-        let _ = self.blocking(move |s| s.remove_vm(&n)).await;
     }
 
     pub(crate) async fn do_clone(
@@ -291,9 +291,9 @@ impl Coordinator {
     }
 }
 
-/// A clone being made. Dropped armed (its operation was cancelled, or failed before the
-/// agent answered), it removes the domain the agent may still be making, once it shows up
-/// as this clone's (never another's), then the VM's record.
+/// A clone being made (or filled from a backup). Dropped armed (its operation was cancelled,
+/// or failed before it was done), it removes the domain the agent may still be making, once
+/// it shows up as this clone's (never another's), then the VM's record.
 struct Unmade {
     db: Arc<Db>,
     door: Arc<dyn crate::door::AgentDoor>,

@@ -620,8 +620,14 @@ impl AgentDoor for FakeAgent {
         _stall: Duration,
         progress: &(dyn for<'p> Fn(&'p pb::SyncProgress) + Send + Sync),
     ) -> Result<pb::SyncProgress> {
-        self.enter("send_volume", &format!("{} to {}", req.volume, req.peer))
-            .await?;
+        let mut what = format!("{} to {}", req.volume, req.peer);
+        if !req.dest.is_empty() {
+            what += &format!(" as {}", req.dest);
+        }
+        if !req.basis.is_empty() {
+            what += &format!(" against {}", req.basis);
+        }
+        self.enter("send_volume", &what).await?;
         let p = pb::SyncProgress {
             volume: req.volume,
             total_bytes: 1 << 20,

@@ -13,7 +13,6 @@ use crate::auth::Caller;
 use crate::error::{CoordError, Result};
 use crate::names::check_name;
 use crate::operations::{OpCtx, OpError, Submit};
-use crate::states::Observed;
 use crate::store::OpRecord;
 use crate::vms::{work, Coordinator};
 
@@ -233,17 +232,7 @@ impl Coordinator {
         caller.require_admin()?;
         let rec = self.vm_for(caller, vm).await?;
         let repo = self.repository_doors().await?;
-        if rec.observed_state != Observed::Domain(pb::DomainState::ShutOff) {
-            return Err(CoordError::FailedPrecondition(format!(
-                "VM {vm} is {}: shut it off first (a running guest changes its disk under the \
-                 capture)",
-                rec.observed_state.describe()
-            )));
-        }
-        let host = rec
-            .host
-            .clone()
-            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {vm} has no host")))?;
+        let host = Self::shut_off_host(&rec, "a running guest changes its disk under the capture")?;
         self.hosts.door(&host)?;
         let submit = Submit {
             kind: "capture-image".into(),
@@ -373,8 +362,7 @@ impl Coordinator {
             peer_tls_name: String::new(),
             ..Default::default()
         };
-        let stall = std::time::Duration::from_millis(self.cfg.transfer_stall_ms);
-        src.send_volume(req, stall, &|_| {}).await?;
+        self.send_copy(src, req).await?;
         Ok(())
     }
 

@@ -7,6 +7,8 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+#[cfg(test)]
+mod backup_tests;
 pub mod backups;
 pub mod base_access;
 pub mod clones;

@@ -159,6 +159,23 @@ impl Coordinator {
         Ok(vm)
     }
 
+    /// The host of a VM that must be shut off for what comes; `why` ends the refusal ("a
+    /// running guest changes its disks under the backup").
+    pub(crate) fn shut_off_host(vm: &VmRecord, why: &str) -> Result<String> {
+        if vm.observed_state
+            != crate::states::Observed::Domain(corral_client::proto::DomainState::ShutOff)
+        {
+            return Err(CoordError::FailedPrecondition(format!(
+                "VM {} is {}: shut it off first ({why})",
+                vm.name,
+                vm.observed_state.describe()
+            )));
+        }
+        vm.host
+            .clone()
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("VM {} has no host", vm.name)))
+    }
+
     /// A VM as its owner sees it (what its host last said counts only while the host is up).
     pub fn vm_view(&self, vm: &VmRecord) -> VmView {
         let host = vm.host.as_deref().and_then(|h| self.hosts.host_state(h));
