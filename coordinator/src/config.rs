@@ -44,6 +44,8 @@ pub struct Config {
     pub api_key: Option<PathBuf>,
     /// An LDAP directory whose entries add to users' attributes for access rules.
     pub ldap: Option<LdapConfig>,
+    /// Where Prometheus metrics are served (`/metrics`); off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where users' directory entries are, and how to read them (`[ldap]`).
@@ -96,6 +98,7 @@ impl Default for Config {
             api_cert: None,
             api_key: None,
             ldap: None,
+            metrics_listen: None,
         }
     }
 }
@@ -150,6 +153,7 @@ impl Settings for Config {
         env.set_some("API_CERT", &mut self.api_cert)?;
         env.set_some("API_KEY", &mut self.api_key)?;
         env.set("BOOTSTRAP_TOKEN_FILE", &mut self.bootstrap_token_file)?;
+        env.set_some("METRICS_LISTEN", &mut self.metrics_listen)?;
         Ok(())
     }
 

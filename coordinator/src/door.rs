@@ -630,6 +630,7 @@ impl AgentDoor for GrpcDoor {
             };
             progress(&p);
             if p.done {
+                crate::metrics::transfer(p.sent_bytes, p.wire_bytes);
                 last = Some(p);
             }
         }

@@ -39,6 +39,7 @@ mod image_tests;
 pub mod images;
 pub mod lifecycle;
 pub mod listings;
+pub mod metrics;
 pub mod moves;
 pub mod names;
 pub mod observed;

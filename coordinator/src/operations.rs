@@ -452,6 +452,7 @@ impl Operations {
         self.transition(&op.id, state, result, error.clone(), last)
             .await?;
         tracing::info!(state = state.as_str(), error = ?error, "operation ended");
+        crate::metrics::operation(&op.kind, state.as_str(), op.created_ms);
         self.live.lock().map_err(poisoned)?.remove(&op.id);
         self.cancels.lock().map_err(poisoned)?.remove(&op.id);
         Ok(())

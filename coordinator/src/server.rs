@@ -65,6 +65,9 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
     drop(coord.spawn_pool_manager());
     drop(coord.spawn_idle_keeper());
     drop(coord.spawn_guest_watch());
+    if let Some(addr) = coord.cfg.metrics_listen {
+        coord.serve_metrics(addr).await?;
+    }
     Ok(coord)
 }
 

@@ -1246,3 +1246,104 @@ async fn a_base_made_from_a_clone_is_synced_after_its_parent() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 }
+
+/// One sample's value (`name` with every label of `labels`), summed; 0 when absent.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
+    if !ready() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("CORRAL_COORD_METRICS_LISTEN", listen.as_str())];
+    let coord = CoordProc::start_with(&dir.path().join("coord"), 200, 2000, &env).unwrap();
+    let mut admin = coord.client(&coord.admin_token).await.unwrap();
+    let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
+    admin
+        .hosts
+        .add_host(pb::AddHostRequest {
+            name: "h1".into(),
+            address: agent.addr.clone(),
+        })
+        .await
+        .unwrap();
+    wait_hosts(&mut admin, 1, pb::HostState::Up).await;
+    let url = format!("http://{listen}/metrics");
+    let scrape = || run("curl", &["-s", "--fail", "--max-time", "5", &url]).unwrap();
+    let before = scrape();
+    assert_eq!(
+        sample(&before, "corral_operations_total", &[("kind", "clone")]),
+        0.0
+    );
+    create_base(&mut admin, "m-base", "h1").await;
+    clone(&mut admin, "m-base", "m-c1").await;
+    let bad = admin
+        .vms
+        .clone_vm(pb::CloneVmRequest {
+            base: "m-base".into(),
+            name: "../bad".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+    let after = scrape();
+    let ops = |outcome| {
+        sample(
+            &after,
+            "corral_operations_total",
+            &[("kind", "clone"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(ops("succeeded"), 1.0, "{after}");
+    assert_eq!(ops("failed"), 0.0, "{after}");
+    let rpcs = |code| {
+        sample(
+            &after,
+            "corral_rpc_requests_total",
+            &[("method", "CloneVm"), ("code", code)],
+        )
+    };
+    assert_eq!(rpcs("Ok"), 1.0, "{after}");
+    assert_eq!(rpcs("InvalidArgument"), 1.0, "{after}");
+    assert_eq!(sample(&after, "corral_hosts", &[("state", "up")]), 1.0);
+    assert_eq!(
+        sample(&after, "corral_vms", &[("state", "running")]),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "corral_operations", &[("state", "running")]),
+        0.0,
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            "corral_operation_duration_seconds_count",
+            &[("kind", "clone")]
+        ) >= 1.0,
+        "{after}"
+    );
+    drop(agent);
+}

@@ -1,0 +1,289 @@
+//! Prometheus metrics (issue 12, item 1): counters and histograms moved where things happen
+//! (an operation ends, an RPC answers, a transfer ends), gauges read from the coordinator's
+//! state when scraped (hosts, VMs, operations by state, reservations), served as Prometheus
+//! text on `metrics_listen` (off when unset).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::{CoordError, Result};
+use crate::vms::Coordinator;
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    ops: IntCounterVec,
+    op_seconds: HistogramVec,
+    rpcs: IntCounterVec,
+    rpc_seconds: HistogramVec,
+    transfer_bytes: IntCounterVec,
+    hosts: IntGaugeVec,
+    vms: IntGaugeVec,
+    ops_now: IntGaugeVec,
+    reservations: IntGauge,
+}
+
+const SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+impl Metrics {
+    fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(Some("corral".into()), None)?;
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(SECONDS.to_vec());
+            let h = HistogramVec::new(opts, labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let reservations = IntGauge::new(
+            "reservations",
+            "Capacity reservations held for operations placing VMs",
+        )?;
+        registry.register(Box::new(reservations.clone()))?;
+        Ok(Self {
+            ops: counter(
+                "operations_total",
+                "Operations ended, by kind and outcome",
+                &["kind", "outcome"],
+            )?,
+            op_seconds: histogram(
+                "operation_duration_seconds",
+                "Operations' time from submission to their end, by kind",
+                &["kind"],
+            )?,
+            rpcs: counter(
+                "rpc_requests_total",
+                "gRPC requests answered, by method and status code",
+                &["method", "code"],
+            )?,
+            rpc_seconds: histogram(
+                "rpc_duration_seconds",
+                "gRPC requests' time to their answer, by method",
+                &["method"],
+            )?,
+            transfer_bytes: counter(
+                "transfer_bytes_total",
+                "Bytes the agents' volume sync sent, as data and on the wire",
+                &["what"],
+            )?,
+            hosts: gauge("hosts", "Hosts by state", &["state"])?,
+            vms: gauge("vms", "VMs by observed state", &["state"])?,
+            ops_now: gauge(
+                "operations",
+                "Unfinished operations by state (queued, running)",
+                &["state"],
+            )?,
+            reservations,
+            registry,
+        })
+    }
+}
+
+static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| match Metrics::new() {
+    Ok(m) => Some(m),
+    Err(e) => {
+        tracing::error!(error = %e, "metrics could not be defined; none are kept");
+        None
+    }
+});
+
+/// An operation ended.
+pub fn operation(kind: &str, outcome: &str, created_ms: i64) {
+    if let Some(m) = METRICS.as_ref() {
+        m.ops.with_label_values(&[kind, outcome]).inc();
+        let secs = (crate::store::now_ms() - created_ms).max(0) as f64 / 1000.0;
+        m.op_seconds.with_label_values(&[kind]).observe(secs);
+    }
+}
+
+/// An RPC answered with `code` after `started`.
+pub fn rpc(method: &str, code: tonic::Code, started: Instant) {
+    if let Some(m) = METRICS.as_ref() {
+        m.rpcs
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        m.rpc_seconds
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A transfer between agents ended: its data and wire bytes.
+pub fn transfer(data: u64, wire: u64) {
+    if let Some(m) = METRICS.as_ref() {
+        m.transfer_bytes.with_label_values(&["data"]).inc_by(data);
+        m.transfer_bytes.with_label_values(&["wire"]).inc_by(wire);
+    }
+}
+
+impl Coordinator {
+    /// Every metric as Prometheus text, the gauges read now.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let Some(m) = METRICS.as_ref() else {
+            return Ok(String::new());
+        };
+        let mut hosts = std::collections::BTreeMap::<&str, i64>::new();
+        for s in ["up", "down", "unknown", "disabled"] {
+            hosts.insert(s, 0);
+        }
+        for (_, status, live) in self.hosts.statuses()? {
+            let state = if status.record.as_ref().is_some_and(|r| !r.enabled) {
+                "disabled"
+            } else {
+                match live {
+                    crate::hosts::Liveness::Up => "up",
+                    crate::hosts::Liveness::Down => "down",
+                    crate::hosts::Liveness::Unknown => "unknown",
+                }
+            };
+            *hosts.entry(state).or_default() += 1;
+        }
+        for (s, n) in hosts {
+            m.hosts.with_label_values(&[s]).set(n);
+        }
+        let (vms, ops) = self
+            .blocking(|s| Ok((s.vms()?, s.operations(true)?)))
+            .await?;
+        m.vms.reset();
+        for v in &vms {
+            let state = v.observed_state.as_str();
+            let state = state.strip_prefix("DOMAIN_STATE_").unwrap_or(state);
+            m.vms
+                .with_label_values(&[state.to_lowercase().as_str()])
+                .inc();
+        }
+        m.ops_now.reset();
+        for s in ["queued", "running"] {
+            m.ops_now.with_label_values(&[s]).set(0);
+        }
+        for o in &ops {
+            m.ops_now.with_label_values(&[o.state.as_str()]).inc();
+        }
+        m.reservations.set(self.reservations.held() as i64);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .map_err(|e| CoordError::Internal(format!("metrics: {e}")))?;
+        String::from_utf8(out).map_err(|e| CoordError::Internal(format!("metrics: {e}")))
+    }
+
+    /// Serves `/metrics` on `addr` until the coordinator goes (it holds a weak reference).
+    pub async fn serve_metrics(self: &Arc<Self>, addr: SocketAddr) -> Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CoordError::Invalid(format!("metrics listen {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| CoordError::Internal(format!("metrics listener: {e}")))?;
+        let me: Weak<Self> = Arc::downgrade(self);
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let me = me.clone();
+                async move {
+                    let text = match me.upgrade() {
+                        Some(c) => c.metrics_text().await,
+                        None => Err(CoordError::Unavailable("the coordinator stopped".into())),
+                    };
+                    match text {
+                        Ok(t) => (
+                            axum::http::StatusCode::OK,
+                            [("content-type", "text/plain; version=0.0.4")],
+                            t,
+                        ),
+                        Err(e) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [("content-type", "text/plain")],
+                            e.to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+        tracing::info!(%bound, "metrics served");
+        Ok(bound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fake::Kit;
+    use crate::orders::CloneOrder;
+
+    /// The value of one sample (`name` with every label in `labels`), 0 when absent.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_clone_moves_the_counters_and_the_text_parses() {
+        let kit = Kit::new(2).await;
+        kit.base("web", None, &["h1"]).await;
+        let before = kit.coord.metrics_text().await.unwrap();
+        let done = |t: &str| {
+            sample(
+                t,
+                "corral_operations_total",
+                &[("kind", "clone"), ("outcome", "succeeded")],
+            )
+        };
+        let order = CloneOrder {
+            base: "web".into(),
+            name: "m1".into(),
+            ..Default::default()
+        };
+        let op = kit.coord.clone_vm(&kit.alice, order).await.unwrap();
+        kit.end(&op.id).await;
+        let after = kit.coord.metrics_text().await.unwrap();
+        assert!(done(&after) >= done(&before) + 1.0, "{after}");
+        assert_eq!(
+            sample(&after, "corral_hosts", &[("state", "up")]),
+            2.0,
+            "{after}"
+        );
+        assert_eq!(sample(&after, "corral_vms", &[]), 1.0, "{after}");
+        assert!(
+            after.contains("corral_operation_duration_seconds_bucket{kind=\"clone\""),
+            "{after}"
+        );
+        assert!(
+            after.contains("# TYPE corral_operations_total counter"),
+            "{after}"
+        );
+    }
+}
