@@ -93,6 +93,8 @@ pub struct Config {
     /// libvirt's SPICE TLS certificates (qemu.conf `spice_tls_x509_cert_dir`): when the CA
     /// and server certificate are there, display files carry the TLS port and the CA.
     pub spice_tls_dir: PathBuf,
+    /// Where Prometheus metrics are served (`/metrics`); off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -114,6 +116,7 @@ impl Default for Config {
             tls_coordinator_cert: None,
             migration_uri: String::new(),
             spice_tls_dir: "/etc/pki/libvirt-spice".into(),
+            metrics_listen: None,
         }
     }
 }
@@ -155,6 +158,7 @@ impl Settings for Config {
         let env = corral_proto::env::Env::new("CORRAL_AGENT", get);
         env.set("LIBVIRT_URI", &mut self.libvirt_uri)?;
         env.set("STORAGE_ROOT", &mut self.storage_root)?;
+        env.set_some("METRICS_LISTEN", &mut self.metrics_listen)?;
         env.set("STATE_DIR", &mut self.state_dir)?;
         if let Some(v) = env.raw("DOMAIN_TYPE") {
             self.domain_type = DomainType::parse(&v)?;

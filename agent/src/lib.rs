@@ -22,6 +22,7 @@ mod fuzz;
 pub mod guest;
 pub mod hypervisor;
 pub mod images;
+pub mod metrics;
 pub mod migration;
 pub mod ownership;
 pub mod ports;

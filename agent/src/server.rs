@@ -35,6 +35,9 @@ pub async fn build(cfg: Config) -> Result<Arc<Agent>> {
     agent.blocking(|a| a.reconcile()).await?;
     spawn_event_reactor(&agent);
     spawn_port_retry(&agent);
+    if let Some(addr) = agent.cfg.metrics_listen {
+        crate::metrics::serve(&agent, addr).await?;
+    }
     Ok(agent)
 }
 

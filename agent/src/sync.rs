@@ -410,6 +410,7 @@ pub async fn send(
     last.done = true;
     last.checksum = done.checksum;
     last.peer_had_blocks = peer_had;
+    crate::metrics::sent(last.sent_bytes, last.skipped_bytes, last.wire_bytes);
     tracing::info!(
         volume = %req.volume, peer = %req.peer, sent = last.sent_bytes, skipped = last.skipped_bytes,
         wire = last.wire_bytes, ms = last.elapsed_ms, "volume sent"
@@ -645,6 +646,7 @@ pub async fn receive(
                 .await?
         }
     };
+    crate::metrics::received(done.bytes_written);
     tracing::info!(
         %volume, bytes_written = done.bytes_written, resumed_blocks = resumed, scanned_ms,
         received_ms, total_ms = started.elapsed().as_millis() as u64,

@@ -7,10 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Instant;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use corral_proto::metrics::Defs;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 use crate::error::{CoordError, Result};
 use crate::vms::Coordinator;
@@ -29,63 +27,44 @@ pub struct Metrics {
     reservations: IntGauge,
 }
 
-const SECONDS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-];
-
 impl Metrics {
     fn new() -> prometheus::Result<Self> {
-        let registry = Registry::new_custom(Some("corral".into()), None)?;
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(SECONDS.to_vec());
-            let h = HistogramVec::new(opts, labels)?;
-            registry.register(Box::new(h.clone()))?;
-            Ok::<_, prometheus::Error>(h)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok::<_, prometheus::Error>(g)
-        };
+        let d = Defs::new()?;
+        let registry = d.0.clone();
         let reservations = IntGauge::new(
             "reservations",
             "Capacity reservations held for operations placing VMs",
         )?;
         registry.register(Box::new(reservations.clone()))?;
         Ok(Self {
-            ops: counter(
+            ops: d.counter(
                 "operations_total",
                 "Operations ended, by kind and outcome",
                 &["kind", "outcome"],
             )?,
-            op_seconds: histogram(
+            op_seconds: d.histogram(
                 "operation_duration_seconds",
                 "Operations' time from submission to their end, by kind",
                 &["kind"],
             )?,
-            rpcs: counter(
+            rpcs: d.counter(
                 "rpc_requests_total",
                 "gRPC requests answered, by method and status code",
                 &["method", "code"],
             )?,
-            rpc_seconds: histogram(
+            rpc_seconds: d.histogram(
                 "rpc_duration_seconds",
                 "gRPC requests' time to their answer, by method",
                 &["method"],
             )?,
-            transfer_bytes: counter(
+            transfer_bytes: d.counter(
                 "transfer_bytes_total",
                 "Bytes the agents' volume sync sent, as data and on the wire",
                 &["what"],
             )?,
-            hosts: gauge("hosts", "Hosts by state", &["state"])?,
-            vms: gauge("vms", "VMs by observed state", &["state"])?,
-            ops_now: gauge(
+            hosts: d.gauge("hosts", "Hosts by state", &["state"])?,
+            vms: d.gauge("vms", "VMs by observed state", &["state"])?,
+            ops_now: d.gauge(
                 "operations",
                 "Unfinished operations by state (queued, running)",
                 &["state"],
@@ -177,53 +156,24 @@ impl Coordinator {
             m.ops_now.with_label_values(&[o.state.as_str()]).inc();
         }
         m.reservations.set(self.reservations.held() as i64);
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&m.registry.gather(), &mut out)
-            .map_err(|e| CoordError::Internal(format!("metrics: {e}")))?;
-        String::from_utf8(out).map_err(|e| CoordError::Internal(format!("metrics: {e}")))
+        corral_proto::metrics::render(&m.registry)
+            .map_err(|e| CoordError::Internal(format!("metrics: {e}")))
     }
 
     /// Serves `/metrics` on `addr` until the coordinator goes (it holds a weak reference).
     pub async fn serve_metrics(self: &Arc<Self>, addr: SocketAddr) -> Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| CoordError::Invalid(format!("metrics listen {addr}: {e}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| CoordError::Internal(format!("metrics listener: {e}")))?;
         let me: Weak<Self> = Arc::downgrade(self);
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let me = me.clone();
-                async move {
-                    let text = match me.upgrade() {
-                        Some(c) => c.metrics_text().await,
-                        None => Err(CoordError::Unavailable("the coordinator stopped".into())),
-                    };
-                    match text {
-                        Ok(t) => (
-                            axum::http::StatusCode::OK,
-                            [("content-type", "text/plain; version=0.0.4")],
-                            t,
-                        ),
-                        Err(e) => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            [("content-type", "text/plain")],
-                            e.to_string(),
-                        ),
-                    }
+        corral_proto::metrics::serve(addr, move || {
+            let me = me.clone();
+            async move {
+                match me.upgrade() {
+                    Some(c) => c.metrics_text().await.map_err(|e| e.to_string()),
+                    None => Err("the coordinator stopped".to_string()),
                 }
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "metrics endpoint stopped");
             }
-        });
-        tracing::info!(%bound, "metrics served");
-        Ok(bound)
+        })
+        .await
+        .map_err(|e| CoordError::Invalid(format!("metrics listen {addr}: {e}")))
     }
 }
 

@@ -11,6 +11,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/corral_descriptor.bin"));
 
 pub mod env;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod rules;

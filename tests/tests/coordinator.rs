@@ -1269,17 +1269,22 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
     if !ready() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let free = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("127.0.0.1:{port}")
+    };
+    let (listen, agent_listen) = (free(), free());
     let dir = tempfile::tempdir().unwrap();
     let env = [("CORRAL_COORD_METRICS_LISTEN", listen.as_str())];
     let coord = CoordProc::start_with(&dir.path().join("coord"), 200, 2000, &env).unwrap();
     let mut admin = coord.client(&coord.admin_token).await.unwrap();
-    let agent = AgentProc::start_test_driver(&dir.path().join("h1")).unwrap();
+    let mut agent_env = TEST_DRIVER.to_vec();
+    agent_env.push(("CORRAL_AGENT_METRICS_LISTEN", agent_listen.as_str()));
+    let agent = AgentProc::start_with(&dir.path().join("h1"), &agent_env).unwrap();
     admin
         .hosts
         .add_host(pb::AddHostRequest {
@@ -1344,6 +1349,22 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
             &[("kind", "clone")]
         ) >= 1.0,
         "{after}"
+    );
+    // The agent's own: the clone it made, a refused call, its domains.
+    let agent_url = format!("http://{agent_listen}/metrics");
+    let on_agent = run("curl", &["-s", "--fail", "--max-time", "5", &agent_url]).unwrap();
+    let calls = |method, code| {
+        sample(
+            &on_agent,
+            "corral_agent_rpc_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    assert_eq!(calls("CloneBase", "Ok"), 1.0, "{on_agent}");
+    assert!(calls("GetHostInfo", "Ok") >= 1.0, "heartbeats: {on_agent}");
+    assert!(
+        sample(&on_agent, "corral_agent_domains", &[("state", "running")]) >= 1.0,
+        "{on_agent}"
     );
     drop(agent);
 }
