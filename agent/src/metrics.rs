@@ -7,16 +7,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Instant;
 
-use corral_proto::metrics::Defs;
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use corral_proto::metrics::{Defs, Rpcs};
+use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
 
 struct Metrics {
     registry: Registry,
-    rpcs: IntCounterVec,
-    rpc_seconds: HistogramVec,
+    rpcs: Rpcs,
     sync_bytes: IntCounterVec,
     domains: IntGaugeVec,
 }
@@ -25,16 +24,7 @@ impl Metrics {
     fn new() -> prometheus::Result<Self> {
         let d = Defs::new()?;
         Ok(Self {
-            rpcs: d.counter(
-                "agent_rpc_requests_total",
-                "gRPC requests answered, by method and status code",
-                &["method", "code"],
-            )?,
-            rpc_seconds: d.histogram(
-                "agent_rpc_duration_seconds",
-                "gRPC requests' time to their answer, by method",
-                &["method"],
-            )?,
+            rpcs: Rpcs::new(&d, "agent_")?,
             sync_bytes: d.counter(
                 "agent_sync_bytes_total",
                 "Volume sync bytes: data sent, data the peer had (skipped), wire, received",
@@ -57,12 +47,7 @@ static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| match Metrics::new(
 /// An RPC answered with `code` after `started`.
 pub fn rpc(method: &str, code: tonic::Code, started: Instant) {
     if let Some(m) = METRICS.as_ref() {
-        m.rpcs
-            .with_label_values(&[method, &format!("{code:?}")])
-            .inc();
-        m.rpc_seconds
-            .with_label_values(&[method])
-            .observe(started.elapsed().as_secs_f64());
+        m.rpcs.observe(method, code, started);
     }
 }
 

@@ -73,8 +73,11 @@ impl Agent {
             )));
         }
         self.may_change(&claims, &r.from, &from, Actor::Admin, Change::Delete)?;
-        let old = crate::qcow2::backing_of(&target).ok().flatten();
-        let new = crate::qcow2::backing_of(&from).ok().flatten();
+        let backing = |p: &std::path::Path| {
+            crate::qcow2::backing_of(p)
+                .map_err(|e| AgentError::internal(format!("reading {}: {e}", p.display())))
+        };
+        let (old, new) = (backing(&target)?, backing(&from)?);
         if old != new {
             return Err(AgentError::precondition(format!(
                 "file {:?} is backed by {} but volume {:?} by {}: a restore keeps the backing \

@@ -86,6 +86,12 @@ fn restore_name(i: usize, format: &str) -> String {
     format!("restore-{tag:06x}-{i}.{ext}")
 }
 
+/// A backed-up data volume's name in the new VM `domain` (cut to stay a volume name).
+fn data_name(domain: &str, i: usize, format: &str) -> String {
+    let keep: String = domain.chars().take(40).collect();
+    restore_name(i, format).replacen("restore-", &format!("{keep}-data-"), 1)
+}
+
 /// The backup asked for (the newest for 0) among `all` (pure).
 pub fn pick(all: &[BackupRecord], vm: &str, number: u32) -> Result<BackupRecord> {
     let of: Vec<&BackupRecord> = all.iter().filter(|b| b.vm == vm).collect();
@@ -563,8 +569,7 @@ impl Coordinator {
         }
         let mut sent = self.put_back(ctx, &from, host, domain, &replace).await?;
         for (i, v) in add.iter().enumerate() {
-            let keep: String = domain.chars().take(40).collect();
-            let file = restore_name(i, &v.format).replace("restore-", &format!("{keep}-data-"));
+            let file = data_name(domain, i, &v.format);
             ctx.progress(
                 "copying",
                 Some(92.0),
@@ -620,7 +625,7 @@ mod tests {
         for (vm, f) in [(long.as_str(), "qcow2"), ("web", "raw")] {
             let n = file_name(vm, u32::MAX, 99, f);
             assert!(corral_proto::rules::name("volume", &n).is_ok(), "{n}");
-            let r = restore_name(99, f).replace("restore-", &format!("{}-data-", &long[..40]));
+            let r = data_name(&long, 99, f);
             assert!(corral_proto::rules::name("volume", &r).is_ok(), "{r}");
         }
     }

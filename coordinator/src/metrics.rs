@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Instant;
 
-use corral_proto::metrics::Defs;
+use corral_proto::metrics::{Defs, Rpcs};
 use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 use crate::error::{CoordError, Result};
@@ -18,8 +18,7 @@ pub struct Metrics {
     registry: Registry,
     ops: IntCounterVec,
     op_seconds: HistogramVec,
-    rpcs: IntCounterVec,
-    rpc_seconds: HistogramVec,
+    rpcs: Rpcs,
     transfer_bytes: IntCounterVec,
     hosts: IntGaugeVec,
     vms: IntGaugeVec,
@@ -47,16 +46,7 @@ impl Metrics {
                 "Operations' time from submission to their end, by kind",
                 &["kind"],
             )?,
-            rpcs: d.counter(
-                "rpc_requests_total",
-                "gRPC requests answered, by method and status code",
-                &["method", "code"],
-            )?,
-            rpc_seconds: d.histogram(
-                "rpc_duration_seconds",
-                "gRPC requests' time to their answer, by method",
-                &["method"],
-            )?,
+            rpcs: Rpcs::new(&d, "")?,
             transfer_bytes: d.counter(
                 "transfer_bytes_total",
                 "Bytes the agents' volume sync sent, as data and on the wire",
@@ -95,12 +85,7 @@ pub fn operation(kind: &str, outcome: &str, created_ms: i64) {
 /// An RPC answered with `code` after `started`.
 pub fn rpc(method: &str, code: tonic::Code, started: Instant) {
     if let Some(m) = METRICS.as_ref() {
-        m.rpcs
-            .with_label_values(&[method, &format!("{code:?}")])
-            .inc();
-        m.rpc_seconds
-            .with_label_values(&[method])
-            .observe(started.elapsed().as_secs_f64());
+        m.rpcs.observe(method, code, started);
     }
 }
 

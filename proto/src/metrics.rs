@@ -56,6 +56,40 @@ impl Defs {
     }
 }
 
+/// gRPC requests by method and status code, and their latencies: the same in both servers.
+pub struct Rpcs {
+    count: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+impl Rpcs {
+    /// `{prefix}rpc_requests_total` and `{prefix}rpc_duration_seconds` in `defs`.
+    pub fn new(defs: &Defs, prefix: &str) -> prometheus::Result<Self> {
+        Ok(Self {
+            count: defs.counter(
+                &format!("{prefix}rpc_requests_total"),
+                "gRPC requests answered, by method and status code",
+                &["method", "code"],
+            )?,
+            seconds: defs.histogram(
+                &format!("{prefix}rpc_duration_seconds"),
+                "gRPC requests' time to their answer, by method",
+                &["method"],
+            )?,
+        })
+    }
+
+    /// A request to `method` answered with `code`, `started` at its arrival.
+    pub fn observe(&self, method: &str, code: tonic::Code, started: std::time::Instant) {
+        self.count
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        self.seconds
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// The registry's metrics as Prometheus text.
 pub fn render(registry: &Registry) -> Result<String, String> {
     let mut out = Vec::new();

@@ -34,12 +34,25 @@ struct Fleet {
 
 /// A coordinator and `n` test-driver agents named h1..hn, all up.
 async fn fleet(n: usize, heartbeat_ms: u64, down_after_ms: u64) -> Fleet {
+    fleet_with(n, heartbeat_ms, down_after_ms, &[], &[]).await
+}
+
+/// The same, with more environment for the coordinator and for each agent.
+async fn fleet_with(
+    n: usize,
+    heartbeat_ms: u64,
+    down_after_ms: u64,
+    coord_env: &[(&str, &str)],
+    agent_env: &[(&str, &str)],
+) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let coord = CoordProc::start(&dir.path().join("coord"), heartbeat_ms, down_after_ms).unwrap();
+    let root = dir.path().join("coord");
+    let coord = CoordProc::start_with(&root, heartbeat_ms, down_after_ms, coord_env).unwrap();
     let mut admin = coord.client(&coord.admin_token).await.unwrap();
     let mut agents = Vec::new();
+    let env: Vec<(&str, &str)> = TEST_DRIVER.iter().chain(agent_env).copied().collect();
     for i in 1..=n {
-        let a = AgentProc::start_test_driver(&dir.path().join(format!("h{i}"))).unwrap();
+        let a = AgentProc::start_with(&dir.path().join(format!("h{i}")), &env).unwrap();
         admin
             .hosts
             .add_host(pb::AddHostRequest {
@@ -1278,22 +1291,15 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
         format!("127.0.0.1:{port}")
     };
     let (listen, agent_listen) = (free(), free());
-    let dir = tempfile::tempdir().unwrap();
-    let env = [("CORRAL_COORD_METRICS_LISTEN", listen.as_str())];
-    let coord = CoordProc::start_with(&dir.path().join("coord"), 200, 2000, &env).unwrap();
-    let mut admin = coord.client(&coord.admin_token).await.unwrap();
-    let mut agent_env = TEST_DRIVER.to_vec();
-    agent_env.push(("CORRAL_AGENT_METRICS_LISTEN", agent_listen.as_str()));
-    let agent = AgentProc::start_with(&dir.path().join("h1"), &agent_env).unwrap();
-    admin
-        .hosts
-        .add_host(pb::AddHostRequest {
-            name: "h1".into(),
-            address: agent.addr.clone(),
-        })
-        .await
-        .unwrap();
-    wait_hosts(&mut admin, 1, pb::HostState::Up).await;
+    let mut f = fleet_with(
+        1,
+        200,
+        2000,
+        &[("CORRAL_COORD_METRICS_LISTEN", listen.as_str())],
+        &[("CORRAL_AGENT_METRICS_LISTEN", agent_listen.as_str())],
+    )
+    .await;
+    let admin = &mut f.admin;
     let url = format!("http://{listen}/metrics");
     let scrape = || run("curl", &["-s", "--fail", "--max-time", "5", &url]).unwrap();
     let before = scrape();
@@ -1301,8 +1307,8 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
         sample(&before, "corral_operations_total", &[("kind", "clone")]),
         0.0
     );
-    create_base(&mut admin, "m-base", "h1").await;
-    clone(&mut admin, "m-base", "m-c1").await;
+    create_base(admin, "m-base", "h1").await;
+    clone(admin, "m-base", "m-c1").await;
     let bad = admin
         .vms
         .clone_vm(pb::CloneVmRequest {
@@ -1366,5 +1372,4 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
         sample(&on_agent, "corral_agent_domains", &[("state", "running")]) >= 1.0,
         "{on_agent}"
     );
-    drop(agent);
 }

@@ -355,6 +355,24 @@ fn a_base_follows_its_clones_across_hosts_and_a_cut_link_is_survived() {
             .success()
     };
     assert!(same(&data, &on_h1(&file1)), "{b1}");
+    // The receiving agent's metrics count what it received.
+    let metrics = lab
+        .exec(
+            "h1",
+            &[
+                "curl",
+                "-s",
+                "--fail",
+                &format!("http://{}:9700/metrics", lab.ip("h1")),
+            ],
+        )
+        .unwrap();
+    let received: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_agent_sync_bytes_total{what=\"received\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(received > 0.0, "{metrics}");
     run(
         "qemu-io",
         &[
