@@ -143,6 +143,9 @@ pub async fn serve(
             .map_err(|e| AgentError::invalid(format!("TLS: {e}")))?;
         tracing::info!("mutual TLS: only clients with a certificate from the configured CA");
     }
+    // Every RPC in a `grpc` span (with the operation the coordinator names), counted by
+    // method and code (streams at their end).
+    let builder = builder.layer(corral_proto::observe::RpcLayer::new(crate::metrics::rpc));
     let standard = corral_proto::standard_router(builder, corral_proto::AGENT_SERVICES)
         .await
         .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;

@@ -89,15 +89,52 @@ pub fn tls_hint(text: &str) -> Option<&'static str> {
 /// Clients for every service of one agent, sharing one HTTP/2 connection.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
-    pub host: pb::host_service_client::HostServiceClient<Channel>,
-    pub domains: pb::domain_service_client::DomainServiceClient<Channel>,
-    pub volumes: pb::volume_service_client::VolumeServiceClient<Channel>,
-    pub bases: pb::base_service_client::BaseServiceClient<Channel>,
-    pub snapshots: pb::snapshot_service_client::SnapshotServiceClient<Channel>,
-    pub ports: pb::port_service_client::PortServiceClient<Channel>,
-    pub sync: pb::volume_sync_service_client::VolumeSyncServiceClient<Channel>,
-    pub guest: pb::guest_service_client::GuestServiceClient<Channel>,
+    pub host: pb::host_service_client::HostServiceClient<ForOp>,
+    pub domains: pb::domain_service_client::DomainServiceClient<ForOp>,
+    pub volumes: pb::volume_service_client::VolumeServiceClient<ForOp>,
+    pub bases: pb::base_service_client::BaseServiceClient<ForOp>,
+    pub snapshots: pb::snapshot_service_client::SnapshotServiceClient<ForOp>,
+    pub ports: pb::port_service_client::PortServiceClient<ForOp>,
+    pub sync: pb::volume_sync_service_client::VolumeSyncServiceClient<ForOp>,
+    pub guest: pb::guest_service_client::GuestServiceClient<ForOp>,
 }
+
+tokio::task_local! {
+    /// The operation the current task works for: calls to agents made inside
+    /// `OPERATION.scope(id, ...)` carry it in [`OPERATION_HEADER`].
+    pub static OPERATION: String;
+}
+
+pub use corral_proto::OPERATION_HEADER;
+
+/// The operation the current task works for.
+pub fn current_operation() -> Option<String> {
+    OPERATION.try_with(Clone::clone).ok()
+}
+
+/// Runs `f` for operation `op` (when some): what a task spawned for an operation uses.
+pub async fn for_operation<F: std::future::Future>(op: Option<String>, f: F) -> F::Output {
+    match op {
+        Some(id) => OPERATION.scope(id, f).await,
+        None => f.await,
+    }
+}
+
+/// Adds the current task's [`OPERATION`], if any, to every call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NameOperation;
+
+impl tonic::service::Interceptor for NameOperation {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Ok(Some(v)) = OPERATION.try_with(|id| id.parse().ok()) {
+            req.metadata_mut().insert(OPERATION_HEADER, v);
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose calls name the operation they work for.
+pub type ForOp = tonic::service::interceptor::InterceptedService<Channel, NameOperation>;
 
 /// Mutual TLS: the CA that signed the peer, and our own certificate and key (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,14 +187,38 @@ impl AgentClient {
 
     pub fn from_channel(ch: Channel) -> Self {
         Self {
-            host: pb::host_service_client::HostServiceClient::new(ch.clone()),
-            domains: pb::domain_service_client::DomainServiceClient::new(ch.clone()),
-            volumes: pb::volume_service_client::VolumeServiceClient::new(ch.clone()),
-            bases: pb::base_service_client::BaseServiceClient::new(ch.clone()),
-            snapshots: pb::snapshot_service_client::SnapshotServiceClient::new(ch.clone()),
-            ports: pb::port_service_client::PortServiceClient::new(ch.clone()),
-            sync: pb::volume_sync_service_client::VolumeSyncServiceClient::new(ch.clone()),
-            guest: pb::guest_service_client::GuestServiceClient::new(ch),
+            host: pb::host_service_client::HostServiceClient::with_interceptor(
+                ch.clone(),
+                NameOperation,
+            ),
+            domains: pb::domain_service_client::DomainServiceClient::with_interceptor(
+                ch.clone(),
+                NameOperation,
+            ),
+            volumes: pb::volume_service_client::VolumeServiceClient::with_interceptor(
+                ch.clone(),
+                NameOperation,
+            ),
+            bases: pb::base_service_client::BaseServiceClient::with_interceptor(
+                ch.clone(),
+                NameOperation,
+            ),
+            snapshots: pb::snapshot_service_client::SnapshotServiceClient::with_interceptor(
+                ch.clone(),
+                NameOperation,
+            ),
+            ports: pb::port_service_client::PortServiceClient::with_interceptor(
+                ch.clone(),
+                NameOperation,
+            ),
+            sync: pb::volume_sync_service_client::VolumeSyncServiceClient::with_interceptor(
+                ch.clone(),
+                NameOperation,
+            ),
+            guest: pb::guest_service_client::GuestServiceClient::with_interceptor(
+                ch,
+                NameOperation,
+            ),
         }
     }
 }

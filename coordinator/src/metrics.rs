@@ -24,6 +24,7 @@ pub struct Metrics {
     vms: IntGaugeVec,
     ops_now: IntGaugeVec,
     reservations: IntGauge,
+    pools: IntGaugeVec,
 }
 
 impl Metrics {
@@ -58,6 +59,11 @@ impl Metrics {
                 "operations",
                 "Unfinished operations by state (queued, running)",
                 &["state"],
+            )?,
+            pools: d.gauge(
+                "pool_clones",
+                "Pools by base: the size asked (target, start) and clones made, making, running, ready",
+                &["base", "what"],
             )?,
             reservations,
             registry,
@@ -122,9 +128,32 @@ impl Coordinator {
         for (s, n) in hosts {
             m.hosts.with_label_values(&[s]).set(n);
         }
-        let (vms, ops) = self
-            .blocking(|s| Ok((s.vms()?, s.operations(true)?)))
+        let (vms, ops, pools, members) = self
+            .blocking(|s| {
+                Ok((
+                    s.vms()?,
+                    s.operations(true)?,
+                    s.base_pools()?,
+                    s.pool_vms()?,
+                ))
+            })
             .await?;
+        m.pools.reset();
+        for (base, size) in pools {
+            let p = self.status_of(&base, size, &members);
+            for (what, n) in [
+                ("target", p.size.clones),
+                ("start", p.size.start),
+                ("made", p.made),
+                ("making", p.making),
+                ("running", p.running),
+                ("ready", p.ready),
+            ] {
+                m.pools
+                    .with_label_values(&[base.as_str(), what])
+                    .set(i64::from(n));
+            }
+        }
         m.vms.reset();
         for v in &vms {
             let state = v.observed_state.as_str();
@@ -219,6 +248,34 @@ mod tests {
         assert!(
             after.contains("# TYPE corral_operations_total counter"),
             "{after}"
+        );
+
+        // A pool's fill: the size asked and the clones made and running.
+        let size = crate::store::PoolSize {
+            clones: 2,
+            start: 1,
+        };
+        kit.coord
+            .set_base_pool(&kit.admin, "web", size)
+            .await
+            .unwrap();
+        kit.coord.manage_pools().await.unwrap();
+        for op in kit.coord.ops.list(true).await.unwrap() {
+            kit.end(&op.id).await;
+        }
+        let text = kit.coord.metrics_text().await.unwrap();
+        let pool = |what| {
+            sample(
+                &text,
+                "corral_pool_clones",
+                &[("base", "web"), ("what", what)],
+            )
+        };
+        assert_eq!((pool("target"), pool("start")), (2.0, 1.0), "{text}");
+        assert_eq!(
+            (pool("made"), pool("running"), pool("making")),
+            (2.0, 1.0, 0.0),
+            "{text}"
         );
     }
 }

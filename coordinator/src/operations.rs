@@ -336,13 +336,14 @@ impl Operations {
         }
         let me = Arc::clone(self);
         let span = tracing::info_span!("operation", op = %op.id, kind = %op.kind, vm = ?op.vm);
+        let id = op.id.clone();
         tokio::spawn(tracing::Instrument::instrument(
-            async move {
+            corral_client::OPERATION.scope(id, async move {
                 let outcome = me.run(&op, work, cancel).await;
                 if let Err(e) = me.finish(&op, outcome).await {
                     tracing::error!(error = %e, "could not record the end of the operation");
                 }
-            },
+            }),
             span,
         ));
         Ok(())

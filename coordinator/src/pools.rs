@@ -185,13 +185,18 @@ impl Coordinator {
         if !known {
             return Err(CoordError::NotFound(format!("base {base} not found")));
         }
+        Ok(self.status_of(base, pools.get(base).copied().unwrap_or_default(), &members))
+    }
+
+    /// `base`'s pool of `size` among every pool clone (`members`).
+    pub(crate) fn status_of(&self, base: &str, size: PoolSize, members: &[VmRecord]) -> PoolStatus {
         let mine: Vec<&VmRecord> = members
             .iter()
             .filter(|v| v.base.as_deref() == Some(base))
             .collect();
-        Ok(PoolStatus {
+        PoolStatus {
             base: base.into(),
-            size: pools.get(base).copied().unwrap_or_default(),
+            size,
             made: mine.len() as u32,
             running: mine.iter().filter(|v| is_running(v)).count() as u32,
             ready: mine
@@ -202,7 +207,7 @@ impl Coordinator {
                 .iter()
                 .filter(|v| v.observed_state == Observed::Creating)
                 .count() as u32,
-        })
+        }
     }
 
     /// One round of the manager: every pool brought towards its size. Returns the steps taken.

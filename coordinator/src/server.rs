@@ -95,6 +95,8 @@ pub async fn serve(
             .map_err(|e| CoordError::Invalid(format!("API TLS: {e}")))?;
         tracing::info!("API served over TLS");
     }
+    // Every RPC in a `grpc` span, counted by method and code (streams at their end).
+    let builder = builder.layer(corral_proto::observe::RpcLayer::new(crate::metrics::rpc));
     let c = || Arc::clone(&coord);
     let standard = corral_proto::standard_router(builder, corral_proto::COORDINATOR_SERVICES)
         .await

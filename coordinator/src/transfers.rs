@@ -144,9 +144,11 @@ impl Coordinator {
         let tx = Arc::new(tx);
         map.insert(key.clone(), Arc::clone(&tx));
         let me = Arc::clone(self);
-        let span = tracing::info_span!("base_transfer", base, host);
+        // The operation that asked first names the transfer's calls.
+        let op = corral_client::current_operation();
+        let span = tracing::info_span!("base_transfer", base, host, op);
         tokio::spawn(tracing::Instrument::instrument(
-            async move {
+            corral_client::for_operation(op, async move {
                 // Dropping the copy cancels its gRPC stream: the source agent tells the
                 // target to discard what it received.
                 let r = tokio::select! {
@@ -163,7 +165,7 @@ impl Coordinator {
                     m.remove(&key);
                 }
                 let _ = tx.send(TransferState::Done(r));
-            },
+            }),
             span,
         ));
         Ok(rx)

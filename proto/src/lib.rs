@@ -11,8 +11,14 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/corral_descriptor.bin"));
 
 pub mod env;
+
+/// The request header naming the operation a call works for (set by the coordinator on its
+/// calls to agents): its log lines on every process carry `op=ID`.
+pub const OPERATION_HEADER: &str = "corral-operation";
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "metrics")]
+pub mod observe;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod rules;
@@ -57,10 +63,10 @@ pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'stati
 /// Health (every one of `services` serving) and reflection in both versions, added to a
 /// server that serves `services`: what the agent and the coordinator both serve beside
 /// their own services.
-pub async fn standard_router(
-    mut builder: tonic::transport::Server,
+pub async fn standard_router<L: Clone>(
+    mut builder: tonic::transport::Server<L>,
     services: &[&str],
-) -> Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
+) -> Result<tonic::transport::server::Router<L>, tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for s in services {
         reporter

@@ -16,11 +16,36 @@ pub struct Binary {
     pub version: &'static str,
 }
 
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: `time level span{fields}: message fields`.
+    #[default]
+    Text,
+    /// One JSON object per line, with every enclosing span and its fields (`op`, `rpc`...).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("log format {s:?}: text or json")),
+        }
+    }
+}
+
+/// The environment variable that gives the log format when `--log-format` does not.
+pub const LOG_FORMAT_ENV: &str = "CORRAL_LOG_FORMAT";
+
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Serve, with this configuration file (or none).
-    Run(Option<PathBuf>),
+    /// Serve, with this configuration file (or none), logging in this format.
+    Run(Option<PathBuf>, LogFormat),
     /// Print this text and exit successfully (`--help`, `--version`).
     Print(String),
 }
@@ -28,24 +53,34 @@ pub enum Command {
 impl Binary {
     fn help(&self) -> String {
         format!(
-            "{about}\n\nUsage: {name} [--config FILE]\n\nOptions:\n  -c, --config <FILE>  \
-             TOML configuration file; {prefix}_* environment variables override it \
-             [env: {env}]\n  -h, --help           Print help\n  -V, --version        \
-             Print version\n",
+            "{about}\n\nUsage: {name} [--config FILE] [--log-format text|json]\n\nOptions:\n  \
+             -c, --config <FILE>   TOML configuration file; {prefix}_* environment variables \
+             override it [env: {env}]\n      --log-format <F>  text (default) or json: one \
+             object per line with its spans [env: {log}]\n  -h, --help            Print help\n  \
+             -V, --version         Print version\n",
             about = self.about,
             name = self.name,
             prefix = self.env_prefix,
             env = self.config_env,
+            log = LOG_FORMAT_ENV,
         )
     }
 
-    /// Reads `args` (without the program name); `env` is the configuration file's variable.
+    /// Reads `args` (without the program name); `env` is the configuration file's variable,
+    /// `log_env` the log format's.
     pub fn parse(
         &self,
         args: impl IntoIterator<Item = String>,
         env: Option<String>,
+        log_env: Option<String>,
     ) -> Result<Command, String> {
         let mut config = env.filter(|v| !v.is_empty()).map(PathBuf::from);
+        let mut log = match log_env.filter(|v| !v.is_empty()) {
+            Some(v) => v
+                .parse()
+                .map_err(|e| format!("{LOG_FORMAT_ENV}: {e}\n\n{}", self.help()))?,
+            None => LogFormat::Text,
+        };
         let mut args = args.into_iter();
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -57,22 +92,33 @@ impl Binary {
                     Some(v) if !v.is_empty() => config = Some(v.into()),
                     _ => return Err(format!("{a} needs a file\n\n{}", self.help())),
                 },
-                _ => match a.strip_prefix("--config=") {
-                    Some(v) if !v.is_empty() => config = Some(v.into()),
-                    _ => return Err(format!("unexpected argument {a:?}\n\n{}", self.help())),
-                },
+                "--log-format" => {
+                    let v = args.next().unwrap_or_default();
+                    log = v.parse().map_err(|e| format!("{e}\n\n{}", self.help()))?;
+                }
+                _ => {
+                    if let Some(v) = a.strip_prefix("--log-format=") {
+                        log = v.parse().map_err(|e| format!("{e}\n\n{}", self.help()))?;
+                        continue;
+                    }
+                    match a.strip_prefix("--config=") {
+                        Some(v) if !v.is_empty() => config = Some(v.into()),
+                        _ => return Err(format!("unexpected argument {a:?}\n\n{}", self.help())),
+                    }
+                }
             }
         }
-        Ok(Command::Run(config))
+        Ok(Command::Run(config, log))
     }
 
     /// Reads the process's command line; prints and exits for `--help`, `--version` and
     /// mistakes (status 2). Then logs to stderr (`RUST_LOG`, `info` by default).
     pub fn start(&self) -> Option<PathBuf> {
         let env = std::env::var(self.config_env).ok();
-        match self.parse(std::env::args().skip(1), env) {
-            Ok(Command::Run(config)) => {
-                init_logging();
+        let log_env = std::env::var(LOG_FORMAT_ENV).ok();
+        match self.parse(std::env::args().skip(1), env, log_env) {
+            Ok(Command::Run(config, log)) => {
+                init_logging(log);
                 config
             }
             Ok(Command::Print(text)) => {
@@ -87,14 +133,22 @@ impl Binary {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        // Every line names its spans with their fields: `op` (the operation, on the
+        // coordinator and on the agents it called), `method` and `rpc`.
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -126,14 +180,50 @@ mod tests {
     };
 
     fn parse(args: &[&str], env: Option<&str>) -> Result<Command, String> {
-        B.parse(args.iter().map(|s| s.to_string()), env.map(Into::into))
+        B.parse(
+            args.iter().map(|s| s.to_string()),
+            env.map(Into::into),
+            None,
+        )
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        let run = |log| Ok(Command::Run(None, log));
+        let p = |args: &[&str], env: Option<&str>| {
+            B.parse(
+                args.iter().map(|s| s.to_string()),
+                None,
+                env.map(Into::into),
+            )
+        };
+        assert_eq!(p(&[], None), run(LogFormat::Text));
+        assert_eq!(p(&[], Some("")), run(LogFormat::Text));
+        assert_eq!(p(&[], Some("json")), run(LogFormat::Json));
+        assert_eq!(p(&["--log-format", "json"], None), run(LogFormat::Json));
+        assert_eq!(
+            p(&["--log-format=text"], Some("json")),
+            run(LogFormat::Text)
+        );
+        for (args, env) in [
+            (&["--log-format"][..], None),
+            (&["--log-format", "xml"], None),
+            (&["--log-format="], None),
+            (&[], Some("yaml")),
+        ] {
+            let e = p(args, env).unwrap_err();
+            assert!(e.contains("text or json"), "{args:?} {env:?}: {e}");
+        }
     }
 
     #[test]
     fn the_command_line_names_the_configuration() {
-        let run = |p: &str| Ok(Command::Run(Some(p.into())));
-        assert_eq!(parse(&[], None), Ok(Command::Run(None)));
-        assert_eq!(parse(&[], Some("")), Ok(Command::Run(None)));
+        let run = |p: &str| Ok(Command::Run(Some(p.into()), LogFormat::Text));
+        assert_eq!(parse(&[], None), Ok(Command::Run(None, LogFormat::Text)));
+        assert_eq!(
+            parse(&[], Some("")),
+            Ok(Command::Run(None, LogFormat::Text))
+        );
         assert_eq!(parse(&[], Some("/e.toml")), run("/e.toml"));
         assert_eq!(
             parse(&["--config", "/a.toml"], Some("/e.toml")),

@@ -106,10 +106,24 @@ pub fn cleanup_domains(prefix: &str) {
 }
 
 /// Starts `cmd` and reads its first line, "<program> listening on ADDR"; returns the address.
+/// The environment variable of a test's process (not read by Corral): its stderr goes to this
+/// file instead of the test's.
+pub const STDERR_TO: &str = "CORRAL_TEST_STDERR";
+
 fn spawn_listening(mut cmd: Command, program: &str) -> Result<(Child, String)> {
+    let to = cmd
+        .get_envs()
+        .find(|(k, _)| *k == STDERR_TO)
+        .and_then(|(_, v)| v.map(PathBuf::from));
+    let stderr = match to {
+        Some(path) => Stdio::from(
+            std::fs::File::create(&path).with_context(|| format!("{}", path.display()))?,
+        ),
+        None => Stdio::inherit(),
+    };
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("starting {program}"))?;
     let stdout = child.stdout.take().context("stdout")?;
@@ -188,8 +202,7 @@ impl AgentProc {
 
     pub fn start_with(root: &Path, env: &[(&str, &str)]) -> Result<Self> {
         let mut cmd = Command::new(bin("corral-agent"));
-        cmd.envs(env.iter().copied())
-            .env("CORRAL_AGENT_STORAGE_ROOT", root.join("storage"))
+        cmd.env("CORRAL_AGENT_STORAGE_ROOT", root.join("storage"))
             .env("CORRAL_AGENT_STATE_DIR", root.join("state"))
             .env("CORRAL_AGENT_LISTEN", "127.0.0.1:0")
             .env("CORRAL_AGENT_HOST_ADDRESS", HOST_SIDE_IP)
@@ -197,7 +210,9 @@ impl AgentProc {
             .env(
                 "RUST_LOG",
                 std::env::var("CORRAL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            )
+            // The caller's own environment wins.
+            .envs(env.iter().copied());
         let (child, addr) = spawn_listening(cmd, "corral-agent")?;
         Ok(Self {
             child,

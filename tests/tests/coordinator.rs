@@ -1278,7 +1278,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
+async fn a_clone_is_counted_and_its_log_lines_found_on_every_process() {
     if !ready() {
         return;
     }
@@ -1291,12 +1291,25 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
         format!("127.0.0.1:{port}")
     };
     let (listen, agent_listen) = (free(), free());
+    let logs = tempfile::tempdir().unwrap();
+    let (coord_log, agent_log) = (logs.path().join("coord"), logs.path().join("agent"));
+    let json = ("CORRAL_LOG_FORMAT", "json");
     let mut f = fleet_with(
         1,
         200,
         2000,
-        &[("CORRAL_COORD_METRICS_LISTEN", listen.as_str())],
-        &[("CORRAL_AGENT_METRICS_LISTEN", agent_listen.as_str())],
+        &[
+            ("CORRAL_COORD_METRICS_LISTEN", listen.as_str()),
+            json,
+            ("RUST_LOG", "info"),
+            (corral_tests::STDERR_TO, coord_log.to_str().unwrap()),
+        ],
+        &[
+            ("CORRAL_AGENT_METRICS_LISTEN", agent_listen.as_str()),
+            json,
+            ("RUST_LOG", "info,corral_agent=debug"),
+            (corral_tests::STDERR_TO, agent_log.to_str().unwrap()),
+        ],
     )
     .await;
     let admin = &mut f.admin;
@@ -1308,7 +1321,7 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
         0.0
     );
     create_base(admin, "m-base", "h1").await;
-    clone(admin, "m-base", "m-c1").await;
+    let op = clone(admin, "m-base", "m-c1").await;
     let bad = admin
         .vms
         .clone_vm(pb::CloneVmRequest {
@@ -1337,6 +1350,13 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
     };
     assert_eq!(rpcs("Ok"), 1.0, "{after}");
     assert_eq!(rpcs("InvalidArgument"), 1.0, "{after}");
+    // Streams too, once ended: the client followed its clone with WatchOperation.
+    let watched = sample(
+        &after,
+        "corral_rpc_requests_total",
+        &[("method", "WatchOperation"), ("code", "Ok")],
+    );
+    assert!(watched >= 1.0, "{after}");
     assert_eq!(sample(&after, "corral_hosts", &[("state", "up")]), 1.0);
     assert_eq!(
         sample(&after, "corral_vms", &[("state", "running")]),
@@ -1372,4 +1392,33 @@ async fn the_metrics_endpoint_counts_a_clone_and_its_rpcs() {
         sample(&on_agent, "corral_agent_domains", &[("state", "running")]) >= 1.0,
         "{on_agent}"
     );
+
+    // Logs: JSON lines, and the clone's are found on both processes by its operation id.
+    let of_op = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert!(!lines.is_empty(), "{}: no lines", path.display());
+        lines
+            .into_iter()
+            .filter(|l| {
+                l["spans"].as_array().is_some_and(|spans| {
+                    spans
+                        .iter()
+                        .any(|s| s["op"].as_str() == Some(op.id.as_str()))
+                })
+            })
+            .collect()
+    };
+    let on_coord = of_op(&coord_log);
+    assert!(!on_coord.is_empty(), "no coordinator line names {}", op.id);
+    let agent_lines = of_op(&agent_log);
+    let methods: Vec<&str> = agent_lines
+        .iter()
+        .flat_map(|l| l["spans"].as_array().into_iter().flatten())
+        .filter_map(|s| s["method"].as_str())
+        .collect();
+    assert!(methods.contains(&"CloneBase"), "{agent_lines:?}");
 }

@@ -78,13 +78,6 @@ where
     let started = std::time::Instant::now();
     let result = agent.blocking(f).instrument(span.clone()).await;
     let _e = span.enter();
-    crate::metrics::rpc(
-        rpc,
-        result
-            .as_ref()
-            .map_or_else(|e| e.code(), |_| tonic::Code::Ok),
-        started,
-    );
     match result {
         Ok(v) => {
             tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "ok");
