@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "corral/v1/vm_guest.proto",
         "corral/v1/images.proto",
         "corral/v1/backups.proto",
+        "corral/v1/events.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -301,6 +301,7 @@ pub struct CoordinatorClient {
     pub guest: pb::vm_guest_service_client::VmGuestServiceClient<Authed>,
     pub images: pb::image_service_client::ImageServiceClient<Authed>,
     pub backups: pb::backup_service_client::BackupServiceClient<Authed>,
+    pub events: pb::event_service_client::EventServiceClient<Authed>,
     dry_run: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -365,13 +366,64 @@ impl CoordinatorClient {
                 ch.clone(),
                 auth.clone(),
             ),
-            backups: pb::backup_service_client::BackupServiceClient::with_interceptor(ch, auth),
+            backups: pb::backup_service_client::BackupServiceClient::with_interceptor(
+                ch.clone(),
+                auth.clone(),
+            ),
+            events: pb::event_service_client::EventServiceClient::with_interceptor(ch, auth),
         })
     }
 
     /// Sends every following request (of this client and its clones) as a dry run, or not.
     pub fn set_dry_run(&self, on: bool) {
         self.dry_run.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Follows the events feed from `start` (`None`: from now), reconnecting after a lost
+    /// connection and resuming after the last event received, so none is missed or seen
+    /// twice; `each` sees every event (and the position marker when starting from now) and
+    /// returns false to stop. `retry` is how long to wait before reconnecting.
+    pub async fn follow_events(
+        &mut self,
+        start: Option<u64>,
+        retry: std::time::Duration,
+        mut each: impl FnMut(&pb::Event) -> bool,
+    ) -> Result<(), ClientError> {
+        use tokio_stream::StreamExt;
+        let mut last = start;
+        loop {
+            let req = pb::WatchEventsRequest {
+                after: last.unwrap_or(0),
+                from_now: last.is_none(),
+            };
+            let broken = match self.events.watch_events(req).await {
+                Ok(r) => {
+                    let mut s = r.into_inner();
+                    loop {
+                        match s.next().await {
+                            Some(Ok(e)) => {
+                                last = Some(e.sequence);
+                                if !each(&e) {
+                                    return Ok(());
+                                }
+                            }
+                            Some(Err(st)) => break st,
+                            None => {
+                                break tonic::Status::unavailable("the coordinator ended the feed")
+                            }
+                        }
+                    }
+                }
+                Err(st) => st,
+            };
+            if !matches!(
+                broken.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ) {
+                return Err(broken.into());
+            }
+            tokio::time::sleep(retry).await;
+        }
     }
 
     /// Follows an operation to its end; `on_event` sees every event. Returns the final operation.

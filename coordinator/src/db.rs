@@ -20,6 +20,8 @@ const MAX_BATCH: usize = 256;
 /// A handle to the store thread; cheap to clone through its `Arc`.
 pub struct Db {
     tx: mpsc::Sender<Job>,
+    /// Batches ended so far: readers of the feed wait on it for new rows.
+    batches: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Db {
@@ -32,11 +34,17 @@ impl Db {
     /// Starts the thread. It ends when the last handle is dropped.
     pub fn start(store: Arc<dyn Store>) -> Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let (ended, batches) = tokio::sync::watch::channel(0u64);
         std::thread::Builder::new()
             .name("corral-store".into())
-            .spawn(move || run(store.as_ref(), &rx))
+            .spawn(move || run(store.as_ref(), &rx, &ended))
             .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;
-        Ok(Arc::new(Self { tx }))
+        Ok(Arc::new(Self { tx, batches }))
+    }
+
+    /// Changes each time a batch has ended (committed or not).
+    pub fn batches(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.batches.clone()
     }
 
     /// Runs `f` on the store thread; answers after its batch has committed.
@@ -67,7 +75,7 @@ impl Db {
     }
 }
 
-fn run(store: &dyn Store, rx: &mpsc::Receiver<Job>) {
+fn run(store: &dyn Store, rx: &mpsc::Receiver<Job>, ended: &tokio::sync::watch::Sender<u64>) {
     let span = tracing::info_span!("store-thread");
     let _e = span.enter();
     while let Ok(first) = rx.recv() {
@@ -128,6 +136,7 @@ fn run(store: &dyn Store, rx: &mpsc::Receiver<Job>) {
         for d in delivers {
             d(failed.clone());
         }
+        ended.send_modify(|n| *n += 1);
     }
 }
 

@@ -339,6 +339,8 @@ impl Hosts {
     /// The life of one host: connect, reconcile, follow events, heartbeat.
     async fn run(self: Arc<Self>, name: String) {
         let mut events: Option<JoinHandle<()>> = None;
+        // The liveness last written to the events feed.
+        let mut told = Liveness::Unknown;
         loop {
             let address = self.entries.read().ok().and_then(|e| {
                 e.get(&name)
@@ -425,6 +427,24 @@ impl Hosts {
                                 e.door = None;
                             }
                         });
+                    }
+                }
+            }
+            if let Some(now) = self.host_state(&name).filter(|l| *l != told) {
+                let event = match now {
+                    Liveness::Up => "up",
+                    Liveness::Down => "down",
+                    Liveness::Unknown => "unknown",
+                };
+                let h = name.clone();
+                let body = serde_json::json!({ "event": event });
+                match self
+                    .blocking(move |s| s.append_feed("host", &h, None, &body))
+                    .await
+                {
+                    Ok(_) => told = now,
+                    Err(e) => {
+                        tracing::warn!(host = %name, error = %e, "cannot record the host's state")
                     }
                 }
             }

@@ -23,6 +23,7 @@ pub mod door;
 pub mod dry;
 pub mod ensure;
 pub mod error;
+pub mod events;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]

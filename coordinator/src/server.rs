@@ -110,6 +110,7 @@ pub async fn serve(
         pb::vm_guest_service_server::VmGuestServiceServer<_> => api::VmGuestApi(c()),
         pb::image_service_server::ImageServiceServer<_> => api::ImageApi(c()),
         pb::backup_service_server::BackupServiceServer<_> => api::BackupApi(c()),
+        pb::event_service_server::EventServiceServer<_> => api::EventApi(c()),
         pb::user_service_server::UserServiceServer<_> => api::UserApi(c()),
     };
     router

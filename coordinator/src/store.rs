@@ -73,7 +73,7 @@ impl OpState {
             Self::Cancelled => "cancelled",
         }
     }
-    fn parse(s: &str) -> Result<Self> {
+    pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "queued" => Self::Queued,
             "running" => Self::Running,
@@ -318,6 +318,18 @@ pub trait Store: Send + Sync {
     fn remove_user(&self, name: &str) -> Result<()>;
     fn user_by_token(&self, token_hash: &str) -> Result<UserRecord>;
 
+    /// Up to `limit` feed rows after `after`, oldest first, that `viewer` may see (`None`:
+    /// an admin, who sees all; a user sees rows naming them as owner).
+    fn feed(&self, after: u64, viewer: Option<&str>, limit: usize) -> Result<FeedPage>;
+    /// Appends a row no trigger writes (hosts' liveness); its sequence number.
+    fn append_feed(
+        &self,
+        kind: &str,
+        subject: &str,
+        owner: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Result<u64>;
+
     /// Group commit (see [`crate::db`]): a batch is one transaction, each call in it a
     /// savepoint that `end_call(false)` rolls back. Stores without batches do nothing.
     fn begin_batch(&self) -> Result<()> {
@@ -446,7 +458,106 @@ pub const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL,
         PRIMARY KEY (vm, number)
      );",
+    // 13: the events feed (`events`): every change of a VM, an operation or a host, numbered,
+    // with who besides admins may see it (NULL: admins only). Triggers write it in the same
+    // transaction as the change, so a reader resuming after N misses nothing; hosts' liveness
+    // is appended by the coordinator. The oldest rows go past 100,000.
+    "CREATE TABLE feed (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        owner TEXT,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX feed_owner ON feed(owner, seq);
+     CREATE TRIGGER feed_vm_created AFTER INSERT ON vms BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'vm', new.name, new.owner,
+          json_object('event', 'created', 'state', new.observed_state,
+                      'desired', new.desired_state, 'host', new.host));
+     END;
+     CREATE TRIGGER feed_vm_changed AFTER UPDATE ON vms
+       WHEN old.observed_state IS NOT new.observed_state OR old.desired_state IS NOT new.desired_state
+         OR old.host IS NOT new.host OR old.owner IS NOT new.owner OR old.name IS NOT new.name
+     BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'vm', new.name, new.owner,
+          json_object('event', 'changed', 'state', new.observed_state,
+                      'desired', new.desired_state, 'host', new.host));
+     END;
+     CREATE TRIGGER feed_vm_removed AFTER DELETE ON vms BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'vm', old.name, old.owner,
+          json_object('event', 'removed', 'state', old.observed_state,
+                      'desired', old.desired_state, 'host', old.host));
+     END;
+     CREATE TRIGGER feed_op_created AFTER INSERT ON operations BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          new.created_ms, 'operation', new.id, new.user,
+          json_object('event', 'created', 'kind', new.kind, 'vm', new.vm, 'state', new.state));
+     END;
+     CREATE TRIGGER feed_op_state AFTER UPDATE OF state ON operations
+       WHEN old.state IS NOT new.state
+     BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          new.updated_ms, 'operation', new.id, new.user,
+          json_object('event', 'state', 'kind', new.kind, 'vm', new.vm, 'state', new.state,
+                      'error', new.error));
+     END;
+     CREATE TRIGGER feed_op_progress AFTER INSERT ON operation_events BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body)
+        SELECT new.at_ms, 'operation', o.id, o.user,
+          json_object('event', 'progress', 'kind', o.kind, 'vm', o.vm, 'state', o.state,
+                      'phase', new.phase, 'percent', new.percent, 'message', new.message)
+        FROM operations o WHERE o.id = new.op_id;
+     END;
+     CREATE TRIGGER feed_host_added AFTER INSERT ON hosts BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'host', new.name, NULL,
+          json_object('event', 'added', 'enabled', json(CASE WHEN new.enabled THEN 'true' ELSE 'false' END)));
+     END;
+     CREATE TRIGGER feed_host_enabled AFTER UPDATE OF enabled ON hosts
+       WHEN old.enabled IS NOT new.enabled
+     BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'host', new.name, NULL,
+          json_object('event', CASE WHEN new.enabled THEN 'enabled' ELSE 'disabled' END));
+     END;
+     CREATE TRIGGER feed_host_removed AFTER DELETE ON hosts BEGIN
+        INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (
+          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), 'host', old.name, NULL,
+          json_object('event', 'removed'));
+     END;
+     CREATE TRIGGER feed_keep AFTER INSERT ON feed WHEN new.seq % 1000 = 0 BEGIN
+        DELETE FROM feed WHERE seq <= new.seq - 100000;
+     END;",
 ];
+
+/// How many feed rows are kept (older ones are removed, a thousand at a time).
+pub const FEED_KEPT: u64 = 100_000;
+
+/// One row of the events feed as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRow {
+    pub seq: u64,
+    pub at_ms: i64,
+    /// `vm`, `operation` or `host`.
+    pub kind: String,
+    /// The VM's name, the operation's id or the host's name.
+    pub subject: String,
+    pub body: serde_json::Value,
+}
+
+/// A page of the feed: rows after the asked position, and the feed's bounds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FeedPage {
+    /// The oldest row still kept (0: none).
+    pub oldest: u64,
+    /// The newest row (0: none).
+    pub newest: u64,
+    pub rows: Vec<FeedRow>,
+}
 
 fn plan_from_row(r: &rusqlite::Row) -> rusqlite::Result<crate::plans::Plan> {
     Ok(crate::plans::Plan {
@@ -697,6 +808,72 @@ impl Cached for Connection {
 }
 
 impl Store for Sqlite {
+    fn feed(&self, after: u64, viewer: Option<&str>, limit: usize) -> Result<FeedPage> {
+        let conn = self.conn.lock().map_err(db)?;
+        let (oldest, newest): (i64, i64) = conn.row(
+            "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM feed",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let read = |r: &rusqlite::Row<'_>| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        };
+        let raw: Vec<_> = match viewer {
+            None => conn
+                .prepare_cached(
+                    "SELECT seq, at_ms, kind, subject, body FROM feed WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![after, limit], read)?
+                .collect::<rusqlite::Result<_>>()?,
+            Some(user) => conn
+                .prepare_cached(
+                    "SELECT seq, at_ms, kind, subject, body FROM feed WHERE owner = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![after, limit, user], read)?
+                .collect::<rusqlite::Result<_>>()?,
+        };
+        let rows = raw
+            .into_iter()
+            .map(|(seq, at_ms, kind, subject, body)| {
+                Ok(FeedRow {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    at_ms,
+                    kind,
+                    subject,
+                    body: serde_json::from_str(&body)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(FeedPage {
+            oldest: u64::try_from(oldest).unwrap_or(0),
+            newest: u64::try_from(newest).unwrap_or(0),
+            rows,
+        })
+    }
+
+    fn append_feed(
+        &self,
+        kind: &str,
+        subject: &str,
+        owner: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Result<u64> {
+        let conn = self.conn.lock().map_err(db)?;
+        conn.exec(
+            "INSERT INTO feed (at_ms, kind, subject, owner, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms(), kind, subject, owner, serde_json::to_string(body)?],
+        )?;
+        Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
+    }
+
     fn begin_batch(&self) -> Result<()> {
         let conn = self.conn.lock().map_err(db)?;
         Ok(conn.execute_batch("BEGIN IMMEDIATE")?)

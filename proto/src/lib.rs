@@ -47,6 +47,7 @@ pub const COORDINATOR_SERVICES: &[&str] = &[
     v1::vm_guest_service_server::SERVICE_NAME,
     v1::image_service_server::SERVICE_NAME,
     v1::backup_service_server::SERVICE_NAME,
+    v1::event_service_server::SERVICE_NAME,
 ];
 
 /// gRPC reflection (build it with `build_v1()` and again with `build_v1alpha()`: grpcurl and

@@ -290,6 +290,17 @@ async fn watch(c: &mut CoordinatorClient, id: &str) -> Result<(), tonic::Status>
     Ok(())
 }
 
+/// The first message of the events feed after `after`.
+async fn first_event(c: &mut CoordinatorClient, after: u64) -> Result<(), tonic::Status> {
+    let req = pb::WatchEventsRequest {
+        after,
+        from_now: false,
+    };
+    let mut s = c.events.watch_events(req).await?.into_inner();
+    s.message().await?;
+    Ok(())
+}
+
 /// Every RPC that takes a VM name, as `who` (a closure picking the caller).
 fn vm_rpcs(
     n: &str,
@@ -596,6 +607,8 @@ fn ownership_cases(w: &CoordWorld) -> Vec<Case<C>> {
         "RemoveAccessRule", "a rule the base does not have", InvalidArgument, ["no rule 1"], admin [base] => c.vms.remove_access_rule(pb::RemoveAccessRuleRequest { base, position: 1 });
         // No valid token.
         "ListVms", "a made-up token", Unauthenticated, ["token"], nobody [] => c.vms.list_vms(pb::ListVmsRequest::default());
+        "WatchEvents", "a made-up token", Unauthenticated, ["token"], nobody [] => first_event(&mut c, 0);
+        "WatchEvents", "a position beyond the newest event", InvalidArgument, ["no event 18446744073709551615 yet"], alice [] => first_event(&mut c, u64::MAX);
         "CreateUser", "an existing user's name", AlreadyExists, ["user alice already exists"], admin [] => c.users.create_user(user_req("alice", "admin"));
         "CreateUser", "role 'root'", InvalidArgument, ["role"], admin [] => c.users.create_user(user_req("carol", "root"));
         "CreateUser", "an attribute with a newline", InvalidArgument, ["label"], admin [] => c.users.create_user(pb::CreateUserRequest { attributes: [("course".into(), "a\nb".into())].into(), ..user_req("carol", "user") });

@@ -1422,3 +1422,111 @@ async fn a_clone_is_counted_and_its_log_lines_found_on_every_process() {
         .collect();
     assert!(methods.contains(&"CloneBase"), "{agent_lines:?}");
 }
+
+fn vm_event<'a>(e: &'a pb::Event, name: &str) -> Option<&'a pb::VmChanged> {
+    match &e.what {
+        Some(pb::event::What::Vm(v)) if v.name == name => Some(v),
+        _ => None,
+    }
+}
+
+fn numbered_from(events: &[pb::Event], first: u64) {
+    let numbers: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    let expected: Vec<u64> = (first..first + events.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "an admin sees every event, in order, none twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_events_feed_follows_changes_and_resumes_after_a_coordinator_crash() {
+    if !ready() {
+        return;
+    }
+    let mut f = fleet(1, 200, 2000).await;
+    let running = pb::DomainState::Running as i32;
+    // From the start of the feed until the clone runs.
+    let mut watcher = f.admin.clone();
+    let first = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        watcher
+            .follow_events(Some(0), Duration::from_millis(200), |e| {
+                seen.push(e.clone());
+                vm_event(e, "ev-1").is_none_or(|v| v.observed_state != running)
+            })
+            .await
+            .unwrap();
+        seen
+    });
+    create_base(&mut f.admin, "ev-base", "h1").await;
+    let op = clone(&mut f.admin, "ev-base", "ev-1").await;
+    let seen = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .unwrap()
+        .unwrap();
+    numbered_from(&seen, 1);
+    let host = |event: &str| {
+        seen.iter().any(|e| {
+            matches!(&e.what, Some(pb::event::What::Host(h)) if h.name == "h1" && h.event == event)
+        })
+    };
+    assert!(host("added") && host("up"), "{seen:?}");
+    let of_op: Vec<&pb::OperationChanged> = seen
+        .iter()
+        .filter_map(|e| match &e.what {
+            Some(pb::event::What::Operation(o)) if o.id == op.id => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(of_op[0].event, "created", "{of_op:?}");
+    assert!(of_op.iter().any(|o| o.event == "progress"), "{of_op:?}");
+    assert!(seen
+        .iter()
+        .any(|e| vm_event(e, "ev-1").is_some_and(|v| v.event == "created")));
+    let last = seen.last().unwrap().sequence;
+
+    // Changes while nobody follows; then the coordinator is killed and restarted on its
+    // database: a reader resuming after the last number it saw gets exactly what came after.
+    let off = f
+        .admin
+        .vms
+        .power_off_vm(pb::VmRef {
+            name: "ev-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    finish(&mut f.admin, off).await.unwrap();
+    f.coord.kill().unwrap();
+    let root = f._dir.path().join("coord");
+    f.coord = CoordProc::start(&root, 200, 2000).unwrap();
+    let mut admin = f.coord.client(&f.coord.admin_token).await.unwrap();
+    let shut_off = pb::DomainState::ShutOff as i32;
+    let mut rest = Vec::new();
+    let follow = admin.follow_events(Some(last), Duration::from_millis(200), |e| {
+        rest.push(e.clone());
+        vm_event(e, "ev-1").is_none_or(|v| v.observed_state != shut_off)
+    });
+    tokio::time::timeout(Duration::from_secs(30), follow)
+        .await
+        .unwrap()
+        .unwrap();
+    numbered_from(&rest, last + 1);
+
+    // The CLI prints the feed, one event a line, and says why it cannot resume from nowhere.
+    let (addr, token) = (f.coord.addr.clone(), f.coord.admin_token.clone());
+    let out = corral_cli(&addr, &token, &["events", "--after", "0", "--count", "3"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let firsts: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(firsts, ["1", "2", "3"], "{text}");
+    assert!(text.contains("host h1 added"), "{text}");
+    let out = corral_cli(&addr, &token, &["events", "--after", "999999999"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no event 999999999 yet"), "{err}");
+}

@@ -86,6 +86,9 @@ pub enum Command {
     /// Backups of VMs: make, list, restore, remove, and new VMs from them.
     #[command(subcommand)]
     Backup(crate::backups::BackupCmd),
+    /// The events feed: VMs, operations and hosts changing, as you may see them; followed
+    /// until interrupted, resumable with --after.
+    Events(crate::events::EventsArgs),
     /// Talk to one agent directly (no coordinator).
     #[command(subcommand)]
     Agent(AgentCommand),

@@ -800,6 +800,7 @@ pub async fn run(
         Command::Plan(cmd) => crate::plans::plan(&mut c, &out, cmd).await?,
         Command::Image(cmd) => crate::images::image(&mut c, &out, no_wait, cmd).await?,
         Command::Backup(cmd) => crate::backups::backup(&mut c, &out, no_wait, cmd).await?,
+        Command::Events(args) => crate::events::events(&mut c, &out, args).await?,
         Command::Agent(_) | Command::Pki(_) | Command::Completions { .. } => {
             return Err(invalid("not a coordinator command".into()));
         }

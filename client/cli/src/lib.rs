@@ -7,6 +7,7 @@
 pub mod backups;
 pub mod cli;
 pub mod coord_cli;
+pub mod events;
 pub mod guest;
 pub mod images;
 pub mod pki;

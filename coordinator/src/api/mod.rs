@@ -45,6 +45,7 @@ macro_rules! rpcs {
 
 mod access;
 mod backups;
+mod events;
 mod guest;
 mod hosts;
 mod images;
@@ -55,6 +56,7 @@ mod vms;
 
 pub use access::VmAccessApi;
 pub use backups::BackupApi;
+pub use events::EventApi;
 pub use guest::VmGuestApi;
 pub use hosts::HostAdminApi;
 pub use images::ImageApi;
