@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite (Debian 12, as root): host setup and the tiny guest (idempotent),
-# then unit, test-driver integration and real-host end-to-end tests.
+# PostgreSQL (idempotent), then unit, test-driver integration and real-host end-to-end tests;
+# the coordinator's own suite (the store's tests and the fake fleet) once more on PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup-host.sh
 bash deploy/build-guest-image.sh /var/lib/corral/guest
+CORRAL_TEST_POSTGRES=$(bash deploy/postgres.sh)
+export CORRAL_TEST_POSTGRES
 # The end-to-end tests run the agent binary.
 cargo build --workspace --bins
 CORRAL_E2E_REQUIRED=1 cargo test --workspace
+CORRAL_E2E_REQUIRED=1 CORRAL_TEST_STORE=postgres cargo test -p corral-coordinator --lib

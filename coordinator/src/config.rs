@@ -12,8 +12,14 @@ use crate::error::{CoordError, Result};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// The SQLite database file.
+    /// The SQLite database file (the embedded store, used unless `database_url` is set).
     pub database: PathBuf,
+    /// PostgreSQL instead of SQLite: a connection string (`postgres://USER@HOST/DB` or
+    /// `host=/var/run/postgresql user=corral dbname=corral`).
+    pub database_url: Option<String>,
+    /// The PostgreSQL schema to keep Corral's tables in (created if missing); the
+    /// connection's search path when unset.
+    pub database_schema: Option<String>,
     /// fsync every commit (survives power loss); otherwise commits survive process crashes.
     pub database_full_sync: bool,
     /// How often each agent is asked for its capacity.
@@ -82,6 +88,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
             database: "/var/lib/corral/coordinator/corral.db".into(),
             database_full_sync: false,
+            database_url: None,
+            database_schema: None,
             heartbeat_ms: 2000,
             down_after_ms: 6000,
             per_host_limit: 32,
@@ -139,6 +147,8 @@ impl Settings for Config {
         env.set("LISTEN", &mut self.listen)?;
         env.set("DATABASE", &mut self.database)?;
         env.set("DATABASE_FULL_SYNC", &mut self.database_full_sync)?;
+        env.set_some("DATABASE_URL", &mut self.database_url)?;
+        env.set_some("DATABASE_SCHEMA", &mut self.database_schema)?;
         env.set("HEARTBEAT_MS", &mut self.heartbeat_ms)?;
         env.set("TRANSFER_STALL_MS", &mut self.transfer_stall_ms)?;
         env.set("DOWN_AFTER_MS", &mut self.down_after_ms)?;

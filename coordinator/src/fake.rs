@@ -648,6 +648,7 @@ pub struct Kit {
     pub admin: Caller,
     pub alice: Caller,
     _dir: tempfile::TempDir,
+    _schema: Option<crate::store::tests::Schema>,
 }
 
 impl Kit {
@@ -659,8 +660,28 @@ impl Kit {
     /// The same, with the coordinator's configuration changed by `tune`.
     pub async fn with(hosts: usize, tune: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(Sqlite::open(&dir.path().join("corral.db")).unwrap());
-        let auth = Auth::load(store.as_ref()).unwrap();
+        // CORRAL_TEST_STORE=postgres runs the fake fleet on PostgreSQL (a schema of its own).
+        let (store, schema): (Arc<dyn Store>, _) =
+            match std::env::var("CORRAL_TEST_STORE").as_deref() {
+                Ok("postgres") => {
+                    let url = crate::store::tests::postgres_url()
+                        .expect("CORRAL_TEST_STORE=postgres needs CORRAL_TEST_POSTGRES");
+                    // The synchronous client blocks: not on an async worker.
+                    let (pg, schema) =
+                        std::thread::spawn(move || crate::store::tests::postgres_schema(&url))
+                            .join()
+                            .unwrap();
+                    (Arc::new(pg), Some(schema))
+                }
+                _ => (
+                    Arc::new(Sqlite::open(&dir.path().join("corral.db")).unwrap()),
+                    None,
+                ),
+            };
+        let st = Arc::clone(&store);
+        let auth = std::thread::spawn(move || Auth::load(st.as_ref()).unwrap())
+            .join()
+            .unwrap();
         let db = Db::start(store).unwrap();
         let mut cfg = Config {
             down_after_ms: 3_600_000,
@@ -714,6 +735,7 @@ impl Kit {
             admin: user("admin", "admin"),
             alice: user("alice", "user"),
             _dir: dir,
+            _schema: schema,
         }
     }
 

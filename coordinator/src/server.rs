@@ -14,18 +14,32 @@ use crate::db::Db;
 use crate::error::{CoordError, Result};
 use crate::hosts::Hosts;
 use crate::operations::Operations;
-use crate::store::{Sqlite, Store};
+use crate::store::{Postgres, Sqlite, Store};
 use crate::vms::Coordinator;
 
-/// Opens the store, recovers unfinished operations and connects to every host.
-pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
+/// The store the configuration names: PostgreSQL when `database_url` is set, else the SQLite
+/// file (its directory made). Opened off the async workers.
+async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>> {
+    if let Some(url) = cfg.database_url.clone() {
+        let schema = cfg.database_schema.clone();
+        let pg = tokio::task::spawn_blocking(move || Postgres::connect(&url, schema.as_deref()))
+            .await??;
+        tracing::info!("store: PostgreSQL");
+        return Ok(Arc::new(pg));
+    }
     if let Some(dir) = cfg.database.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| CoordError::Internal(format!("{}: {e}", dir.display())))?;
     }
     let (path, full) = (cfg.database.clone(), cfg.database_full_sync);
-    let store: Arc<dyn Store> =
-        Arc::new(tokio::task::spawn_blocking(move || Sqlite::open_with(&path, full)).await??);
+    Ok(Arc::new(
+        tokio::task::spawn_blocking(move || Sqlite::open_with(&path, full)).await??,
+    ))
+}
+
+/// Opens the store, recovers unfinished operations and connects to every host.
+pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
+    let store = open_store(&cfg).await?;
     // Reading tokens and writing the bootstrap file block: keep them off the async workers.
     let (st, file) = (Arc::clone(&store), cfg.bootstrap_token_file.clone());
     let auth = tokio::task::spawn_blocking(move || -> Result<Arc<Auth>> {

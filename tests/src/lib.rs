@@ -18,6 +18,7 @@ pub mod agent_cases;
 pub mod coord_cases;
 pub mod lab;
 pub mod ldap;
+pub mod postgres;
 
 /// Where `deploy/build-guest-image.sh` puts the tiny guest.
 pub const GUEST_DIR: &str = "/var/lib/corral/guest";

@@ -1444,7 +1444,23 @@ async fn the_events_feed_follows_changes_and_resumes_after_a_coordinator_crash()
     if !ready() {
         return;
     }
-    let mut f = fleet(1, 200, 2000).await;
+    feed_follows_and_resumes(&[]).await;
+}
+
+/// The same on PostgreSQL: the coordinator's whole state, and its feed, in a schema of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgresql_the_feed_resumes_and_state_survives_a_coordinator_crash() {
+    if !ready() {
+        return;
+    }
+    let Some(pg) = corral_tests::postgres::Schema::new() else {
+        return;
+    };
+    feed_follows_and_resumes(&pg.coordinator_env()).await;
+}
+
+async fn feed_follows_and_resumes(coord_env: &[(&str, &str)]) {
+    let mut f = fleet_with(1, 200, 2000, coord_env, &[]).await;
     let running = pb::DomainState::Running as i32;
     // From the start of the feed until the clone runs.
     let mut watcher = f.admin.clone();
@@ -1500,8 +1516,18 @@ async fn the_events_feed_follows_changes_and_resumes_after_a_coordinator_crash()
     finish(&mut f.admin, off).await.unwrap();
     f.coord.kill().unwrap();
     let root = f._dir.path().join("coord");
-    f.coord = CoordProc::start(&root, 200, 2000).unwrap();
+    f.coord = CoordProc::start_with(&root, 200, 2000, coord_env).unwrap();
+    // The VM and its state are still known.
     let mut admin = f.coord.client(&f.coord.admin_token).await.unwrap();
+    let vm = admin
+        .vms
+        .get_vm(pb::VmRef {
+            name: "ev-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vm.desired_state, "shut-off", "{vm:?}");
     let shut_off = pb::DomainState::ShutOff as i32;
     let mut rest = Vec::new();
     let follow = admin.follow_events(Some(last), Duration::from_millis(200), |e| {
