@@ -262,6 +262,9 @@ pub async fn channel_with(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Chan
     channel(endpoint, tls).await
 }
 
+/// How long a client with several coordinators waits for one to lead.
+pub const FIND_LEADER_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Debug, Clone)]
 pub struct TokenAuth(
@@ -303,6 +306,10 @@ pub struct CoordinatorClient {
     pub backups: pb::backup_service_client::BackupServiceClient<Authed>,
     pub events: pb::event_service_client::EventServiceClient<Authed>,
     dry_run: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Every coordinator this client may use (several share one database: one leads).
+    endpoints: Vec<String>,
+    token: String,
+    ca: Option<std::path::PathBuf>,
 }
 
 impl CoordinatorClient {
@@ -311,8 +318,76 @@ impl CoordinatorClient {
     }
 
     /// Connects over TLS when `ca` (the PEM file of the CA that signed the coordinator's
-    /// certificate) is given, in plain text otherwise.
+    /// certificate) is given, in plain text otherwise. `endpoint` may list several
+    /// coordinators separated by commas: the client then talks to the one that leads, and
+    /// finds the next leader by itself when it goes.
     pub async fn connect_with(
+        endpoint: &str,
+        token: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> = endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect();
+        if endpoints.len() > 1 {
+            return Self::connect_leader(&endpoints, token, ca).await;
+        }
+        let mut c = Self::connect_one(endpoint, token, ca).await?;
+        c.endpoints = endpoints;
+        Ok(c)
+    }
+
+    /// The coordinator among `endpoints` that leads, waiting up to [`FIND_LEADER_FOR`] for
+    /// one to (a follower takes over a few seconds after a leader goes).
+    pub async fn connect_leader(
+        endpoints: &[String],
+        token: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        let deadline = std::time::Instant::now() + FIND_LEADER_FOR;
+        let mut last = ClientError::Config("no coordinator address".into());
+        loop {
+            for e in endpoints {
+                match Self::connect_one(e, token, ca).await {
+                    Ok(mut c) => match c.ops.get_coordinator(pb::GetCoordinatorRequest {}).await {
+                        Ok(info) if info.get_ref().leader => {
+                            c.endpoints = endpoints.to_vec();
+                            return Ok(c);
+                        }
+                        Ok(_) => {
+                            last = ClientError::Rpc(tonic::Status::unavailable(format!(
+                                "{e} does not lead"
+                            )))
+                        }
+                        Err(s) => last = s.into(),
+                    },
+                    Err(err) => last = err,
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Finds the leader again (after a failure that may mean the one in use went); false when
+    /// this client knows only one coordinator.
+    pub async fn to_leader(&mut self) -> Result<bool, ClientError> {
+        if self.endpoints.len() < 2 {
+            return Ok(false);
+        }
+        let dry = self.dry_run.load(std::sync::atomic::Ordering::Relaxed);
+        let c = Self::connect_leader(&self.endpoints, &self.token, self.ca.as_deref()).await?;
+        *self = c;
+        self.set_dry_run(dry);
+        Ok(true)
+    }
+
+    async fn connect_one(
         endpoint: &str,
         token: &str,
         ca: Option<&std::path::Path>,
@@ -337,6 +412,9 @@ impl CoordinatorClient {
         let auth = TokenAuth(value, std::sync::Arc::clone(&dry_run));
         Ok(Self {
             dry_run,
+            endpoints: vec![endpoint.to_string()],
+            token: token.to_string(),
+            ca: ca.map(std::path::Path::to_path_buf),
             hosts: pb::host_admin_service_client::HostAdminServiceClient::with_interceptor(
                 ch.clone(),
                 auth.clone(),
@@ -423,6 +501,9 @@ impl CoordinatorClient {
                 return Err(broken.into());
             }
             tokio::time::sleep(retry).await;
+            // With several coordinators, the one in use may be gone: any live one serves the
+            // feed; the leader is found first.
+            let _ = self.to_leader().await;
         }
     }
 
@@ -433,19 +514,37 @@ impl CoordinatorClient {
         mut on_event: impl FnMut(&pb::OperationEvent),
     ) -> Result<pb::Operation, ClientError> {
         use tokio_stream::StreamExt;
-        let mut s = self
-            .ops
-            .watch_operation(pb::OperationRef { id: id.into() })
-            .await?
-            .into_inner();
-        while let Some(e) = s.next().await {
-            on_event(&e?);
+        // Events already seen: a watch started again (on the next leader) replays from the
+        // first.
+        let mut seen = 0u64;
+        loop {
+            let watched = async {
+                let mut s = self
+                    .ops
+                    .watch_operation(pb::OperationRef { id: id.into() })
+                    .await?
+                    .into_inner();
+                while let Some(e) = s.next().await {
+                    let e = e?;
+                    if e.seq > seen {
+                        seen = e.seq;
+                        on_event(&e);
+                    }
+                }
+                self.ops
+                    .get_operation(pb::OperationRef { id: id.into() })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+            .await;
+            match watched {
+                Ok(op) => return Ok(op),
+                Err(s)
+                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+                        && self.to_leader().await.unwrap_or(false) => {}
+                Err(s) => return Err(s.into()),
+            }
         }
-        Ok(self
-            .ops
-            .get_operation(pb::OperationRef { id: id.into() })
-            .await?
-            .into_inner())
     }
 }
 

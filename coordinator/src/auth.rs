@@ -73,6 +73,19 @@ fn poisoned<T>(_: T) -> CoordError {
 impl Auth {
     /// Loads every token hash with its user.
     pub fn load(store: &dyn Store) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            by_hash: RwLock::new(Self::read(store)?),
+        }))
+    }
+
+    /// Reads every token again (a coordinator that does not lead learns the leader's).
+    pub fn reload(&self, store: &dyn Store) -> Result<()> {
+        let fresh = Self::read(store)?;
+        *self.by_hash.write().map_err(poisoned)? = fresh;
+        Ok(())
+    }
+
+    fn read(store: &dyn Store) -> Result<HashMap<String, Known>> {
         let users: HashMap<String, UserRecord> = store
             .users()?
             .into_iter()
@@ -88,9 +101,7 @@ impl Auth {
                 by_hash.insert(t.hash, known);
             }
         }
-        Ok(Arc::new(Self {
-            by_hash: RwLock::new(by_hash),
-        }))
+        Ok(by_hash)
     }
 
     /// Creates a token for a user, stores its hash and returns the token.

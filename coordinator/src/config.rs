@@ -17,6 +17,9 @@ pub struct Config {
     /// PostgreSQL instead of SQLite: a connection string (`postgres://USER@HOST/DB` or
     /// `host=/var/run/postgresql user=corral dbname=corral`).
     pub database_url: Option<String>,
+    /// Where clients reach this coordinator (told to clients of the others when it leads);
+    /// the listening address when unset.
+    pub advertise: Option<String>,
     /// The PostgreSQL schema to keep Corral's tables in (created if missing); the
     /// connection's search path when unset.
     pub database_schema: Option<String>,
@@ -89,6 +92,7 @@ impl Default for Config {
             database: "/var/lib/corral/coordinator/corral.db".into(),
             database_full_sync: false,
             database_url: None,
+            advertise: None,
             database_schema: None,
             heartbeat_ms: 2000,
             down_after_ms: 6000,
@@ -149,6 +153,7 @@ impl Settings for Config {
         env.set("DATABASE_FULL_SYNC", &mut self.database_full_sync)?;
         env.set_some("DATABASE_URL", &mut self.database_url)?;
         env.set_some("DATABASE_SCHEMA", &mut self.database_schema)?;
+        env.set_some("ADVERTISE", &mut self.advertise)?;
         env.set("HEARTBEAT_MS", &mut self.heartbeat_ms)?;
         env.set("TRANSFER_STALL_MS", &mut self.transfer_stall_ms)?;
         env.set("DOWN_AFTER_MS", &mut self.down_after_ms)?;

@@ -11,8 +11,9 @@ use crate::store::{Result, Store, StoreError};
 
 /// Called after the batch ends: `None` when it committed, else why it did not.
 type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
-/// Runs one call; says whether it succeeded (its changes are kept) and how to answer it.
-type Job = Box<dyn FnOnce(&dyn Store) -> (bool, Deliver) + Send>;
+/// Runs one call (or, without a store, refuses it); says whether it succeeded (its changes are
+/// kept) and how to answer it.
+type Job = Box<dyn FnOnce(Option<&dyn Store>) -> (bool, Deliver) + Send>;
 
 /// Most calls committed together.
 const MAX_BATCH: usize = 256;
@@ -56,7 +57,12 @@ impl Db {
         // A dry run's changes are rolled back with its savepoint; its answer is kept.
         let dry = crate::dry::now();
         let job: Job = Box::new(move |s| {
-            let out = f(s);
+            let out = match s {
+                Some(s) => f(s),
+                None => Err(StoreError::NotLeader(
+                    "this coordinator no longer leads".into(),
+                )),
+            };
             let ok = out.is_ok() && !dry;
             let deliver: Deliver = Box::new(move |failed| {
                 let _ = reply.send(match (failed, out) {
@@ -88,10 +94,19 @@ fn run(store: &dyn Store, rx: &mpsc::Receiver<Job>, ended: &tokio::sync::watch::
         }
         let count = jobs.len();
         let failed = match store.begin_batch() {
+            // The lease is gone: this coordinator writes nothing more, not even alone.
+            Err(e @ StoreError::NotLeader(_)) => {
+                tracing::error!(error = %e, "a batch was refused");
+                let delivers: Vec<Deliver> = jobs.into_iter().map(|j| j(None).1).collect();
+                for d in delivers {
+                    d(Some(e.clone()));
+                }
+                continue;
+            }
             Err(e) => {
                 // Without a batch every call still commits on its own.
                 tracing::error!(error = %e, "cannot begin a batch");
-                let delivers: Vec<Deliver> = jobs.into_iter().map(|j| j(store).1).collect();
+                let delivers: Vec<Deliver> = jobs.into_iter().map(|j| j(Some(store)).1).collect();
                 for d in delivers {
                     d(None);
                 }
@@ -107,7 +122,9 @@ fn run(store: &dyn Store, rx: &mpsc::Receiver<Job>, ended: &tokio::sync::watch::
                     // A call that panics loses its own changes and answers with an error;
                     // the thread and the other calls of the batch go on.
                     let (ok, deliver) =
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j(store))) {
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            j(Some(store))
+                        })) {
                             Ok(r) => r,
                             Err(_) => {
                                 tracing::error!("a store call panicked");

@@ -70,6 +70,7 @@ impl From<StoreError> for CoordError {
             StoreError::AlreadyExists(m) => Self::AlreadyExists(format!("{m} already exists")),
             StoreError::Conflict(m) => Self::FailedPrecondition(m),
             StoreError::Database(m) => Self::Unavailable(format!("database: {m}")),
+            StoreError::NotLeader(m) => Self::Unavailable(format!("not the leader: {m}")),
         }
     }
 }

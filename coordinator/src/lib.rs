@@ -38,6 +38,7 @@ pub mod idle;
 #[cfg(test)]
 mod image_tests;
 pub mod images;
+pub mod leader;
 pub mod lifecycle;
 pub mod listings;
 pub mod metrics;

@@ -16,11 +16,12 @@ const COORDINATOR: Binary = Binary {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = COORDINATOR.start();
-    let cfg = Config::load(config.as_deref()).context("loading configuration")?;
+    let mut cfg = Config::load(config.as_deref()).context("loading configuration")?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    cfg.advertise.get_or_insert_with(|| addr.to_string());
     let coord = server::build(cfg)
         .await
         .context("starting the coordinator")?;

@@ -44,7 +44,7 @@ impl From<StoreError> for OpError {
             StoreError::NotFound(m) => Self::NotFound(m),
             StoreError::Conflict(m) => Self::Invalid(m),
             e @ StoreError::AlreadyExists(_) => Self::Exists(e.to_string()),
-            e @ StoreError::Database(_) => Self::Store(e.to_string()),
+            e @ (StoreError::Database(_) | StoreError::NotLeader(_)) => Self::Store(e.to_string()),
         }
     }
 }

@@ -37,6 +37,22 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>> {
     ))
 }
 
+/// What a coordinator does when it starts to lead: connect to every host, resume or fail every
+/// unfinished operation (once), start the background managers.
+async fn start_leading(coord: Arc<Coordinator>) -> Result<()> {
+    coord.hosts.load().await?;
+    let (resumed, failed) = coord.ops.recover(&coord.resumers()).await?;
+    if !resumed.is_empty() || !failed.is_empty() {
+        tracing::info!(?resumed, ?failed, "unfinished operations taken over");
+    }
+    // Ends with the coordinator (it holds a weak reference).
+    drop(coord.spawn_reaper());
+    drop(coord.spawn_pool_manager());
+    drop(coord.spawn_idle_keeper());
+    drop(coord.spawn_guest_watch());
+    Ok(())
+}
+
 /// Opens the store, recovers unfinished operations and connects to every host.
 pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
     let store = open_store(&cfg).await?;
@@ -59,7 +75,6 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
         Duration::from_millis(cfg.down_after_ms),
         cfg.agent_tls()?,
     );
-    hosts.load().await?;
     // The bind password is read off the async workers.
     let directory = match cfg.ldap.clone() {
         Some(l) => Some(
@@ -69,16 +84,15 @@ pub async fn build(cfg: Config) -> Result<Arc<Coordinator>> {
         ),
         None => None,
     };
+    let several = cfg.database_url.is_some();
     let coord = Coordinator::new(cfg, db, Arc::clone(&ops), hosts, auth, directory);
-    let (resumed, failed) = ops.recover(&coord.resumers()).await?;
-    if !resumed.is_empty() || !failed.is_empty() {
-        tracing::info!(?resumed, ?failed, "unfinished operations after restart");
+    if several {
+        // Several coordinators may share the database: lead only with the lease.
+        let address = coord.cfg.advertise.clone().unwrap_or_default();
+        coord.lead_or_follow(address, start_leading).await;
+    } else {
+        start_leading(Arc::clone(&coord)).await?;
     }
-    // Ends with the coordinator (it holds a weak reference).
-    drop(coord.spawn_reaper());
-    drop(coord.spawn_pool_manager());
-    drop(coord.spawn_idle_keeper());
-    drop(coord.spawn_guest_watch());
     if let Some(addr) = coord.cfg.metrics_listen {
         coord.serve_metrics(addr).await?;
     }
@@ -110,7 +124,10 @@ pub async fn serve(
         tracing::info!("API served over TLS");
     }
     // Every RPC in a `grpc` span, counted by method and code (streams at their end).
-    let builder = builder.layer(corral_proto::observe::RpcLayer::new(crate::metrics::rpc));
+    let builder = builder
+        .layer(corral_proto::observe::RpcLayer::new(crate::metrics::rpc))
+        // Writes reach only the leader.
+        .layer(crate::leader::GateLayer(Arc::clone(&coord.role)));
     let c = || Arc::clone(&coord);
     let standard = corral_proto::standard_router(builder, corral_proto::COORDINATOR_SERVICES)
         .await

@@ -44,6 +44,8 @@ pub struct Coordinator {
     pub(crate) ensuring: tokio::sync::Mutex<()>,
     /// What the guest watcher learnt of running guests (`guests.rs`).
     pub(crate) guests: crate::guests::Guests,
+    /// Whether this coordinator leads (`leader.rs`).
+    pub role: Arc<crate::leader::Role>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -94,6 +96,7 @@ impl Coordinator {
             transfers: Default::default(),
             base_bytes: Mutex::new(HashMap::new()),
             directory,
+            role: Arc::default(),
         })
     }
 

@@ -327,6 +327,23 @@ impl CoordProc {
         self.child.wait()?;
         Ok(())
     }
+
+    /// SIGSTOP / SIGCONT: the coordinator goes silent without closing its connections.
+    pub fn pause(&self, paused: bool) -> Result<()> {
+        signal(
+            &self.child,
+            if paused {
+                nix::sys::signal::Signal::SIGSTOP
+            } else {
+                nix::sys::signal::Signal::SIGCONT
+            },
+        )
+    }
+
+    /// Its exit status, once it has ended.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
 }
 
 impl Drop for CoordProc {

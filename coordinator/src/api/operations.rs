@@ -20,6 +20,10 @@ rpcs! { OperationApi: OperationService, |c, who, r|;
     list_operations(pb::ListOperationsRequest) -> pb::ListOperationsResponse = "ListOperations"
         => pb::ListOperationsResponse { operations: c.ops_of(&who, r.unfinished_only).await?.iter().map(op_to_pb).collect() };
     cancel_operation(pb::OperationRef) -> pb::Operation = "CancelOperation" => op_to_pb(&c.cancel_op(&who, &r.id).await?);
+    get_coordinator(pb::GetCoordinatorRequest) -> pb::CoordinatorInfo = "GetCoordinator" => {
+        let (leader_address, term) = c.role.known();
+        pb::CoordinatorInfo { id: c.role.id.clone(), leader: c.role.is_leader(), leader_address, term }
+    };
     @more {
         type WatchOperationStream = EventStream;
 

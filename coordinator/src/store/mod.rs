@@ -35,6 +35,21 @@ pub enum StoreError {
     Conflict(String),
     #[error("database: {0}")]
     Database(String),
+    /// Another coordinator leads now: nothing was written.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+}
+
+/// The leader's lease as read after claiming or renewing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lead {
+    /// The caller holds it.
+    pub mine: bool,
+    pub holder: String,
+    /// Where clients reach the leader.
+    pub address: String,
+    /// One more at each change of holder.
+    pub term: i64,
 }
 
 impl From<serde_json::Error> for StoreError {
@@ -313,6 +328,12 @@ pub trait Store: Send + Sync {
     /// Removes a user and (by the foreign key) their tokens.
     fn remove_user(&self, name: &str) -> Result<()>;
     fn user_by_token(&self, token_hash: &str) -> Result<UserRecord>;
+
+    /// Claims or renews the leader's lease for `me` (reachable at `address`) for `lease_ms`
+    /// of the database's clock: taken when it expired, renewed when held; who holds it now.
+    fn lead(&self, me: &str, address: &str, lease_ms: i64) -> Result<Lead>;
+    /// Every batch from now on first checks that this lease is still held (None: no check).
+    fn set_fence(&self, fence: Option<(String, i64)>) -> Result<()>;
 
     /// Up to `limit` feed rows after `after`, oldest first, that `viewer` may see (`None`:
     /// an admin, who sees all; a user sees rows naming them as owner).

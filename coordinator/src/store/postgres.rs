@@ -133,6 +133,14 @@ impl Conn for PgConn {
     fn batch(&mut self, sql: &str) -> Result<()> {
         Ok(self.client.batch_execute(sql)?)
     }
+
+    fn now_ms_sql(&self) -> &'static str {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    }
+
+    fn lock_row_sql(&self) -> &'static str {
+        " FOR SHARE"
+    }
 }
 
 /// The networked store.
@@ -379,6 +387,14 @@ pub const MIGRATIONS: &[&str] = &[
        RETURN NULL;
      END $$;
      CREATE TRIGGER feed_keep AFTER INSERT ON feed FOR EACH ROW EXECUTE FUNCTION feed_keep();",
+    // 14: the leader's lease.
+    "CREATE TABLE leader (
+        id BIGINT PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        address TEXT NOT NULL,
+        term BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL
+     );",
 ];
 
 #[cfg(test)]

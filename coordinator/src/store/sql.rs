@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{
-    now_ms, BaseAccess, FeedPage, FeedRow, HostRecord, OpEvent, OpRecord, OpState, PoolSize,
+    now_ms, BaseAccess, FeedPage, FeedRow, HostRecord, Lead, OpEvent, OpRecord, OpState, PoolSize,
     Result, Store, StoreError, TokenRecord, UserRecord, VmRecord,
 };
 
@@ -132,12 +132,21 @@ pub trait Conn: Send {
     fn query(&mut self, sql: &str, params: &[V]) -> Result<Vec<Row>>;
     /// Runs statements without parameters (transactions, migrations).
     fn batch(&mut self, sql: &str) -> Result<()>;
+    /// The database's clock in milliseconds since the epoch, as SQL: one clock for every
+    /// coordinator's lease.
+    fn now_ms_sql(&self) -> &'static str;
+    /// What locks a row read until the transaction ends (nothing where writers are
+    /// serialised anyway).
+    fn lock_row_sql(&self) -> &'static str;
 }
 
 struct Inner<C> {
     conn: C,
     /// Inside a batch's transaction (savepoints nest in it).
     in_tx: bool,
+    /// The lease (holder, term) every batch must still hold: a coordinator that lost it
+    /// writes nothing more.
+    fence: Option<(String, i64)>,
 }
 
 /// The store over connection `C`.
@@ -256,7 +265,11 @@ fn json_map<T: serde::de::DeserializeOwned>(rows: Vec<Row>) -> Result<HashMap<St
 impl<C: Conn> SqlStore<C> {
     pub fn new(conn: C) -> Self {
         Self {
-            inner: Mutex::new(Inner { conn, in_tx: false }),
+            inner: Mutex::new(Inner {
+                conn,
+                in_tx: false,
+                fence: None,
+            }),
         }
     }
 
@@ -350,8 +363,51 @@ impl<C: Conn> Store for SqlStore<C> {
     fn begin_batch(&self) -> Result<()> {
         let mut g = self.inner.lock().map_err(poisoned)?;
         g.conn.batch("BEGIN")?;
+        if let Some((holder, term)) = g.fence.clone() {
+            // Locked until the batch ends: no other coordinator takes the lease while this
+            // batch writes, and none of it is written once another has taken it.
+            let sql = format!(
+                "SELECT 1 FROM leader WHERE id = 1 AND holder = ?1 AND term = ?2{}",
+                g.conn.lock_row_sql()
+            );
+            let held = first(&mut g.conn, &sql, p![holder, term]);
+            if !matches!(held, Ok(Some(_))) {
+                let _ = g.conn.batch("ROLLBACK");
+                return Err(StoreError::NotLeader(format!(
+                    "this coordinator's lease (term {term}) was taken over"
+                )));
+            }
+        }
         g.in_tx = true;
         Ok(())
+    }
+
+    fn set_fence(&self, fence: Option<(String, i64)>) -> Result<()> {
+        self.inner.lock().map_err(poisoned)?.fence = fence;
+        Ok(())
+    }
+
+    fn lead(&self, me: &str, address: &str, lease_ms: i64) -> Result<Lead> {
+        self.write(|c| {
+            let now = c.now_ms_sql();
+            let sql = format!(
+                "INSERT INTO leader (id, holder, address, term, expires_ms) VALUES (1, ?1, ?2, 1, {now} + ?3)
+                 ON CONFLICT(id) DO UPDATE SET
+                   term = CASE WHEN leader.holder = ?1 THEN leader.term ELSE leader.term + 1 END,
+                   holder = ?1, address = ?2, expires_ms = {now} + ?3
+                 WHERE leader.holder = ?1 OR leader.expires_ms < {now}"
+            );
+            c.exec(&sql, p![me, address, lease_ms])?;
+            let r = first(c, "SELECT holder, address, term FROM leader WHERE id = 1", &[])?
+                .ok_or_else(|| StoreError::Database("no leader row".into()))?;
+            let holder = r.text(0)?;
+            Ok(Lead {
+                mine: holder == me,
+                holder,
+                address: r.text(1)?,
+                term: r.int(2)?,
+            })
+        })
     }
 
     fn end_batch(&self) -> Result<()> {

@@ -71,6 +71,15 @@ impl Conn for SqliteConn {
     fn batch(&mut self, sql: &str) -> Result<()> {
         Ok(self.0.execute_batch(sql)?)
     }
+
+    fn now_ms_sql(&self) -> &'static str {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    }
+
+    fn lock_row_sql(&self) -> &'static str {
+        // One writer at a time: the database itself is the lock.
+        ""
+    }
 }
 
 /// The embedded store.
@@ -301,4 +310,13 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE TRIGGER feed_keep AFTER INSERT ON feed WHEN new.seq % 1000 = 0 BEGIN
         DELETE FROM feed WHERE seq <= new.seq - 100000;
      END;",
+    // 14: the leader's lease, when several coordinators share one database (`leader.rs`):
+    // who holds it, where clients reach it, its term (one more at each change of holder).
+    "CREATE TABLE leader (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        address TEXT NOT NULL,
+        term INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+     );",
 ];
