@@ -60,9 +60,9 @@ pub fn op_event_to_pb(e: OpEvent) -> pb::OperationEvent {
 /// Where a clone would go, and why each other host would not take it.
 pub fn placed_to_pb(p: Placed) -> pb::PlacementExplanation {
     pb::PlacementExplanation {
-        chosen: p.host.unwrap_or_default(),
+        chosen: p.host.clone().unwrap_or_default(),
         rejected: p
-            .rejected
+            .rejected()
             .into_iter()
             .map(|(host, reason)| pb::HostRejection { host, reason })
             .collect(),

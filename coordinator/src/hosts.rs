@@ -237,6 +237,16 @@ impl Hosts {
         }
     }
 
+    /// The oldest heartbeat answer among the hosts (ms since the epoch; 0 when none).
+    pub fn oldest_info_ms(&self) -> Result<i64> {
+        let entries = self.entries.read().map_err(poisoned)?;
+        Ok(entries
+            .values()
+            .map(|e| e.status.info_ms)
+            .min()
+            .unwrap_or(0))
+    }
+
     pub fn statuses(&self) -> Result<Vec<(String, HostStatus, Liveness)>> {
         let entries = self.entries.read().map_err(poisoned)?;
         let mut out: Vec<_> = entries
@@ -498,7 +508,7 @@ impl Hosts {
                 let domains: Vec<(String, i32)> =
                     domains.into_iter().map(|d| (d.name, d.state)).collect();
                 let changed = clock.apply_snapshot(s, &host, read_at, &domains)?;
-                let known: Vec<String> = s.bases()?.into_iter().map(|(b, _)| b).collect();
+                let known = s.base_names()?;
                 for b in known {
                     s.set_base_host(&b, &host, bases.contains(&b))?;
                 }
@@ -550,25 +560,34 @@ impl Hosts {
         base_ids: &HashMap<String, u32>,
         reservations: &[Reservation],
     ) -> Result<(Vec<crate::placement::HostView>, Vec<String>)> {
-        let statuses = self.statuses()?;
-        let mut views = Vec::with_capacity(statuses.len());
-        let mut names = Vec::with_capacity(statuses.len());
-        for (i, (name, st, state)) in statuses.into_iter().enumerate() {
-            let info = st.info.clone().unwrap_or_default();
+        // Read in place under the lock (no copy of every host's status): placement runs for
+        // every clone, over every host.
+        let entries = self.entries.read().map_err(poisoned)?;
+        let mut sorted: Vec<(&String, &Entry)> = entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut views = Vec::with_capacity(sorted.len());
+        let mut names = Vec::with_capacity(sorted.len());
+        // Each host's bases, read once (not every base's holders searched for every host).
+        let mut held: HashMap<&str, std::collections::HashSet<u32>> = HashMap::new();
+        for (b, hosts) in bases {
+            if let Some(id) = base_ids.get(b) {
+                for h in hosts {
+                    held.entry(h.as_str()).or_default().insert(*id);
+                }
+            }
+        }
+        let none = pb::HostInfo::default();
+        for (i, (name, e)) in sorted.into_iter().enumerate() {
+            let st = &e.status;
+            let state = self.state_of(st);
+            let info = st.info.as_ref().unwrap_or(&none);
             let (pv, pm) = reservations
                 .iter()
-                .filter(|r| r.host == name && r.released_ms.is_none_or(|t| t >= st.info_ms))
+                .filter(|r| &r.host == name && r.released_ms.is_none_or(|t| t >= st.info_ms))
                 .fold((0u32, 0u64), |(v, m), r| (v + r.vcpus, m + r.memory));
-            let by_user: HashMap<u32, u32> = user_vms
-                .get(&name)
-                .map(|n| (user, *n))
-                .into_iter()
-                .collect();
-            let here: std::collections::HashSet<u32> = bases
-                .iter()
-                .filter(|(_, hosts)| hosts.contains(&name))
-                .filter_map(|(b, _)| base_ids.get(b).copied())
-                .collect();
+            let by_user: HashMap<u32, u32> =
+                user_vms.get(name).map(|n| (user, *n)).into_iter().collect();
+            let here = held.remove(name.as_str()).unwrap_or_default();
             views.push(crate::placement::HostView {
                 id: i as u32,
                 up: state == Liveness::Up,
@@ -586,7 +605,7 @@ impl Hosts {
                 },
                 vms_by_user: by_user,
             });
-            names.push(name);
+            names.push(name.clone());
         }
         Ok((views, names))
     }

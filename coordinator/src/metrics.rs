@@ -25,6 +25,7 @@ pub struct Metrics {
     ops_now: IntGaugeVec,
     reservations: IntGauge,
     pools: IntGaugeVec,
+    placement: HistogramVec,
 }
 
 impl Metrics {
@@ -65,6 +66,20 @@ impl Metrics {
                 "Pools by base: the size asked (target, start) and clones made, making, running, ready",
                 &["base", "what"],
             )?,
+            placement: {
+                let opts = prometheus::HistogramOpts::new(
+                    "placement_seconds",
+                    "Placement: the decision over every host (decide), and with the store reads \
+                     it needs (total)",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1,
+                ]);
+                let h = HistogramVec::new(opts, &["part"])?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             reservations,
             registry,
         })
@@ -92,6 +107,13 @@ pub fn operation(kind: &str, outcome: &str, created_ms: i64) {
 pub fn rpc(method: &str, code: tonic::Code, started: Instant) {
     if let Some(m) = METRICS.as_ref() {
         m.rpcs.observe(method, code, started);
+    }
+}
+
+/// A placement took `secs` (`part`: decide or total).
+pub fn placement(part: &str, secs: f64) {
+    if let Some(m) = METRICS.as_ref() {
+        m.placement.with_label_values(&[part]).observe(secs);
     }
 }
 

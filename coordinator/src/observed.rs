@@ -61,11 +61,7 @@ impl ObservedClock {
         domains: &[(String, i32)],
     ) -> Result<usize> {
         let mut changed = 0;
-        for mut vm in s
-            .vms()?
-            .into_iter()
-            .filter(|v| v.host.as_deref() == Some(host))
-        {
+        for mut vm in s.vms_on(host)? {
             let key = (host.to_string(), vm.domain().to_string());
             if self.last_event.get(&key).is_some_and(|&seq| seq > read_at) {
                 continue;

@@ -15,18 +15,32 @@ use crate::vms::Coordinator;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placed {
     pub host: Option<String>,
-    /// (host, why not), rendered with names.
-    pub rejected: Vec<(String, String)>,
+    /// (host id, why not), typed: rendered with names only when asked ([`Placed::rejected`]),
+    /// not for every clone placed among thousands of hosts.
+    why_not: Vec<(placement::HostId, placement::Rejection)>,
+    /// Host names by placement id, and base names by base id.
+    names: Vec<String>,
+    bases: Vec<String>,
     /// (vCPUs, bytes of memory).
     pub size: (u32, u64),
 }
 
 impl Placed {
+    /// (host, why not), rendered with names.
+    pub fn rejected(&self) -> Vec<(String, String)> {
+        let host = |id: placement::HostId| self.names.get(id as usize).cloned().unwrap_or_default();
+        let base_name = |b: placement::BaseId| self.bases.get(b as usize).cloned();
+        self.why_not
+            .iter()
+            .map(|(id, why)| (host(*id), why.render(base_name)))
+            .collect()
+    }
+
     /// The chosen host, or the refusal that says why no host can take `what`.
     pub fn host_or_refusal(&self, what: &str) -> Result<String> {
         self.host.clone().ok_or_else(|| {
             let why: Vec<String> = self
-                .rejected
+                .rejected()
                 .iter()
                 .map(|(h, r)| format!("{h}: {r}"))
                 .collect();
@@ -103,6 +117,7 @@ impl Coordinator {
         keep_together: bool,
         over: (u32, u64),
     ) -> Result<(Placed, Vec<String>)> {
+        let started = std::time::Instant::now();
         let (mine, bases) = self.fleet_of(owner).await?;
         let holders = bases
             .iter()
@@ -115,6 +130,7 @@ impl Coordinator {
             if over.1 > 0 { over.1 } else { size.1 },
         );
         let placed = self.decide(mine, &bases, Some(base), size, keep_together)?;
+        crate::metrics::placement("total", started.elapsed().as_secs_f64());
         Ok((placed, holders))
     }
 
@@ -144,19 +160,14 @@ impl Coordinator {
         size: (u32, u64),
         keep_together: bool,
     ) -> Result<Placed> {
+        let started = std::time::Instant::now();
         let base_ids: HashMap<String, u32> = bases
             .iter()
             .enumerate()
             .map(|(i, (b, _))| (b.clone(), i as u32))
             .collect();
         // Reservations every heartbeat has since covered are dropped.
-        let oldest_info = self
-            .hosts
-            .statuses()?
-            .iter()
-            .map(|(_, st, _)| st.info_ms)
-            .min()
-            .unwrap_or(0);
+        let oldest_info = self.hosts.oldest_info_ms()?;
         let pending = self.reservations.counted(oldest_info)?;
         // Placement sees only the requesting user's VMs (user 0): all keep-together needs.
         let user = 0;
@@ -193,18 +204,15 @@ impl Coordinator {
             keep_together,
         };
         let d = placement::place(&views, &req, &self.policy, true);
-        let name = |id: u32| names.get(id as usize).cloned().unwrap_or_default();
-        let rejected = d
-            .rejected
-            .iter()
-            .map(|(id, why)| {
-                let base_name = |b: u32| bases.get(b as usize).map(|(n, _)| n.clone());
-                (name(*id), why.render(base_name))
-            })
-            .collect();
+        let host = d
+            .chosen
+            .map(|id| names.get(id as usize).cloned().unwrap_or_default());
+        crate::metrics::placement("decide", started.elapsed().as_secs_f64());
         Ok(Placed {
-            host: d.chosen.map(name),
-            rejected,
+            host,
+            why_not: d.rejected,
+            names,
+            bases: bases.iter().map(|(b, _)| b.clone()).collect(),
             size,
         })
     }

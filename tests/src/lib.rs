@@ -19,6 +19,7 @@ pub mod coord_cases;
 pub mod lab;
 pub mod ldap;
 pub mod postgres;
+pub mod sim;
 
 /// Where `deploy/build-guest-image.sh` puts the tiny guest.
 pub const GUEST_DIR: &str = "/var/lib/corral/guest";

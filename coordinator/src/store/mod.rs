@@ -251,6 +251,8 @@ pub trait Store: Send + Sync {
     fn name_taken(&self, name: &str) -> Result<Option<&'static str>>;
     fn vm(&self, name: &str) -> Result<VmRecord>;
     fn vms(&self) -> Result<Vec<VmRecord>>;
+    /// The VMs placed on `host` (an index: a host's reconciliation reads only its own).
+    fn vms_on(&self, host: &str) -> Result<Vec<VmRecord>>;
     /// The volatile VMs only (what the reaper reads every second).
     fn volatile_vms(&self) -> Result<Vec<VmRecord>>;
     /// The pool clones (not handed out yet) of every base.
@@ -273,6 +275,8 @@ pub trait Store: Send + Sync {
     fn set_base_host(&self, base: &str, host: &str, present: bool) -> Result<()>;
     /// Every base with the hosts that hold it.
     fn bases(&self) -> Result<Vec<(String, Vec<String>)>>;
+    /// Every base's name (without the hosts holding it).
+    fn base_names(&self) -> Result<Vec<String>>;
     /// Who may clone a base.
     fn base_access(&self, name: &str) -> Result<BaseAccess>;
     fn set_base_access(&self, name: &str, access: &BaseAccess) -> Result<()>;

@@ -395,6 +395,8 @@ pub const MIGRATIONS: &[&str] = &[
         term BIGINT NOT NULL,
         expires_ms BIGINT NOT NULL
      );",
+    // 15: a host's VMs without reading every VM (reconciliation at scale).
+    "CREATE INDEX vms_host ON vms(host);",
 ];
 
 #[cfg(test)]

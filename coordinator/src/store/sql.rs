@@ -672,6 +672,11 @@ impl<C: Conn> Store for SqlStore<C> {
         self.vms_where("TRUE")
     }
 
+    fn vms_on(&self, host: &str) -> Result<Vec<VmRecord>> {
+        let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE host = ?1 ORDER BY name");
+        self.read(|c| c.query(&sql, p![host])?.iter().map(vm_from).collect())
+    }
+
     fn volatile_vms(&self) -> Result<Vec<VmRecord>> {
         // The same expression as the index of migration 5, so that the database uses it.
         self.vms_where("json_extract(spec, '$.volatile') = 1")
@@ -768,6 +773,15 @@ impl<C: Conn> Store for SqlStore<C> {
             }
         }
         Ok(out)
+    }
+
+    fn base_names(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            c.query("SELECT name FROM bases ORDER BY name", &[])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect()
+        })
     }
 
     fn base_access(&self, name: &str) -> Result<BaseAccess> {

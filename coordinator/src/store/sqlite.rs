@@ -319,4 +319,6 @@ pub const MIGRATIONS: &[&str] = &[
         term INTEGER NOT NULL,
         expires_ms INTEGER NOT NULL
      );",
+    // 15: a host's VMs without reading every VM (reconciliation at scale).
+    "CREATE INDEX vms_host ON vms(host);",
 ];
