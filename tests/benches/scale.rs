@@ -26,14 +26,19 @@ fn size(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> f64 {
+/// A field of `/proc/PID/status` in MiB (`VmRSS`: resident; `RssAnon`: of it, the process's
+/// own memory, not the pages of its binary and libraries that the page cache shares).
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
 }
 
 /// The upper bound of the histogram bucket holding the median of
@@ -229,6 +234,7 @@ async fn run() -> anyhow::Result<()> {
     let agent = AgentProc::start_test_driver(adir.path())?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let agent_rss = rss_mib(agent.pid());
+    let agent_anon = status_mib(agent.pid(), "RssAnon");
 
     let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!();
@@ -261,6 +267,9 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "  idle agent RSS                {agent_rss:>8.1} MiB    (aim <= 15)      {}",
         mark(agent_rss <= 15.0)
+    );
+    println!(
+        "    of it its own (anonymous)   {agent_anon:>8.1} MiB    (the rest: its binary and libvirt's libraries, file-backed)"
     );
     drop(coord);
     Ok(())
