@@ -155,17 +155,8 @@ async fn the_leader_is_killed_mid_batch_and_the_other_finishes_every_operation_o
 
     // Every operation ends, once, and every VM is as its operation says.
     let mut on_agent = agent.client().await.unwrap();
-    let domains: Vec<String> = on_agent
-        .domains
-        .list_domains(pb::ListDomainsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .domains
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
     let mut succeeded = 0;
+    let mut made = Vec::new();
     for op in &ops {
         let end = client.wait(&op.id, |_| {}).await.unwrap();
         let vm = client
@@ -177,6 +168,7 @@ async fn the_leader_is_killed_mid_batch_and_the_other_finishes_every_operation_o
         match pb::OperationState::try_from(end.state).unwrap() {
             pb::OperationState::Succeeded => {
                 succeeded += 1;
+                made.push(op.vm.clone());
                 assert!(vm.is_ok(), "{} succeeded: its VM exists", op.vm);
             }
             pb::OperationState::Failed | pb::OperationState::Cancelled => {
@@ -185,9 +177,9 @@ async fn the_leader_is_killed_mid_batch_and_the_other_finishes_every_operation_o
             other => panic!("{} did not end: {other:?}", op.id),
         }
     }
-    // The agent has a domain for each VM that exists, and none for the others (read again:
-    // clean-ups after the takeover have run by the time their operations ended).
-    let domains_after: Vec<String> = on_agent
+    // The agent has a domain for each VM that exists, and none for the others (clean-ups
+    // after the takeover have run by the time their operations ended).
+    let domains: Vec<String> = on_agent
         .domains
         .list_domains(pb::ListDomainsRequest::default())
         .await
@@ -197,14 +189,15 @@ async fn the_leader_is_killed_mid_batch_and_the_other_finishes_every_operation_o
         .into_iter()
         .map(|d| d.name)
         .collect();
-    let clones: Vec<&String> = domains_after
-        .iter()
-        .filter(|d| d.starts_with("fo-") && *d != "fo-base")
+    let mut clones: Vec<String> = domains
+        .into_iter()
+        .filter(|d| d.starts_with("fo-") && d != "fo-base")
         .collect();
+    clones.sort();
+    made.sort();
     assert_eq!(
-        clones.len(),
-        succeeded,
-        "{domains:?} then {domains_after:?}"
+        clones, made,
+        "the agent's clones are exactly the VMs that exist"
     );
     // Exactly once: each operation was created once and ended once, in the feed.
     let terminal = [
