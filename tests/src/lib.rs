@@ -248,14 +248,7 @@ impl AgentProc {
 
     /// SIGSTOP / SIGCONT: the agent goes silent without closing its connections.
     pub fn pause(&self, paused: bool) -> Result<()> {
-        signal(
-            &self.child,
-            if paused {
-                nix::sys::signal::Signal::SIGSTOP
-            } else {
-                nix::sys::signal::Signal::SIGCONT
-            },
-        )
+        pause(&self.child, paused)
     }
 }
 
@@ -263,6 +256,33 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) -> Result<()> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     nix::sys::signal::kill(pid, sig)?;
     Ok(())
+}
+
+/// SIGSTOP (`paused`) or SIGCONT.
+fn pause(child: &Child, paused: bool) -> Result<()> {
+    use nix::sys::signal::Signal;
+    signal(
+        child,
+        if paused {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        },
+    )
+}
+
+/// Whether the end-to-end tests can run: these binaries built and `more` true. Otherwise
+/// they skip, unless `CORRAL_E2E_REQUIRED=1`, when it is a failure (`why` says what to do).
+pub fn e2e_ready(binaries: &[&str], more: bool, why: &str) -> bool {
+    let ok = binaries.iter().all(|b| bin(b).is_file()) && more;
+    if !ok {
+        assert!(
+            std::env::var("CORRAL_E2E_REQUIRED").as_deref() != Ok("1"),
+            "{why}"
+        );
+        eprintln!("skipping: {why}");
+    }
+    ok
 }
 
 /// A running `corral-coordinator` process with its database under `root`.
@@ -331,14 +351,7 @@ impl CoordProc {
 
     /// SIGSTOP / SIGCONT: the coordinator goes silent without closing its connections.
     pub fn pause(&self, paused: bool) -> Result<()> {
-        signal(
-            &self.child,
-            if paused {
-                nix::sys::signal::Signal::SIGSTOP
-            } else {
-                nix::sys::signal::Signal::SIGCONT
-            },
-        )
+        pause(&self.child, paused)
     }
 
     /// Its exit status, once it has ended.

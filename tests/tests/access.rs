@@ -11,18 +11,11 @@ use corral_tests::*;
 use tonic::Code;
 
 fn ready() -> bool {
-    let ok = bin("corral-coordinator").is_file()
-        && bin("corral-agent").is_file()
-        && bin("corral").is_file()
-        && corral_tests::ldap::available();
-    if !ok {
-        assert!(
-            std::env::var("CORRAL_E2E_REQUIRED").as_deref() != Ok("1"),
-            "binaries are not built or slapd is not installed (deploy/setup-host.sh)"
-        );
-        eprintln!("skipping: build the binaries and run deploy/setup-host.sh first");
-    }
-    ok
+    e2e_ready(
+        &["corral-coordinator", "corral-agent", "corral"],
+        corral_tests::ldap::available(),
+        "build the binaries and install slapd (deploy/setup-host.sh) first",
+    )
 }
 
 fn cli(addr: &str, token: &str, args: &[&str]) -> (bool, String, String) {

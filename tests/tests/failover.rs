@@ -13,15 +13,11 @@ use corral_tests::*;
 use tonic::Code;
 
 fn ready() -> bool {
-    let ok = bin("corral-coordinator").is_file() && bin("corral-agent").is_file();
-    if !ok {
-        assert!(
-            std::env::var("CORRAL_E2E_REQUIRED").as_deref() != Ok("1"),
-            "binaries are not built"
-        );
-        eprintln!("skipping: build the binaries first (cargo build --workspace --bins)");
-    }
-    ok
+    e2e_ready(
+        &["corral-coordinator", "corral-agent"],
+        true,
+        "build the binaries first (cargo build --workspace --bins)",
+    )
 }
 
 async fn info(c: &mut CoordinatorClient) -> Option<pb::CoordinatorInfo> {
