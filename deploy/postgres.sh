@@ -4,6 +4,9 @@
 # role "root" (peer authentication as root) owning database corral.
 # Prints the connection string: host=/var/run/postgresql user=root dbname=corral
 set -euo pipefail
+# Only the connection string goes to stdout (callers capture it): everything else, whatever
+# apt, su or pg_ctlcluster print, goes to stderr.
+exec 3>&1 1>&2
 
 log() { printf '[postgres] %s\n' "$*" >&2; }
 
@@ -40,4 +43,4 @@ if [ "$(su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname = '
   su postgres -c "createdb --owner root corral"
 fi
 log "ready: host=/var/run/postgresql user=root dbname=corral"
-echo "host=/var/run/postgresql user=root dbname=corral"
+echo "host=/var/run/postgresql user=root dbname=corral" >&3

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 bash deploy/setup-host.sh
 bash deploy/build-guest-image.sh /var/lib/corral/guest
 CORRAL_TEST_POSTGRES=$(bash deploy/postgres.sh)
+if [[ "$CORRAL_TEST_POSTGRES" != "host=/var/run/postgresql user=root dbname=corral" ]]; then
+  echo "deploy/postgres.sh printed an unexpected connection string: [$CORRAL_TEST_POSTGRES]" >&2
+  exit 1
+fi
 export CORRAL_TEST_POSTGRES
 # The end-to-end tests run the agent binary.
 cargo build --workspace --bins

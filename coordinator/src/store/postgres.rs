@@ -25,10 +25,23 @@ impl From<postgres::Error> for StoreError {
             }
             _ => Self::Database(match e.as_db_error() {
                 Some(db) => format!("postgres: {}", db.message()),
-                None => format!("postgres: {e}"),
+                None => format!("postgres: {}", with_causes(&e)),
             }),
         }
     }
+}
+
+/// An error and every cause under it: the client's own text ("invalid connection string",
+/// "error connecting to server") says what failed, its causes say why.
+fn with_causes(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl ToSql for V {
@@ -167,8 +180,9 @@ impl SqlStore<PgConn> {
     /// (created if missing), and brings the schema up to date. Coordinators starting together
     /// migrate one at a time (an advisory lock).
     pub fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
-        let client = Client::connect(url, NoTls)
-            .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
+        let client = Client::connect(url, NoTls).map_err(|e| {
+            StoreError::Database(format!("cannot connect to PostgreSQL: {}", with_causes(&e)))
+        })?;
         let mut conn = PgConn {
             client,
             prepared: HashMap::new(),
@@ -413,5 +427,17 @@ mod tests {
         for bad in ["", "1x", "a-b", "A", "x; DROP TABLE vms"] {
             assert!(check_schema(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bad_connection_string_says_why() {
+        let Err(e) = Postgres::connect("host=/nowhere colour=blue", None) else {
+            panic!("a connection string with an unknown option was taken");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("invalid connection string") && text.contains("colour"),
+            "{text}"
+        );
     }
 }

@@ -42,7 +42,8 @@ impl Drop for Schema {
 /// A fresh PostgreSQL store in a new schema.
 pub fn postgres_schema(url: &str) -> (Postgres, Schema) {
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let store = Postgres::connect(url, Some(&name)).unwrap();
+    let store = Postgres::connect(url, Some(&name))
+        .unwrap_or_else(|e| panic!("CORRAL_TEST_POSTGRES={url:?}: {e}"));
     (
         store,
         Schema {
