@@ -24,9 +24,11 @@ fn fleet(hosts: u32, vms: u32, rng: &mut StdRng) -> Vec<HostView> {
             disk_free: rng.gen_range(200u64..=4000) << 30,
             bases: (0..rng.gen_range(5..40))
                 .map(|_| rng.gen_range(0..BASES))
-                .collect::<HashSet<_>>(),
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect(),
             vms_by_user: HashMap::new(),
-            class: "qemu".into(),
+            class: "qemu",
         })
         .collect();
     for _ in 0..vms {

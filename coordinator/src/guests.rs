@@ -5,7 +5,7 @@
 //! restarted coordinator finds it instead of running it twice). Programs and files in guests
 //! go through the VM's host agent and its QEMU guest agent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,31 +119,56 @@ struct Memo {
     detail: String,
 }
 
-/// What the watcher learnt, by (host, domain): a pool clone keeps its guest when handed out.
+/// What the watcher learnt, by host and domain: a pool clone keeps its guest when handed out.
 #[derive(Default)]
 pub struct Guests {
-    memo: Mutex<HashMap<(String, String), Memo>>,
+    memo: Mutex<HashMap<String, HashMap<String, Memo>>>,
 }
 
 impl Guests {
     fn get(&self, host: &str, domain: &str) -> Option<Memo> {
-        self.memo
-            .lock()
-            .ok()?
-            .get(&(host.to_string(), domain.to_string()))
-            .cloned()
+        self.memo.lock().ok()?.get(host)?.get(domain).cloned()
     }
 
     fn put(&self, host: &str, domain: &str, m: Memo) {
         if let Ok(mut memo) = self.memo.lock() {
-            memo.insert((host.to_string(), domain.to_string()), m);
+            memo.entry(host.to_string())
+                .or_default()
+                .insert(domain.to_string(), m);
         }
     }
 
-    fn forget(&self, host: &str, domain: &str) {
-        if let Ok(mut memo) = self.memo.lock() {
-            memo.remove(&(host.to_string(), domain.to_string()));
+    /// One sweep over the running VMs (name, host, domain) and their generations: what was
+    /// learnt of VMs no longer running is forgotten; the VMs (name, host, generation) whose
+    /// guest is not settled in this generation are returned.
+    fn sweep(
+        &self,
+        running: &[(String, String, String)],
+        generations: &[u64],
+    ) -> Vec<(String, String, u64)> {
+        let Ok(mut memo) = self.memo.lock() else {
+            return Vec::new();
+        };
+        let mut seen: HashMap<&str, HashSet<&str>> = HashMap::new();
+        let mut ask = Vec::new();
+        for ((vm, host, domain), g) in running.iter().zip(generations) {
+            seen.entry(host).or_default().insert(domain);
+            let settled = memo
+                .get(host.as_str())
+                .and_then(|m| m.get(domain.as_str()))
+                .is_some_and(|m| m.vm == *vm && m.generation == *g && m.state.settled());
+            if !settled {
+                ask.push((vm.clone(), host.clone(), *g));
+            }
         }
+        memo.retain(|host, domains| {
+            let Some(running) = seen.get(host.as_str()) else {
+                return false;
+            };
+            domains.retain(|d, _| running.contains(d.as_str()));
+            !domains.is_empty()
+        });
+        ask
     }
 }
 
@@ -280,34 +305,48 @@ impl Coordinator {
     }
 
     /// One round of the watcher: every running VM not settled in this boot is asked about.
+    /// The sweep reads names only (not every VM's record): at scale almost every guest is
+    /// settled, and only the others are read in full.
     pub async fn watch_guests(self: &Arc<Self>) -> Result<()> {
-        let vms = self.blocking(|s| s.vms()).await?;
+        let running = self.blocking(|s| s.running_domains()).await?;
+        let generations: Vec<u64> = running
+            .iter()
+            .map(|(vm, _, _)| self.ops.generation(vm))
+            .collect();
         let mut ask = Vec::new();
-        for vm in vms {
-            let Some(host) = vm.host.clone() else {
-                continue;
-            };
-            if vm.observed_state != Observed::Domain(pb::DomainState::Running) {
-                self.guests.forget(&host, vm.domain());
-                continue;
-            }
-            let generation = self.ops.generation(&vm.name);
-            let known = self.guests.get(&host, vm.domain());
-            if known
-                .is_some_and(|m| m.vm == vm.name && m.generation == generation && m.state.settled())
-            {
-                continue;
-            }
+        for (vm, host, generation) in self.guests.sweep(&running, &generations) {
             // Busy with other work: asked once it ends (its end changes the generation).
-            if self
-                .ops
-                .locked_kind(&vm.name)
-                .is_some_and(|k| k != "post-load")
-            {
+            if self.ops.locked_kind(&vm).is_some_and(|k| k != "post-load") {
                 continue;
             }
             ask.push((vm, host, generation));
         }
+        drop(running);
+        // Read in full in slices, so that no one read holds the store for long.
+        let mut asked = Vec::with_capacity(ask.len());
+        for chunk in ask.chunks(500) {
+            let names: Vec<String> = chunk.iter().map(|(vm, _, _)| vm.clone()).collect();
+            let records = self
+                .blocking(move |s| {
+                    names
+                        .iter()
+                        .map(|n| {
+                            s.vm(n).map(Some).or_else(|e| match e {
+                                crate::store::StoreError::NotFound(_) => Ok(None),
+                                e => Err(e),
+                            })
+                        })
+                        .collect::<crate::store::Result<Vec<_>>>()
+                })
+                .await?;
+            for ((_, host, generation), vm) in chunk.iter().zip(records) {
+                // Gone, or moved since the sweep: the next round sees it as it is.
+                if let Some(vm) = vm.filter(|v| v.host.as_deref() == Some(host.as_str())) {
+                    asked.push((vm, host.clone(), *generation));
+                }
+            }
+        }
+        let ask = asked;
         futures::stream::iter(ask)
             .for_each_concurrent(ASK_AT_ONCE, |(vm, host, generation)| async move {
                 let (state, detail) = match self.ask_guest(&vm, &host).await {
@@ -590,6 +629,49 @@ mod tests {
             addresses: addrs.iter().map(|s| s.to_string()).collect(),
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn a_sweep_asks_the_unsettled_and_forgets_what_stopped() {
+        let g = Guests::default();
+        let memo = |vm: &str, generation, state| Memo {
+            vm: vm.into(),
+            generation,
+            state,
+            detail: String::new(),
+        };
+        g.put("h1", "a", memo("a", 1, Readiness::Ready));
+        g.put("h1", "b", memo("b", 1, Readiness::Booting));
+        g.put("h1", "gone", memo("gone", 1, Readiness::Ready));
+        g.put("h2", "c", memo("c", 1, Readiness::Ready));
+        g.put("h1", "d-7", memo("d", 1, Readiness::NoAgent));
+        let row = |vm: &str, host: &str, domain: &str| (vm.into(), host.into(), domain.into());
+        let running = [
+            row("a", "h1", "a"),     // settled
+            row("b", "h1", "b"),     // not settled yet
+            row("c", "h2", "c"),     // settled, but a later generation
+            row("d", "h1", "d-7"),   // settled under its domain's name
+            row("new", "h1", "new"), // never asked
+        ];
+        let ask = g.sweep(&running, &[1, 1, 2, 1, 0]);
+        assert_eq!(
+            ask,
+            [
+                ("b".to_string(), "h1".to_string(), 1),
+                ("c".to_string(), "h2".to_string(), 2),
+                ("new".to_string(), "h1".to_string(), 0),
+            ]
+        );
+        assert!(
+            g.get("h1", "gone").is_none(),
+            "no longer running: forgotten"
+        );
+        assert!(g.get("h1", "a").is_some());
+        g.sweep(&[], &[]);
+        assert!(
+            g.memo.lock().unwrap().is_empty(),
+            "nothing runs: nothing kept"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! an unknown state, not lost; it gets no new VMs; when it answers again its VMs' states are
 //! read back from the agent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -75,7 +75,11 @@ pub struct Hosts {
     tls: Option<corral_client::TlsFiles>,
     heartbeat: Duration,
     down_after: Duration,
-    entries: RwLock<HashMap<String, Entry>>,
+    /// By name: placement reads every host in this order, its placement ids.
+    entries: RwLock<BTreeMap<String, Entry>>,
+    /// The names of `entries` in order, shared with every placement until a host comes or
+    /// goes (cleared under the entries' write lock).
+    names: Mutex<Option<Arc<Vec<String>>>>,
 }
 
 impl std::fmt::Debug for Hosts {
@@ -118,7 +122,8 @@ impl Hosts {
             tls,
             heartbeat,
             down_after,
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(BTreeMap::new()),
+            names: Mutex::new(None),
         })
     }
 
@@ -140,6 +145,7 @@ impl Hosts {
     fn watch(self: &Arc<Self>, record: HostRecord) -> Result<()> {
         let name = record.name.clone();
         let mut entries = self.entries.write().map_err(poisoned)?;
+        self.hosts_changed();
         if let Some(old) = entries.remove(&name) {
             if let Some(t) = old.task {
                 t.abort();
@@ -200,7 +206,9 @@ impl Hosts {
         }
         let n = name.to_string();
         self.blocking(move |s| s.remove_host(&n)).await?;
-        if let Some(e) = self.entries.write().map_err(poisoned)?.remove(name) {
+        let mut entries = self.entries.write().map_err(poisoned)?;
+        self.hosts_changed();
+        if let Some(e) = entries.remove(name) {
             if let Some(t) = e.task {
                 t.abort();
             }
@@ -226,11 +234,33 @@ impl Hosts {
         self.blocking(move |s| s.put_host(&record)).await
     }
 
+    /// Forgets the shared list of names; called with the entries' write lock held.
+    fn hosts_changed(&self) {
+        *self.names.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The names of `entries` in order (placement ids), shared until a host comes or goes.
+    fn names_of(&self, entries: &BTreeMap<String, Entry>) -> Arc<Vec<String>> {
+        let mut cached = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        match cached.as_ref() {
+            Some(n) if n.len() == entries.len() => Arc::clone(n),
+            _ => {
+                let n = Arc::new(entries.keys().cloned().collect::<Vec<_>>());
+                *cached = Some(Arc::clone(&n));
+                n
+            }
+        }
+    }
+
     /// The host's state computed from its silence.
     pub fn state_of(&self, status: &HostStatus) -> Liveness {
+        self.state_at(status, now_ms())
+    }
+
+    fn state_at(&self, status: &HostStatus, now: i64) -> Liveness {
         if status.last_seen_ms == 0 {
             Liveness::Unknown
-        } else if now_ms() - status.last_seen_ms > self.down_after.as_millis() as i64 {
+        } else if now - status.last_seen_ms > self.down_after.as_millis() as i64 {
             Liveness::Down
         } else {
             Liveness::Up
@@ -319,7 +349,9 @@ impl Hosts {
     ) -> Result<()> {
         let now = now_ms();
         let name = record.name.clone();
-        self.entries.write().map_err(poisoned)?.insert(
+        let mut entries = self.entries.write().map_err(poisoned)?;
+        self.hosts_changed();
+        entries.insert(
             name,
             Entry {
                 status: HostStatus {
@@ -549,63 +581,69 @@ impl Hosts {
         })
     }
 
-    /// Placement's view of the fleet, and the host names by placement id. Used capacity is
-    /// what the agent last reported plus the reservations its report cannot include yet;
-    /// `user_vms` counts the requesting user's (`user`) VMs per host.
+    /// Placement's view of the fleet, in name order, and the host names by placement id.
+    /// Used capacity is what the agent last reported plus the reservations its report cannot
+    /// include yet; `user_vms` counts the requesting user's (`user`) VMs per host; `base` is
+    /// the requested base's placement id and the hosts holding it.
     pub fn views(
         &self,
         user_vms: &HashMap<String, u32>,
         user: u32,
-        bases: &[(String, Vec<String>)],
-        base_ids: &HashMap<String, u32>,
+        base: Option<(crate::placement::BaseId, &[String])>,
         reservations: &[Reservation],
-    ) -> Result<(Vec<crate::placement::HostView>, Vec<String>)> {
-        // Read in place under the lock (no copy of every host's status): placement runs for
-        // every clone, over every host.
+    ) -> Result<(Vec<crate::placement::HostView>, Arc<Vec<String>>)> {
+        use crate::placement::{Bases, HostView};
+        // Read in place under the lock, without a copy, a sort or an allocation per host:
+        // placement runs for every clone, over every host.
         let entries = self.entries.read().map_err(poisoned)?;
-        let mut sorted: Vec<(&String, &Entry)> = entries.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut views = Vec::with_capacity(sorted.len());
-        let mut names = Vec::with_capacity(sorted.len());
-        // Each host's bases, read once (not every base's holders searched for every host).
-        let mut held: HashMap<&str, std::collections::HashSet<u32>> = HashMap::new();
-        for (b, hosts) in bases {
-            if let Some(id) = base_ids.get(b) {
-                for h in hosts {
-                    held.entry(h.as_str()).or_default().insert(*id);
-                }
-            }
+        let names = self.names_of(&entries);
+        let now = now_ms();
+        // The holders in name order, walked beside the hosts (also in name order).
+        let mut holders: Vec<&str> = base
+            .map(|(_, h)| h.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        holders.sort_unstable();
+        let mut holders = holders.into_iter().peekable();
+        let mut pending: HashMap<&str, Vec<&Reservation>> = HashMap::new();
+        for r in reservations {
+            pending.entry(r.host.as_str()).or_default().push(r);
         }
         let none = pb::HostInfo::default();
-        for (i, (name, e)) in sorted.into_iter().enumerate() {
+        let mut views = Vec::with_capacity(entries.len());
+        for (i, (name, e)) in entries.iter().enumerate() {
             let st = &e.status;
-            let state = self.state_of(st);
             let info = st.info.as_ref().unwrap_or(&none);
-            let (pv, pm) = reservations
-                .iter()
-                .filter(|r| &r.host == name && r.released_ms.is_none_or(|t| t >= st.info_ms))
-                .fold((0u32, 0u64), |(v, m), r| (v + r.vcpus, m + r.memory));
-            let by_user: HashMap<u32, u32> =
-                user_vms.get(name).map(|n| (user, *n)).into_iter().collect();
-            let here = held.remove(name.as_str()).unwrap_or_default();
-            views.push(crate::placement::HostView {
+            let (pv, pm) = pending.get(name.as_str()).map_or((0, 0), |rs| {
+                rs.iter()
+                    .filter(|r| r.released_ms.is_none_or(|t| t >= st.info_ms))
+                    .fold((0u32, 0u64), |(v, m), r| (v + r.vcpus, m + r.memory))
+            });
+            while holders.next_if(|h| *h < name.as_str()).is_some() {}
+            let holds = holders.next_if(|h| *h == name.as_str()).is_some();
+            let mut bases = Bases::new();
+            if let (true, Some((id, _))) = (holds, base) {
+                bases.push(id);
+            }
+            views.push(HostView {
                 id: i as u32,
-                up: state == Liveness::Up,
+                up: self.state_at(st, now) == Liveness::Up,
                 enabled: st.record.as_ref().is_some_and(|r| r.enabled),
                 vcpus_total: info.cpus,
                 vcpus_used: info.vcpus_running + pv,
                 memory_total: info.memory_total_bytes,
                 memory_used: info.memory_running_bytes + pm,
                 disk_free: info.storage_free_bytes,
-                bases: here,
+                bases,
                 class: match info.domain_type.as_str() {
-                    "" => String::new(),
-                    "test" => "test".into(),
-                    _ => "qemu".into(),
+                    "" => "",
+                    "test" => "test",
+                    _ => "qemu",
                 },
-                vms_by_user: by_user,
+                vms_by_user: match (!user_vms.is_empty()).then(|| user_vms.get(name)).flatten() {
+                    Some(n) => HashMap::from([(user, *n)]),
+                    None => HashMap::new(),
+                },
             });
-            names.push(name.clone());
         }
         Ok((views, names))
     }

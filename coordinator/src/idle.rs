@@ -210,8 +210,17 @@ impl Coordinator {
 
     /// Submits the reclaim of every running VM that is due; returns them with the reason.
     pub async fn reclaim_idle(self: &Arc<Self>) -> Result<Vec<(String, Reclaim)>> {
+        // Only the VMs a timeout may apply to, not every VM.
         let (vms, bases) = self
-            .blocking(|s| Ok((s.vms()?, s.base_timeouts()?)))
+            .blocking(|s| {
+                let bases = s.base_timeouts()?;
+                let timed: Vec<String> = bases
+                    .iter()
+                    .filter(|(_, t)| !t.is_none())
+                    .map(|(b, _)| b.clone())
+                    .collect();
+                Ok((s.vms_with_timeouts(&timed)?, bases))
+            })
             .await?;
         let now = now_ms();
         let mut reclaimed = Vec::new();

@@ -153,7 +153,7 @@ impl Coordinator {
         let (vms, ops, pools, members) = self
             .blocking(|s| {
                 Ok((
-                    s.vms()?,
+                    s.vm_states()?,
                     s.operations(true)?,
                     s.base_pools()?,
                     s.pool_vms()?,
@@ -177,12 +177,11 @@ impl Coordinator {
             }
         }
         m.vms.reset();
-        for v in &vms {
-            let state = v.observed_state.as_str();
+        for (state, n) in &vms {
             let state = state.strip_prefix("DOMAIN_STATE_").unwrap_or(state);
             m.vms
                 .with_label_values(&[state.to_lowercase().as_str()])
-                .inc();
+                .add(i64::try_from(*n).unwrap_or(i64::MAX));
         }
         m.ops_now.reset();
         for s in ["queued", "running"] {

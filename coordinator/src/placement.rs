@@ -12,6 +12,10 @@ pub type HostId = u32;
 pub type BaseId = u32;
 pub type UserId = u32;
 
+/// The bases a host holds: a few ids, kept inline (placement builds a view of every host for
+/// every clone; a heap set per host would cost more than the decision).
+pub type Bases = smallvec::SmallVec<[BaseId; 4]>;
+
 /// What placement knows about one host.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostView {
@@ -24,10 +28,10 @@ pub struct HostView {
     pub memory_used: u64,
     pub disk_free: u64,
     /// Bases whose files are on this host.
-    pub bases: HashSet<BaseId>,
+    pub bases: Bases,
     /// Which hosts can share base files: hosts of one class run the same images (`qemu`
-    /// for KVM and QEMU hosts, `test` for libvirt's test driver).
-    pub class: String,
+    /// for KVM and QEMU hosts, `test` for libvirt's test driver; empty when unknown).
+    pub class: &'static str,
     /// How many VMs each user has on this host.
     pub vms_by_user: HashMap<UserId, u32>,
 }
@@ -50,7 +54,7 @@ pub struct Request {
 /// A base copy placement may count on: hosts of these classes hold it and are up.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Copy {
-    pub classes: HashSet<String>,
+    pub classes: HashSet<&'static str>,
     pub penalty: f64,
 }
 
@@ -184,7 +188,7 @@ pub fn check(host: &HostView, req: &Request, policy: &Policy) -> Option<Rejectio
         let copyable = req
             .copy
             .as_ref()
-            .is_some_and(|c| c.classes.contains(&host.class));
+            .is_some_and(|c| c.classes.contains(host.class));
         if !host.bases.contains(&b) && !copyable {
             return Some(Rejection::BaseMissing(b));
         }
@@ -267,8 +271,8 @@ mod tests {
             memory_total: 16 << 30,
             memory_used: 0,
             disk_free: 100 << 30,
-            bases: HashSet::from([1]),
-            class: "qemu".into(),
+            bases: Bases::from_slice(&[1]),
+            class: "qemu",
             vms_by_user: HashMap::new(),
         }
     }
@@ -291,9 +295,9 @@ mod tests {
         let mut hosts: Vec<HostView> = (0..3).map(host).collect();
         hosts[1].bases.clear();
         hosts[2].bases.clear();
-        hosts[2].class = "test".into();
+        hosts[2].class = "test";
         let copy = Copy {
-            classes: HashSet::from(["qemu".to_string()]),
+            classes: HashSet::from(["qemu"]),
             penalty: p.copy_penalty(4 << 30),
         };
         let mut r = req();
@@ -377,7 +381,8 @@ mod tests {
             (1u64..64).prop_map(|g| g << 30),
             0u64..(64 << 30),
             0u64..(200 << 30),
-            proptest::collection::hash_set(0u32..4, 0..4),
+            proptest::collection::hash_set(0u32..4, 0..4)
+                .prop_map(|s| s.into_iter().collect::<Bases>()),
             proptest::collection::hash_map(0u32..4, 1u32..5, 0..4),
         )
             .prop_map(
@@ -391,7 +396,7 @@ mod tests {
                     memory_used: mu,
                     disk_free: df,
                     bases,
-                    class: "qemu".into(),
+                    class: "qemu",
                     vms_by_user: users,
                 },
             )

@@ -18,8 +18,8 @@ pub struct Placed {
     /// (host id, why not), typed: rendered with names only when asked ([`Placed::rejected`]),
     /// not for every clone placed among thousands of hosts.
     why_not: Vec<(placement::HostId, placement::Rejection)>,
-    /// Host names by placement id, and base names by base id.
-    names: Vec<String>,
+    /// Host names by placement id (shared with the fleet's list), and base names by base id.
+    names: std::sync::Arc<Vec<String>>,
     bases: Vec<String>,
     /// (vCPUs, bytes of memory).
     pub size: (u32, u64),
@@ -118,85 +118,84 @@ impl Coordinator {
         over: (u32, u64),
     ) -> Result<(Placed, Vec<String>)> {
         let started = std::time::Instant::now();
-        let (mine, bases) = self.fleet_of(owner).await?;
-        let holders = bases
-            .iter()
-            .find(|(b, _)| b == base)
-            .map(|(_, h)| h.clone())
-            .ok_or_else(|| CoordError::NotFound(format!("base {base} not found")))?;
+        let (mine, holders) = self.fleet_of(owner, Some(base)).await?;
         let size = self.base_size(base, &holders).await?;
         let size = (
             if over.0 > 0 { over.0 } else { size.0 },
             if over.1 > 0 { over.1 } else { size.1 },
         );
-        let placed = self.decide(mine, &bases, Some(base), size, keep_together)?;
+        let placed = self.decide(mine, Some((base, &holders)), size, keep_together)?;
         crate::metrics::placement("total", started.elapsed().as_secs_f64());
         Ok((placed, holders))
     }
 
     /// Where a VM of `size` (vCPUs, bytes) goes.
     pub async fn place_sized(&self, size: (u32, u64), owner: &str) -> Result<Placed> {
-        let (mine, bases) = self.fleet_of(owner).await?;
-        self.decide(mine, &bases, None, size, false)
+        let (mine, _) = self.fleet_of(owner, None).await?;
+        self.decide(mine, None, size, false)
     }
 
-    /// What placement reads from the store: `owner`'s VM count per host, and the bases.
+    /// What placement reads from the store: `owner`'s VM count per host, and the hosts
+    /// holding `base` (NotFound for no such base).
     pub(crate) async fn fleet_of(
         &self,
         owner: &str,
-    ) -> Result<(Vec<(String, u32)>, Vec<(String, Vec<String>)>)> {
-        let who = owner.to_string();
-        self.blocking(move |s| Ok((s.vm_counts_of(&who)?, s.bases()?)))
-            .await
+        base: Option<&str>,
+    ) -> Result<(Vec<(String, u32)>, Vec<String>)> {
+        let (who, base) = (owner.to_string(), base.map(str::to_string));
+        self.blocking(move |s| {
+            let holders = match &base {
+                Some(b) => s.base_holders(b)?,
+                None => Vec::new(),
+            };
+            Ok((s.vm_counts_of(&who)?, holders))
+        })
+        .await
     }
 
-    /// Places on the hosts' last heartbeats plus reservations; on a host holding `base` when
-    /// given.
+    /// Places on the hosts' last heartbeats plus reservations; on a host holding `base`
+    /// (its name and holders) when given.
     pub(crate) fn decide(
         &self,
         mine: Vec<(String, u32)>,
-        bases: &[(String, Vec<String>)],
-        base: Option<&str>,
+        base: Option<(&str, &[String])>,
         size: (u32, u64),
         keep_together: bool,
     ) -> Result<Placed> {
         let started = std::time::Instant::now();
-        let base_ids: HashMap<String, u32> = bases
-            .iter()
-            .enumerate()
-            .map(|(i, (b, _))| (b.clone(), i as u32))
-            .collect();
+        // The requested base is placement's base 0.
+        const BASE: placement::BaseId = 0;
         // Reservations every heartbeat has since covered are dropped.
         let oldest_info = self.hosts.oldest_info_ms()?;
         let pending = self.reservations.counted(oldest_info)?;
         // Placement sees only the requesting user's VMs (user 0): all keep-together needs.
         let user = 0;
         let mine: HashMap<String, u32> = mine.into_iter().collect();
-        let (views, names) = self.hosts.views(&mine, user, bases, &base_ids, &pending)?;
+        let (views, names) =
+            self.hosts
+                .views(&mine, user, base.map(|(_, h)| (BASE, h)), &pending)?;
         // Hosts without the base can take the clone when a host of their class holding it is
         // up; the copy costs score in proportion to the base's size.
-        let copy = base
-            .and_then(|b| base_ids.get(b).map(|id| (b, id)))
-            .map(|(b, id)| {
-                let classes: std::collections::HashSet<String> = views
-                    .iter()
-                    .filter(|v| v.up && v.bases.contains(id))
-                    .map(|v| v.class.clone())
-                    .collect();
-                let bytes = self
-                    .base_bytes
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(b).copied())
-                    .unwrap_or(self.policy.copy_scale);
-                placement::Copy {
-                    classes,
-                    penalty: self.policy.copy_penalty(bytes),
-                }
-            });
+        let copy = base.map(|(b, _)| {
+            let classes: std::collections::HashSet<&'static str> = views
+                .iter()
+                .filter(|v| v.up && v.bases.contains(&BASE))
+                .map(|v| v.class)
+                .collect();
+            let bytes = self
+                .base_bytes
+                .lock()
+                .ok()
+                .and_then(|m| m.get(b).copied())
+                .unwrap_or(self.policy.copy_scale);
+            placement::Copy {
+                classes,
+                penalty: self.policy.copy_penalty(bytes),
+            }
+        });
         let req = placement::Request {
             copy: copy.filter(|c| !c.classes.is_empty()),
-            base: base.and_then(|b| base_ids.get(b).copied()),
+            base: base.map(|_| BASE),
             vcpus: size.0,
             memory: size.1,
             disk: 0,
@@ -212,7 +211,7 @@ impl Coordinator {
             host,
             why_not: d.rejected,
             names,
-            bases: bases.iter().map(|(b, _)| b.clone()).collect(),
+            bases: base.map(|(b, _)| vec![b.to_string()]).unwrap_or_default(),
             size,
         })
     }

@@ -257,6 +257,14 @@ pub trait Store: Send + Sync {
     fn volatile_vms(&self) -> Result<Vec<VmRecord>>;
     /// The pool clones (not handed out yet) of every base.
     fn pool_vms(&self) -> Result<Vec<VmRecord>>;
+    /// (name, host, domain) of every running VM: what the guest watcher sweeps, without
+    /// reading whole records.
+    fn running_domains(&self) -> Result<Vec<(String, String, String)>>;
+    /// The running VMs a timeout may apply to: a run timeout of their own, or a base among
+    /// `bases` (the bases with timeouts).
+    fn vms_with_timeouts(&self, bases: &[String]) -> Result<Vec<VmRecord>>;
+    /// How many VMs are in each observed state.
+    fn vm_states(&self) -> Result<Vec<(String, u64)>>;
     /// Hands pool clone `pool_vm` out as `vm` in one step: the pool clone's record goes, the
     /// user's comes. NotFound when it is no longer a pool clone (another took it),
     /// AlreadyExists when `vm`'s name is taken; then nothing changed.
@@ -277,6 +285,8 @@ pub trait Store: Send + Sync {
     fn bases(&self) -> Result<Vec<(String, Vec<String>)>>;
     /// Every base's name (without the hosts holding it).
     fn base_names(&self) -> Result<Vec<String>>;
+    /// The hosts holding one base (NotFound for no such base).
+    fn base_holders(&self, name: &str) -> Result<Vec<String>>;
     /// Who may clone a base.
     fn base_access(&self, name: &str) -> Result<BaseAccess>;
     fn set_base_access(&self, name: &str, access: &BaseAccess) -> Result<()>;

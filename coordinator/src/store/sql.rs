@@ -183,6 +183,11 @@ fn vm_params(vm: &VmRecord) -> Result<Vec<V>> {
     .to_vec())
 }
 
+/// A running VM's observed state, as stored.
+fn running() -> &'static str {
+    crate::states::Observed::Domain(corral_client::proto::DomainState::Running).as_str()
+}
+
 fn vm_from(r: &Row) -> Result<VmRecord> {
     Ok(VmRecord {
         name: r.text(0)?,
@@ -687,6 +692,61 @@ impl<C: Conn> Store for SqlStore<C> {
         self.vms_where("json_extract(spec, '$.pool') = 1")
     }
 
+    fn running_domains(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = self.read(|c| {
+            c.query(
+                "SELECT name, host, spec FROM vms WHERE observed_state = ?1 AND host IS NOT NULL",
+                p![running()],
+            )
+        })?;
+        rows.iter()
+            .map(|r| {
+                let (name, spec) = (r.text(0)?, r.text(2)?);
+                // Most specs name no domain of their own: parsed only when one might.
+                let domain = if spec.contains("\"domain\"") {
+                    serde_json::from_str::<serde_json::Value>(&spec)?
+                        .get("domain")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string)
+                } else {
+                    None
+                };
+                Ok((name.clone(), r.text(1)?, domain.unwrap_or(name)))
+            })
+            .collect()
+    }
+
+    fn vms_with_timeouts(&self, bases: &[String]) -> Result<Vec<VmRecord>> {
+        let running = running();
+        // ?1 is the state; the bases are ?2.. (the same expressions as migration 16's indexes).
+        let listed: Vec<String> = (0..bases.len()).map(|i| format!("?{}", i + 2)).collect();
+        let of_bases = if listed.is_empty() {
+            String::new()
+        } else {
+            format!(" OR base IN ({})", listed.join(", "))
+        };
+        let sql = format!(
+            "SELECT {VM_COLUMNS} FROM vms WHERE observed_state = ?1
+             AND (json_extract(spec, '$.run_timeout_s') > 0{of_bases}) ORDER BY name"
+        );
+        let params: Vec<V> = std::iter::once(V::from(running))
+            .chain(bases.iter().map(|b| V::from(b.as_str())))
+            .collect();
+        self.read(|c| c.query(&sql, &params)?.iter().map(vm_from).collect())
+    }
+
+    fn vm_states(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            c.query(
+                "SELECT observed_state, COUNT(*) FROM vms GROUP BY observed_state ORDER BY observed_state",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, u64::try_from(r.int(1)?).unwrap_or(0))))
+            .collect()
+        })
+    }
+
     fn hand_out(&self, pool_vm: &str, vm: &VmRecord) -> Result<()> {
         let params = vm_params(vm)?;
         // Checked first, then changed, in one savepoint: nothing else comes between.
@@ -773,6 +833,21 @@ impl<C: Conn> Store for SqlStore<C> {
             }
         }
         Ok(out)
+    }
+
+    fn base_holders(&self, name: &str) -> Result<Vec<String>> {
+        let rows = self.read(|c| {
+            c.query(
+                "SELECT bh.host FROM bases b LEFT JOIN base_hosts bh ON bh.base = b.name WHERE b.name = ?1 ORDER BY bh.host",
+                p![name],
+            )
+        })?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(format!("base {name}")));
+        }
+        rows.iter()
+            .filter_map(|r| r.opt_text(0).transpose())
+            .collect()
     }
 
     fn base_names(&self) -> Result<Vec<String>> {

@@ -321,4 +321,7 @@ pub const MIGRATIONS: &[&str] = &[
      );",
     // 15: a host's VMs without reading every VM (reconciliation at scale).
     "CREATE INDEX vms_host ON vms(host);",
+    // 16: what the idle keeper reads (VMs with a run timeout, or of a base with timeouts).
+    "CREATE INDEX vms_run_timeout ON vms(json_extract(spec, '$.run_timeout_s'));
+     CREATE INDEX vms_base ON vms(base);",
 ];

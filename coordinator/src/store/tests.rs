@@ -466,3 +466,95 @@ fn names_are_one_namespace_and_inserts_never_overwrite() {
         ));
     }
 }
+
+/// What the periodic loops and placement read at scale, instead of every VM or every base.
+#[test]
+fn the_narrow_reads_return_only_what_they_name() {
+    use crate::states::{Desired, Observed};
+    use corral_client::proto::DomainState;
+    for under in stores() {
+        let s = under.store.as_ref();
+        let name = under.name;
+        for (i, h) in ["h1", "h2"].into_iter().enumerate() {
+            s.put_host(&HostRecord {
+                name: h.into(),
+                address: format!("10.0.0.{i}:7700"),
+                enabled: true,
+                last_seen_ms: 0,
+            })
+            .unwrap();
+        }
+        for (b, holders) in [("b1", &["h2", "h1"][..]), ("b2", &[][..])] {
+            s.put_base(b, None, &serde_json::json!({})).unwrap();
+            for h in holders {
+                s.set_base_host(b, h, true).unwrap();
+            }
+        }
+        assert_eq!(s.base_holders("b1").unwrap(), ["h1", "h2"], "{name}");
+        assert!(s.base_holders("b2").unwrap().is_empty(), "{name}");
+        assert!(
+            matches!(s.base_holders("nope"), Err(StoreError::NotFound(_))),
+            "{name}"
+        );
+        let vm =
+            |n: &str, base: Option<&str>, state: DomainState, spec: serde_json::Value| VmRecord {
+                name: n.into(),
+                owner: "alice".into(),
+                base: base.map(String::from),
+                host: Some("h1".into()),
+                desired_state: Desired::Running,
+                observed_state: Observed::Domain(state),
+                spec,
+            };
+        let run = DomainState::Running;
+        for v in [
+            vm("plain", Some("b2"), run, serde_json::json!({})),
+            vm(
+                "own-timeout",
+                None,
+                run,
+                serde_json::json!({"run_timeout_s": 60}),
+            ),
+            vm("of-b1", Some("b1"), run, serde_json::json!({})),
+            vm("renamed", None, run, serde_json::json!({"domain": "d-7"})),
+            vm(
+                "off",
+                Some("b1"),
+                DomainState::ShutOff,
+                serde_json::json!({"run_timeout_s": 9}),
+            ),
+        ] {
+            s.put_vm(&v).unwrap();
+        }
+        let mut running = s.running_domains().unwrap();
+        running.sort();
+        let h = || "h1".to_string();
+        assert_eq!(
+            running,
+            [
+                ("of-b1".into(), h(), "of-b1".into()),
+                ("own-timeout".into(), h(), "own-timeout".into()),
+                ("plain".into(), h(), "plain".into()),
+                ("renamed".into(), h(), "d-7".into()),
+            ],
+            "{name}"
+        );
+        let timed = |bases: &[String]| -> Vec<String> {
+            s.vms_with_timeouts(bases)
+                .unwrap()
+                .into_iter()
+                .map(|v| v.name)
+                .collect()
+        };
+        assert_eq!(timed(&[]), ["own-timeout"], "{name}");
+        assert_eq!(timed(&["b1".into()]), ["of-b1", "own-timeout"], "{name}");
+        assert_eq!(
+            s.vm_states().unwrap(),
+            [
+                ("DOMAIN_STATE_RUNNING".to_string(), 4),
+                ("DOMAIN_STATE_SHUT_OFF".to_string(), 1)
+            ],
+            "{name}"
+        );
+    }
+}
