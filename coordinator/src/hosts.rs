@@ -77,9 +77,56 @@ pub struct Hosts {
     down_after: Duration,
     /// By name: placement reads every host in this order, its placement ids.
     entries: RwLock<BTreeMap<String, Entry>>,
-    /// The names of `entries` in order, shared with every placement until a host comes or
-    /// goes (cleared under the entries' write lock).
-    names: Mutex<Option<Arc<Vec<String>>>>,
+    /// Placement's compact copy of every host (taken under the entries' write lock, after
+    /// every change): a decision reads it alone, not the entries.
+    fleet: RwLock<Fleet>,
+}
+
+/// What placement reads of every host, in name order (a host's placement id is its index).
+#[derive(Default)]
+struct Fleet {
+    /// A host came or went since it was taken: taken again before the next decision.
+    stale: bool,
+    names: Arc<Vec<String>>,
+    index: HashMap<String, usize>,
+    slots: Vec<Slot>,
+}
+
+/// One host as placement reads it: a few numbers side by side, so that a decision over ten
+/// thousand hosts walks one small array instead of every host's whole status.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    last_seen_ms: i64,
+    info_ms: i64,
+    enabled: bool,
+    cpus: u32,
+    vcpus_running: u32,
+    memory_total: u64,
+    memory_running: u64,
+    disk_free: u64,
+    class: &'static str,
+}
+
+impl Slot {
+    fn of(st: &HostStatus) -> Self {
+        let none = pb::HostInfo::default();
+        let info = st.info.as_ref().unwrap_or(&none);
+        Self {
+            last_seen_ms: st.last_seen_ms,
+            info_ms: st.info_ms,
+            enabled: st.record.as_ref().is_some_and(|r| r.enabled),
+            cpus: info.cpus,
+            vcpus_running: info.vcpus_running,
+            memory_total: info.memory_total_bytes,
+            memory_running: info.memory_running_bytes,
+            disk_free: info.storage_free_bytes,
+            class: match info.domain_type.as_str() {
+                "" => "",
+                "test" => "test",
+                _ => "qemu",
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for Hosts {
@@ -123,7 +170,10 @@ impl Hosts {
             heartbeat,
             down_after,
             entries: RwLock::new(BTreeMap::new()),
-            names: Mutex::new(None),
+            fleet: RwLock::new(Fleet {
+                stale: true,
+                ..Fleet::default()
+            }),
         })
     }
 
@@ -145,7 +195,6 @@ impl Hosts {
     fn watch(self: &Arc<Self>, record: HostRecord) -> Result<()> {
         let name = record.name.clone();
         let mut entries = self.entries.write().map_err(poisoned)?;
-        self.hosts_changed();
         if let Some(old) = entries.remove(&name) {
             if let Some(t) = old.task {
                 t.abort();
@@ -166,6 +215,7 @@ impl Hosts {
                 task: Some(task),
             },
         );
+        self.hosts_changed();
         Ok(())
     }
 
@@ -207,12 +257,12 @@ impl Hosts {
         let n = name.to_string();
         self.blocking(move |s| s.remove_host(&n)).await?;
         let mut entries = self.entries.write().map_err(poisoned)?;
-        self.hosts_changed();
         if let Some(e) = entries.remove(name) {
             if let Some(t) = e.task {
                 t.abort();
             }
         }
+        self.hosts_changed();
         Ok(())
     }
 
@@ -229,27 +279,52 @@ impl Hosts {
                 .as_mut()
                 .ok_or_else(|| CoordError::Internal("host without record".into()))?;
             rec.enabled = enabled;
-            rec.clone()
+            let rec = rec.clone();
+            self.reslot(name, &e.status);
+            rec
         };
         self.blocking(move |s| s.put_host(&record)).await
     }
 
-    /// Forgets the shared list of names; called with the entries' write lock held.
+    /// A host came or went; called with the entries' write lock held.
     fn hosts_changed(&self) {
-        *self.names.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.fleet.write().unwrap_or_else(|p| p.into_inner()).stale = true;
     }
 
-    /// The names of `entries` in order (placement ids), shared until a host comes or goes.
-    fn names_of(&self, entries: &BTreeMap<String, Entry>) -> Arc<Vec<String>> {
-        let mut cached = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        match cached.as_ref() {
-            Some(n) if n.len() == entries.len() => Arc::clone(n),
-            _ => {
-                let n = Arc::new(entries.keys().cloned().collect::<Vec<_>>());
-                *cached = Some(Arc::clone(&n));
-                n
+    /// A host's status changed; called with the entries' write lock held.
+    fn reslot(&self, name: &str, status: &HostStatus) {
+        let mut fleet = self.fleet.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = fleet.index.get(name).copied() {
+            if let Some(slot) = fleet.slots.get_mut(i) {
+                *slot = Slot::of(status);
             }
         }
+    }
+
+    /// Reads placement's copy of the fleet, taken again first when a host came or went.
+    fn with_fleet<T>(&self, f: impl FnOnce(&Fleet) -> T) -> Result<T> {
+        {
+            let fleet = self.fleet.read().map_err(poisoned)?;
+            if !fleet.stale {
+                return Ok(f(&fleet));
+            }
+        }
+        // The same order as every writer: the entries, then the copy.
+        let entries = self.entries.read().map_err(poisoned)?;
+        let mut fleet = self.fleet.write().map_err(poisoned)?;
+        if fleet.stale {
+            *fleet = Fleet {
+                stale: false,
+                names: Arc::new(entries.keys().cloned().collect()),
+                index: entries
+                    .keys()
+                    .enumerate()
+                    .map(|(i, n)| (n.clone(), i))
+                    .collect(),
+                slots: entries.values().map(|e| Slot::of(&e.status)).collect(),
+            };
+        }
+        Ok(f(&fleet))
     }
 
     /// The host's state computed from its silence.
@@ -269,12 +344,7 @@ impl Hosts {
 
     /// The oldest heartbeat answer among the hosts (ms since the epoch; 0 when none).
     pub fn oldest_info_ms(&self) -> Result<i64> {
-        let entries = self.entries.read().map_err(poisoned)?;
-        Ok(entries
-            .values()
-            .map(|e| e.status.info_ms)
-            .min()
-            .unwrap_or(0))
+        self.with_fleet(|f| f.slots.iter().map(|s| s.info_ms).min().unwrap_or(0))
     }
 
     pub fn statuses(&self) -> Result<Vec<(String, HostStatus, Liveness)>> {
@@ -350,7 +420,6 @@ impl Hosts {
         let now = now_ms();
         let name = record.name.clone();
         let mut entries = self.entries.write().map_err(poisoned)?;
-        self.hosts_changed();
         entries.insert(
             name,
             Entry {
@@ -367,6 +436,7 @@ impl Hosts {
                 task: None,
             },
         );
+        self.hosts_changed();
         Ok(())
     }
 
@@ -374,6 +444,7 @@ impl Hosts {
         if let Ok(mut entries) = self.entries.write() {
             if let Some(e) = entries.get_mut(name) {
                 f(e);
+                self.reslot(name, &e.status);
             }
         }
     }
@@ -593,58 +664,160 @@ impl Hosts {
         reservations: &[Reservation],
     ) -> Result<(Vec<crate::placement::HostView>, Arc<Vec<String>>)> {
         use crate::placement::{Bases, HostView};
-        // Read in place under the lock, without a copy, a sort or an allocation per host:
-        // placement runs for every clone, over every host.
-        let entries = self.entries.read().map_err(poisoned)?;
-        let names = self.names_of(&entries);
         let now = now_ms();
-        // The holders in name order, walked beside the hosts (also in name order).
-        let mut holders: Vec<&str> = base
-            .map(|(_, h)| h.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        holders.sort_unstable();
-        let mut holders = holders.into_iter().peekable();
-        let mut pending: HashMap<&str, Vec<&Reservation>> = HashMap::new();
-        for r in reservations {
-            pending.entry(r.host.as_str()).or_default().push(r);
-        }
-        let none = pb::HostInfo::default();
-        let mut views = Vec::with_capacity(entries.len());
-        for (i, (name, e)) in entries.iter().enumerate() {
-            let st = &e.status;
-            let info = st.info.as_ref().unwrap_or(&none);
-            let (pv, pm) = pending.get(name.as_str()).map_or((0, 0), |rs| {
-                rs.iter()
-                    .filter(|r| r.released_ms.is_none_or(|t| t >= st.info_ms))
-                    .fold((0u32, 0u64), |(v, m), r| (v + r.vcpus, m + r.memory))
-            });
-            while holders.next_if(|h| *h < name.as_str()).is_some() {}
-            let holds = holders.next_if(|h| *h == name.as_str()).is_some();
-            let mut bases = Bases::new();
-            if let (true, Some((id, _))) = (holds, base) {
-                bases.push(id);
+        let down_after = self.down_after.as_millis() as i64;
+        self.with_fleet(|fleet| {
+            // Per host: its slot, and a mark for what few hosts hold the base, have the
+            // user's VMs or reservations (looked up by name once each, not per host).
+            let mut holds = vec![false; fleet.slots.len()];
+            for h in base.map_or(&[][..], |(_, h)| h) {
+                if let Some(i) = fleet.index.get(h) {
+                    holds[*i] = true;
+                }
             }
-            views.push(HostView {
-                id: i as u32,
-                up: self.state_at(st, now) == Liveness::Up,
-                enabled: st.record.as_ref().is_some_and(|r| r.enabled),
-                vcpus_total: info.cpus,
-                vcpus_used: info.vcpus_running + pv,
-                memory_total: info.memory_total_bytes,
-                memory_used: info.memory_running_bytes + pm,
-                disk_free: info.storage_free_bytes,
-                bases,
-                class: match info.domain_type.as_str() {
-                    "" => "",
-                    "test" => "test",
-                    _ => "qemu",
-                },
-                vms_by_user: match (!user_vms.is_empty()).then(|| user_vms.get(name)).flatten() {
-                    Some(n) => HashMap::from([(user, *n)]),
-                    None => HashMap::new(),
-                },
-            });
+            let mut views: Vec<HostView> = fleet
+                .slots
+                .iter()
+                .zip(&holds)
+                .enumerate()
+                .map(|(i, (slot, holds))| {
+                    let mut bases = Bases::new();
+                    if let (true, Some((id, _))) = (*holds, base) {
+                        bases.push(id);
+                    }
+                    HostView {
+                        id: i as u32,
+                        up: slot.last_seen_ms != 0 && now - slot.last_seen_ms <= down_after,
+                        enabled: slot.enabled,
+                        vcpus_total: slot.cpus,
+                        vcpus_used: slot.vcpus_running,
+                        memory_total: slot.memory_total,
+                        memory_used: slot.memory_running,
+                        disk_free: slot.disk_free,
+                        bases,
+                        class: slot.class,
+                        vms_by_user: HashMap::new(),
+                    }
+                })
+                .collect();
+            for (host, n) in user_vms {
+                if let Some(v) = fleet.index.get(host).and_then(|i| views.get_mut(*i)) {
+                    v.vms_by_user.insert(user, *n);
+                }
+            }
+            for r in reservations {
+                let Some(i) = fleet.index.get(&r.host).copied() else {
+                    continue;
+                };
+                let (Some(v), Some(slot)) = (views.get_mut(i), fleet.slots.get(i)) else {
+                    continue;
+                };
+                if r.released_ms.is_none_or(|t| t >= slot.info_ms) {
+                    v.vcpus_used += r.vcpus;
+                    v.memory_used += r.memory;
+                }
+            }
+            (views, Arc::clone(&fleet.names))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Sqlite;
+
+    fn info(cpus: u32, vcpus_running: u32, domain_type: &str) -> pb::HostInfo {
+        pb::HostInfo {
+            cpus,
+            vcpus_running,
+            memory_total_bytes: 64 << 30,
+            memory_running_bytes: 4 << 30,
+            storage_free_bytes: 100 << 30,
+            domain_type: domain_type.into(),
+            ..Default::default()
         }
-        Ok((views, names))
+    }
+
+    fn record(name: &str, enabled: bool) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            address: format!("{name}.lab:7700"),
+            enabled,
+            last_seen_ms: 0,
+        }
+    }
+
+    /// Placement's copy follows hosts coming and going and every status change, and a view
+    /// adds the base's holders, the user's VMs and the reservations a report cannot include.
+    #[tokio::test]
+    async fn placement_views_follow_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::start(Arc::new(Sqlite::open(&dir.path().join("c.db")).unwrap())).unwrap();
+        let hosts = Hosts::new(db, Duration::from_secs(1), Duration::from_secs(10), None);
+        let journal = crate::fake::Journal::default();
+        for (name, enabled, kind) in [
+            ("c", true, "kvm"),
+            ("a", true, "test"),
+            ("b", false, "qemu"),
+        ] {
+            let door = crate::fake::FakeAgent::new(name, &journal);
+            hosts
+                .attach(
+                    record(name, enabled),
+                    info(8, 2, kind),
+                    BTreeSet::new(),
+                    door,
+                )
+                .unwrap();
+        }
+        let holders = ["c".to_string(), "nowhere".to_string()];
+        let mine = HashMap::from([("a".to_string(), 3)]);
+        let reservations = [
+            Reservation {
+                id: 1,
+                host: "c".into(),
+                vcpus: 2,
+                memory: 1 << 30,
+                released_ms: None,
+            },
+            Reservation {
+                id: 2,
+                host: "c".into(),
+                vcpus: 5,
+                memory: 0,
+                // Released before the last report: the report counts it already.
+                released_ms: Some(0),
+            },
+        ];
+        let (views, names) = hosts
+            .views(&mine, 7, Some((0, &holders)), &reservations)
+            .unwrap();
+        assert_eq!(*names, ["a", "b", "c"], "name order is placement order");
+        let ids: Vec<u32> = views.iter().map(|v| v.id).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        let [a, b, c] = &views[..] else {
+            panic!("three views")
+        };
+        assert!(a.up && a.enabled && !b.enabled);
+        assert_eq!((a.class, b.class, c.class), ("test", "qemu", "qemu"));
+        assert_eq!(a.vms_by_user, HashMap::from([(7, 3)]));
+        assert!(c.vms_by_user.is_empty());
+        assert_eq!((a.bases.len(), c.bases.as_slice()), (0, &[0][..]));
+        assert_eq!((c.vcpus_used, c.memory_used), (4, 5 << 30));
+        assert_eq!((a.vcpus_used, a.memory_used), (2, 4 << 30));
+
+        // A heartbeat, a maintenance switch and a host gone all show in the next view.
+        hosts.update("a", |e| {
+            e.status.info = Some(info(16, 9, "test"));
+        });
+        hosts.set_enabled("b", true).await.unwrap_or(());
+        hosts.entries.write().unwrap().remove("c");
+        hosts.hosts_changed();
+        let (views, names) = hosts.views(&HashMap::new(), 7, None, &[]).unwrap();
+        assert_eq!(*names, ["a", "b"]);
+        assert_eq!((views[0].vcpus_total, views[0].vcpus_used), (16, 9));
+        assert!(views[1].enabled, "enabled again");
+        assert!(views.iter().all(|v| v.bases.is_empty()));
     }
 }

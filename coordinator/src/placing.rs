@@ -177,11 +177,14 @@ impl Coordinator {
         // Hosts without the base can take the clone when a host of their class holding it is
         // up; the copy costs score in proportion to the base's size.
         let copy = base.map(|(b, _)| {
-            let classes: std::collections::HashSet<&'static str> = views
-                .iter()
-                .filter(|v| v.up && v.bases.contains(&BASE))
-                .map(|v| v.class)
-                .collect();
+            // A few classes among thousands of hosts: deduplicated without hashing each.
+            let mut classes: Vec<&'static str> = Vec::new();
+            for v in views.iter().filter(|v| v.up && v.bases.contains(&BASE)) {
+                if !classes.contains(&v.class) {
+                    classes.push(v.class);
+                }
+            }
+            let classes = classes.into_iter().collect();
             let bytes = self
                 .base_bytes
                 .lock()

@@ -6,7 +6,8 @@
 //! nothing made) p50/p99 — against the targets (p50 <= 1 ms, CPU < 1 core, RSS <= 256 MB).
 //! Then an idle agent's RSS (aim <= 15 MB).
 //!
-//! `CORRAL_SCALE_HOSTS` and `CORRAL_SCALE_VMS` change the sizes.
+//! `CORRAL_SCALE_HOSTS` and `CORRAL_SCALE_VMS` change the sizes, `CORRAL_SCALE_PLACEMENTS`
+//! the number of dry-run clones timed (200).
 
 #![allow(clippy::unwrap_used)]
 
@@ -202,7 +203,7 @@ async fn run() -> anyhow::Result<()> {
     // Placement: dry-run clones, one after another.
     admin.set_dry_run(true);
     let mut lat = Vec::new();
-    for i in 0..200 {
+    for i in 0..size("CORRAL_SCALE_PLACEMENTS", 200) {
         let t = Instant::now();
         admin
             .vms
