@@ -239,9 +239,12 @@ async fn cancel_peer(
     AgentError::Unavailable("the transfer was cancelled".into())
 }
 
+/// Sends a volume to the peer agent (its ReceiveVolume), naming the operation `op` it works
+/// for, if any, as the caller named it; progress goes to `progress`.
 pub async fn send(
     agent: Arc<Agent>,
     req: pb::SendVolumeRequest,
+    op: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     progress: impl Fn(pb::SyncProgress) + Send,
     cancelled: impl std::future::Future<Output = ()> + Send,
 ) -> Result<pb::SyncProgress> {
@@ -319,8 +322,14 @@ pub async fn send(
         .map_err(|_| AgentError::internal("upload queue closed"))?;
     // Kept to tell the peer to discard its partial file when our caller cancels.
     let abort = tx.clone();
+    let mut upload = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(op) = op {
+        upload
+            .metadata_mut()
+            .insert(corral_proto::OPERATION_HEADER, op);
+    }
     let mut replies = client
-        .receive_volume(ReceiverStream::new(rx))
+        .receive_volume(upload)
         .await
         .map_err(AgentError::from_peer)?
         .into_inner();

@@ -590,3 +590,57 @@ async fn a_clone_onto_a_name_the_host_holds_leaves_no_record() {
         .await
         .unwrap();
 }
+
+/// Issue 12, item 2, agent to agent: a volume sync made for an operation names it on the
+/// receiving agent too (the sender passes the operation header on to ReceiveVolume).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_for_an_operation_names_it_on_the_receiving_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("b.log");
+    let a = AgentProc::start_test_driver(&dir.path().join("a")).unwrap();
+    let mut env = TEST_DRIVER.to_vec();
+    env.extend([
+        ("CORRAL_LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,corral_agent=debug"),
+        (STDERR_TO, log.to_str().unwrap()),
+    ]);
+    let b = AgentProc::start_with(&dir.path().join("b"), &env).unwrap();
+    random_file(&a.storage().join("named.raw"), 1 << 20);
+    let mut c = a.client().await.unwrap();
+    let op = "op-sync-7f3a";
+    let last = corral_client::for_operation(Some(op.into()), async {
+        let mut stream = c
+            .sync
+            .send_volume(pb::SendVolumeRequest {
+                volume: "named.raw".into(),
+                peer: b.addr.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(p) = stream.message().await.unwrap() {
+            last = Some(p);
+        }
+        last
+    })
+    .await;
+    assert!(last.unwrap().done);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let named: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["spans"].as_array().is_some_and(|spans| {
+                spans.iter().any(|s| {
+                    s["method"].as_str() == Some("ReceiveVolume") && s["op"].as_str() == Some(op)
+                })
+            })
+        })
+        .collect();
+    assert!(
+        !named.is_empty(),
+        "no ReceiveVolume line of the receiver names {op}:\n{text}"
+    );
+}

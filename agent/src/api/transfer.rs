@@ -29,6 +29,8 @@ impl VolumeSyncService for SyncApi {
     type SendVolumeStream = Stream<pb::SyncProgress>;
 
     async fn send_volume(&self, req: Request<pb::SendVolumeRequest>) -> R<Self::SendVolumeStream> {
+        // The operation this transfer works for goes on to the peer's ReceiveVolume.
+        let op = req.metadata().get(corral_proto::OPERATION_HEADER).cloned();
         let r = req.into_inner();
         let span =
             tracing::info_span!("rpc", rpc = "SendVolume", target = %r.volume, peer = %r.peer);
@@ -46,7 +48,8 @@ impl VolumeSyncService for SyncApi {
                 // The caller going away (a cancelled operation) cancels the transfer.
                 let gone = out.clone();
                 let result =
-                    crate::sync::send(agent, r, report, async move { gone.closed().await }).await;
+                    crate::sync::send(agent, r, op, report, async move { gone.closed().await })
+                        .await;
                 let msg = match result {
                     Ok(last) => Ok(last),
                     Err(e) => {
