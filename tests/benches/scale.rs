@@ -255,6 +255,10 @@ async fn run() -> anyhow::Result<()> {
         mark(rss <= 256.0)
     );
     println!(
+        "    per host                    {:>8.1} KiB    (each host's HTTP/2 connection to its agent: about 72 KiB of it, see the note of issue 12)",
+        rss * 1024.0 / hosts.max(1) as f64
+    );
+    println!(
         "  placement decision p50     <= {:>8.2} ms     (target <= 1)    {}",
         decide * 1000.0,
         mark(decide <= 0.001)
