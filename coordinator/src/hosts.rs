@@ -241,12 +241,8 @@ impl Hosts {
     pub async fn remove(&self, name: &str) -> Result<()> {
         crate::names::check_name("host", name)?;
         let n = name.to_string();
-        let vms = self.blocking(move |s| s.vms()).await?;
-        let on_it: Vec<&str> = vms
-            .iter()
-            .filter(|v| v.host.as_deref() == Some(&n))
-            .map(|v| v.name.as_str())
-            .collect();
+        let vms = self.blocking(move |s| s.vms_on(&n)).await?;
+        let on_it: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
         if !on_it.is_empty() {
             return Err(CoordError::FailedPrecondition(format!(
                 "host {name} still has {} VM(s) ({}): move or remove them first",

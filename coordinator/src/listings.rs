@@ -50,7 +50,14 @@ impl Coordinator {
 impl Coordinator {
     /// The VMs `caller` may touch.
     pub async fn vms_of(&self, caller: &Caller) -> Result<Vec<VmRecord>> {
-        let vms = self.blocking(|s| s.vms()).await?;
+        // A user's own, from the owner's index; admins see every VM.
+        let owner = (!caller.is_admin()).then(|| caller.name().to_string());
+        let vms = self
+            .blocking(move |s| match owner {
+                Some(o) => s.vms_of_owner(&o),
+                None => s.vms(),
+            })
+            .await?;
         Ok(vms
             .into_iter()
             .filter(|v| caller.may_touch(&v.owner))
@@ -60,18 +67,15 @@ impl Coordinator {
     /// The bases the caller may clone (admins: every base) with the hosts that hold them
     /// and their clone counts.
     pub async fn base_summaries(&self, caller: &Caller) -> Result<Vec<BaseSummary>> {
-        let (bases, vms, accesses) = self
-            .blocking(|s| Ok((s.bases()?, s.vms()?, s.base_accesses()?)))
+        let (bases, clones, accesses) = self
+            .blocking(|s| Ok((s.bases()?, s.clones_per_base()?, s.base_accesses()?)))
             .await?;
         let visible = self.clonable_by(caller, &accesses).await?;
         Ok(bases
             .into_iter()
             .filter(|(name, _)| visible.contains(name))
             .map(|(name, hosts)| BaseSummary {
-                clones: vms
-                    .iter()
-                    .filter(|v| v.base.as_deref() == Some(&name))
-                    .count() as u32,
+                clones: clones.get(&name).copied().unwrap_or(0),
                 public: accesses.get(&name).is_some_and(|a| a.public),
                 name,
                 hosts,
@@ -81,16 +85,14 @@ impl Coordinator {
 
     /// Every host with its state and VM count.
     pub async fn host_list(&self) -> Result<Vec<HostSummary>> {
-        let vms = self.blocking(|s| s.vms()).await?;
+        // Counted by the store (not every VM read and searched for every host).
+        let vms = self.blocking(|s| s.vms_per_host()).await?;
         Ok(self
             .hosts
             .statuses()?
             .into_iter()
             .map(|(name, status, liveness)| HostSummary {
-                vms: vms
-                    .iter()
-                    .filter(|v| v.host.as_deref() == Some(&name))
-                    .count() as u32,
+                vms: vms.get(&name).copied().unwrap_or(0),
                 name,
                 status,
                 liveness,

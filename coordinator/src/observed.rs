@@ -37,10 +37,7 @@ impl ObservedClock {
         let mut vm = s.vm(domain).ok();
         // A pool clone handed out is the VM of another name: found by its domain.
         if vm.is_none() && domain.starts_with(crate::names::POOL_PREFIX) {
-            vm = s
-                .vms()?
-                .into_iter()
-                .find(|v| v.domain() == domain && v.host.as_deref() == Some(host));
+            vm = s.vms_on(host)?.into_iter().find(|v| v.domain() == domain);
         }
         if let Some(mut vm) = vm {
             if vm.host.as_deref() == Some(host) && vm.domain() == domain {

@@ -292,11 +292,12 @@ impl Coordinator {
             )));
         }
         let (b, h) = (req.base.clone(), req.host.clone());
+        let on_host = h.clone();
         let clones: Vec<String> = self
-            .blocking(|s| s.vms())
+            .blocking(move |s| s.vms_on(&on_host))
             .await?
             .into_iter()
-            .filter(|v| v.base.as_deref() == Some(&b) && v.host.as_deref() == Some(&h))
+            .filter(|v| v.base.as_deref() == Some(&b))
             .map(|v| v.name)
             .collect();
         if !clones.is_empty() {

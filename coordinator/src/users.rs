@@ -211,10 +211,9 @@ impl Coordinator {
         }
         let n = name.to_string();
         let vms: Vec<String> = self
-            .blocking(|s| s.vms())
+            .blocking(move |s| s.vms_of_owner(&n))
             .await?
             .into_iter()
-            .filter(|v| v.owner == n)
             .map(|v| v.name)
             .collect();
         if !vms.is_empty() && !remove_vms {

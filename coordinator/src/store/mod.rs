@@ -11,6 +11,8 @@
 use std::path::Path;
 
 pub use crate::access::BaseAccess;
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 mod migrate;
@@ -265,6 +267,12 @@ pub trait Store: Send + Sync {
     fn vms_with_timeouts(&self, bases: &[String]) -> Result<Vec<VmRecord>>;
     /// How many VMs are in each observed state.
     fn vm_states(&self) -> Result<Vec<(String, u64)>>;
+    /// How many VMs each host holds (hosts without VMs are absent).
+    fn vms_per_host(&self) -> Result<HashMap<String, u32>>;
+    /// How many clones each base has (bases without clones are absent).
+    fn clones_per_base(&self) -> Result<HashMap<String, u32>>;
+    /// One owner's VMs.
+    fn vms_of_owner(&self, owner: &str) -> Result<Vec<VmRecord>>;
     /// Hands pool clone `pool_vm` out as `vm` in one step: the pool clone's record goes, the
     /// user's comes. NotFound when it is no longer a pool clone (another took it),
     /// AlreadyExists when `vm`'s name is taken; then nothing changed.

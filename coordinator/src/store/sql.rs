@@ -323,6 +323,12 @@ impl<C: Conn> SqlStore<C> {
         self.read(|c| c.query(sql, &[]))
     }
 
+    /// (name, count) rows as a map.
+    fn counts(&self, sql: &str) -> Result<HashMap<String, u32>> {
+        let rows = self.read(|c| c.query(sql, &[]))?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.uint(1)?))).collect()
+    }
+
     fn vms_where(&self, condition: &str) -> Result<Vec<VmRecord>> {
         let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE {condition} ORDER BY name");
         self.read(|c| c.query(&sql, &[])?.iter().map(vm_from).collect())
@@ -675,6 +681,19 @@ impl<C: Conn> Store for SqlStore<C> {
 
     fn vms(&self) -> Result<Vec<VmRecord>> {
         self.vms_where("TRUE")
+    }
+
+    fn vms_per_host(&self) -> Result<HashMap<String, u32>> {
+        self.counts("SELECT host, COUNT(*) FROM vms WHERE host IS NOT NULL GROUP BY host")
+    }
+
+    fn clones_per_base(&self) -> Result<HashMap<String, u32>> {
+        self.counts("SELECT base, COUNT(*) FROM vms WHERE base IS NOT NULL GROUP BY base")
+    }
+
+    fn vms_of_owner(&self, owner: &str) -> Result<Vec<VmRecord>> {
+        let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE owner = ?1 ORDER BY name");
+        self.read(|c| c.query(&sql, p![owner])?.iter().map(vm_from).collect())
     }
 
     fn vms_on(&self, host: &str) -> Result<Vec<VmRecord>> {

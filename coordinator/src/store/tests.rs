@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -548,6 +550,28 @@ fn the_narrow_reads_return_only_what_they_name() {
         };
         assert_eq!(timed(&[]), ["own-timeout"], "{name}");
         assert_eq!(timed(&["b1".into()]), ["of-b1", "own-timeout"], "{name}");
+        let mut elsewhere = vm("bob-1", Some("b1"), run, serde_json::json!({}));
+        (elsewhere.owner, elsewhere.host) = ("bob".into(), Some("h2".into()));
+        s.put_vm(&elsewhere).unwrap();
+        assert_eq!(
+            s.vms_per_host().unwrap(),
+            HashMap::from([("h1".to_string(), 5), ("h2".to_string(), 1)]),
+            "{name}"
+        );
+        assert_eq!(
+            s.clones_per_base().unwrap(),
+            HashMap::from([("b1".to_string(), 3), ("b2".to_string(), 1)]),
+            "{name}"
+        );
+        let bobs: Vec<String> = s
+            .vms_of_owner("bob")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(bobs, ["bob-1"], "{name}");
+        assert!(s.vms_of_owner("nobody").unwrap().is_empty(), "{name}");
+        s.remove_vm("bob-1").unwrap();
         assert_eq!(
             s.vm_states().unwrap(),
             [
