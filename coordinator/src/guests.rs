@@ -23,6 +23,9 @@ use crate::vms::{work, Coordinator};
 
 /// How often the watcher looks at guests that are not settled.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// A sweep is skipped when nothing changed since the last (no new row in the events feed,
+/// nobody asked about last time), but not for longer than this.
+const SWEEP_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 /// Guests asked at once.
 const ASK_AT_ONCE: usize = 16;
 /// Most post-load commands per base.
@@ -123,9 +126,41 @@ struct Memo {
 #[derive(Default)]
 pub struct Guests {
     memo: Mutex<HashMap<String, HashMap<String, Memo>>>,
+    swept: Mutex<Swept>,
+}
+
+/// The last sweep: the newest row of the events feed before it, whether it asked about any
+/// guest, and when.
+#[derive(Default)]
+struct Swept {
+    newest: u64,
+    asked: bool,
+    at: Option<std::time::Instant>,
 }
 
 impl Guests {
+    /// Whether a sweep can be skipped: nothing in the store changed since the last one (every
+    /// change of a VM and every operation's end writes a feed row; an operation's end moves
+    /// its VM's generation before its row is written), nobody was left to ask, and the last
+    /// full sweep is recent.
+    fn quiet_since(&self, newest: u64) -> bool {
+        self.swept.lock().is_ok_and(|s| {
+            s.newest == newest
+                && !s.asked
+                && s.at.is_some_and(|t| t.elapsed() < SWEEP_AT_LEAST_EVERY)
+        })
+    }
+
+    fn swept(&self, newest: u64, asked: bool) {
+        if let Ok(mut s) = self.swept.lock() {
+            *s = Swept {
+                newest,
+                asked,
+                at: Some(std::time::Instant::now()),
+            };
+        }
+    }
+
     fn get(&self, host: &str, domain: &str) -> Option<Memo> {
         self.memo.lock().ok()?.get(host)?.get(domain).cloned()
     }
@@ -308,6 +343,12 @@ impl Coordinator {
     /// The sweep reads names only (not every VM's record): at scale almost every guest is
     /// settled, and only the others are read in full.
     pub async fn watch_guests(self: &Arc<Self>) -> Result<()> {
+        let newest = self
+            .blocking(|s| Ok(s.feed(u64::MAX, None, 0)?.newest))
+            .await?;
+        if self.guests.quiet_since(newest) {
+            return Ok(());
+        }
         let running = self.blocking(|s| s.running_domains()).await?;
         let generations: Vec<u64> = running
             .iter()
@@ -322,6 +363,7 @@ impl Coordinator {
             ask.push((vm, host, generation));
         }
         drop(running);
+        self.guests.swept(newest, !ask.is_empty());
         // Read in full in slices, so that no one read holds the store for long.
         let mut asked = Vec::with_capacity(ask.len());
         for chunk in ask.chunks(500) {
@@ -672,6 +714,22 @@ mod tests {
             g.memo.lock().unwrap().is_empty(),
             "nothing runs: nothing kept"
         );
+    }
+
+    #[test]
+    fn a_sweep_is_skipped_only_when_nothing_changed_and_nobody_waits() {
+        let g = Guests::default();
+        assert!(!g.quiet_since(0), "never swept: sweep");
+        g.swept(7, false);
+        assert!(g.quiet_since(7));
+        assert!(!g.quiet_since(8), "a change since: sweep");
+        g.swept(8, true);
+        assert!(!g.quiet_since(8), "someone to ask again: sweep");
+        g.swept(8, false);
+        if let Some(long_ago) = std::time::Instant::now().checked_sub(SWEEP_AT_LEAST_EVERY) {
+            g.swept.lock().unwrap().at = Some(long_ago);
+            assert!(!g.quiet_since(8), "a full sweep is due");
+        }
     }
 
     #[test]

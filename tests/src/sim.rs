@@ -37,6 +37,10 @@ pub struct Fleet {
     pub base: String,
     pub heartbeats: AtomicU64,
     pub streams_open: AtomicU64,
+    /// Reconciliations (ListDomains) and questions about single domains and guests (the
+    /// guest watcher's): once both stop moving, the coordinator is at steady state.
+    pub listed: AtomicU64,
+    pub asked: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -118,6 +122,7 @@ impl generated::domain_service_server::DomainService for Sim {
         req: Request<pb::ListDomainsRequest>,
     ) -> Result<Response<pb::ListDomainsResponse>, Status> {
         let ip = local(&req)?;
+        self.0.listed.fetch_add(1, Ordering::Relaxed);
         let domains = self
             .0
             .domains
@@ -143,6 +148,7 @@ impl generated::domain_service_server::DomainService for Sim {
         req: Request<pb::DomainRef>,
     ) -> Result<Response<pb::Domain>, Status> {
         let ip = local(&req)?;
+        self.0.asked.fetch_add(1, Ordering::Relaxed);
         let name = req.into_inner().name;
         let known = self.0.domains.get(&ip).is_some_and(|d| d.contains(&name));
         if !known {
@@ -165,6 +171,7 @@ impl generated::guest_service_server::GuestService for Sim {
         &self,
         _: Request<pb::DomainRef>,
     ) -> Result<Response<pb::GuestStatus>, Status> {
+        self.0.asked.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(pb::GuestStatus {
             agent: pb::GuestAgent::None as i32,
             ..Default::default()
