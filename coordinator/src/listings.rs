@@ -86,10 +86,26 @@ impl Coordinator {
     /// Every host with its state and VM count.
     pub async fn host_list(&self) -> Result<Vec<HostSummary>> {
         // Counted by the store (not every VM read and searched for every host).
-        let vms = self.blocking(|s| s.vms_per_host()).await?;
-        Ok(self
-            .hosts
-            .statuses()?
+        let (vms, records) = self
+            .blocking(|s| Ok((s.vms_per_host()?, s.hosts()?)))
+            .await?;
+        let mut statuses = self.hosts.statuses()?;
+        // Only the leader talks to agents: another coordinator lists the hosts it stores, with
+        // their state unknown (it has heard from none).
+        if !self.role.is_leader() && statuses.is_empty() {
+            statuses = records
+                .into_iter()
+                .map(|r| {
+                    let status = crate::hosts::HostStatus {
+                        last_seen_ms: r.last_seen_ms,
+                        record: Some(r.clone()),
+                        ..Default::default()
+                    };
+                    (r.name, status, crate::hosts::Liveness::Unknown)
+                })
+                .collect();
+        }
+        Ok(statuses
             .into_iter()
             .map(|(name, status, liveness)| HostSummary {
                 vms: vms.get(&name).copied().unwrap_or(0),

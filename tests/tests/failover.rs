@@ -78,6 +78,16 @@ async fn the_leader_is_killed_mid_batch_and_the_other_finishes_every_operation_o
     assert_eq!(follower.leader_address, a.addr);
     let listed = admin_b.vms.list_vms(pb::ListVmsRequest::default()).await;
     assert!(listed.is_ok(), "a follower answers reads: {listed:?}");
+    // Its hosts from the store, their state unknown: only the leader talks to agents.
+    let hosts = admin_b
+        .hosts
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    let seen: Vec<(&str, i32)> = hosts.iter().map(|h| (h.name.as_str(), h.state)).collect();
+    assert_eq!(seen, [("h1", pb::HostState::Unknown as i32)], "{hosts:?}");
     let refused = admin_b
         .users
         .create_user(pb::CreateUserRequest {
