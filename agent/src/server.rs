@@ -146,6 +146,8 @@ pub async fn serve(
     // Every RPC in a `grpc` span (with the operation the coordinator names), counted by
     // method and code (streams at their end).
     let builder = builder.layer(corral_proto::observe::RpcLayer::new(crate::metrics::rpc));
+    // Calls from a coordinator that no longer leads (a lower term than seen) are refused.
+    let builder = builder.layer(corral_proto::fence::FenceLayer::default());
     let standard = corral_proto::standard_router(builder, corral_proto::AGENT_SERVICES)
         .await
         .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;

@@ -105,7 +105,7 @@ tokio::task_local! {
     pub static OPERATION: String;
 }
 
-pub use corral_proto::OPERATION_HEADER;
+pub use corral_proto::{OPERATION_HEADER, TERM_HEADER};
 
 /// The operation the current task works for.
 pub fn current_operation() -> Option<String> {
@@ -120,7 +120,21 @@ pub async fn for_operation<F: std::future::Future>(op: Option<String>, f: F) -> 
     }
 }
 
-/// Adds the current task's [`OPERATION`], if any, to every call.
+/// `CLUSTER:TERM` of this process's lease when it leads (none: not fenced), named on every call.
+static TERM: std::sync::RwLock<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> =
+    std::sync::RwLock::new(None);
+
+/// Names the lease (its database's `cluster` id and `term`) on every later call to an agent,
+/// so that agents refuse this process's calls once a coordinator of a newer term of the same
+/// database has called them.
+pub fn set_term(cluster: &str, term: i64) {
+    let value = format!("{cluster}:{term}").parse().ok();
+    if let Ok(mut t) = TERM.write() {
+        *t = value;
+    }
+}
+
+/// Adds the current task's [`OPERATION`], if any, and the process's term to every call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NameOperation;
 
@@ -128,6 +142,9 @@ impl tonic::service::Interceptor for NameOperation {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Ok(Some(v)) = OPERATION.try_with(|id| id.parse().ok()) {
             req.metadata_mut().insert(OPERATION_HEADER, v);
+        }
+        if let Some(term) = TERM.read().ok().and_then(|t| t.clone()) {
+            req.metadata_mut().insert(corral_proto::TERM_HEADER, term);
         }
         Ok(req)
     }

@@ -36,6 +36,8 @@ pub struct Role {
     leader: AtomicBool,
     /// What the lease says: the leader's address and term.
     known: RwLock<(String, i64)>,
+    /// The database's id, from the lease row (empty with SQLite).
+    cluster: RwLock<String>,
     /// When this coordinator last held the lease.
     renewed: RwLock<Option<std::time::Instant>>,
 }
@@ -47,6 +49,7 @@ impl Default for Role {
             id: uuid::Uuid::new_v4().to_string(),
             leader: AtomicBool::new(true),
             known: RwLock::new((String::new(), 0)),
+            cluster: RwLock::new(String::new()),
             renewed: RwLock::new(None),
         }
     }
@@ -62,7 +65,17 @@ impl Role {
         self.known.read().map(|k| k.clone()).unwrap_or_default()
     }
 
-    fn set(&self, leader: bool, address: String, term: i64) {
+    /// The database's id, as the lease row says.
+    pub fn cluster(&self) -> String {
+        self.cluster.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, leader: bool, address: String, term: i64, cluster: &str) {
+        if let Ok(mut c) = self.cluster.write() {
+            if *c != cluster {
+                *c = cluster.to_string();
+            }
+        }
         self.leader.store(leader, Ordering::SeqCst);
         if let Ok(mut k) = self.known.write() {
             *k = (address, term);
@@ -89,7 +102,12 @@ impl Coordinator {
             let fence = (self.role.id.clone(), lead.term);
             self.blocking(move |s| s.set_fence(Some(fence))).await?;
         }
-        self.role.set(lead.mine, lead.address, lead.term);
+        if lead.mine {
+            // Named on every call to agents: they refuse older leaders' calls from then on.
+            corral_client::set_term(&lead.cluster, lead.term);
+        }
+        self.role
+            .set(lead.mine, lead.address, lead.term, &lead.cluster);
         Ok(lead.mine)
     }
 

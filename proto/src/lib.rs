@@ -15,6 +15,11 @@ pub mod env;
 /// The request header naming the operation a call works for (set by the coordinator on its
 /// calls to agents): its log lines on every process carry `op=ID`.
 pub const OPERATION_HEADER: &str = "corral-operation";
+/// The request header naming the leading coordinator's term (set on its calls to agents):
+/// agents refuse calls from a lower term than they have seen ([`fence`]).
+pub const TERM_HEADER: &str = "corral-term";
+#[cfg(feature = "metrics")]
+pub mod fence;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(feature = "metrics")]

@@ -159,8 +159,32 @@ async fn the_leader_is_killed_mid_batch_and_the_other_finishes_every_operation_o
     );
     assert!(took <= Duration::from_secs(5), "failover took {took:?}");
 
-    // Every operation ends, once, and every VM is as its operation says.
+    // Fencing: once the new leader has called the agent, a call naming the old term of this
+    // database is refused, the new term's is not.
+    let now = info(&mut admin_b).await.unwrap();
+    assert!(now.term >= 2 && now.cluster.len() == 32, "{now:?}");
     let mut on_agent = agent.client().await.unwrap();
+    let named = |term: i64| {
+        let mut r = tonic::Request::new(pb::GetHostInfoRequest {});
+        let v = format!("{}:{term}", now.cluster).parse().unwrap();
+        r.metadata_mut().insert(corral_client::TERM_HEADER, v);
+        r
+    };
+    let fenced = Instant::now();
+    let refused = loop {
+        match on_agent.host.get_host_info(named(now.term - 1)).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(fenced.elapsed() < Duration::from_secs(10), "never fenced");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("newer term"), "{refused:?}");
+    on_agent.host.get_host_info(named(now.term)).await.unwrap();
+
+    // Every operation ends, once, and every VM is as its operation says.
     let mut succeeded = 0;
     let mut made = Vec::new();
     for op in &ops {

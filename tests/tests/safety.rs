@@ -644,3 +644,43 @@ async fn a_sync_for_an_operation_names_it_on_the_receiving_agent() {
         "no ReceiveVolume line of the receiver names {op}:\n{text}"
     );
 }
+
+/// Issue 12, item 5, on the agent: calls naming an older term of a database than the agent
+/// has seen are refused; another database's terms, and calls naming none, are not fenced;
+/// a malformed term is refused as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_refuses_calls_from_an_older_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = AgentProc::start_test_driver(dir.path()).unwrap();
+    let c = a.client().await.unwrap();
+    let call = |term: Option<&str>| {
+        let mut r = tonic::Request::new(pb::GetHostInfoRequest {});
+        if let Some(t) = term {
+            r.metadata_mut()
+                .insert(corral_client::TERM_HEADER, t.parse().unwrap());
+        }
+        let mut host = c.host.clone();
+        async move { host.get_host_info(r).await.map(|_| ()) }
+    };
+    call(Some("db1:3")).await.unwrap();
+    let refused = call(Some("db1:2")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("newer term (3)") && refused.message().contains("term 2"),
+        "{refused:?}"
+    );
+    call(None).await.unwrap();
+    call(Some("db2:1")).await.unwrap();
+    call(Some("db1:3")).await.unwrap();
+    call(Some("db1:4")).await.unwrap();
+    assert_eq!(
+        call(Some("db1:3")).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    for bad in ["3", "db1:0", "db1:x", "d b:1"] {
+        let e = call(Some(bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
+    }
+    // Refusals are counted like any call, and changed nothing: the agent answers on.
+    call(None).await.unwrap();
+}

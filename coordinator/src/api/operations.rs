@@ -22,7 +22,7 @@ rpcs! { OperationApi: OperationService, |c, who, r|;
     cancel_operation(pb::OperationRef) -> pb::Operation = "CancelOperation" => op_to_pb(&c.cancel_op(&who, &r.id).await?);
     get_coordinator(pb::GetCoordinatorRequest) -> pb::CoordinatorInfo = "GetCoordinator" => {
         let (leader_address, term) = c.role.known();
-        pb::CoordinatorInfo { id: c.role.id.clone(), leader: c.role.is_leader(), leader_address, term }
+        pb::CoordinatorInfo { id: c.role.id.clone(), leader: c.role.is_leader(), leader_address, term, cluster: c.role.cluster() }
     };
     @more {
         type WatchOperationStream = EventStream;

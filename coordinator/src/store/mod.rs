@@ -52,6 +52,9 @@ pub struct Lead {
     pub address: String,
     /// One more at each change of holder.
     pub term: i64,
+    /// Made once with the lease row: the terms of one database (agents fence by both, so a
+    /// coordinator on a fresh database is not refused for its low term).
+    pub cluster: String,
 }
 
 impl From<serde_json::Error> for StoreError {

@@ -414,6 +414,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 16: what the idle keeper reads (VMs with a run timeout, or of a base with timeouts).
     "CREATE INDEX vms_run_timeout ON vms(json_extract(spec, '$.run_timeout_s'));
      CREATE INDEX vms_base ON vms(base);",
+    // 17: the database's own id, made with the lease row (agents fence by it and the term).
+    "ALTER TABLE leader ADD COLUMN cluster TEXT NOT NULL DEFAULT '';",
 ];
 
 #[cfg(test)]

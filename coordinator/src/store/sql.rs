@@ -409,14 +409,24 @@ impl<C: Conn> Store for SqlStore<C> {
                  WHERE leader.holder = ?1 OR leader.expires_ms < {now}"
             );
             c.exec(&sql, p![me, address, lease_ms])?;
-            let r = first(c, "SELECT holder, address, term FROM leader WHERE id = 1", &[])?
-                .ok_or_else(|| StoreError::Database("no leader row".into()))?;
+            let made = uuid::Uuid::new_v4().simple().to_string();
+            c.exec(
+                "UPDATE leader SET cluster = ?1 WHERE id = 1 AND cluster = ''",
+                p![made],
+            )?;
+            let r = first(
+                c,
+                "SELECT holder, address, term, cluster FROM leader WHERE id = 1",
+                &[],
+            )?
+            .ok_or_else(|| StoreError::Database("no leader row".into()))?;
             let holder = r.text(0)?;
             Ok(Lead {
                 mine: holder == me,
                 holder,
                 address: r.text(1)?,
                 term: r.int(2)?,
+                cluster: r.text(3)?,
             })
         })
     }

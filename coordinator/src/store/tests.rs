@@ -582,3 +582,24 @@ fn the_narrow_reads_return_only_what_they_name() {
         );
     }
 }
+
+/// The lease: held and renewed by one holder, taken by another only once expired (a new term),
+/// and the database's id made once with it.
+#[test]
+fn the_lease_has_terms_and_the_database_an_id() {
+    for under in stores() {
+        let s = under.store.as_ref();
+        let name = under.name;
+        let a = s.lead("a", "10.0.0.1:7800", 60_000).unwrap();
+        assert!(a.mine && a.term == 1, "{name}: {a:?}");
+        assert_eq!(a.cluster.len(), 32, "{name}: {a:?}");
+        let b = s.lead("b", "10.0.0.2:7800", 60_000).unwrap();
+        assert!(!b.mine && b.holder == "a" && b.term == 1, "{name}: {b:?}");
+        assert_eq!(b.cluster, a.cluster, "{name}");
+        // a's lease runs out (renewed with none left); b takes it in a new term.
+        s.lead("a", "10.0.0.1:7800", -1).unwrap();
+        let b = s.lead("b", "10.0.0.2:7800", 60_000).unwrap();
+        assert!(b.mine && b.term == 2, "{name}: {b:?}");
+        assert_eq!(b.cluster, a.cluster, "{name}: one database, one id");
+    }
+}
