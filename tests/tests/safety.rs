@@ -180,6 +180,29 @@ async fn cancel_while_copying(
     );
 }
 
+/// Sends `volume` to the agent at `peer` through its whole stream; the last progress.
+async fn send_all(
+    c: &mut corral_client::AgentClient,
+    volume: &str,
+    peer: &str,
+) -> pb::SyncProgress {
+    let mut stream = c
+        .sync
+        .send_volume(pb::SendVolumeRequest {
+            volume: volume.into(),
+            peer: peer.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = stream.message().await.unwrap() {
+        last = Some(p);
+    }
+    last.unwrap()
+}
+
 /// Item 10 on the agents: the caller of SendVolume goes away mid-transfer; the sender stops
 /// and the receiver discards its partial file (a crash keeps it, to resume: see the lab).
 #[tokio::test(flavor = "multi_thread")]
@@ -215,21 +238,7 @@ async fn a_cancelled_send_stops_and_leaves_no_partial_file() {
     );
     assert!(!b.storage().join("big.raw").exists());
     // Nothing is still being sent: a new sync of the same volume is not refused as busy.
-    let mut again = c
-        .sync
-        .send_volume(pb::SendVolumeRequest {
-            volume: "big.raw".into(),
-            peer: b.addr.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(p) = again.message().await.unwrap() {
-        last = Some(p);
-    }
-    assert!(last.unwrap().done);
+    assert!(send_all(&mut c, "big.raw", &b.addr).await.done);
     assert!(b.storage().join("big.raw").exists());
 }
 
@@ -608,25 +617,9 @@ async fn a_sync_for_an_operation_names_it_on_the_receiving_agent() {
     random_file(&a.storage().join("named.raw"), 1 << 20);
     let mut c = a.client().await.unwrap();
     let op = "op-sync-7f3a";
-    let last = corral_client::for_operation(Some(op.into()), async {
-        let mut stream = c
-            .sync
-            .send_volume(pb::SendVolumeRequest {
-                volume: "named.raw".into(),
-                peer: b.addr.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut last = None;
-        while let Some(p) = stream.message().await.unwrap() {
-            last = Some(p);
-        }
-        last
-    })
-    .await;
-    assert!(last.unwrap().done);
+    let last =
+        corral_client::for_operation(Some(op.into()), send_all(&mut c, "named.raw", &b.addr)).await;
+    assert!(last.done);
     let text = std::fs::read_to_string(&log).unwrap();
     let named: Vec<serde_json::Value> = text
         .lines()
