@@ -25,23 +25,10 @@ impl From<postgres::Error> for StoreError {
             }
             _ => Self::Database(match e.as_db_error() {
                 Some(db) => format!("postgres: {}", db.message()),
-                None => format!("postgres: {}", with_causes(&e)),
+                None => format!("postgres: {}", crate::hosts::with_causes(&e)),
             }),
         }
     }
-}
-
-/// An error and every cause under it: the client's own text ("invalid connection string",
-/// "error connecting to server") says what failed, its causes say why.
-fn with_causes(e: &dyn Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 impl ToSql for V {
@@ -181,7 +168,10 @@ impl SqlStore<PgConn> {
     /// migrate one at a time (an advisory lock).
     pub fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
         let client = Client::connect(url, NoTls).map_err(|e| {
-            StoreError::Database(format!("cannot connect to PostgreSQL: {}", with_causes(&e)))
+            StoreError::Database(format!(
+                "cannot connect to PostgreSQL: {}",
+                crate::hosts::with_causes(&e)
+            ))
         })?;
         let mut conn = PgConn {
             client,
