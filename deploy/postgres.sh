@@ -5,7 +5,10 @@
 # Prints the connection string: host=/var/run/postgresql user=root dbname=corral
 set -euo pipefail
 # Only the connection string goes to stdout (callers capture it): everything else, whatever
-# apt, su or pg_ctlcluster print, goes to stderr.
+# apt, su or pg_ctlcluster print, goes to stderr. The real stdout is kept on fd 3 for the
+# last line only, and no child gets fd 3: a server started here lives on after this script,
+# and holding the caller's pipe open would make `$(bash deploy/postgres.sh)` wait for it to
+# exit (the CI hang of stop 19).
 exec 3>&1 1>&2
 
 log() { printf '[postgres] %s\n' "$*" >&2; }
@@ -27,9 +30,9 @@ fi
 if ! pg_lsclusters -h | awk -v v="$ver" '$1==v && $2=="main" {print $4}' | grep -q online; then
   log "starting cluster $ver/main"
   if [ -d /run/systemd/system ]; then
-    systemctl start "postgresql@$ver-main"
+    systemctl start "postgresql@$ver-main" 3>&- </dev/null
   else
-    pg_ctlcluster "$ver" main start
+    pg_ctlcluster "$ver" main start 3>&- </dev/null
   fi
 fi
 for _ in $(seq 1 50); do

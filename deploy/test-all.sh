@@ -6,7 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup-host.sh
 bash deploy/build-guest-image.sh /var/lib/corral/guest
-CORRAL_TEST_POSTGRES=$(bash deploy/postgres.sh)
+# The connection string goes through a file, not `$(...)`: a command substitution waits until
+# every holder of its pipe is gone, and a server started on the way must not be able to hold
+# the suite up. Setup steps have a time limit, so a hang fails with a message instead.
+pg_out=$(mktemp)
+trap 'rm -f "$pg_out"' EXIT
+if ! timeout 600 bash deploy/postgres.sh >"$pg_out"; then
+  echo "deploy/postgres.sh failed or took over 600 s" >&2
+  exit 1
+fi
+CORRAL_TEST_POSTGRES=$(cat "$pg_out")
 if [[ "$CORRAL_TEST_POSTGRES" != "host=/var/run/postgresql user=root dbname=corral" ]]; then
   echo "deploy/postgres.sh printed an unexpected connection string: [$CORRAL_TEST_POSTGRES]" >&2
   exit 1
