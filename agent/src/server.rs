@@ -146,8 +146,14 @@ pub async fn serve(
     // Every RPC in a `grpc` span (with the operation the coordinator names), counted by
     // method and code (streams at their end).
     let builder = builder.layer(corral_proto::observe::RpcLayer::new(crate::metrics::rpc));
-    // Calls from a coordinator that no longer leads (a lower term than seen) are refused.
-    let builder = builder.layer(corral_proto::fence::FenceLayer::default());
+    // Calls from a coordinator that no longer leads (a lower term than seen) are refused; the
+    // terms seen are kept in the state directory, so a restart does not forget them.
+    let fence_file = agent.cfg.state_dir.join("fence");
+    let fence = tokio::task::spawn_blocking(move || corral_proto::fence::Fence::load(fence_file))
+        .await
+        .map_err(|e| AgentError::internal(format!("fence: {e}")))?
+        .map_err(|e| AgentError::internal(format!("the fence's terms: {e}")))?;
+    let builder = builder.layer(corral_proto::fence::FenceLayer(Arc::new(fence)));
     let standard = corral_proto::standard_router(builder, corral_proto::AGENT_SERVICES)
         .await
         .map_err(|e| AgentError::internal(format!("reflection: {e}")))?;

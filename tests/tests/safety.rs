@@ -644,7 +644,7 @@ async fn a_sync_for_an_operation_names_it_on_the_receiving_agent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_refuses_calls_from_an_older_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let a = AgentProc::start_test_driver(dir.path()).unwrap();
+    let mut a = AgentProc::start_test_driver(dir.path()).unwrap();
     let c = a.client().await.unwrap();
     let call = |term: Option<&str>| {
         let mut r = tonic::Request::new(pb::GetHostInfoRequest {});
@@ -676,4 +676,16 @@ async fn an_agent_refuses_calls_from_an_older_leader() {
     }
     // Refusals are counted like any call, and changed nothing: the agent answers on.
     call(None).await.unwrap();
+
+    // The terms are kept: after a crash, the old leader is still refused.
+    drop(c);
+    a.kill().unwrap();
+    let a = AgentProc::start_test_driver(dir.path()).unwrap();
+    let mut host = a.client().await.unwrap().host;
+    let mut old = tonic::Request::new(pb::GetHostInfoRequest {});
+    old.metadata_mut()
+        .insert(corral_client::TERM_HEADER, "db1:3".parse().unwrap());
+    let e = host.get_host_info(old).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("newer term (4)"), "{e:?}");
 }
