@@ -233,21 +233,25 @@ impl Coordinator {
         Ok(self.ops.submit(submit, w).await?)
     }
 
+    /// The hosts holding base `name` and its clones' names (NotFound: no such base): two
+    /// indexed reads, not every VM.
+    pub(crate) async fn base_and_clones(&self, name: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let n = name.to_string();
+        let found = self
+            .blocking(move |s| match s.base_holders(&n) {
+                Ok(hosts) => Ok(Some((hosts, s.clones_of(&n)?))),
+                Err(crate::store::StoreError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await?;
+        found.ok_or_else(|| CoordError::NotFound(format!("base {name} not found")))
+    }
+
     pub async fn remove_base(self: &Arc<Self>, caller: &Caller, name: &str) -> Result<OpRecord> {
         caller.require_admin()?;
         check_name("base", name)?;
         let n = name.to_string();
-        let (bases, vms) = self.blocking(|s| Ok((s.bases()?, s.vms()?))).await?;
-        let hosts = bases
-            .into_iter()
-            .find(|(b, _)| b == &n)
-            .map(|(_, h)| h)
-            .ok_or_else(|| CoordError::NotFound(format!("base {name} not found")))?;
-        let clones: Vec<String> = vms
-            .into_iter()
-            .filter(|v| v.base.as_deref() == Some(name))
-            .map(|v| v.name)
-            .collect();
+        let (hosts, clones) = self.base_and_clones(name).await?;
         if !clones.is_empty() {
             return Err(CoordError::FailedPrecondition(format!(
                 "base {name} has {} clone(s) ({}): remove them first",

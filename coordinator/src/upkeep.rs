@@ -34,24 +34,13 @@ impl Coordinator {
         caller.require_admin()?;
         check_name("base", name)?;
         let n = name.to_string();
-        let (bases, vms, pools) = self
-            .blocking(|s| Ok((s.bases()?, s.vms()?, s.base_pools()?)))
-            .await?;
-        let hosts = bases
-            .into_iter()
-            .find(|(b, _)| b == &n)
-            .map(|(_, h)| h)
-            .ok_or_else(|| CoordError::NotFound(format!("base {name} not found")))?;
+        let (hosts, clones) = self.base_and_clones(name).await?;
+        let pools = self.blocking(|s| s.base_pools()).await?;
         if pools.get(name).is_some_and(|p| p.clones > 0) {
             return Err(CoordError::FailedPrecondition(format!(
                 "base {name} keeps a pool: empty it first (corral base pool {name} --clones 0)"
             )));
         }
-        let clones: Vec<String> = vms
-            .into_iter()
-            .filter(|v| v.base.as_deref() == Some(name))
-            .map(|v| v.name)
-            .collect();
         if !clones.is_empty() {
             return Err(CoordError::FailedPrecondition(format!(
                 "base {name} has {} clone(s) ({}): remove them before turning it back into a VM",

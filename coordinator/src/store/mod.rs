@@ -274,6 +274,8 @@ pub trait Store: Send + Sync {
     fn vms_per_host(&self) -> Result<HashMap<String, u32>>;
     /// How many clones each base has (bases without clones are absent).
     fn clones_per_base(&self) -> Result<HashMap<String, u32>>;
+    /// The names of one base's clones (an index: removing a base reads only its own).
+    fn clones_of(&self, base: &str) -> Result<Vec<String>>;
     /// One owner's VMs.
     fn vms_of_owner(&self, owner: &str) -> Result<Vec<VmRecord>>;
     /// Hands pool clone `pool_vm` out as `vm` in one step: the pool clone's record goes, the

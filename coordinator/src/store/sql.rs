@@ -701,6 +701,16 @@ impl<C: Conn> Store for SqlStore<C> {
         self.counts("SELECT base, COUNT(*) FROM vms WHERE base IS NOT NULL GROUP BY base")
     }
 
+    fn clones_of(&self, base: &str) -> Result<Vec<String>> {
+        let rows = self.read(|c| {
+            c.query(
+                "SELECT name FROM vms WHERE base = ?1 ORDER BY name",
+                p![base],
+            )
+        })?;
+        rows.iter().map(|r| r.text(0)).collect()
+    }
+
     fn vms_of_owner(&self, owner: &str) -> Result<Vec<VmRecord>> {
         let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE owner = ?1 ORDER BY name");
         self.read(|c| c.query(&sql, p![owner])?.iter().map(vm_from).collect())

@@ -563,6 +563,13 @@ fn the_narrow_reads_return_only_what_they_name() {
             HashMap::from([("b1".to_string(), 3), ("b2".to_string(), 1)]),
             "{name}"
         );
+        assert_eq!(s.clones_of("b2").unwrap().len(), 1, "{name}");
+        assert_eq!(
+            s.clones_of("b1").unwrap().len(),
+            3,
+            "{name}: the count and the names agree"
+        );
+        assert!(s.clones_of("no-such-base").unwrap().is_empty(), "{name}");
         let bobs: Vec<String> = s
             .vms_of_owner("bob")
             .unwrap()
