@@ -220,11 +220,11 @@ where
                 let fence = Arc::clone(&self.fence);
                 let call = self.inner.call(req);
                 Box::pin(async move {
-                    let saved = tokio::task::spawn_blocking(move || fence.save()).await;
-                    match saved {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "the fence's terms not written"),
-                        Err(e) => tracing::error!(error = %e, "the fence's terms not written"),
+                    let saved = tokio::task::spawn_blocking(move || fence.save())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    if let Err(e) = saved {
+                        tracing::error!(error = %e, "the fence's terms not written");
                     }
                     call.await
                 })
