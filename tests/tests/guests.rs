@@ -327,7 +327,7 @@ async fn ready_guests_exec_and_copy_through_the_guest_agent() {
                 "e2e-g-vm2",
                 "--shell",
                 "--",
-                "for d in /sys/block/vd*; do echo $d $(cat $d/size) $(head -c 8 /dev/${d##*/} | od -An -c | head -1); done",
+                "for d in /sys/block/vd*; do echo $d $(cat $d/size) $(head -c 8 /dev/${d##*/} | od -An -c | head -1); done; ls -l /dev/vd*; dmesg | grep -iE 'virtio_blk|vd[a-z]|pci.*1af4'",
             ]);
             panic!(
                 "the copy never showed in e2e-g-vm2: {out:?}; the guest's disks: {}",
